@@ -1,0 +1,5 @@
+//! The `wasmesh` command-line tool.
+
+fn main() -> std::process::ExitCode {
+    wasmesh_host::cli::main()
+}

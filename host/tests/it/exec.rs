@@ -1,0 +1,186 @@
+//! `wasmesh exec`: exit codes, stdin, --dir, --env, limits and --json, on real guests.
+
+use serde_json::Value;
+use wasmesh_test_support::{TEST_GUEST, guest_path};
+
+use crate::{err, out, wasmesh};
+
+fn guest() -> String {
+    guest_path(TEST_GUEST).display().to_string()
+}
+
+#[test]
+fn stdout_stderr_and_exit_code_pass_through() {
+    let echo = wasmesh(&["exec", &guest(), "echo"], b"piped in");
+    assert_eq!(echo.status.code(), Some(0), "{}", err(&echo));
+    assert_eq!(out(&echo), "piped in");
+
+    let exit = wasmesh(&["exec", &guest(), "exit", "42"], b"");
+    assert_eq!(exit.status.code(), Some(42));
+
+    let failing = wasmesh(&["exec", &guest(), "read-file", "/etc/passwd"], b"");
+    assert_eq!(failing.status.code(), Some(3));
+    assert!(
+        err(&failing).contains("read /etc/passwd"),
+        "{}",
+        err(&failing)
+    );
+}
+
+#[test]
+fn input_comes_from_a_file_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.bin");
+    std::fs::write(&file, b"from a file").unwrap();
+    let output = wasmesh(
+        &["exec", &guest(), "echo", "--input", file.to_str().unwrap()],
+        b"ignored stdin",
+    );
+    assert_eq!(out(&output), "from a file");
+}
+
+#[test]
+fn guest_arguments_with_dashes_go_after_a_double_dash() {
+    let output = wasmesh(&["exec", &guest(), "--", "args", "--verbose", "-x"], b"");
+    assert_eq!(out(&output), "--verbose\n-x\n");
+}
+
+#[test]
+fn dir_preopens_a_host_directory_read_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = format!("{}::/data", dir.path().display());
+    let output = wasmesh(
+        &[
+            "exec",
+            &guest(),
+            "--dir",
+            &mapping,
+            "write-file",
+            "/data/out.txt",
+            "written by the guest",
+        ],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", err(&output));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "written by the guest"
+    );
+
+    let bad = wasmesh(&["exec", &guest(), "--dir", "no-separator", "noop"], b"");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(err(&bad).contains("HOST::GUEST"), "{}", err(&bad));
+}
+
+#[test]
+fn env_sets_only_what_is_given() {
+    let output = wasmesh(
+        &["exec", &guest(), "--env", "MODE=fast", "env", "MODE"],
+        b"",
+    );
+    assert_eq!(out(&output), "fast\n");
+    let count = wasmesh(&["exec", &guest(), "--env", "A=1", "env-count"], b"");
+    assert_eq!(out(&count), "1\n");
+}
+
+#[test]
+fn limits_end_runs_with_their_own_status_and_message() {
+    let fuel = wasmesh(&["exec", &guest(), "--fuel", "1000000", "spin"], b"");
+    assert_eq!(fuel.status.code(), Some(125));
+    assert!(err(&fuel).contains("ran out of fuel"), "{}", err(&fuel));
+
+    let time = wasmesh(
+        &["exec", &guest(), "--timeout", "300ms", "sleep", "60000"],
+        b"",
+    );
+    assert_eq!(time.status.code(), Some(125));
+    assert!(err(&time).contains("timed out"), "{}", err(&time));
+
+    let memory = wasmesh(
+        &["exec", &guest(), "--memory", "8MiB", "alloc", "33554432"],
+        b"",
+    );
+    assert_eq!(memory.status.code(), Some(125));
+    assert!(err(&memory).contains("memory limit"), "{}", err(&memory));
+
+    let trap = wasmesh(&["exec", &guest(), "panic", "oh no"], b"");
+    assert_eq!(trap.status.code(), Some(134));
+    assert!(err(&trap).contains("oh no"), "{}", err(&trap));
+}
+
+#[test]
+fn json_reports_outcome_and_usage() {
+    let output = wasmesh(
+        &[
+            "exec",
+            &guest(),
+            "--json",
+            "--output-limit",
+            "100",
+            "big-output",
+            "101",
+        ],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(125));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!(report["outcome"], "output_exceeded");
+    assert_eq!(report["success"], false);
+    assert!(report["usage"]["fuel"].as_u64().unwrap() > 0);
+    assert!(report["usage"]["peak_memory_bytes"].as_u64().unwrap() > 0);
+
+    let ok = wasmesh(
+        &[
+            "exec",
+            &guest(),
+            "--json",
+            "emit",
+            "Alert",
+            r#"{"level":3}"#,
+        ],
+        b"",
+    );
+    let report: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(report["outcome"], "exited");
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["stdout"], "emitted Alert\n");
+    assert_eq!(report["events"][0]["event_type"], "Alert");
+    assert_eq!(report["events"][0]["fields"]["level"], 3);
+}
+
+#[test]
+fn bad_modules_and_flags_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"definitely not wasm").unwrap();
+    let output = wasmesh(&["exec", junk.to_str().unwrap()], b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(err(&output).contains("invalid module"), "{}", err(&output));
+
+    let missing = wasmesh(&["exec", "/no/such/module.wasm"], b"");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        err(&missing).contains("/no/such/module.wasm"),
+        "{}",
+        err(&missing)
+    );
+
+    let bad_size = wasmesh(&["exec", &guest(), "--memory", "lots", "noop"], b"");
+    assert_eq!(bad_size.status.code(), Some(2));
+    assert!(err(&bad_size).contains("not a size"), "{}", err(&bad_size));
+}
+
+#[test]
+fn ordinary_wasi_programs_run_unchanged() {
+    // The hash example reads files by path through a preopened directory.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), b"abc").unwrap();
+    let mapping = format!("{}::/files", dir.path().display());
+    let hash = guest_path("hash").display().to_string();
+    let output = wasmesh(&["exec", &hash, "--dir", &mapping, "/files/a.txt"], b"");
+    assert_eq!(output.status.code(), Some(0), "{}", err(&output));
+    assert_eq!(
+        out(&output),
+        format!("{}  /files/a.txt\n", blake3::hash(b"abc").to_hex())
+    );
+}

@@ -1,0 +1,39 @@
+//! End-to-end tests of the `wasmesh` binary (one test binary, a module per area).
+
+mod demo;
+mod exec;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Runs the real `wasmesh` binary with `args`, feeding `stdin`.
+pub fn wasmesh(args: &[&str], stdin: &[u8]) -> Output {
+    wasmesh_in(Path::new(env!("CARGO_MANIFEST_DIR")), args, stdin)
+}
+
+/// Runs the real `wasmesh` binary in `dir`.
+pub fn wasmesh_in(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning wasmesh");
+    let mut pipe = child.stdin.take().expect("stdin pipe");
+    pipe.write_all(stdin).expect("writing stdin");
+    drop(pipe);
+    child.wait_with_output().expect("waiting for wasmesh")
+}
+
+/// Text of stdout.
+pub fn out(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Text of stderr.
+pub fn err(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

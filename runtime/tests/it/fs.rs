@@ -1,0 +1,225 @@
+//! Filesystem isolation: preopens only, read-only files, a fresh `/tmp`, no escapes.
+
+use std::sync::Arc;
+
+use wasmesh_runtime::{Config, FileSource, Mount, Outcome, RunSpec, RuntimeError, Sandbox};
+use wasmesh_test_support::{TEST_GUEST, guest_bytes};
+
+use crate::{guest, guest_with, sandbox, stderr, stdout};
+
+fn input_files() -> Mount {
+    Mount::files(
+        "/input",
+        vec![
+            ("a.txt".into(), FileSource::Bytes(Arc::from(&b"alpha"[..]))),
+            (
+                "nested/deeper/b.txt".into(),
+                FileSource::Bytes(Arc::from(&b"beta"[..])),
+            ),
+        ],
+    )
+}
+
+#[test]
+fn mounted_files_are_readable_where_they_were_put() {
+    let spec = RunSpec::new().mount(input_files());
+    assert_eq!(
+        stdout(&guest_with(&["read-file", "/input/a.txt"], spec.clone())),
+        "alpha"
+    );
+    assert_eq!(
+        stdout(&guest_with(
+            &["read-file", "/input/nested/deeper/b.txt"],
+            spec.clone()
+        )),
+        "beta"
+    );
+    assert_eq!(
+        stdout(&guest_with(&["list-dir", "/input"], spec)),
+        "a.txt\nnested\n"
+    );
+}
+
+#[test]
+fn mounted_files_are_read_only() {
+    let report = guest_with(
+        &["write-file", "/input/a.txt", "overwritten"],
+        RunSpec::new().mount(input_files()),
+    );
+    assert_eq!(report.outcome, Outcome::Exited(3), "{}", stdout(&report));
+    let again = guest_with(
+        &["read-file", "/input/a.txt"],
+        RunSpec::new().mount(input_files()),
+    );
+    assert_eq!(stdout(&again), "alpha");
+}
+
+#[test]
+fn host_files_are_linked_in_without_being_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.bin");
+    std::fs::write(&source, b"from the store").unwrap();
+    let mount = Mount::files(
+        "/worker",
+        vec![("data/source.bin".into(), FileSource::Path(source.clone()))],
+    );
+    let spec = RunSpec::new().mount(mount);
+    assert_eq!(
+        stdout(&guest_with(
+            &["read-file", "/worker/data/source.bin"],
+            spec.clone()
+        )),
+        "from the store"
+    );
+    let write = guest_with(&["write-file", "/worker/data/source.bin", "changed"], spec);
+    assert_eq!(write.outcome, Outcome::Exited(3));
+    assert_eq!(std::fs::read(&source).unwrap(), b"from the store");
+}
+
+#[test]
+fn nothing_outside_the_preopens_is_reachable() {
+    for path in [
+        "/etc/passwd",
+        "../etc/passwd",
+        "/tmp/../../etc/passwd",
+        "/input/../../../etc/passwd",
+        "/proc/self/environ",
+    ] {
+        let report = guest_with(&["read-file", path], RunSpec::new().mount(input_files()));
+        assert_eq!(
+            report.outcome,
+            Outcome::Exited(3),
+            "{path} was readable: {}",
+            stdout(&report)
+        );
+        assert!(report.stdout.is_empty());
+    }
+    let listing = guest(&["list-dir", "/"]);
+    assert_eq!(
+        listing.outcome,
+        Outcome::Exited(3),
+        "the root is not a preopen: {}",
+        stdout(&listing)
+    );
+}
+
+#[test]
+fn symlinks_cannot_lead_out_of_tmp() {
+    // A link to an absolute host path, and one climbing out with `..`: each may be
+    // created, but following it must fail.
+    for (target, read) in [
+        ("/etc/passwd", "/tmp/link"),
+        ("../../../../etc", "/tmp/link/passwd"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = RunSpec::new()
+            .without_tmp()
+            .mount(Mount::dir(dir.path(), "/tmp", true));
+        let _ = guest_with(&["symlink", target, "link"], spec.clone());
+        let report = guest_with(&["read-file", read], spec);
+        assert_eq!(
+            report.outcome,
+            Outcome::Exited(3),
+            "{read} -> {target} escaped: {}",
+            stdout(&report)
+        );
+        assert!(stderr(&report).contains("read"), "{}", stderr(&report));
+    }
+}
+
+#[test]
+fn tmp_is_writable_and_fresh_for_every_run() {
+    let write = guest(&["write-file", "/tmp/state.txt", "left behind"]);
+    assert_eq!(write.outcome, Outcome::Exited(0), "{}", stderr(&write));
+    let listing = guest(&["list-dir", "/tmp"]);
+    assert_eq!(listing.outcome, Outcome::Exited(0));
+    assert_eq!(stdout(&listing), "\n", "a later run sees an empty /tmp");
+}
+
+#[test]
+fn scratch_directories_are_removed_after_each_run() {
+    let scratch = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(Config {
+        scratch_dir: Some(scratch.path().to_path_buf()),
+        max_instances: 2,
+        ..Config::default()
+    })
+    .unwrap();
+    let module = sandbox.load(&guest_bytes(TEST_GUEST)).unwrap();
+    let spec = RunSpec::new()
+        .mount(input_files())
+        .args(["write-file", "/tmp/x", "y"]);
+    let report = sandbox.run(&module, spec).unwrap();
+    assert_eq!(report.outcome, Outcome::Exited(0));
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_writable_host_directory_is_shared_with_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "host data").unwrap();
+    let spec = RunSpec::new().mount(Mount::dir(dir.path(), "/data", true));
+    assert_eq!(
+        stdout(&guest_with(&["read-file", "/data/in.txt"], spec.clone())),
+        "host data"
+    );
+    assert_eq!(
+        guest_with(&["write-file", "/data/out.txt", "guest data"], spec).outcome,
+        Outcome::Exited(0)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "guest data"
+    );
+}
+
+#[test]
+fn a_read_only_host_directory_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = RunSpec::new().mount(Mount::dir(dir.path(), "/data", false));
+    assert_eq!(
+        guest_with(&["write-file", "/data/out.txt", "x"], spec).outcome,
+        Outcome::Exited(3)
+    );
+    assert!(!dir.path().join("out.txt").exists());
+}
+
+#[test]
+fn bad_mounts_are_refused_before_running() {
+    let module = crate::module(TEST_GUEST);
+    let escaping = Mount::files(
+        "/input",
+        vec![(
+            "../escape.txt".into(),
+            FileSource::Bytes(Arc::from(&b"x"[..])),
+        )],
+    );
+    for (mount, why) in [
+        (escaping, "climbs out"),
+        (
+            Mount::files(
+                "/input",
+                vec![("/abs.txt".into(), FileSource::Bytes(Arc::from(&b"x"[..])))],
+            ),
+            "absolute",
+        ),
+        (Mount::files("relative", vec![]), "not absolute"),
+        (Mount::files("/tmp", vec![]), "mounted twice"),
+    ] {
+        let err = sandbox()
+            .run(&module, RunSpec::new().mount(mount).arg("noop"))
+            .unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::InvalidMount(m) if m.contains(why)),
+            "{err}"
+        );
+    }
+    let missing = Mount::files(
+        "/input",
+        vec![("a".into(), FileSource::Path("/definitely/not/here".into()))],
+    );
+    let err = sandbox()
+        .run(&module, RunSpec::new().mount(missing).arg("noop"))
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::InvalidMount(_)), "{err}");
+}
