@@ -108,6 +108,11 @@ macro_rules! log {
 }
 
 /// A job's input: how stdin becomes the function's argument.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a job's input",
+    label = "a #[job] input must be `Json<T>`, `Vec<u8>`, `String` or `()`",
+    note = "wrap your type in `Json<..>` to parse it from JSON on stdin"
+)]
 pub trait FromInput: Sized {
     /// Parses the whole of stdin.
     fn from_input(bytes: Vec<u8>) -> Result<Self, Error>;
@@ -173,6 +178,11 @@ impl<T: Serialize> IntoOutput for Json<T> {
 }
 
 /// What a job function may return: an output, or a `Result` of one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a job's result",
+    label = "a #[job] must return `Json<T>`, `Vec<u8>`, `String`, `()` or a `Result` of one",
+    note = "wrap your type in `Json<..>` to write it to stdout as JSON"
+)]
 pub trait IntoJobResult {
     /// The output type.
     type Output: IntoOutput;

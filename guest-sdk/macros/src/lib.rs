@@ -2,7 +2,7 @@
 //! of a wasm32-wasip1 command.
 
 use proc_macro::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
 use syn::{FnArg, ItemFn, parse_macro_input, spanned::Spanned};
 
 /// Makes `fn run(input: In) -> Out` (or `-> Result<Out, E>`) the job's entry point.
@@ -18,7 +18,12 @@ pub fn job(attr: TokenStream, item: TokenStream) -> TokenStream {
     let function = parse_macro_input!(item as ItemFn);
     match expand(attr, function) {
         Ok(tokens) => tokens.into(),
-        Err(error) => error.to_compile_error().into(),
+        // A stand-in `main` keeps the compiler from adding "`main` function not found"
+        // to the one error that matters.
+        Err(error) => {
+            let error = error.to_compile_error();
+            quote! { #error fn main() {} }.into()
+        }
     }
 }
 
@@ -55,8 +60,8 @@ fn expand(
         ));
     }
     let name = &sig.ident;
-    let call = match sig.inputs.len() {
-        0 => quote! { |_: ()| #name() },
+    let (call, input_check) = match sig.inputs.len() {
+        0 => (quote! { |_: ()| #name() }, quote! {}),
         1 => match &sig.inputs[0] {
             FnArg::Receiver(receiver) => {
                 return Err(syn::Error::new_spanned(
@@ -64,17 +69,30 @@ fn expand(
                     "#[job] must be a free function, not a method",
                 ));
             }
-            FnArg::Typed(_) => quote! { #name },
+            FnArg::Typed(arg) => {
+                // Checked here, at the argument's type, so an unsupported input type is
+                // reported where it is written rather than at the attribute.
+                let ty = &arg.ty;
+                let check = quote_spanned! { ty.span() =>
+                    const _: fn() = || {
+                        fn input_type<T: ::wasmesh_guest::FromInput>() {}
+                        input_type::<#ty>();
+                    };
+                };
+                (quote! { #name }, check)
+            }
         },
         _ => {
-            return Err(syn::Error::new(
-                sig.inputs.span(),
+            return Err(syn::Error::new_spanned(
+                &sig.inputs[1],
                 "#[job] functions take at most one argument, the input (e.g. `input: Json<MyInput>`)",
             ));
         }
     };
     Ok(quote! {
         #function
+
+        #input_check
 
         fn main() {
             ::wasmesh_guest::__private::run(#call)

@@ -1,0 +1,4 @@
+#[wasmesh_guest::job]
+async fn run(input: Vec<u8>) -> Vec<u8> {
+    input
+}

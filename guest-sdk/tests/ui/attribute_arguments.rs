@@ -1,0 +1,2 @@
+#[wasmesh_guest::job(retries = 3)]
+fn run() {}

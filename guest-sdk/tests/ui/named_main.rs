@@ -1,0 +1,2 @@
+#[wasmesh_guest::job]
+fn main() {}

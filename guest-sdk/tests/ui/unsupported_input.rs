@@ -1,0 +1,6 @@
+struct Custom;
+
+#[wasmesh_guest::job]
+fn run(input: Custom) {
+    let _ = input;
+}
