@@ -142,8 +142,9 @@ pub struct Config {
     /// Where precompiled artifacts are kept across restarts; `None` keeps them in
     /// memory only.
     pub cache_dir: Option<PathBuf>,
-    /// Where per-run scratch directories (`/tmp`, mounted files) are made; `None` uses
-    /// the system temporary directory.
+    /// Where per-run scratch directories (`/tmp`, mounted files) are made, inside a
+    /// `wasmesh-scratch-*` directory removed with the sandbox; `None` uses the system
+    /// temporary directory. `/tmp` directories are reused, emptied, across runs.
     pub scratch_dir: Option<PathBuf>,
 }
 

@@ -38,6 +38,7 @@ mod io;
 mod mounts;
 mod outcome;
 mod sandbox;
+mod scratch;
 
 pub use cache::{CacheStats, CompiledModule, ModuleCache};
 pub use config::{Config, Limits, LimitsRequest};

@@ -19,6 +19,7 @@ use crate::cache::{CompiledModule, ModuleCache};
 use crate::io::CappedPipe;
 use crate::mounts::{self, Mount};
 use crate::outcome::{Outcome, RunReport, Usage};
+use crate::scratch::ScratchPool;
 use crate::{Config, Event, Hash, Limits, LimitsRequest, LogLine, RuntimeError};
 
 /// Table elements one instance may grow to: far above what compiled Rust or C needs,
@@ -226,6 +227,7 @@ pub(crate) struct Ctx {
 struct Inner {
     engine: Engine,
     cache: ModuleCache,
+    scratch: ScratchPool,
     config: Config,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -318,6 +320,7 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 engine,
                 cache,
+                scratch: ScratchPool::new(config.scratch_dir.as_deref())?,
                 config,
                 ticker_stop,
             }),
@@ -387,21 +390,9 @@ impl Sandbox {
             }
         }
 
-        // One scratch directory per run holds `/tmp` and any file mounts; it is removed
-        // when `scratch` drops at the end of this function.
-        let needs_scratch =
-            spec.tmp || spec.mounts.iter().any(|m| matches!(m, Mount::Files { .. }));
-        let scratch = if needs_scratch {
-            let builder = tempfile::Builder::new().prefix("wasmesh-run-").tempdir_in(
-                config
-                    .scratch_dir
-                    .clone()
-                    .unwrap_or_else(std::env::temp_dir),
-            );
-            Some(builder.map_err(|e| RuntimeError::host("creating the scratch directory", e))?)
-        } else {
-            None
-        };
+        // Scratch leases (`/tmp`, file mounts) go back to the pool or are removed when
+        // they drop at the end of this function, after the store that uses them.
+        let mut leases = Vec::new();
 
         let stdout = CappedPipe::new(limits.output_bytes);
         let stderr = CappedPipe::new(config.stderr_bytes);
@@ -433,14 +424,10 @@ impl Sandbox {
                     (host.clone(), guest, perms)
                 }
                 Mount::Files { guest, files } => {
-                    let root = scratch
-                        .as_ref()
-                        .expect("scratch exists for file mounts")
-                        .path();
-                    let dir = root.join(format!("mount-{i}"));
-                    std::fs::create_dir(&dir)
-                        .map_err(|e| RuntimeError::host("creating a mount directory", e))?;
-                    mounts::materialize(&dir, files)?;
+                    let lease = self.inner.scratch.mount()?;
+                    mounts::materialize(lease.path(), files)?;
+                    let dir = lease.path().to_path_buf();
+                    leases.push(lease);
                     (dir, guest, FsPerms::ReadOnly)
                 }
             };
@@ -448,11 +435,11 @@ impl Sandbox {
                 RuntimeError::InvalidMount(format!("{} at {guest}: {e:#}", host.display()))
             })?;
         }
-        if let Some(scratch) = scratch.as_ref().filter(|_| spec.tmp) {
-            let tmp = scratch.path().join("tmp");
-            std::fs::create_dir(&tmp).map_err(|e| RuntimeError::host("creating /tmp", e))?;
-            wasi.preopened_dir(&tmp, "/tmp", FsPerms::ReadWrite)
+        if spec.tmp {
+            let lease = self.inner.scratch.tmp()?;
+            wasi.preopened_dir(lease.path(), "/tmp", FsPerms::ReadWrite)
                 .map_err(|e| RuntimeError::host("preopening /tmp", format!("{e:#}")))?;
+            leases.push(lease);
         }
 
         let ctx = Ctx {
@@ -541,7 +528,7 @@ impl Sandbox {
             _ => 0,
         };
         let ctx = store.into_data();
-        drop(scratch);
+        drop(leases);
         Ok(RunReport {
             outcome,
             stdout: stdout.take(),

@@ -128,6 +128,19 @@ fn symlinks_cannot_lead_out_of_tmp() {
 }
 
 #[test]
+fn a_reused_tmp_is_emptied_of_nested_directories_and_links() {
+    // Runs share pooled /tmp directories one at a time, so whatever one leaves must be
+    // gone before the next. /tmp is the first (fd 3) preopen when there are no mounts.
+    let report = guest(&["write-file", "/tmp/keep", "x"]);
+    assert_eq!(report.outcome, Outcome::Exited(0));
+    let link = guest(&["symlink", "keep", "link"]);
+    assert_eq!(link.outcome, Outcome::Exited(0), "{}", stderr(&link));
+    for _ in 0..4 {
+        assert_eq!(stdout(&guest(&["list-dir", "/tmp"])), "\n");
+    }
+}
+
+#[test]
 fn tmp_is_writable_and_fresh_for_every_run() {
     let write = guest(&["write-file", "/tmp/state.txt", "left behind"]);
     assert_eq!(write.outcome, Outcome::Exited(0), "{}", stderr(&write));
@@ -137,7 +150,7 @@ fn tmp_is_writable_and_fresh_for_every_run() {
 }
 
 #[test]
-fn scratch_directories_are_removed_after_each_run() {
+fn scratch_space_is_emptied_after_each_run_and_removed_with_the_sandbox() {
     let scratch = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(Config {
         scratch_dir: Some(scratch.path().to_path_buf()),
@@ -146,12 +159,34 @@ fn scratch_directories_are_removed_after_each_run() {
     })
     .unwrap();
     let module = sandbox.load(&guest_bytes(TEST_GUEST)).unwrap();
-    let spec = RunSpec::new()
-        .mount(input_files())
-        .args(["write-file", "/tmp/x", "y"]);
-    let report = sandbox.run(&module, spec).unwrap();
-    assert_eq!(report.outcome, Outcome::Exited(0));
+    let files_in =
+        |dir: &std::path::Path| -> usize { walk(dir).into_iter().filter(|p| p.is_file()).count() };
+    for _ in 0..3 {
+        let spec = RunSpec::new()
+            .mount(input_files())
+            .args(["write-file", "/tmp/x", "y"]);
+        let report = sandbox.run(&module, spec).unwrap();
+        assert_eq!(report.outcome, Outcome::Exited(0));
+        assert_eq!(
+            files_in(scratch.path()),
+            0,
+            "no file of the run is left behind"
+        );
+    }
+    drop(sandbox);
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
 }
 
 #[test]
