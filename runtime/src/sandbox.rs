@@ -409,7 +409,7 @@ impl Sandbox {
             // then serves sleeps with `thread::sleep`, which no deadline or cancel can
             // interrupt; async host calls keep every wait interruptible.
             .allow_blocking_current_thread(false);
-        for (i, mount) in spec.mounts.iter().enumerate() {
+        for mount in &spec.mounts {
             let (host, guest, perms) = match mount {
                 Mount::Dir {
                     host,
