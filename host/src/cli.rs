@@ -21,6 +21,16 @@ enum Command {
     /// Guest arguments that start with `-` go after `--`:
     /// `wasmesh exec job.wasm --fuel 1000000 -- --verbose input.txt`.
     Exec(ExecArgs),
+    /// Run a node: a content-addressed store and a compute server (see docs/api.md).
+    Node(NodeArgs),
+    /// Upload a worker module with the needs dance; prints the worker id.
+    Upload(crate::commands::UploadArgs),
+    /// Submit an action as a job; prints its LSN (or, with --wait, its output).
+    Submit(crate::commands::SubmitArgs),
+    /// Show a job's result.
+    Result(crate::commands::ResultArgs),
+    /// Wait until a queue has nothing pending.
+    Wait(crate::commands::WaitArgs),
     /// Render the Mandelbrot demo: 16 tiles through the sandbox on every core, assembled
     /// into a PNG, with the speed-up against one core.
     Demo(DemoArgs),
@@ -58,6 +68,54 @@ pub struct ExecArgs {
     /// Print the outcome, usage and output as JSON instead of passing output through.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `wasmesh node`.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port; the bound address is
+    /// printed on one line at start).
+    #[arg(long, env = "WASMESH_LISTEN")]
+    pub listen: Option<String>,
+    /// Where the store, the database and compiled modules live [default: wasmesh-data].
+    #[arg(long, env = "WASMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Actions run at once [default: the CPU count].
+    #[arg(long, env = "WASMESH_SLOTS")]
+    pub slots: Option<usize>,
+    /// An API key for the single tenant `default` (repeatable).
+    #[arg(long = "api-key", env = "WASMESH_API_KEY", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
+    /// A TOML file of tenants and their keys: `name = ["key", ...]`.
+    #[arg(long, env = "WASMESH_TENANTS")]
+    pub tenants: Option<PathBuf>,
+    /// A node label, `key=value` (repeatable).
+    #[arg(long = "label", env = "WASMESH_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// A TOML file with any of these settings (flags and environment win).
+    #[arg(long, env = "WASMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The node's id [default: generated once and kept in the data directory].
+    #[arg(long, env = "WASMESH_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Fuel ceiling per action.
+    #[arg(long, env = "WASMESH_FUEL")]
+    pub fuel: Option<u64>,
+    /// Memory ceiling per action, e.g. `512MiB`.
+    #[arg(long, env = "WASMESH_MEMORY", value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+    /// Wall-time ceiling per action, e.g. `60s`.
+    #[arg(long, env = "WASMESH_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Stdout ceiling per action, e.g. `64MiB`.
+    #[arg(long, env = "WASMESH_OUTPUT_LIMIT", value_parser = parse_bytes)]
+    pub output_limit: Option<u64>,
+    /// Largest blob the store accepts, e.g. `1GiB`.
+    #[arg(long, env = "WASMESH_MAX_BLOB_BYTES", value_parser = parse_bytes)]
+    pub max_blob_bytes: Option<u64>,
+    /// Idle queues expire after this long, e.g. `15m`.
+    #[arg(long, env = "WASMESH_QUEUE_IDLE", value_parser = humantime::parse_duration)]
+    pub queue_idle: Option<Duration>,
 }
 
 /// Arguments of `wasmesh demo`.
@@ -101,6 +159,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Exec(args) => crate::exec::run(args),
+        Command::Node(args) => crate::serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Upload(args) => crate::commands::upload(args),
+        Command::Submit(args) => crate::commands::submit(args),
+        Command::Result(args) => crate::commands::result(args),
+        Command::Wait(args) => crate::commands::wait(args),
         Command::Demo(args) => crate::demo::run(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|error| {

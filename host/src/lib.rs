@@ -1,6 +1,12 @@
-//! wasmesh host: the `wasmesh` command line, local execution (`wasmesh exec`) and the
-//! local demo. The node host and the coordinator build on this crate.
+//! wasmesh host: the node host (`wasmesh node`: store, workers, jobs, queues over
+//! HTTP), the `wasmesh` command line, local execution (`wasmesh exec`) and the demo.
 
+pub mod api;
 pub mod cli;
+pub mod client;
+pub mod commands;
 pub mod demo;
 pub mod exec;
+pub mod model;
+pub mod node;
+pub mod serve;

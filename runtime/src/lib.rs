@@ -43,7 +43,7 @@ mod scratch;
 pub use cache::{CacheStats, CompiledModule, ModuleCache};
 pub use config::{Config, Limits, LimitsRequest};
 pub use error::RuntimeError;
-pub use mounts::{FileSource, Mount};
+pub use mounts::{FileSource, Mount, check_file_name};
 pub use outcome::{Event, LogLevel, LogLine, Outcome, RunReport, Usage};
 pub use sandbox::{RunObserver, RunSpec, Sandbox};
 pub use tokio_util::sync::CancellationToken;

@@ -93,6 +93,12 @@ pub(crate) fn check_relative(name: &str) -> Result<&Path, RuntimeError> {
     Ok(path)
 }
 
+/// Checks that `name` can name a mounted file: a plain relative path with no `..`,
+/// `.`, root or empty part. Hosts call it when a descriptor arrives, long before a run.
+pub fn check_file_name(name: &str) -> Result<(), RuntimeError> {
+    check_relative(name).map(|_| ())
+}
+
 /// Checks a guest mount point: absolute, normal, not the root.
 pub(crate) fn check_guest_dir(guest: &str) -> Result<(), RuntimeError> {
     let rest = guest.strip_prefix('/').ok_or_else(|| {

@@ -1,0 +1,116 @@
+//! Tenants: API keys map to tenants; every request past `/health` carries one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+
+use crate::api::AppState;
+use crate::api::error::ApiError;
+
+/// The tenant a request acts for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant(pub String);
+
+/// The tenant used when the server runs without keys.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// API keys and their tenants. Keys are kept as BLAKE3 digests and compared in
+/// constant time, so neither their length nor a prefix leaks through timing.
+#[derive(Debug, Default, Clone)]
+pub struct Auth {
+    keys: Vec<([u8; 32], String)>,
+}
+
+impl Auth {
+    /// No keys: every caller is tenant `default`.
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// Tenants and their keys.
+    pub fn with_tenants(tenants: &HashMap<String, Vec<String>>) -> Self {
+        let mut keys = Vec::new();
+        for (tenant, tenant_keys) in tenants {
+            for key in tenant_keys {
+                keys.push((*blake3::hash(key.as_bytes()).as_bytes(), tenant.clone()));
+            }
+        }
+        Self { keys }
+    }
+
+    /// Whether keys are required.
+    pub fn required(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The tenant of a key, if any.
+    pub fn tenant(&self, key: &str) -> Option<String> {
+        let digest = blake3::hash(key.as_bytes());
+        let mut found = None;
+        // Every key is compared, so the time taken does not say which one matched.
+        for (known, tenant) in &self.keys {
+            if bool::from(known.ct_eq(digest.as_bytes())) {
+                found = Some(tenant.clone());
+            }
+        }
+        found
+    }
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(key.trim());
+    }
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Middleware: resolves the tenant or answers 401.
+pub async fn require_tenant(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let tenant = if state.auth.required() {
+        let key = presented_key(request.headers()).ok_or(ApiError::Unauthorized)?;
+        state.auth.tenant(key).ok_or(ApiError::Unauthorized)?
+    } else {
+        DEFAULT_TENANT.to_string()
+    };
+    request.extensions_mut().insert(Tenant(tenant));
+    Ok(next.run(request).await)
+}
+
+/// The caller's address, when the server knows it.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0),
+        ))
+    }
+}
+
+impl Peer {
+    /// Whether the caller connected from a loopback address. Without connection info
+    /// (in-process tests) the caller is treated as remote, the safe side.
+    pub fn is_loopback(&self) -> bool {
+        self.0.is_some_and(|addr| addr.ip().is_loopback())
+    }
+}

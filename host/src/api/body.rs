@@ -1,0 +1,115 @@
+//! Request bodies: JSON read with a size limit (malformed JSON gets the contract's
+//! error shape), and multipart packages whose chunks are verified before any is stored.
+
+use axum::extract::{FromRequest, Multipart, Request};
+use futures_util::stream;
+
+use crate::api::AppState;
+use crate::api::error::{ApiError, ApiResult};
+use crate::model::HashHex;
+use crate::node::cas::{CasError, Staged};
+
+/// A descriptor body: plain JSON, or a package whose chunks were stored.
+pub struct Descriptor {
+    /// The descriptor JSON.
+    pub value: serde_json::Value,
+}
+
+fn is_multipart(request: &Request) -> bool {
+    request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+/// Reads a JSON body (any content type: curl's default form type included).
+pub async fn json_value(state: &AppState, request: Request) -> ApiResult<serde_json::Value> {
+    let limit = state.node.config.max_json_bytes;
+    let bytes = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("JSON bodies are limited to {limit} bytes")))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "invalid_json",
+            "the body is empty; a JSON document was expected".into(),
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(ApiError::json)
+}
+
+/// Reads a descriptor: JSON, or a package (multipart) whose chunks are verified
+/// against their names, all of them before any is stored, and recorded for `tenant`.
+pub async fn descriptor(state: &AppState, tenant: &str, request: Request) -> ApiResult<Descriptor> {
+    if !is_multipart(&request) {
+        return Ok(Descriptor {
+            value: json_value(state, request).await?,
+        });
+    }
+    let mut multipart = Multipart::from_request(request, state).await.map_err(|e| {
+        ApiError::BadRequest("invalid_package", format!("malformed multipart body: {e}"))
+    })?;
+    let mut value = None;
+    let mut staged: Vec<Staged> = Vec::new();
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::BadRequest("invalid_package", format!("malformed multipart body: {e}"))
+    };
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "descriptor" {
+            let bytes = field.bytes().await.map_err(bad)?;
+            value = Some(serde_json::from_slice(&bytes).map_err(ApiError::json)?);
+            continue;
+        }
+        let hash: HashHex = name.parse().map_err(|e| {
+            ApiError::BadRequest(
+                "invalid_package",
+                format!("part names are `descriptor` or a chunk hash: {e}"),
+            )
+        })?;
+        let chunks = stream::try_unfold(field, |mut field| async move {
+            Ok::<_, axum::extract::multipart::MultipartError>(
+                field.chunk().await?.map(|chunk| (chunk, field)),
+            )
+        });
+        let chunks = Box::pin(chunks);
+        staged.push(
+            state
+                .node
+                .cas
+                .stage_stream(hash, chunks)
+                .await
+                .map_err(cas_error)?,
+        );
+    }
+    let value = value.ok_or_else(|| {
+        ApiError::BadRequest(
+            "invalid_package",
+            "the package has no `descriptor` part".into(),
+        )
+    })?;
+    // Every chunk verified: now store them.
+    for blob in staged {
+        let (hash, size) = (blob.hash, blob.size);
+        state.node.cas.commit(blob)?;
+        state.node.db.own_blob(tenant, &hash, size)?;
+        state.node.metrics.cas_bytes_written.add(size);
+    }
+    Ok(Descriptor { value })
+}
+
+/// The API error for a store error.
+pub fn cas_error(e: CasError) -> ApiError {
+    match e {
+        CasError::Mismatch { .. } => ApiError::BadRequest("hash_mismatch", e.to_string()),
+        CasError::TooLarge(_) => ApiError::TooLarge(e.to_string()),
+        CasError::Body(m) => ApiError::BadRequest("invalid_body", m),
+        CasError::Io(io) => ApiError::from(io),
+    }
+}
+
+/// Parses a path hash.
+pub fn path_hash(text: &str) -> ApiResult<HashHex> {
+    text.parse()
+        .map_err(|e: crate::model::BadHash| ApiError::BadRequest("invalid_hash", e.to_string()))
+}

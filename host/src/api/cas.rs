@@ -1,0 +1,133 @@
+//! `/cas`: the needs dance and blob upload/download.
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::AppState;
+use crate::api::auth::Tenant;
+use crate::api::body::{cas_error, json_value, path_hash};
+use crate::api::error::{ApiError, ApiResult};
+use crate::model::HashHex;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NeedsRequest {
+    hashes: Vec<HashHex>,
+}
+
+/// `POST /cas/needs`: the subset of the hashes this tenant's store lacks.
+pub async fn needs(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    request: Request,
+) -> ApiResult<Response> {
+    let value = json_value(&state, request).await?;
+    let body: NeedsRequest = serde_json::from_value(value)
+        .map_err(|e| ApiError::BadRequest("invalid_request", e.to_string()))?;
+    let needs = state.node.db.needs(&tenant, &body.hashes)?;
+    Ok(axum::Json(json!({ "needs": needs })).into_response())
+}
+
+/// `PUT /cas/{hash}`: streams the body to disk, verifying its hash.
+pub async fn put_blob(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let hash = path_hash(&hash)?;
+    let max = state.node.cas.max_blob_bytes();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(ApiError::TooLarge(format!("blob larger than {max} bytes")));
+    }
+    if state.node.db.owns_blob(&tenant, &hash)? && state.node.cas.contains(&hash) {
+        // Already held: the body is not needed, but it is still checked so that a
+        // client with wrong bytes learns about it.
+        let staged = state
+            .node
+            .cas
+            .stage_stream(hash, body.into_data_stream())
+            .await
+            .map_err(cas_error)?;
+        drop(staged);
+        return Ok((
+            StatusCode::OK,
+            axum::Json(json!({ "hash": hash, "stored": false })),
+        )
+            .into_response());
+    }
+    let staged = state
+        .node
+        .cas
+        .stage_stream(hash, body.into_data_stream())
+        .await
+        .map_err(cas_error)?;
+    let size = staged.size;
+    state.node.cas.commit(staged)?;
+    state.node.db.own_blob(&tenant, &hash, size)?;
+    state.node.metrics.cas_bytes_written.add(size);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "hash": hash, "stored": true })),
+    )
+        .into_response())
+}
+
+fn visible(state: &AppState, tenant: &str, hash: &HashHex) -> ApiResult<u64> {
+    if !state.node.db.owns_blob(tenant, hash)? {
+        return Err(ApiError::NotFound(format!("blob {hash} not found")));
+    }
+    state
+        .node
+        .cas
+        .size(hash)
+        .ok_or_else(|| ApiError::NotFound(format!("blob {hash} not found")))
+}
+
+/// `GET /cas/{hash}`: the bytes, streamed.
+pub async fn get_blob(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(hash): Path<String>,
+) -> ApiResult<Response> {
+    let hash = path_hash(&hash)?;
+    let size = visible(&state, &tenant, &hash)?;
+    let file = tokio::fs::File::open(state.node.cas.path(&hash)).await?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `HEAD /cas/{hash}`: 200 with Content-Length, or 404.
+pub async fn head_blob(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(hash): Path<String>,
+) -> ApiResult<Response> {
+    let hash = path_hash(&hash)?;
+    let size = visible(&state, &tenant, &hash)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        Body::empty(),
+    )
+        .into_response())
+}

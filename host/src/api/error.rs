@@ -1,0 +1,113 @@
+//! The one error type of the HTTP layer: every failure leaves as
+//! `{"error": {"code", "message"}}` with a 4xx/5xx status. 5xx bodies never carry
+//! internals; those go to the log.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::node::NodeError;
+
+/// An API error.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 with a code (`invalid_json`, `hash_mismatch`, `id_mismatch`, ...).
+    BadRequest(&'static str, String),
+    /// 401: missing or wrong API key.
+    Unauthorized,
+    /// 403 with a code (`remote_forbidden`).
+    Forbidden(&'static str, String),
+    /// 404 `not_found`.
+    NotFound(String),
+    /// 409 with a code (`queue_not_active`, `retry_limit`, ...).
+    Conflict(&'static str, String),
+    /// 413 `too_large`.
+    TooLarge(String),
+    /// 422 with a code (`invalid_module`, `invalid_dependency`, ...).
+    Unprocessable(&'static str, String),
+    /// 503 `unavailable`.
+    Unavailable(String),
+    /// 500 `internal`; the detail is logged, not returned.
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(..) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(..) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(..) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(..) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code_and_message(&self) -> (&'static str, String) {
+        match self {
+            ApiError::BadRequest(code, m)
+            | ApiError::Forbidden(code, m)
+            | ApiError::Conflict(code, m)
+            | ApiError::Unprocessable(code, m) => (code, m.clone()),
+            ApiError::Unauthorized => (
+                "unauthorized",
+                "a valid API key is required (x-api-key or Authorization: Bearer)".into(),
+            ),
+            ApiError::NotFound(m) => ("not_found", m.clone()),
+            ApiError::TooLarge(m) => ("too_large", m.clone()),
+            ApiError::Unavailable(m) => ("unavailable", m.clone()),
+            ApiError::Internal(_) => ("internal", "internal error; see the server log".into()),
+        }
+    }
+
+    /// A malformed JSON body.
+    pub fn json(e: impl std::fmt::Display) -> Self {
+        ApiError::BadRequest("invalid_json", format!("malformed JSON: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let (code, message) = self.code_and_message();
+        (
+            self.status_code(),
+            Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Invalid(code, m) => ApiError::BadRequest(code, m),
+            NodeError::NotFound(m) => ApiError::NotFound(m),
+            NodeError::Conflict(code, m) => ApiError::Conflict(code, m),
+            NodeError::InvalidModule(m) => ApiError::Unprocessable("invalid_module", m),
+            NodeError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError::Internal(format!("database: {e}"))
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        ApiError::Internal(format!("io: {e}"))
+    }
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,96 @@
+//! Health, readiness, sysinfo and metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::api::AppState;
+use crate::api::error::ApiError;
+use crate::node::metrics::Gauges;
+
+/// The version every node and coordinator reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `GET /health`: always 200 while the process serves.
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({"role": "node", "status": "healthy", "version": VERSION}))
+}
+
+/// `GET /compute/ready`: 200 when accepting work, else 503.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.node.ready() {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false})),
+        )
+            .into_response()
+    }
+}
+
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// `GET /compute/sysinfo`.
+pub async fn sysinfo(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let node = &state.node;
+    let (queued, running) = node.load();
+    let limits = node.config.limits;
+    Json(json!({
+        "id": node.config.id,
+        "role": "node",
+        "version": VERSION,
+        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "memory_bytes": memory_bytes(),
+        "slots": node.config.slots,
+        "running": running,
+        "queued": queued,
+        "limits": {
+            "max_blob_bytes": node.config.max_blob_bytes,
+            "max_request_bytes": node.config.max_request_bytes,
+            "fuel": limits.fuel,
+            "memory_bytes": limits.memory_bytes,
+            "timeout_ms": limits.timeout_ms,
+            "output_bytes": limits.output_bytes,
+        },
+        "labels": node.config.labels,
+    }))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let (queued, running) = state.node.load();
+    let gauges = Gauges {
+        queued,
+        running,
+        slots: state.node.config.slots,
+        cache: state.node.sandbox.cache().stats(),
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.node.metrics.render(&gauges),
+    )
+        .into_response()
+}
+
+/// Any other path.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}

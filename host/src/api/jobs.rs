@@ -1,0 +1,265 @@
+//! `/compute/jobs`: submission (single, batch, package), results, the completed list,
+//! cancel, priority and reschedule.
+
+use axum::Extension;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::api::auth::Tenant;
+use crate::api::body::{descriptor, json_value, path_hash};
+use crate::api::error::{ApiError, ApiResult};
+use crate::model::{ActionDescriptor, HashHex, canonical_json};
+use crate::node::{ActionSubmission, QueuePolicy, Submitted};
+
+/// `?priority=N`.
+#[derive(Debug, Default, Deserialize)]
+pub struct PriorityQuery {
+    priority: Option<i64>,
+}
+
+impl PriorityQuery {
+    /// The priority asked for, if any.
+    pub fn priority(&self) -> Option<i64> {
+        self.priority
+    }
+}
+
+fn parse_action(mut value: Value, worker: Option<HashHex>) -> ApiResult<ActionSubmission> {
+    if let Some(worker) = worker {
+        let object = value.as_object_mut().ok_or_else(|| {
+            ApiError::BadRequest("invalid_descriptor", "an action is a JSON object".into())
+        })?;
+        match object.get("worker") {
+            None => {
+                object.insert("worker".into(), Value::String(worker.to_string()));
+            }
+            Some(given) if given.as_str() == Some(&worker.to_string()) => {}
+            Some(given) => {
+                return Err(ApiError::BadRequest(
+                    "id_mismatch",
+                    format!("the action names worker {given}, the path {worker}"),
+                ));
+            }
+        }
+    }
+    let canonical =
+        canonical_json(&value).map_err(|e| ApiError::BadRequest("invalid_descriptor", e.0))?;
+    let action: ActionDescriptor = serde_json::from_value(value).map_err(|e| {
+        ApiError::BadRequest("invalid_descriptor", format!("action descriptor: {e}"))
+    })?;
+    let canonical = String::from_utf8(canonical).expect("canonical JSON is UTF-8");
+    Ok(ActionSubmission {
+        id: HashHex::of(canonical.as_bytes()),
+        action,
+        canonical,
+    })
+}
+
+/// Splits a submission body into its actions; tells whether it was a batch.
+fn actions(value: Value, worker: Option<HashHex>) -> ApiResult<(Vec<ActionSubmission>, bool)> {
+    if let Some(Value::Array(items)) = value.get("actions") {
+        if value.as_object().is_some_and(|o| o.len() > 1) {
+            return Err(ApiError::BadRequest(
+                "invalid_descriptor",
+                "a batch has only the `actions` field".into(),
+            ));
+        }
+        let parsed = items
+            .iter()
+            .cloned()
+            .map(|item| parse_action(item, worker))
+            .collect::<ApiResult<Vec<_>>>()?;
+        return Ok((parsed, true));
+    }
+    Ok((vec![parse_action(value, worker)?], false))
+}
+
+/// Submits and answers per the contract: 202 needs, or 201 with the job(s).
+pub async fn submit_into(
+    state: &AppState,
+    tenant: String,
+    worker: Option<HashHex>,
+    priority: Option<i64>,
+    queue: Option<QueuePolicy>,
+    request: Request,
+) -> ApiResult<Response> {
+    let body = descriptor(state, &tenant, request).await?;
+    let (submissions, batch) = actions(body.value, worker)?;
+    let node = state.node.clone();
+    let submitted =
+        tokio::task::spawn_blocking(move || node.submit(&tenant, submissions, priority, queue))
+            .await
+            .map_err(|e| ApiError::Internal(format!("submission task: {e}")))??;
+    Ok(match submitted {
+        Submitted::Needs(needs) => {
+            (StatusCode::ACCEPTED, axum::Json(json!({"needs": needs}))).into_response()
+        }
+        Submitted::Jobs(jobs) => {
+            let jobs: Vec<Value> = jobs
+                .into_iter()
+                .map(|(lsn, action)| json!({"lsn": lsn, "action": action}))
+                .collect();
+            let body = if batch {
+                json!({"jobs": jobs})
+            } else {
+                jobs.into_iter().next().expect("one job")
+            };
+            (StatusCode::CREATED, axum::Json(body)).into_response()
+        }
+    })
+}
+
+/// `POST /compute/jobs`.
+pub async fn submit(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Query(query): Query<PriorityQuery>,
+    request: Request,
+) -> ApiResult<Response> {
+    submit_into(&state, tenant, None, query.priority, None, request).await
+}
+
+/// `POST /compute/jobs/{worker}`.
+pub async fn submit_for_worker(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(worker): Path<String>,
+    Query(query): Query<PriorityQuery>,
+    request: Request,
+) -> ApiResult<Response> {
+    let worker = path_hash(&worker)?;
+    submit_into(&state, tenant, Some(worker), query.priority, None, request).await
+}
+
+/// Parses a path LSN.
+pub fn path_lsn(text: &str) -> ApiResult<u64> {
+    text.parse()
+        .map_err(|_| ApiError::BadRequest("invalid_lsn", format!("{text:?} is not a job LSN")))
+}
+
+/// The job's status or result, as `GET /compute/jobs/{lsn}` answers; `queue` scopes it.
+pub fn job_response(
+    state: &AppState,
+    tenant: &str,
+    lsn: u64,
+    queue: Option<u64>,
+) -> ApiResult<Response> {
+    let job = state
+        .node
+        .db
+        .job(tenant, lsn)?
+        .filter(|job| queue.is_none() || job.queue_id == queue)
+        .ok_or_else(|| ApiError::NotFound(format!("job {lsn} not found")))?;
+    Ok(match job.result {
+        Some(result) if job.state != "queued" && job.state != "running" => {
+            axum::Json(result).into_response()
+        }
+        _ => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"lsn": lsn, "state": job.state})),
+        )
+            .into_response(),
+    })
+}
+
+/// `GET /compute/jobs/{lsn}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(lsn): Path<String>,
+) -> ApiResult<Response> {
+    job_response(&state, &tenant, path_lsn(&lsn)?, None)
+}
+
+/// `GET /compute/jobs/{worker}/{action}`: the cached result of an action.
+pub async fn cached(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path((worker, action)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let (worker, action) = (path_hash(&worker)?, path_hash(&action)?);
+    let result = state
+        .node
+        .db
+        .cached_result(&tenant, &action)?
+        .filter(|result| result.worker == worker)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("no result for action {action} of worker {worker}"))
+        })?;
+    Ok(axum::Json(result).into_response())
+}
+
+/// `GET /compute/jobs/completed`.
+pub async fn completed(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+) -> ApiResult<Response> {
+    Ok(axum::Json(json!({"completed": state.node.db.completed(&tenant, None)?})).into_response())
+}
+
+/// `DELETE /compute/jobs/{lsn}`: retire a finished result from the completed list.
+pub async fn retire(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(lsn): Path<String>,
+) -> ApiResult<Response> {
+    let lsn = path_lsn(&lsn)?;
+    let job = state
+        .node
+        .db
+        .job(&tenant, lsn)?
+        .ok_or_else(|| ApiError::NotFound(format!("job {lsn} not found")))?;
+    if !state.node.db.retire(&tenant, lsn)? {
+        return Err(ApiError::Conflict(
+            "not_finished",
+            format!("job {lsn} is {}; only finished jobs retire", job.state),
+        ));
+    }
+    Ok(axum::Json(json!({"lsn": lsn, "retired": true})).into_response())
+}
+
+/// `POST /compute/jobs/{lsn}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(lsn): Path<String>,
+) -> ApiResult<Response> {
+    let lsn = path_lsn(&lsn)?;
+    state.node.cancel(&tenant, lsn)?;
+    Ok(axum::Json(json!({"lsn": lsn, "cancelled": true})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriorityBody {
+    priority: i64,
+}
+
+/// `POST /compute/jobs/{lsn}/priority`.
+pub async fn priority(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(lsn): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    let lsn = path_lsn(&lsn)?;
+    let body: PriorityBody = serde_json::from_value(json_value(&state, request).await?)
+        .map_err(|e| ApiError::BadRequest("invalid_request", e.to_string()))?;
+    state.node.set_priority(&tenant, lsn, body.priority)?;
+    Ok(axum::Json(json!({"lsn": lsn, "priority": body.priority})).into_response())
+}
+
+/// `POST /compute/jobs/{lsn}/reschedule`.
+pub async fn reschedule(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(lsn): Path<String>,
+) -> ApiResult<Response> {
+    let lsn = path_lsn(&lsn)?;
+    let attempts = state.node.reschedule(&tenant, lsn)?;
+    Ok(axum::Json(json!({"lsn": lsn, "attempts": attempts})).into_response())
+}

@@ -1,0 +1,102 @@
+//! The HTTP API of `../shared/design/API.md`: `fn app(state) -> Router` and `serve`.
+//! One module per resource; handlers translate and delegate to [`crate::node::Node`].
+
+pub mod auth;
+mod body;
+mod cas;
+pub mod error;
+mod info;
+mod jobs;
+mod queues;
+mod workers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+
+use crate::node::Node;
+use auth::Auth;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The node.
+    pub node: Arc<Node>,
+    /// API keys.
+    pub auth: Arc<Auth>,
+}
+
+/// The router with every route of the node.
+pub fn app(state: AppState) -> Router {
+    let limit = usize::try_from(state.node.config.max_request_bytes).unwrap_or(usize::MAX);
+    let protected = Router::new()
+        .route("/compute/ready", get(info::ready))
+        .route("/compute/sysinfo", get(info::sysinfo))
+        .route("/metrics", get(info::metrics))
+        .route("/cas/needs", post(cas::needs))
+        .route(
+            "/cas/{hash}",
+            get(cas::get_blob).head(cas::head_blob).put(cas::put_blob),
+        )
+        .route(
+            "/compute/workers",
+            post(workers::register).get(workers::list),
+        )
+        .route(
+            "/compute/workers/{id}",
+            post(workers::register_id).get(workers::get),
+        )
+        .route("/compute/jobs", post(jobs::submit))
+        .route("/compute/jobs/completed", get(jobs::completed))
+        .route(
+            "/compute/jobs/{id}",
+            post(jobs::submit_for_worker)
+                .get(jobs::get)
+                .delete(jobs::retire),
+        )
+        .route("/compute/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/compute/jobs/{id}/priority", post(jobs::priority))
+        .route("/compute/jobs/{id}/reschedule", post(jobs::reschedule))
+        .route("/compute/jobs/{id}/{action}", get(jobs::cached))
+        .route("/compute/queues", post(queues::create_local))
+        .route("/compute/queues/remote", post(queues::create_remote))
+        .route(
+            "/compute/queues/{q}",
+            get(queues::get).delete(queues::cancel),
+        )
+        .route("/compute/queues/{q}/drain", post(queues::drain))
+        .route("/compute/queues/{q}/completed", get(queues::completed))
+        .route("/compute/queues/{q}/jobs", post(queues::submit))
+        .route(
+            "/compute/queues/{q}/jobs/{id}",
+            post(queues::submit_for_worker).get(queues::job),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_tenant,
+        ));
+    Router::new()
+        .route("/health", get(info::health))
+        .merge(protected)
+        .fallback(info::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains connections.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,262 @@
+//! `/compute/queues`: local (integer id, loopback only) and remote (token) queues.
+
+use axum::Extension;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::api::AppState;
+use crate::api::auth::{Peer, Tenant};
+use crate::api::body::path_hash;
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::jobs::{PriorityQuery, job_response, path_lsn, submit_into};
+use crate::node::QueuePolicy;
+use crate::node::db::QueueRow;
+
+/// Length of a remote queue token: 12 random bytes (96 bits) in hex.
+const TOKEN_HEX: usize = 24;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueBody {
+    name: Option<String>,
+    max_retries: Option<u32>,
+    priority: Option<i64>,
+    retry_guest_failures: Option<bool>,
+}
+
+async fn queue_body(state: &AppState, request: Request) -> ApiResult<QueueBody> {
+    let limit = state.node.config.max_json_bytes;
+    let bytes = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("JSON bodies are limited to {limit} bytes")))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(QueueBody::default());
+    }
+    serde_json::from_slice(&bytes).map_err(ApiError::json)
+}
+
+fn create(
+    state: &AppState,
+    tenant: &str,
+    body: &QueueBody,
+    token_digest: Option<&str>,
+) -> ApiResult<u64> {
+    Ok(state.node.db.create_queue(
+        tenant,
+        token_digest,
+        body.name.as_deref(),
+        body.max_retries.unwrap_or(3),
+        body.retry_guest_failures.unwrap_or(false),
+        body.priority.unwrap_or(0),
+    )?)
+}
+
+fn remote_forbidden() -> ApiError {
+    ApiError::Forbidden(
+        "remote_forbidden",
+        "local queues and integer queue ids are for loopback callers; use a remote queue token"
+            .into(),
+    )
+}
+
+/// `POST /compute/queues`: a local queue, for loopback callers only.
+pub async fn create_local(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    peer: Peer,
+    request: Request,
+) -> ApiResult<Response> {
+    if !peer.is_loopback() {
+        return Err(remote_forbidden());
+    }
+    let body = queue_body(&state, request).await?;
+    let id = create(&state, &tenant, &body, None)?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"queue_id": id}))).into_response())
+}
+
+/// `POST /compute/queues/remote`: a queue addressed by an unguessable token. Only the
+/// token's BLAKE3 digest is stored.
+pub async fn create_remote(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    request: Request,
+) -> ApiResult<Response> {
+    let body = queue_body(&state, request).await?;
+    let mut bytes = [0u8; TOKEN_HEX / 2];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    let digest = blake3::hash(token.as_bytes()).to_hex().to_string();
+    let id = create(&state, &tenant, &body, Some(&digest))?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"queue_token": token, "queue_id": id})),
+    )
+        .into_response())
+}
+
+/// Resolves `{q}`: a 24-hex token for anyone, an integer id for loopback callers.
+/// Another tenant's queue is not found (404, not 403: no existence leak).
+fn resolve(state: &AppState, tenant: &str, q: &str, peer: Peer) -> ApiResult<QueueRow> {
+    let not_found = || ApiError::NotFound(format!("queue {q} not found"));
+    let row = if q.len() == TOKEN_HEX && q.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let digest = blake3::hash(q.to_ascii_lowercase().as_bytes());
+        let mut found = None;
+        for (id, stored) in state.node.db.queue_tokens()? {
+            if bool::from(stored.as_bytes().ct_eq(digest.to_hex().as_bytes())) {
+                found = Some(id);
+            }
+        }
+        state.node.db.queue(found.ok_or_else(not_found)?)?
+    } else {
+        let id: u64 = q.parse().map_err(|_| not_found())?;
+        if !peer.is_loopback() {
+            return Err(remote_forbidden());
+        }
+        state.node.db.queue(id)?
+    };
+    row.filter(|row| row.tenant == tenant).ok_or_else(not_found)
+}
+
+/// `GET /compute/queues/{q}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(q): Path<String>,
+    peer: Peer,
+) -> ApiResult<Response> {
+    let queue = resolve(&state, &tenant, &q, peer)?;
+    let mut counts =
+        json!({"queued": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0});
+    for (job_state, n) in state.node.db.queue_counts(queue.id)? {
+        counts[job_state] = json!(n);
+    }
+    let pending = counts["queued"].as_u64().unwrap_or(0) + counts["running"].as_u64().unwrap_or(0);
+    Ok(axum::Json(json!({
+        "queue_id": queue.id,
+        "state": queue.state,
+        "counts": counts,
+        "is_complete": pending == 0,
+    }))
+    .into_response())
+}
+
+/// `DELETE /compute/queues/{q}`: cancels every queued and running job.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(q): Path<String>,
+    peer: Peer,
+) -> ApiResult<Response> {
+    let queue = resolve(&state, &tenant, &q, peer)?;
+    let node = state.node.clone();
+    let id = queue.id;
+    tokio::task::spawn_blocking(move || node.cancel_queue(&tenant, id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(axum::Json(json!({"queue_id": id, "state": "cancelled"})).into_response())
+}
+
+/// `POST /compute/queues/{q}/drain`: no new jobs; the rest finish.
+pub async fn drain(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(q): Path<String>,
+    peer: Peer,
+) -> ApiResult<Response> {
+    let queue = resolve(&state, &tenant, &q, peer)?;
+    if queue.state == "active" {
+        state.node.db.set_queue_state(queue.id, "draining")?;
+    }
+    let now = if queue.state == "active" {
+        "draining"
+    } else {
+        queue.state.as_str()
+    };
+    Ok(axum::Json(json!({"queue_id": queue.id, "state": now})).into_response())
+}
+
+/// `GET /compute/queues/{q}/completed`.
+pub async fn completed(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(q): Path<String>,
+    peer: Peer,
+) -> ApiResult<Response> {
+    let queue = resolve(&state, &tenant, &q, peer)?;
+    Ok(
+        axum::Json(json!({"completed": state.node.db.completed(&tenant, Some(queue.id))?}))
+            .into_response(),
+    )
+}
+
+fn policy(queue: &QueueRow) -> QueuePolicy {
+    QueuePolicy {
+        id: queue.id,
+        max_retries: queue.max_retries,
+        retry_guest_failures: queue.retry_guest_failures,
+        priority: queue.priority,
+    }
+}
+
+/// `POST /compute/queues/{q}/jobs`.
+pub async fn submit(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(q): Path<String>,
+    Query(query): Query<PriorityQuery>,
+    peer: Peer,
+    request: Request,
+) -> ApiResult<Response> {
+    let queue = resolve(&state, &tenant, &q, peer)?;
+    submit_into(
+        &state,
+        tenant,
+        None,
+        query_priority(&query),
+        Some(policy(&queue)),
+        request,
+    )
+    .await
+}
+
+fn query_priority(query: &PriorityQuery) -> Option<i64> {
+    query.priority()
+}
+
+/// `POST /compute/queues/{q}/jobs/{worker}`.
+pub async fn submit_for_worker(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path((q, worker)): Path<(String, String)>,
+    Query(query): Query<PriorityQuery>,
+    peer: Peer,
+    request: Request,
+) -> ApiResult<Response> {
+    let queue = resolve(&state, &tenant, &q, peer)?;
+    let worker = path_hash(&worker)?;
+    submit_into(
+        &state,
+        tenant,
+        Some(worker),
+        query_priority(&query),
+        Some(policy(&queue)),
+        request,
+    )
+    .await
+}
+
+/// `GET /compute/queues/{q}/jobs/{lsn}`.
+pub async fn job(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path((q, lsn)): Path<(String, String)>,
+    peer: Peer,
+) -> ApiResult<Response> {
+    let queue = resolve(&state, &tenant, &q, peer)?;
+    job_response(&state, &tenant, path_lsn(&lsn)?, Some(queue.id))
+}

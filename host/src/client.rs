@@ -1,0 +1,315 @@
+//! A small blocking client of the wasmesh HTTP API, used by the CLI and the tests: the
+//! needs dance for uploads, submission, results and waiting.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::blocking::multipart::{Form, Part};
+use serde_json::{Value, json};
+
+use crate::model::{HashHex, JobResult};
+
+/// A client error: the server's error code and message, or a transport failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The contract's error code.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The request did not get an answer.
+    #[error("request failed: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The answer was not what the contract promises.
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+    /// Waiting took too long.
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    /// The worker id.
+    pub worker: HashHex,
+    /// Chunks the server asked for (and was sent).
+    pub sent_chunks: usize,
+    /// Bytes of chunks sent.
+    pub sent_bytes: u64,
+}
+
+/// The client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    api_key: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+fn api_error(response: reqwest::blocking::Response) -> ClientError {
+    let status = response.status().as_u16();
+    let body: Value = response.json().unwrap_or(Value::Null);
+    ClientError::Api {
+        status,
+        code: body["error"]["code"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string(),
+        message: body["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string(),
+    }
+}
+
+impl Client {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:9000`).
+    pub fn new(base: impl Into<String>, api_key: Option<String>) -> Self {
+        Self {
+            base: base.into().trim_end_matches('/').to_string(),
+            api_key,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(600))
+                .build()
+                .expect("building an HTTP client"),
+        }
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.api_key {
+            Some(key) => builder.header("x-api-key", key),
+            None => builder,
+        }
+    }
+
+    fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let mut builder = self.request(method, path);
+        if let Some(body) = body {
+            builder = builder.json(body);
+        }
+        let response = builder.send()?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(api_error(response));
+        }
+        Ok((status, response.json().unwrap_or(Value::Null)))
+    }
+
+    /// `POST /cas/needs`.
+    pub fn needs(&self, hashes: &[HashHex]) -> Result<Vec<HashHex>, ClientError> {
+        let (_, body) = self.json(
+            reqwest::Method::POST,
+            "/cas/needs",
+            Some(&json!({"hashes": hashes})),
+        )?;
+        serde_json::from_value(body["needs"].clone())
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `PUT /cas/{hash}` of `bytes`; returns the hash.
+    pub fn put_blob(&self, bytes: Vec<u8>) -> Result<HashHex, ClientError> {
+        let hash = HashHex::of(&bytes);
+        let response = self
+            .request(reqwest::Method::PUT, &format!("/cas/{hash}"))
+            .body(bytes)
+            .send()?;
+        if !response.status().is_success() {
+            return Err(api_error(response));
+        }
+        Ok(hash)
+    }
+
+    /// Stores blobs the server lacks (the needs dance for inputs).
+    pub fn ensure_blobs(&self, blobs: &[&[u8]]) -> Result<Vec<HashHex>, ClientError> {
+        let hashes: Vec<HashHex> = blobs.iter().map(|b| HashHex::of(b)).collect();
+        let needs = self.needs(&hashes)?;
+        for (hash, bytes) in hashes.iter().zip(blobs) {
+            if needs.contains(hash) {
+                self.put_blob(bytes.to_vec())?;
+            }
+        }
+        Ok(hashes)
+    }
+
+    /// `GET /cas/{hash}`.
+    pub fn blob(&self, hash: &HashHex) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .request(reqwest::Method::GET, &format!("/cas/{hash}"))
+            .send()?;
+        if !response.status().is_success() {
+            return Err(api_error(response));
+        }
+        Ok(response.bytes()?.to_vec())
+    }
+
+    /// Registers a worker with the needs dance: the descriptor first, then a package
+    /// with only the chunks the server asked for.
+    pub fn upload_worker(
+        &self,
+        descriptor: &Value,
+        chunks: &[(HashHex, &[u8])],
+    ) -> Result<Upload, ClientError> {
+        let (status, body) =
+            self.json(reqwest::Method::POST, "/compute/workers", Some(descriptor))?;
+        let worker: HashHex = serde_json::from_value(body["worker"].clone())
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if status != StatusCode::ACCEPTED {
+            return Ok(Upload {
+                worker,
+                sent_chunks: 0,
+                sent_bytes: 0,
+            });
+        }
+        let needs: Vec<HashHex> = serde_json::from_value(body["needs"].clone())
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut form = Form::new().part(
+            "descriptor",
+            Part::text(descriptor.to_string())
+                .mime_str("application/json")
+                .expect("valid mime"),
+        );
+        let (mut sent_chunks, mut sent_bytes) = (0, 0);
+        for (hash, bytes) in chunks {
+            if needs.contains(hash) {
+                sent_chunks += 1;
+                sent_bytes += bytes.len() as u64;
+                form = form.part(
+                    hash.to_string(),
+                    Part::bytes(bytes.to_vec()).file_name(hash.to_string()),
+                );
+            }
+        }
+        if sent_chunks < needs.len() {
+            return Err(ClientError::Protocol(format!(
+                "the server needs {} chunks the client does not have",
+                needs.len() - sent_chunks
+            )));
+        }
+        let response = self
+            .request(reqwest::Method::POST, "/compute/workers")
+            .multipart(form)
+            .send()?;
+        if !response.status().is_success() {
+            return Err(api_error(response));
+        }
+        Ok(Upload {
+            worker,
+            sent_chunks,
+            sent_bytes,
+        })
+    }
+
+    /// Submits one action (into `queue` when given); returns its LSN.
+    pub fn submit(
+        &self,
+        action: &Value,
+        queue: Option<&str>,
+        priority: Option<i64>,
+    ) -> Result<u64, ClientError> {
+        let path = match queue {
+            Some(q) => format!("/compute/queues/{q}/jobs"),
+            None => "/compute/jobs".into(),
+        };
+        let path = match priority {
+            Some(p) => format!("{path}?priority={p}"),
+            None => path,
+        };
+        let (status, body) = self.json(reqwest::Method::POST, &path, Some(action))?;
+        if status == StatusCode::ACCEPTED {
+            return Err(ClientError::Protocol(format!(
+                "the server still needs chunks: {}",
+                body["needs"]
+            )));
+        }
+        body["lsn"]
+            .as_u64()
+            .ok_or_else(|| ClientError::Protocol(format!("no lsn in {body}")))
+    }
+
+    /// The job's result, or `None` while it is pending.
+    pub fn result(&self, lsn: u64) -> Result<Option<JobResult>, ClientError> {
+        let response = self
+            .request(reqwest::Method::GET, &format!("/compute/jobs/{lsn}"))
+            .send()?;
+        match response.status() {
+            StatusCode::ACCEPTED => Ok(None),
+            StatusCode::OK => response
+                .json()
+                .map(Some)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+            _ => Err(api_error(response)),
+        }
+    }
+
+    /// Polls until the job finishes (backing off from 2 ms to 200 ms).
+    pub fn wait(&self, lsn: u64, timeout: Duration) -> Result<JobResult, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if let Some(result) = self.result(lsn)? {
+                return Ok(result);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(format!("job {lsn}")));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// `GET /compute/queues/{q}`.
+    pub fn queue(&self, q: &str) -> Result<Value, ClientError> {
+        self.json(reqwest::Method::GET, &format!("/compute/queues/{q}"), None)
+            .map(|(_, body)| body)
+    }
+
+    /// Polls until the queue has nothing pending; returns its final status.
+    pub fn wait_queue(
+        &self,
+        q: &str,
+        timeout: Duration,
+        mut progress: impl FnMut(&Value),
+    ) -> Result<Value, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let status = self.queue(q)?;
+            progress(&status);
+            if status["is_complete"] == json!(true) {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(format!("queue {q}")));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Any JSON call, for commands not wrapped above.
+    pub fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        self.json(method, path, body).map(|(_, body)| body)
+    }
+}

@@ -1,0 +1,342 @@
+//! The contract's data: worker and action descriptors, content ids from canonical JSON,
+//! hashes as they appear on the wire, and job results.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use wasmesh_runtime::LimitsRequest;
+
+/// A BLAKE3-256 hash as the API spells it: 64 lowercase hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HashHex(pub [u8; 32]);
+
+impl HashHex {
+    /// The hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        HashHex(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The hash of the empty blob, which every store holds.
+    pub fn empty() -> Self {
+        Self::of(b"")
+    }
+
+    /// As a runtime hash.
+    pub fn to_blake3(self) -> blake3::Hash {
+        blake3::Hash::from_bytes(self.0)
+    }
+}
+
+impl From<blake3::Hash> for HashHex {
+    fn from(hash: blake3::Hash) -> Self {
+        HashHex(*hash.as_bytes())
+    }
+}
+
+/// Why a string is not a hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadHash(pub String);
+
+impl fmt::Display for BadHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not a BLAKE3 hash (64 lowercase hex characters)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BadHash {}
+
+impl FromStr for HashHex {
+    type Err = BadHash;
+
+    fn from_str(text: &str) -> Result<Self, BadHash> {
+        let lower_hex = text.len() == 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !lower_hex {
+            return Err(BadHash(text.chars().take(80).collect()));
+        }
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).map_err(|_| BadHash(text.into()))?;
+        Ok(HashHex(bytes))
+    }
+}
+
+impl fmt::Display for HashHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for HashHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HashHex({self})")
+    }
+}
+
+impl Serialize for HashHex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HashHex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A worker: a content-addressed module with its files, environment and limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerDescriptor {
+    /// Human name.
+    pub name: String,
+    /// Human version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Hash of the `.wasm`.
+    pub module: HashHex,
+    /// Files mounted read-only under `/worker`: relative path -> hash.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, HashHex>,
+    /// Environment for every action of the worker.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Ceilings for every action of the worker.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub limits: LimitsRequest,
+    /// Node labels placement must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requires: BTreeMap<String, String>,
+}
+
+impl WorkerDescriptor {
+    /// Every chunk the worker needs: the module and its files.
+    pub fn chunks(&self) -> Vec<HashHex> {
+        std::iter::once(self.module)
+            .chain(self.files.values().copied())
+            .collect()
+    }
+}
+
+/// An action: a worker and its inputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionDescriptor {
+    /// The worker id.
+    pub worker: HashHex,
+    /// Hash of the stdin bytes (empty when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<HashHex>,
+    /// Arguments after `argv[0]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment (on top of the worker's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Files mounted read-only under `/input`: relative path -> hash.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, HashHex>,
+    /// Limits, clamped to the worker's and the node's.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub limits: LimitsRequest,
+    /// LSNs of jobs that must succeed first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<u64>,
+}
+
+impl ActionDescriptor {
+    /// Every chunk the action needs besides its worker: its input and files.
+    pub fn chunks(&self) -> Vec<HashHex> {
+        self.input
+            .iter()
+            .copied()
+            .chain(self.files.values().copied())
+            .collect()
+    }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// Why a JSON value has no canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotCanonical(pub String);
+
+impl fmt::Display for NotCanonical {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Canonical JSON: object keys sorted by byte order, no insignificant whitespace,
+/// integers only. Written out by hand so that no serde_json feature (such as
+/// `preserve_order`, which another crate could switch on) can change an id.
+pub fn canonical_json(value: &serde_json::Value) -> Result<Vec<u8>, NotCanonical> {
+    let mut out = Vec::new();
+    write_canonical(value, "$", &mut out)?;
+    Ok(out)
+}
+
+fn write_canonical(
+    value: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), NotCanonical> {
+    use serde_json::Value;
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Number(n) => {
+            if n.is_f64() {
+                return Err(NotCanonical(format!(
+                    "{path} is a float ({n}); descriptors hold integers only"
+                )));
+            }
+            out.extend_from_slice(n.to_string().as_bytes());
+        }
+        Value::String(s) => {
+            serde_json::to_writer(&mut *out, s).expect("writing a string to a Vec cannot fail");
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, &format!("{path}[{i}]"), out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            out.push(b'{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key)
+                    .expect("writing a string to a Vec cannot fail");
+                out.push(b':');
+                write_canonical(&map[key], &format!("{path}.{key}"), out)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+/// The content id of a descriptor: BLAKE3 of its canonical JSON.
+pub fn content_id(value: &serde_json::Value) -> Result<HashHex, NotCanonical> {
+    canonical_json(value).map(|bytes| HashHex::of(&bytes))
+}
+
+/// Usage of one run, as results report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageJson {
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// Wall time in milliseconds.
+    pub wall_ms: u64,
+    /// Peak linear memory.
+    pub peak_memory_bytes: u64,
+}
+
+/// A finished job's result, exactly as `GET /compute/jobs/{lsn}` returns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The job.
+    pub lsn: u64,
+    /// Its action id.
+    pub action: HashHex,
+    /// Its worker id.
+    pub worker: HashHex,
+    /// `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    /// How the run ended (see the contract's list).
+    pub outcome: String,
+    /// The guest's exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The trap text (or the reason a job failed without running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Hash of stdout.
+    pub output: HashHex,
+    /// Bytes of stdout.
+    pub output_size: u64,
+    /// Hash of stderr.
+    pub stderr: HashHex,
+    /// Events the guest emitted.
+    pub events: Vec<serde_json::Value>,
+    /// What it used.
+    pub usage: UsageJson,
+    /// The node that ran it.
+    pub node: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Whether it was answered from the result cache.
+    pub cached: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_by_bytes_and_drops_whitespace() {
+        let value = json!({"b": 1, "a": {"z": [1, 2], "B": "x"}, "é": true, "Z": null});
+        let text = String::from_utf8(canonical_json(&value).unwrap()).unwrap();
+        assert_eq!(text, r#"{"Z":null,"a":{"B":"x","z":[1,2]},"b":1,"é":true}"#);
+    }
+
+    #[test]
+    fn canonical_json_refuses_floats_with_their_path() {
+        let err = canonical_json(&json!({"limits": {"fuel": 1.5}})).unwrap_err();
+        assert!(err.0.contains("$.limits.fuel"), "{err}");
+    }
+
+    #[test]
+    fn ids_do_not_depend_on_key_order() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"name":"x","module":"m"}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{ "module" : "m", "name" : "x" }"#).unwrap();
+        assert_eq!(content_id(&a).unwrap(), content_id(&b).unwrap());
+        assert_ne!(
+            content_id(&a).unwrap(),
+            content_id(&json!({"name": "y", "module": "m"})).unwrap()
+        );
+    }
+
+    #[test]
+    fn hashes_must_be_lowercase_hex_of_the_right_length() {
+        let good = HashHex::empty().to_string();
+        assert_eq!(good.parse::<HashHex>().unwrap(), HashHex::empty());
+        assert!(good.to_uppercase().parse::<HashHex>().is_err());
+        assert!(good[1..].parse::<HashHex>().is_err());
+        assert!(format!("{}g", &good[1..]).parse::<HashHex>().is_err());
+    }
+
+    #[test]
+    fn descriptors_refuse_unknown_fields() {
+        let module = HashHex::empty().to_string();
+        let ok: Result<WorkerDescriptor, _> =
+            serde_json::from_value(json!({"name": "w", "module": module}));
+        assert!(ok.is_ok());
+        let typo: Result<WorkerDescriptor, _> =
+            serde_json::from_value(json!({"name": "w", "module": module, "limtis": {}}));
+        assert!(typo.unwrap_err().to_string().contains("limtis"));
+    }
+}

@@ -1,0 +1,226 @@
+//! The on-disk content-addressed store: blobs named by their BLAKE3 hash in sharded
+//! folders, written atomically (temp file, fsync, rename) and verified on the way in.
+//!
+//! Which tenant may see which blob is the database's business (`blobs` table); this
+//! module only keeps bytes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use crate::model::HashHex;
+
+/// Why a blob was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError {
+    /// The bytes hash to something else than their name.
+    #[error("the bytes hash to {actual}, not {expected}")]
+    Mismatch {
+        /// The name given.
+        expected: HashHex,
+        /// What the bytes hash to.
+        actual: HashHex,
+    },
+    /// The blob is larger than the store accepts.
+    #[error("blob larger than {0} bytes")]
+    TooLarge(u64),
+    /// The body could not be read from the client.
+    #[error("reading the body: {0}")]
+    Body(String),
+    /// A disk error.
+    #[error("store I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A blob written and verified but not yet visible under its name.
+#[derive(Debug)]
+pub struct Staged {
+    file: tempfile::NamedTempFile,
+    /// Its hash.
+    pub hash: HashHex,
+    /// Its size.
+    pub size: u64,
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct Cas {
+    root: PathBuf,
+    staging: PathBuf,
+    max_blob_bytes: u64,
+}
+
+impl Cas {
+    /// Opens (creating) the store under `root`, with the empty blob present.
+    pub fn open(root: &Path, max_blob_bytes: u64) -> std::io::Result<Self> {
+        let staging = root.join("staging");
+        std::fs::create_dir_all(&staging)?;
+        // Leftovers of a crash mid-upload are garbage.
+        for entry in std::fs::read_dir(&staging)?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let cas = Self {
+            root: root.to_path_buf(),
+            staging,
+            max_blob_bytes,
+        };
+        if !cas.contains(&HashHex::empty()) {
+            let staged = cas
+                .stage_bytes(HashHex::empty(), b"")
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            cas.commit(staged)?;
+        }
+        Ok(cas)
+    }
+
+    /// The largest blob accepted.
+    pub fn max_blob_bytes(&self) -> u64 {
+        self.max_blob_bytes
+    }
+
+    /// Where a blob lives (whether or not it is there).
+    pub fn path(&self, hash: &HashHex) -> PathBuf {
+        let hex = hash.to_string();
+        self.root.join(&hex[..2]).join(&hex[2..4]).join(hex)
+    }
+
+    /// Whether the blob is on disk.
+    pub fn contains(&self, hash: &HashHex) -> bool {
+        self.path(hash).is_file()
+    }
+
+    /// The blob's size, if present.
+    pub fn size(&self, hash: &HashHex) -> Option<u64> {
+        std::fs::metadata(self.path(hash)).ok().map(|m| m.len())
+    }
+
+    /// Reads a whole blob.
+    pub fn read(&self, hash: &HashHex) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.path(hash))
+    }
+
+    fn temp(&self) -> std::io::Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&self.staging)
+    }
+
+    /// Writes `bytes` to a staging file after checking they hash to `expected`.
+    pub fn stage_bytes(&self, expected: HashHex, bytes: &[u8]) -> Result<Staged, CasError> {
+        if bytes.len() as u64 > self.max_blob_bytes {
+            return Err(CasError::TooLarge(self.max_blob_bytes));
+        }
+        let actual = HashHex::of(bytes);
+        if actual != expected {
+            return Err(CasError::Mismatch { expected, actual });
+        }
+        let mut file = self.temp()?;
+        file.write_all(bytes)?;
+        Ok(Staged {
+            file,
+            hash: actual,
+            size: bytes.len() as u64,
+        })
+    }
+
+    /// Streams a body to a staging file, hashing as it goes; never holds it whole in
+    /// memory. Fails as soon as it passes the size limit.
+    pub async fn stage_stream<S, E>(
+        &self,
+        expected: HashHex,
+        mut body: S,
+    ) -> Result<Staged, CasError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let file = self.temp()?;
+        let (std_file, path) = file.into_parts();
+        let mut out = tokio::fs::File::from_std(std_file);
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| CasError::Body(e.to_string()))?;
+            size += chunk.len() as u64;
+            if size > self.max_blob_bytes {
+                return Err(CasError::TooLarge(self.max_blob_bytes));
+            }
+            hasher.update(&chunk);
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out).await?;
+        let actual = HashHex::from(hasher.finalize());
+        if actual != expected {
+            return Err(CasError::Mismatch { expected, actual });
+        }
+        let file = tempfile::NamedTempFile::from_parts(out.into_std().await, path);
+        Ok(Staged {
+            file,
+            hash: actual,
+            size,
+        })
+    }
+
+    /// Makes a staged blob visible under its name: fsync, then rename into place. A
+    /// blob already present is left as it is.
+    pub fn commit(&self, staged: Staged) -> std::io::Result<()> {
+        let target = self.path(&staged.hash);
+        if target.is_file() {
+            return Ok(());
+        }
+        staged.file.as_file().sync_all()?;
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        staged.file.persist(&target).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Stores bytes whose hash the caller computed itself (outputs of runs).
+    pub fn put_own(&self, bytes: &[u8]) -> std::io::Result<HashHex> {
+        let hash = HashHex::of(bytes);
+        if !self.contains(&hash) {
+            let staged = self
+                .stage_bytes(hash, bytes)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.commit(staged)?;
+        }
+        Ok(hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_round_trip_and_mismatches_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(dir.path(), 1024).unwrap();
+        assert!(cas.contains(&HashHex::empty()));
+        let hash = HashHex::of(b"hello");
+        cas.commit(cas.stage_bytes(hash, b"hello").unwrap())
+            .unwrap();
+        assert_eq!(cas.read(&hash).unwrap(), b"hello");
+        assert_eq!(cas.size(&hash), Some(5));
+
+        let wrong = HashHex::of(b"other");
+        assert!(matches!(
+            cas.stage_bytes(wrong, b"hello"),
+            Err(CasError::Mismatch { .. })
+        ));
+        assert!(!cas.contains(&wrong));
+        assert!(matches!(
+            cas.stage_bytes(HashHex::of(&[0; 2000]), &[0; 2000]),
+            Err(CasError::TooLarge(1024))
+        ));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("staging"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}

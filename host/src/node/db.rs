@@ -1,0 +1,573 @@
+//! Durable state in SQLite (WAL): blob ownership, workers, queues and jobs with their
+//! results. Every row belongs to a tenant; every lookup is scoped by it, so one tenant's
+//! ids are simply not found by another.
+//!
+//! Writes use `synchronous = NORMAL` in WAL mode: a committed transaction survives the
+//! process being killed at any point; only an operating-system crash can lose the last
+//! few commits (see docs/api.md, "Durability").
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::model::{HashHex, JobResult};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS blobs (
+    tenant TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (tenant, hash)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workers (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT,
+    descriptor TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queues (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    token TEXT UNIQUE,
+    name TEXT,
+    state TEXT NOT NULL,
+    max_retries INTEGER NOT NULL,
+    retry_guest_failures INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    touched_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    lsn INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    queue_id INTEGER,
+    action TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    descriptor TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_retries INTEGER NOT NULL,
+    retry_guest_failures INTEGER NOT NULL,
+    result TEXT,
+    retired INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    finished_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state) WHERE state IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS jobs_by_action ON jobs (tenant, action, state);
+CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue_id, state);
+CREATE TABLE IF NOT EXISTS job_deps (
+    lsn INTEGER NOT NULL,
+    after INTEGER NOT NULL,
+    PRIMARY KEY (lsn, after)
+) WITHOUT ROWID;
+"#;
+
+/// A job as stored.
+#[derive(Clone, Debug)]
+pub struct JobRow {
+    /// Its LSN.
+    pub lsn: u64,
+    /// Its owner.
+    pub tenant: String,
+    /// Its queue, if any.
+    pub queue_id: Option<u64>,
+    /// Its action id.
+    pub action: HashHex,
+    /// Its worker id.
+    pub worker: HashHex,
+    /// The action descriptor (JSON).
+    pub descriptor: String,
+    /// Higher runs first.
+    pub priority: i64,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Retries allowed after the first attempt.
+    pub max_retries: u32,
+    /// Whether guest failures are retried too.
+    pub retry_guest_failures: bool,
+    /// The result once finished.
+    pub result: Option<JobResult>,
+    /// Jobs this one waits for.
+    pub after: Vec<u64>,
+}
+
+/// A queue as stored.
+#[derive(Clone, Debug)]
+pub struct QueueRow {
+    /// Its id.
+    pub id: u64,
+    /// Its owner.
+    pub tenant: String,
+    /// The remote token, for remote queues.
+    pub token: Option<String>,
+    /// `active`, `draining` or `cancelled`.
+    pub state: String,
+    /// Retries allowed per job.
+    pub max_retries: u32,
+    /// Whether guest failures are retried.
+    pub retry_guest_failures: bool,
+    /// Default priority of its jobs.
+    pub priority: i64,
+    /// Last time it was used (ms since the epoch).
+    pub touched_ms: i64,
+}
+
+/// What a new job row holds.
+#[derive(Debug)]
+pub struct NewJob<'a> {
+    /// Owner.
+    pub tenant: &'a str,
+    /// Queue, if any.
+    pub queue_id: Option<u64>,
+    /// Action id.
+    pub action: HashHex,
+    /// Worker id.
+    pub worker: HashHex,
+    /// Descriptor JSON.
+    pub descriptor: &'a str,
+    /// Priority.
+    pub priority: i64,
+    /// Retries allowed.
+    pub max_retries: u32,
+    /// Whether guest failures are retried.
+    pub retry_guest_failures: bool,
+    /// Dependencies.
+    pub after: &'a [u64],
+}
+
+/// The database handle.
+#[derive(Debug)]
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn parse_hash(text: String) -> rusqlite::Result<HashHex> {
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+const JOB_COLUMNS: &str = "lsn, tenant, queue_id, action, worker, descriptor, priority, state, attempts, \
+                           max_retries, retry_guest_failures, result";
+
+fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    let result: Option<String> = row.get(11)?;
+    Ok(JobRow {
+        lsn: row.get::<_, i64>(0)? as u64,
+        tenant: row.get(1)?,
+        queue_id: row.get::<_, Option<i64>>(2)?.map(|q| q as u64),
+        action: parse_hash(row.get(3)?)?,
+        worker: parse_hash(row.get(4)?)?,
+        descriptor: row.get(5)?,
+        priority: row.get(6)?,
+        state: row.get(7)?,
+        attempts: row.get(8)?,
+        max_retries: row.get(9)?,
+        retry_guest_failures: row.get(10)?,
+        result: result.and_then(|r| serde_json::from_str(&r).ok()),
+        after: Vec::new(),
+    })
+}
+
+fn queue_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
+    Ok(QueueRow {
+        id: row.get::<_, i64>(0)? as u64,
+        tenant: row.get(1)?,
+        token: row.get(2)?,
+        state: row.get(3)?,
+        max_retries: row.get(4)?,
+        retry_guest_failures: row.get(5)?,
+        priority: row.get(6)?,
+        touched_ms: row.get(7)?,
+    })
+}
+
+const QUEUE_COLUMNS: &str =
+    "id, tenant, token, state, max_retries, retry_guest_failures, priority, touched_ms";
+
+impl Db {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `tenant` holds the blob (the empty blob is everyone's).
+    pub fn owns_blob(&self, tenant: &str, hash: &HashHex) -> rusqlite::Result<bool> {
+        if *hash == HashHex::empty() {
+            return Ok(true);
+        }
+        self.conn()
+            .query_row(
+                "SELECT 1 FROM blobs WHERE tenant = ?1 AND hash = ?2",
+                params![tenant, hash.to_string()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+    }
+
+    /// Records that `tenant` holds the blob; true when it did not before.
+    pub fn own_blob(&self, tenant: &str, hash: &HashHex, size: u64) -> rusqlite::Result<bool> {
+        if *hash == HashHex::empty() {
+            return Ok(false);
+        }
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO blobs (tenant, hash, size) VALUES (?1, ?2, ?3)",
+                params![tenant, hash.to_string(), size as i64],
+            )
+            .map(|n| n == 1)
+    }
+
+    /// The subset of `hashes` that `tenant` does not hold, in order, without repeats.
+    pub fn needs(&self, tenant: &str, hashes: &[HashHex]) -> rusqlite::Result<Vec<HashHex>> {
+        let mut missing = Vec::new();
+        for hash in hashes {
+            if !missing.contains(hash) && !self.owns_blob(tenant, hash)? {
+                missing.push(*hash);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// A worker's descriptor JSON.
+    pub fn worker(&self, tenant: &str, id: &HashHex) -> rusqlite::Result<Option<String>> {
+        self.conn()
+            .query_row(
+                "SELECT descriptor FROM workers WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()
+    }
+
+    /// Registers a worker; true when it is new for this tenant.
+    pub fn put_worker(
+        &self,
+        tenant: &str,
+        id: &HashHex,
+        name: &str,
+        version: Option<&str>,
+        descriptor: &str,
+    ) -> rusqlite::Result<bool> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO workers (tenant, id, name, version, descriptor, created_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![tenant, id.to_string(), name, version, descriptor, now_ms()],
+            )
+            .map(|n| n == 1)
+    }
+
+    /// The tenant's workers: (id, name, version), oldest first.
+    pub fn workers(&self, tenant: &str) -> rusqlite::Result<Vec<(String, String, Option<String>)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, version FROM workers WHERE tenant = ?1 ORDER BY created_ms, id",
+        )?;
+        let rows = stmt.query_map(params![tenant], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        rows.collect()
+    }
+
+    /// Inserts jobs in one transaction, each queued or already finished (a cached
+    /// result, whose `lsn` field is filled in here); returns their LSNs.
+    pub fn insert_jobs(
+        &self,
+        jobs: &[(NewJob<'_>, Option<JobResult>)],
+    ) -> rusqlite::Result<Vec<u64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut lsns = Vec::with_capacity(jobs.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (tenant, queue_id, action, worker, descriptor, priority, state, max_retries, \
+                 retry_guest_failures, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9)",
+            )?;
+            let mut finish = tx.prepare_cached(
+                "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4 WHERE lsn = ?1",
+            )?;
+            let mut dep =
+                tx.prepare_cached("INSERT OR IGNORE INTO job_deps (lsn, after) VALUES (?1, ?2)")?;
+            for (job, cached) in jobs {
+                insert.execute(params![
+                    job.tenant,
+                    job.queue_id.map(|q| q as i64),
+                    job.action.to_string(),
+                    job.worker.to_string(),
+                    job.descriptor,
+                    job.priority,
+                    job.max_retries,
+                    job.retry_guest_failures,
+                    now_ms(),
+                ])?;
+                let lsn = tx.last_insert_rowid() as u64;
+                for after in job.after {
+                    dep.execute(params![lsn as i64, *after as i64])?;
+                }
+                if let Some(result) = cached {
+                    let mut result = result.clone();
+                    result.lsn = lsn;
+                    let json = serde_json::to_string(&result).expect("results serialize");
+                    finish.execute(params![lsn as i64, result.state, json, now_ms()])?;
+                }
+                lsns.push(lsn);
+            }
+        }
+        if let Some((job, _)) = jobs.first()
+            && let Some(queue) = job.queue_id
+        {
+            tx.execute(
+                "UPDATE queues SET touched_ms = ?2 WHERE id = ?1",
+                params![queue as i64, now_ms()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(lsns)
+    }
+
+    /// One job of `tenant` (None when it does not exist or is another tenant's).
+    pub fn job(&self, tenant: &str, lsn: u64) -> rusqlite::Result<Option<JobRow>> {
+        let conn = self.conn();
+        let job = conn
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1 AND tenant = ?2"),
+                params![lsn as i64, tenant],
+                job_row,
+            )
+            .optional()?;
+        let Some(mut job) = job else { return Ok(None) };
+        job.after = deps(&conn, lsn)?;
+        Ok(Some(job))
+    }
+
+    /// A job by LSN alone, for the node's own bookkeeping (the API always scopes by
+    /// tenant with [`Db::job`]).
+    pub fn job_by_lsn(&self, lsn: u64) -> rusqlite::Result<Option<JobRow>> {
+        let conn = self.conn();
+        let job = conn
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1"),
+                params![lsn as i64],
+                job_row,
+            )
+            .optional()?;
+        let Some(mut job) = job else { return Ok(None) };
+        job.after = deps(&conn, lsn)?;
+        Ok(Some(job))
+    }
+
+    /// The latest successful result of this action for this tenant.
+    pub fn cached_result(
+        &self,
+        tenant: &str,
+        action: &HashHex,
+    ) -> rusqlite::Result<Option<JobResult>> {
+        let result: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT result FROM jobs WHERE tenant = ?1 AND action = ?2 AND state = 'succeeded' \
+                 ORDER BY lsn DESC LIMIT 1",
+                params![tenant, action.to_string()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(result.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    /// Marks a job running and counts the attempt; returns the attempt number.
+    pub fn start_job(&self, lsn: u64) -> rusqlite::Result<u32> {
+        self.conn().query_row(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1 WHERE lsn = ?1 RETURNING attempts",
+            params![lsn as i64],
+            |row| row.get(0),
+        )
+    }
+
+    /// Stores a finished job's result.
+    pub fn finish_job(&self, result: &JobResult) -> rusqlite::Result<()> {
+        let json = serde_json::to_string(result).expect("results serialize");
+        self.conn().execute(
+            "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4 WHERE lsn = ?1",
+            params![result.lsn as i64, result.state, json, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Puts a job back in the queue (a retry), keeping its attempt count.
+    pub fn requeue_job(&self, lsn: u64) -> rusqlite::Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, retired = 0 WHERE lsn = ?1",
+            params![lsn as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Changes a job's priority.
+    pub fn set_priority(&self, lsn: u64, priority: i64) -> rusqlite::Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET priority = ?2 WHERE lsn = ?1",
+            params![lsn as i64, priority],
+        )?;
+        Ok(())
+    }
+
+    /// Every job still queued or running, oldest first (to rebuild the scheduler after
+    /// a restart).
+    pub fn pending_jobs(&self) -> rusqlite::Result<Vec<JobRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY lsn"
+        ))?;
+        let mut jobs: Vec<JobRow> = stmt.query_map([], job_row)?.collect::<Result<_, _>>()?;
+        for job in &mut jobs {
+            job.after = deps(&conn, job.lsn)?;
+        }
+        Ok(jobs)
+    }
+
+    /// Finished, unretired jobs of the tenant (optionally of one queue), by LSN.
+    pub fn completed(&self, tenant: &str, queue: Option<u64>) -> rusqlite::Result<Vec<u64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT lsn FROM jobs WHERE tenant = ?1 AND retired = 0 \
+             AND state IN ('succeeded', 'failed', 'cancelled') AND (?2 IS NULL OR queue_id = ?2) ORDER BY lsn",
+        )?;
+        let rows = stmt.query_map(params![tenant, queue.map(|q| q as i64)], |row| {
+            row.get::<_, i64>(0)
+        })?;
+        rows.map(|r| r.map(|l| l as u64)).collect()
+    }
+
+    /// Retires a finished job from the completed list; false when it is not finished.
+    pub fn retire(&self, tenant: &str, lsn: u64) -> rusqlite::Result<bool> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET retired = 1 WHERE lsn = ?1 AND tenant = ?2 \
+                 AND state IN ('succeeded', 'failed', 'cancelled')",
+                params![lsn as i64, tenant],
+            )
+            .map(|n| n == 1)
+    }
+
+    /// Creates a queue; returns its id.
+    pub fn create_queue(
+        &self,
+        tenant: &str,
+        token: Option<&str>,
+        name: Option<&str>,
+        max_retries: u32,
+        retry_guest_failures: bool,
+        priority: i64,
+    ) -> rusqlite::Result<u64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO queues (tenant, token, name, state, max_retries, retry_guest_failures, priority, \
+             created_ms, touched_ms) VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?7)",
+            params![tenant, token, name, max_retries, retry_guest_failures, priority, now_ms()],
+        )?;
+        Ok(conn.last_insert_rowid() as u64)
+    }
+
+    /// A queue by id.
+    pub fn queue(&self, id: u64) -> rusqlite::Result<Option<QueueRow>> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {QUEUE_COLUMNS} FROM queues WHERE id = ?1"),
+                params![id as i64],
+                queue_row,
+            )
+            .optional()
+    }
+
+    /// Every remote queue's (id, token), for constant-time token lookups.
+    pub fn queue_tokens(&self) -> rusqlite::Result<Vec<(u64, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, token FROM queues WHERE token IS NOT NULL")?;
+        let rows = stmt.query_map([], |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)))?;
+        rows.collect()
+    }
+
+    /// Sets a queue's state.
+    pub fn set_queue_state(&self, id: u64, state: &str) -> rusqlite::Result<()> {
+        self.conn().execute(
+            "UPDATE queues SET state = ?2, touched_ms = ?3 WHERE id = ?1",
+            params![id as i64, state, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Job counts of a queue by state.
+    pub fn queue_counts(&self, id: u64) -> rusqlite::Result<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT state, COUNT(*) FROM jobs WHERE queue_id = ?1 GROUP BY state")?;
+        let rows = stmt.query_map(params![id as i64], |row| {
+            Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+        })?;
+        rows.collect()
+    }
+
+    /// LSNs of a queue's jobs that are still queued or running.
+    pub fn queue_pending(&self, id: u64) -> rusqlite::Result<Vec<u64>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT lsn FROM jobs WHERE queue_id = ?1 AND state IN ('queued', 'running') ORDER BY lsn")?;
+        let rows = stmt.query_map(params![id as i64], |row| row.get::<_, i64>(0))?;
+        rows.map(|r| r.map(|l| l as u64)).collect()
+    }
+
+    /// Active queues untouched since `before_ms` with nothing pending: the idle ones.
+    pub fn idle_queues(&self, before_ms: i64) -> rusqlite::Result<Vec<u64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id FROM queues q WHERE state = 'active' AND touched_ms < ?1 AND NOT EXISTS \
+             (SELECT 1 FROM jobs j WHERE j.queue_id = q.id AND j.state IN ('queued', 'running'))",
+        )?;
+        let rows = stmt.query_map(params![before_ms], |row| row.get::<_, i64>(0))?;
+        rows.map(|r| r.map(|l| l as u64)).collect()
+    }
+
+    /// Counts of all jobs by state (for metrics).
+    pub fn job_counts(&self) -> rusqlite::Result<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
+        rows.collect()
+    }
+}
+
+fn deps(conn: &Connection, lsn: u64) -> rusqlite::Result<Vec<u64>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT after FROM job_deps WHERE lsn = ?1 ORDER BY after")?;
+    let rows = stmt.query_map(params![lsn as i64], |row| row.get::<_, i64>(0))?;
+    rows.map(|r| r.map(|l| l as u64)).collect()
+}

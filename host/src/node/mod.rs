@@ -1,0 +1,825 @@
+//! The node host: a content-addressed store, registered workers, and jobs run on a
+//! bounded pool of sandbox slots, all durable in the data directory.
+//!
+//! The HTTP layer (`crate::api`) only translates; every rule lives here.
+
+pub mod cas;
+pub mod db;
+pub mod metrics;
+pub mod scheduler;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore};
+use wasmesh_runtime::{
+    CancellationToken, Config as SandboxConfig, FileSource, Limits, Mount, Outcome, RunSpec,
+    RuntimeError, Sandbox,
+};
+
+use crate::model::{ActionDescriptor, HashHex, JobResult, UsageJson, WorkerDescriptor};
+use cas::Cas;
+use db::{Db, JobRow, NewJob};
+use metrics::Metrics;
+use scheduler::{Cancelled, Scheduler};
+
+/// How a node is set up.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The node's id (reported in results and sysinfo).
+    pub id: String,
+    /// Where the store, the database and the module cache live.
+    pub data_dir: PathBuf,
+    /// Actions run at once.
+    pub slots: usize,
+    /// Ceilings for every action.
+    pub limits: Limits,
+    /// Largest blob accepted by the store.
+    pub max_blob_bytes: u64,
+    /// Largest request body (a package with its chunks).
+    pub max_request_bytes: u64,
+    /// Largest JSON body.
+    pub max_json_bytes: usize,
+    /// Labels placement can match.
+    pub labels: BTreeMap<String, String>,
+    /// Retries of a job outside any queue after a host-side failure.
+    pub default_max_retries: u32,
+    /// An active queue idle this long with nothing pending expires (is cancelled).
+    pub queue_idle: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a node keeping its data in `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            id: "node-1".into(),
+            data_dir,
+            slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            limits: Limits::default(),
+            max_blob_bytes: 1 << 30,
+            max_request_bytes: 1 << 30,
+            max_json_bytes: 16 << 20,
+            labels: BTreeMap::new(),
+            default_max_retries: 3,
+            queue_idle: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Why a request about jobs or workers was refused. The API maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Malformed input; the code is the API's error code.
+    #[error("{1}")]
+    Invalid(&'static str, String),
+    /// Not found (or another tenant's).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state.
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    /// The module does not validate or compile.
+    #[error("{0}")]
+    InvalidModule(String),
+    /// Something failed on the host.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for NodeError {
+    fn from(e: rusqlite::Error) -> Self {
+        NodeError::Internal(format!("database: {e}"))
+    }
+}
+
+impl From<std::io::Error> for NodeError {
+    fn from(e: std::io::Error) -> Self {
+        NodeError::Internal(format!("store: {e}"))
+    }
+}
+
+/// The answer to a worker registration.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Registered {
+    /// Chunks are missing; send them.
+    Needs(Vec<HashHex>),
+    /// Newly registered.
+    Created,
+    /// Already known.
+    Known,
+}
+
+/// The answer to a job submission.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Inputs are missing; send them.
+    Needs(Vec<HashHex>),
+    /// Accepted: (lsn, action id) per action.
+    Jobs(Vec<(u64, HashHex)>),
+}
+
+/// One action of a submission, already parsed.
+#[derive(Debug)]
+pub struct ActionSubmission {
+    /// The parsed descriptor.
+    pub action: ActionDescriptor,
+    /// Its id (canonical JSON hash of the descriptor as sent).
+    pub id: HashHex,
+    /// Its canonical JSON.
+    pub canonical: String,
+}
+
+/// What a job's queue says about retries and priority.
+#[derive(Clone, Copy, Debug)]
+pub struct QueuePolicy {
+    /// The queue's id.
+    pub id: u64,
+    /// Retries allowed.
+    pub max_retries: u32,
+    /// Whether guest failures are retried.
+    pub retry_guest_failures: bool,
+    /// The queue's default priority.
+    pub priority: i64,
+}
+
+/// The node.
+#[derive(Debug)]
+pub struct Node {
+    /// Its configuration.
+    pub config: NodeConfig,
+    /// Durable state.
+    pub db: Db,
+    /// Blobs.
+    pub cas: Cas,
+    /// The sandbox actions run in.
+    pub sandbox: Sandbox,
+    /// Counters for /metrics.
+    pub metrics: Metrics,
+    scheduler: Mutex<Scheduler>,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+    workers: Mutex<HashMap<(String, HashHex), Arc<WorkerDescriptor>>>,
+    shutdown: CancellationToken,
+    started: Instant,
+}
+
+impl Node {
+    /// Opens the node's data directory, recovers pending jobs and returns the node.
+    /// Call [`Node::start`] to begin executing.
+    pub fn open(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let db = Db::open(&config.data_dir.join("wasmesh.db")).context("opening the database")?;
+        let cas = Cas::open(&config.data_dir.join("cas"), config.max_blob_bytes)
+            .context("opening the store")?;
+        let sandbox = Sandbox::new(SandboxConfig {
+            limits: config.limits,
+            max_instances: (config.slots as u32 * 2).max(8),
+            cache_dir: Some(config.data_dir.join("modules")),
+            scratch_dir: Some(config.data_dir.join("scratch")),
+            ..SandboxConfig::default()
+        })
+        .context("starting the sandbox")?;
+        let node = Arc::new(Self {
+            slots: Arc::new(Semaphore::new(config.slots.max(1))),
+            config,
+            db,
+            cas,
+            sandbox,
+            metrics: Metrics::default(),
+            scheduler: Mutex::new(Scheduler::default()),
+            wake: Notify::new(),
+            workers: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+        });
+        node.recover().context("recovering pending jobs")?;
+        Ok(node)
+    }
+
+    fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
+        self.scheduler.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rebuilds the scheduler from the database. A job that was running when the node
+    /// stopped had its attempt counted when it started; it is queued again, or failed
+    /// as `node_lost` once its retries are used up.
+    fn recover(&self) -> Result<(), NodeError> {
+        let mut requeued = 0;
+        for job in self.db.pending_jobs()? {
+            if job.state != "running" {
+                continue;
+            }
+            if job.attempts > job.max_retries {
+                let message = "the node stopped while running it and no retries are left";
+                self.db
+                    .finish_job(&self.failure(&job, "failed", "node_lost", message))?;
+            } else {
+                self.db.requeue_job(job.lsn)?;
+                requeued += 1;
+            }
+        }
+        // In LSN order, so every dependency is scheduled before its dependents.
+        for job in self.db.pending_jobs()? {
+            self.schedule(&job)?;
+        }
+        if requeued > 0 {
+            tracing::info!(
+                requeued,
+                "requeued jobs that were running when the node stopped"
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts the dispatcher that hands queued jobs to free slots.
+    pub fn start(self: &Arc<Self>) {
+        let node = self.clone();
+        tokio::spawn(async move { node.dispatch().await });
+        let node = self.clone();
+        tokio::spawn(async move { node.expire_idle_queues().await });
+    }
+
+    /// Stops handing out work and waits up to `grace` for running jobs to finish.
+    /// Jobs still running after that are requeued at the next start, their attempt
+    /// counted; queued jobs simply stay queued in the database.
+    pub async fn stop(&self, grace: Duration) {
+        self.shutdown.cancel();
+        let all = u32::try_from(self.config.slots.max(1)).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, self.slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("jobs still running at shutdown will be requeued at the next start");
+        }
+    }
+
+    /// Seconds since the node started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// (queued, running) job counts.
+    pub fn load(&self) -> (usize, usize) {
+        let s = self.scheduler();
+        (s.queued(), s.running())
+    }
+
+    /// Whether the node accepts work.
+    pub fn ready(&self) -> bool {
+        !self.shutdown.is_cancelled()
+    }
+
+    async fn dispatch(self: Arc<Self>) {
+        loop {
+            let permit = tokio::select! {
+                permit = self.slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
+                () = self.shutdown.cancelled() => return,
+            };
+            let (lsn, cancel) = loop {
+                let notified = self.wake.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(next) = self.scheduler().pop() {
+                    break next;
+                }
+                tokio::select! {
+                    () = notified => {}
+                    () = self.shutdown.cancelled() => return,
+                }
+            };
+            let node = self.clone();
+            tokio::task::spawn_blocking(move || {
+                node.execute(lsn, cancel);
+                drop(permit);
+            });
+        }
+    }
+
+    async fn expire_idle_queues(self: Arc<Self>) {
+        let every =
+            (self.config.queue_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            let before = db::now_ms() - self.config.queue_idle.as_millis() as i64;
+            match self.db.idle_queues(before) {
+                Ok(ids) => {
+                    for id in ids {
+                        tracing::info!(queue = id, "expiring an idle queue");
+                        if let Err(e) = self.db.set_queue_state(id, "cancelled") {
+                            tracing::warn!(error = %e, "expiring a queue");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for idle queues"),
+            }
+        }
+    }
+
+    /// A worker's descriptor (cached in memory once read).
+    pub fn worker(
+        &self,
+        tenant: &str,
+        id: &HashHex,
+    ) -> Result<Option<Arc<WorkerDescriptor>>, NodeError> {
+        let key = (tenant.to_string(), *id);
+        if let Some(found) = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(found.clone()));
+        }
+        let Some(json) = self.db.worker(tenant, id)? else {
+            return Ok(None);
+        };
+        let descriptor: WorkerDescriptor = serde_json::from_str(&json)
+            .map_err(|e| NodeError::Internal(format!("stored worker {id}: {e}")))?;
+        let descriptor = Arc::new(descriptor);
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, descriptor.clone());
+        Ok(Some(descriptor))
+    }
+
+    /// Registers a worker (the descriptor as sent, already parsed and hashed).
+    pub fn register_worker(
+        &self,
+        tenant: &str,
+        id: HashHex,
+        descriptor: &WorkerDescriptor,
+        canonical: &str,
+    ) -> Result<Registered, NodeError> {
+        if self.db.worker(tenant, &id)?.is_some() {
+            return Ok(Registered::Known);
+        }
+        for name in descriptor.files.keys() {
+            wasmesh_runtime::check_file_name(name)
+                .map_err(|e| NodeError::Invalid("invalid_descriptor", format!("files: {e}")))?;
+        }
+        let needs = self.db.needs(tenant, &descriptor.chunks())?;
+        if !needs.is_empty() {
+            return Ok(Registered::Needs(needs));
+        }
+        let module = descriptor.module;
+        self.sandbox
+            .module(module.to_blake3(), || {
+                self.cas
+                    .read(&module)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|e| RuntimeError::Host(format!("reading module {module}: {e}")))
+            })
+            .map_err(|e| match e {
+                RuntimeError::InvalidModule(message) => NodeError::InvalidModule(message),
+                other => NodeError::Internal(other.to_string()),
+            })?;
+        let created = self.db.put_worker(
+            tenant,
+            &id,
+            &descriptor.name,
+            descriptor.version.as_deref(),
+            canonical,
+        )?;
+        Ok(if created {
+            Registered::Created
+        } else {
+            Registered::Known
+        })
+    }
+
+    /// Submits actions as jobs: checks workers, inputs and dependencies, answers
+    /// cached actions from the result cache, and queues the rest.
+    pub fn submit(
+        &self,
+        tenant: &str,
+        actions: Vec<ActionSubmission>,
+        priority: Option<i64>,
+        queue: Option<QueuePolicy>,
+    ) -> Result<Submitted, NodeError> {
+        if actions.is_empty() {
+            return Err(NodeError::Invalid(
+                "invalid_descriptor",
+                "a batch needs at least one action".into(),
+            ));
+        }
+        let mut chunks = Vec::new();
+        for submission in &actions {
+            let action = &submission.action;
+            if self.worker(tenant, &action.worker)?.is_none() {
+                return Err(NodeError::NotFound(format!(
+                    "worker {} is not registered",
+                    action.worker
+                )));
+            }
+            for name in action.files.keys() {
+                wasmesh_runtime::check_file_name(name)
+                    .map_err(|e| NodeError::Invalid("invalid_descriptor", format!("files: {e}")))?;
+            }
+            for after in &action.after {
+                if self.db.job(tenant, *after)?.is_none() {
+                    return Err(NodeError::Invalid(
+                        "invalid_dependency",
+                        format!("`after` names job {after}, which does not exist"),
+                    ));
+                }
+            }
+            chunks.extend(action.chunks());
+        }
+        let needs = self.db.needs(tenant, &chunks)?;
+        if !needs.is_empty() {
+            return Ok(Submitted::Needs(needs));
+        }
+        if let Some(q) = queue
+            && let Some(row) = self.db.queue(q.id)?
+            && row.state != "active"
+        {
+            return Err(NodeError::Conflict(
+                "queue_not_active",
+                format!("queue {} is {}", q.id, row.state),
+            ));
+        }
+        let priority = priority.or(queue.map(|q| q.priority)).unwrap_or(0);
+        let mut rows = Vec::with_capacity(actions.len());
+        for submission in &actions {
+            let cached = if submission.action.after.is_empty() {
+                self.db
+                    .cached_result(tenant, &submission.id)?
+                    .map(|mut result| {
+                        result.cached = true;
+                        result.attempts = 0;
+                        result
+                    })
+            } else {
+                None
+            };
+            rows.push((
+                NewJob {
+                    tenant,
+                    queue_id: queue.map(|q| q.id),
+                    action: submission.id,
+                    worker: submission.action.worker,
+                    descriptor: &submission.canonical,
+                    priority,
+                    max_retries: queue.map_or(self.config.default_max_retries, |q| q.max_retries),
+                    retry_guest_failures: queue.is_some_and(|q| q.retry_guest_failures),
+                    after: &submission.action.after,
+                },
+                cached,
+            ));
+        }
+        let lsns = self.db.insert_jobs(&rows)?;
+        self.metrics.jobs_submitted.add(lsns.len() as u64);
+        for (lsn, (_, cached)) in lsns.iter().zip(&rows) {
+            if cached.is_some() {
+                self.metrics.cache_answers.add(1);
+                continue;
+            }
+            let job = self
+                .db
+                .job(tenant, *lsn)?
+                .ok_or_else(|| NodeError::Internal("job vanished".into()))?;
+            self.schedule(&job)?;
+        }
+        Ok(Submitted::Jobs(
+            lsns.into_iter().zip(actions.iter().map(|a| a.id)).collect(),
+        ))
+    }
+
+    /// Adds a queued job to the scheduler, or fails it at once when a dependency
+    /// already failed.
+    fn schedule(&self, job: &JobRow) -> Result<(), NodeError> {
+        let mut scheduler = self.scheduler();
+        let mut waiting = Vec::new();
+        for after in &job.after {
+            // A dependency leaves the scheduler only after its result is written, so
+            // one not pending here has its final state in the database.
+            if scheduler.is_pending(*after) {
+                waiting.push(*after);
+                continue;
+            }
+            let state = self
+                .db
+                .job(&job.tenant, *after)?
+                .map(|j| j.state)
+                .unwrap_or_default();
+            if state != "succeeded" {
+                drop(scheduler);
+                let message = format!(
+                    "dependency {after} {}; this job never ran",
+                    if state.is_empty() {
+                        "is unknown".into()
+                    } else {
+                        state
+                    }
+                );
+                return self.doom(job.lsn, &message);
+            }
+        }
+        scheduler.add(job.lsn, job.priority, waiting);
+        drop(scheduler);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Fails a job that can never run.
+    fn doom(&self, lsn: u64, message: &str) -> Result<(), NodeError> {
+        let Some(job) = self.job_any(lsn)? else {
+            return Ok(());
+        };
+        let result = self.failure(&job, "failed", "cancelled", message);
+        self.db.finish_job(&result)?;
+        self.metrics.finished(&result.state);
+        self.settle(lsn, false);
+        Ok(())
+    }
+
+    fn job_any(&self, lsn: u64) -> Result<Option<JobRow>, NodeError> {
+        // Tenants are checked at the API; internal paths look jobs up by LSN alone.
+        Ok(self.db.job_by_lsn(lsn)?)
+    }
+
+    /// Removes a finished job from the scheduler and settles its dependents.
+    fn settle(&self, lsn: u64, succeeded: bool) {
+        let (runnable, doomed) = self.scheduler().finish(lsn, succeeded);
+        if !runnable.is_empty() {
+            self.wake.notify_one();
+        }
+        for dependent in doomed {
+            let message = format!("dependency {lsn} did not succeed; this job never ran");
+            if let Err(e) = self.doom(dependent, &message) {
+                tracing::error!(lsn = dependent, error = %e, "failing a dependent job");
+            }
+        }
+    }
+
+    /// A result for a job that ended without a run.
+    fn failure(&self, job: &JobRow, state: &str, outcome: &str, message: &str) -> JobResult {
+        JobResult {
+            lsn: job.lsn,
+            action: job.action,
+            worker: job.worker,
+            state: state.into(),
+            outcome: outcome.into(),
+            exit_code: None,
+            message: Some(message.into()),
+            output: HashHex::empty(),
+            output_size: 0,
+            stderr: HashHex::empty(),
+            events: Vec::new(),
+            usage: UsageJson::default(),
+            node: self.config.id.clone(),
+            attempts: job.attempts,
+            cached: false,
+        }
+    }
+
+    /// Runs one job on this (blocking) thread and records its result.
+    fn execute(&self, lsn: u64, cancel: CancellationToken) {
+        if let Err(e) = self.try_execute(lsn, cancel) {
+            tracing::error!(lsn, error = %e, "a job could not be recorded; it stays pending until restart");
+        }
+    }
+
+    fn try_execute(&self, lsn: u64, cancel: CancellationToken) -> Result<(), NodeError> {
+        let attempts = self.db.start_job(lsn)?;
+        let Some(mut job) = self.job_any(lsn)? else {
+            return Ok(());
+        };
+        job.attempts = attempts;
+        let started = Instant::now();
+        let run = self.run_action(&job, cancel);
+        self.metrics.observe_run(started.elapsed());
+        let (result, host_failure) = match run {
+            Ok(result) => (result, false),
+            Err(RunFailure::Host(message)) => (
+                self.failure(&job, "failed", "trapped", &format!("host error: {message}")),
+                true,
+            ),
+            Err(RunFailure::Final(message)) => {
+                (self.failure(&job, "failed", "trapped", &message), false)
+            }
+        };
+        let guest_failure = result.state == "failed" && !host_failure;
+        let retry = (host_failure || (guest_failure && job.retry_guest_failures))
+            && attempts <= job.max_retries
+            && !self.shutdown.is_cancelled();
+        if retry {
+            tracing::info!(lsn, attempts, "retrying a failed job");
+            self.db.requeue_job(lsn)?;
+            self.scheduler().requeue(lsn);
+            self.wake.notify_one();
+            return Ok(());
+        }
+        self.db.finish_job(&result)?;
+        self.metrics.finished(&result.state);
+        self.metrics.fuel.add(result.usage.fuel);
+        self.settle(lsn, result.state == "succeeded");
+        Ok(())
+    }
+
+    fn run_action(&self, job: &JobRow, cancel: CancellationToken) -> Result<JobResult, RunFailure> {
+        let action: ActionDescriptor = serde_json::from_str(&job.descriptor)
+            .map_err(|e| RunFailure::Final(format!("stored action does not parse: {e}")))?;
+        let worker = self
+            .worker(&job.tenant, &action.worker)
+            .map_err(|e| RunFailure::Host(e.to_string()))?
+            .ok_or_else(|| {
+                RunFailure::Final(format!("worker {} is not registered", action.worker))
+            })?;
+        let module_hash = worker.module;
+        let module = self
+            .sandbox
+            .module(module_hash.to_blake3(), || {
+                self.cas
+                    .read(&module_hash)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|e| RuntimeError::Host(format!("reading module {module_hash}: {e}")))
+            })
+            .map_err(RunFailure::from)?;
+        let stdin = match action.input {
+            Some(hash) => self
+                .cas
+                .read(&hash)
+                .map_err(|e| RunFailure::Host(format!("reading input {hash}: {e}")))?,
+            None => Vec::new(),
+        };
+        let files = |set: &BTreeMap<String, HashHex>| {
+            set.iter()
+                .map(|(name, hash)| (name.clone(), FileSource::Path(self.cas.path(hash))))
+                .collect()
+        };
+        let mut env: BTreeMap<&str, &str> = worker
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.extend(action.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut spec = RunSpec::new()
+            .program(worker.name.clone())
+            .args(action.args.iter().cloned())
+            .stdin(stdin)
+            .limits(worker.limits.narrow(&action.limits))
+            .cancel(cancel);
+        for (key, value) in env {
+            spec = spec.env(key, value);
+        }
+        if !worker.files.is_empty() {
+            spec = spec.mount(Mount::files("/worker", files(&worker.files)));
+        }
+        if !action.files.is_empty() {
+            spec = spec.mount(Mount::files("/input", files(&action.files)));
+        }
+        let report = self.sandbox.run(&module, spec).map_err(RunFailure::from)?;
+
+        let output = self.store_output(&job.tenant, &report.stdout)?;
+        let stderr = self.store_output(&job.tenant, &report.stderr)?;
+        let (state, exit_code, message) = match &report.outcome {
+            Outcome::Exited(0) => ("succeeded", Some(0), None),
+            Outcome::Exited(code) => ("failed", Some(*code), None),
+            Outcome::Cancelled => ("cancelled", None, None),
+            Outcome::Trapped(message) => ("failed", None, Some(message.clone())),
+            _ => ("failed", None, None),
+        };
+        Ok(JobResult {
+            lsn: job.lsn,
+            action: job.action,
+            worker: job.worker,
+            state: state.into(),
+            outcome: report.outcome.name().into(),
+            exit_code,
+            message,
+            output,
+            output_size: report.stdout.len() as u64,
+            stderr,
+            events: report
+                .events
+                .iter()
+                .map(|e| serde_json::to_value(e).expect("events serialize"))
+                .collect(),
+            usage: UsageJson {
+                fuel: report.usage.fuel,
+                wall_ms: report.usage.wall.as_millis() as u64,
+                peak_memory_bytes: report.usage.peak_memory_bytes,
+            },
+            node: self.config.id.clone(),
+            attempts: job.attempts,
+            cached: false,
+        })
+    }
+
+    fn store_output(&self, tenant: &str, bytes: &[u8]) -> Result<HashHex, RunFailure> {
+        let hash = self
+            .cas
+            .put_own(bytes)
+            .map_err(|e| RunFailure::Host(format!("storing output: {e}")))?;
+        self.db
+            .own_blob(tenant, &hash, bytes.len() as u64)
+            .map_err(|e| RunFailure::Host(format!("recording output: {e}")))?;
+        self.metrics.cas_bytes_written.add(bytes.len() as u64);
+        Ok(hash)
+    }
+
+    /// Cancels a job: a queued one never runs, a running one stops within a tick.
+    pub fn cancel(&self, tenant: &str, lsn: u64) -> Result<(), NodeError> {
+        let job = self
+            .db
+            .job(tenant, lsn)?
+            .ok_or_else(|| NodeError::NotFound(format!("job {lsn} not found")))?;
+        match self.scheduler().cancel(lsn) {
+            Cancelled::NotStarted => {}
+            Cancelled::Running | Cancelled::NotPending => return Ok(()),
+        }
+        let result = self.failure(&job, "cancelled", "cancelled", "cancelled before it ran");
+        self.db.finish_job(&result)?;
+        self.metrics.finished("cancelled");
+        self.settle(lsn, false);
+        Ok(())
+    }
+
+    /// Changes the priority of a queued job.
+    pub fn set_priority(&self, tenant: &str, lsn: u64, priority: i64) -> Result<(), NodeError> {
+        self.db
+            .job(tenant, lsn)?
+            .ok_or_else(|| NodeError::NotFound(format!("job {lsn} not found")))?;
+        let mut scheduler = self.scheduler();
+        if !scheduler.set_priority(lsn, priority) {
+            return Err(NodeError::Conflict(
+                "not_queued",
+                format!("job {lsn} is no longer queued"),
+            ));
+        }
+        self.db.set_priority(lsn, priority)?;
+        drop(scheduler);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Runs a failed or cancelled job again; returns its attempts so far.
+    pub fn reschedule(&self, tenant: &str, lsn: u64) -> Result<u32, NodeError> {
+        let job = self
+            .db
+            .job(tenant, lsn)?
+            .ok_or_else(|| NodeError::NotFound(format!("job {lsn} not found")))?;
+        if job.state != "failed" && job.state != "cancelled" {
+            return Err(NodeError::Conflict(
+                "not_rescheduable",
+                format!(
+                    "job {lsn} is {}; only failed or cancelled jobs can be rescheduled",
+                    job.state
+                ),
+            ));
+        }
+        if job.attempts > job.max_retries {
+            return Err(NodeError::Conflict(
+                "retry_limit",
+                format!(
+                    "job {lsn} has used {} attempts of {}",
+                    job.attempts,
+                    job.max_retries + 1
+                ),
+            ));
+        }
+        self.db.requeue_job(lsn)?;
+        let job = self
+            .db
+            .job(tenant, lsn)?
+            .ok_or_else(|| NodeError::Internal("job vanished".into()))?;
+        self.schedule(&job)?;
+        Ok(job.attempts)
+    }
+
+    /// Cancels every queued and running job of a queue.
+    pub fn cancel_queue(&self, tenant: &str, queue: u64) -> Result<(), NodeError> {
+        self.db.set_queue_state(queue, "cancelled")?;
+        for lsn in self.db.queue_pending(queue)? {
+            self.cancel(tenant, lsn)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a run produced no result of its own.
+enum RunFailure {
+    /// A host-side problem: retried.
+    Host(String),
+    /// A problem retrying cannot fix (an invalid module).
+    Final(String),
+}
+
+impl From<RuntimeError> for RunFailure {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::InvalidModule(m) => RunFailure::Final(format!("invalid module: {m}")),
+            RuntimeError::InvalidMount(m) => RunFailure::Final(format!("invalid files: {m}")),
+            other => RunFailure::Host(other.to_string()),
+        }
+    }
+}

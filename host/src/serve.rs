@@ -1,0 +1,199 @@
+//! `wasmesh node`: configuration from flags, `WASMESH_*` environment and a TOML file,
+//! then the server with graceful shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use wasmesh_runtime::Limits;
+
+use crate::api::{AppState, auth::Auth};
+use crate::cli::NodeArgs;
+use crate::node::{Node, NodeConfig};
+
+/// The `--config` file: the same settings as the flags (flags win).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    slots: Option<usize>,
+    node_id: Option<String>,
+    api_keys: Option<Vec<String>>,
+    tenants: Option<PathBuf>,
+    labels: Option<BTreeMap<String, String>>,
+    fuel: Option<u64>,
+    memory_bytes: Option<u64>,
+    timeout_ms: Option<u64>,
+    output_bytes: Option<u64>,
+    max_blob_bytes: Option<u64>,
+    queue_idle_secs: Option<u64>,
+}
+
+/// The `--tenants` file: tenant name -> its keys.
+#[derive(Debug, Deserialize)]
+struct TenantsFile(HashMap<String, TenantEntry>);
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TenantEntry {
+    Keys(Vec<String>),
+    Table { keys: Vec<String> },
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &PathBuf) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Runs `wasmesh node` until SIGINT/SIGTERM.
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let file: ConfigFile = match &args.config {
+        Some(path) => read_toml(path)?,
+        None => ConfigFile::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("wasmesh-data"));
+    let mut config = NodeConfig::new(data_dir);
+    if let Some(slots) = args.slots.or(file.slots) {
+        config.slots = slots.max(1);
+    }
+    config.id = match args.node_id.or(file.node_id) {
+        Some(id) => id,
+        None => stable_node_id(&config.data_dir)?,
+    };
+    let defaults = Limits::default();
+    config.limits = Limits {
+        fuel: args.fuel.or(file.fuel).unwrap_or(defaults.fuel),
+        memory_bytes: args
+            .memory
+            .or(file.memory_bytes)
+            .unwrap_or(defaults.memory_bytes),
+        timeout_ms: args
+            .timeout
+            .map(|t| t.as_millis() as u64)
+            .or(file.timeout_ms)
+            .unwrap_or(defaults.timeout_ms),
+        output_bytes: args
+            .output_limit
+            .or(file.output_bytes)
+            .unwrap_or(defaults.output_bytes),
+    };
+    if let Some(max) = args.max_blob_bytes.or(file.max_blob_bytes) {
+        config.max_blob_bytes = max;
+        config.max_request_bytes = config.max_request_bytes.max(max + (16 << 20));
+    }
+    if let Some(idle) = args
+        .queue_idle
+        .or(file.queue_idle_secs.map(Duration::from_secs))
+    {
+        config.queue_idle = idle;
+    }
+    config.labels = file.labels.unwrap_or_default();
+    for label in &args.labels {
+        let (key, value) = label
+            .split_once('=')
+            .with_context(|| format!("--label {label:?}: expected key=value"))?;
+        config.labels.insert(key.into(), value.into());
+    }
+
+    let mut tenants: HashMap<String, Vec<String>> = HashMap::new();
+    let keys: Vec<String> = args
+        .api_keys
+        .into_iter()
+        .chain(file.api_keys.unwrap_or_default())
+        .collect();
+    if !keys.is_empty() {
+        tenants.insert(crate::api::auth::DEFAULT_TENANT.into(), keys);
+    }
+    if let Some(path) = args.tenants.or(file.tenants) {
+        let TenantsFile(entries) = read_toml(&path)?;
+        for (tenant, entry) in entries {
+            let keys = match entry {
+                TenantEntry::Keys(keys) | TenantEntry::Table { keys } => keys,
+            };
+            if keys.iter().any(|k| k.len() < 16) {
+                bail!(
+                    "{}: tenant {tenant:?} has a key shorter than 16 characters",
+                    path.display()
+                );
+            }
+            tenants.entry(tenant).or_default().extend(keys);
+        }
+    }
+    let auth = if tenants.is_empty() {
+        Auth::open()
+    } else {
+        Auth::with_tenants(&tenants)
+    };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:9000".into());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+        let address = listener.local_addr()?;
+        if !auth.required() && !address.ip().is_loopback() {
+            tracing::warn!(%address, "serving without API keys on a non-loopback address: anyone who can reach it can run code");
+        }
+        let node = Node::open(config)?;
+        node.start();
+        let state = AppState { node: node.clone(), auth: Arc::new(auth) };
+        // One line, flushed, that scripts and tests read to find the server.
+        println!("wasmesh node {} listening on http://{address}", node.config.id);
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        crate::api::serve(listener, state, shutdown_signal()).await?;
+        tracing::info!("shutting down: waiting for running jobs");
+        node.stop(Duration::from_secs(10)).await;
+        println!("wasmesh node stopped");
+        Ok(())
+    })
+}
+
+/// A node id that survives restarts: generated once, kept in the data directory.
+fn stable_node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
