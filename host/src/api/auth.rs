@@ -97,13 +97,12 @@ pub struct Peer(pub Option<SocketAddr>);
 impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0),
-        ))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Through axum's own extractor, so `MockConnectInfo` works in in-process tests.
+        let info = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+            .await
+            .ok();
+        Ok(Peer(info.map(|ConnectInfo(addr)| addr)))
     }
 }
 

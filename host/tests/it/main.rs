@@ -1,10 +1,17 @@
 //! End-to-end tests of the `wasmesh` binary (one test binary, a module per area).
 
+mod cas;
 mod demo;
 mod exec;
+mod jobs;
+mod queues;
+mod server;
+mod tenants;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+
+pub use server::Server;
 
 /// Runs the real `wasmesh` binary with `args`, feeding `stdin`.
 pub fn wasmesh(args: &[&str], stdin: &[u8]) -> Output {

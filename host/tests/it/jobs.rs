@@ -1,0 +1,617 @@
+//! Jobs over real HTTP: outcomes, the result cache, dependencies, cancel, priority,
+//! reschedule, the completed list, restarts and concurrent clients.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use wasmesh_host::client::ClientError;
+
+use crate::Server;
+use crate::server::{WAIT, action, eventually, upload_test_guest};
+
+fn api_code(error: ClientError) -> (u16, String) {
+    match error {
+        ClientError::Api { status, code, .. } => (status, code),
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+#[test]
+fn every_outcome_comes_back_through_http() {
+    let server = Server::start(&["--memory", "32MiB"]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            action(&client, worker, &["echo"], Some(b"hi")),
+            "succeeded",
+            "exited",
+        ),
+        (
+            action(&client, worker, &["exit", "4"], None),
+            "failed",
+            "exited",
+        ),
+        (
+            action(&client, worker, &["panic", "boom"], None),
+            "failed",
+            "trapped",
+        ),
+        (
+            json!({"worker": worker, "args": ["spin"], "limits": {"fuel": 1000000}}),
+            "failed",
+            "out_of_fuel",
+        ),
+        (
+            json!({"worker": worker, "args": ["spin"], "limits": {"timeout_ms": 200}}),
+            "failed",
+            "timed_out",
+        ),
+        (
+            json!({"worker": worker, "args": ["alloc", "67108864"]}),
+            "failed",
+            "memory_exceeded",
+        ),
+        (
+            json!({"worker": worker, "args": ["big-output", "2000"], "limits": {"output_bytes": 1000}}),
+            "failed",
+            "output_exceeded",
+        ),
+    ];
+    let lsns: Vec<u64> = cases
+        .iter()
+        .map(|(a, _, _)| client.submit(a, None, None).unwrap())
+        .collect();
+    for (lsn, (_, state, outcome)) in lsns.into_iter().zip(&cases) {
+        let result = client.wait(lsn, WAIT).unwrap();
+        assert_eq!(
+            (result.state.as_str(), result.outcome.as_str()),
+            (*state, *outcome),
+            "job {lsn}: {result:?}"
+        );
+        assert_eq!(result.lsn, lsn);
+        assert_eq!(result.worker, worker);
+        assert_eq!(result.attempts, 1);
+        assert!(!result.cached);
+    }
+    let echo = client.wait(1, WAIT).unwrap();
+    assert_eq!(client.blob(&echo.output).unwrap(), b"hi");
+    assert_eq!(echo.exit_code, Some(0));
+    assert!(echo.usage.fuel > 0);
+    let panicked = client.wait(3, WAIT).unwrap();
+    assert!(
+        String::from_utf8(client.blob(&panicked.stderr).unwrap())
+            .unwrap()
+            .contains("boom")
+    );
+    assert!(panicked.message.unwrap().contains("unreachable"));
+}
+
+#[test]
+fn events_are_part_of_the_result() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let lsn = client
+        .submit(
+            &action(&client, worker, &["emit", "Alert", r#"{"level":2}"#], None),
+            None,
+            None,
+        )
+        .unwrap();
+    let result = client.wait(lsn, WAIT).unwrap();
+    assert_eq!(
+        result.events,
+        vec![json!({"event_type": "Alert", "fields": {"level": 2}})]
+    );
+}
+
+#[test]
+fn a_repeated_successful_action_is_answered_from_the_cache() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let echo = action(&client, worker, &["echo"], Some(b"cache me"));
+    let first = client
+        .wait(client.submit(&echo, None, None).unwrap(), WAIT)
+        .unwrap();
+    assert!(!first.cached);
+    let second_lsn = client.submit(&echo, None, None).unwrap();
+    assert_ne!(second_lsn, first.lsn);
+    let second = client.wait(second_lsn, WAIT).unwrap();
+    assert!(second.cached);
+    assert_eq!((second.output, second.action), (first.output, first.action));
+    let by_action = client
+        .call(
+            reqwest::Method::GET,
+            &format!("/compute/jobs/{worker}/{}", first.action),
+            None,
+        )
+        .unwrap();
+    assert_eq!(by_action["output"], json!(first.output));
+
+    // Failures are not cached: the same failing action runs again.
+    let failing = action(&client, worker, &["exit", "1"], None);
+    let a = client
+        .wait(client.submit(&failing, None, None).unwrap(), WAIT)
+        .unwrap();
+    let b = client
+        .wait(client.submit(&failing, None, None).unwrap(), WAIT)
+        .unwrap();
+    assert!(!a.cached && !b.cached);
+    let metrics = server
+        .http()
+        .get(server.at("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(metrics.contains("wasmesh_jobs_cached_total 1"), "{metrics}");
+}
+
+#[test]
+fn batches_and_the_worker_in_the_path() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let batch = json!({"actions": [{"args": ["args", "one"]}, {"args": ["args", "two"]}]});
+    let answer = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{worker}"),
+            Some(&batch),
+        )
+        .unwrap();
+    let jobs = answer["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    for (job, word) in jobs.iter().zip(["one", "two"]) {
+        let result = client.wait(job["lsn"].as_u64().unwrap(), WAIT).unwrap();
+        assert_eq!(
+            client.blob(&result.output).unwrap(),
+            format!("{word}\n").as_bytes()
+        );
+        assert_eq!(json!(result.action), job["action"]);
+    }
+    let mismatch = json!({"worker": "0".repeat(64), "args": []});
+    let err = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{worker}"),
+            Some(&mismatch),
+        )
+        .unwrap_err();
+    assert_eq!(api_code(err), (400, "id_mismatch".into()));
+}
+
+#[test]
+fn missing_inputs_are_asked_for_and_unknown_workers_refused() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let input = wasmesh_host::model::HashHex::of(b"not uploaded yet");
+    let response = server
+        .http()
+        .post(server.at("/compute/jobs"))
+        .json(&json!({"worker": worker, "input": input, "args": ["echo"]}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(response.json::<Value>().unwrap(), json!({"needs": [input]}));
+    let unknown = client
+        .submit(&json!({"worker": "1".repeat(64)}), None, None)
+        .unwrap_err();
+    assert_eq!(api_code(unknown).0, 404);
+    let float = client
+        .submit(
+            &json!({"worker": worker, "limits": {"fuel": 1.5}}),
+            None,
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(api_code(float), (400, "invalid_descriptor".into()));
+}
+
+#[test]
+fn invalid_modules_and_id_mismatches_are_refused_at_registration() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let junk = b"\0asm\x01\0\0\0 junk".to_vec();
+    let module = client.put_blob(junk).unwrap();
+    let err = client
+        .call(
+            reqwest::Method::POST,
+            "/compute/workers",
+            Some(&json!({"name": "bad", "module": module})),
+        )
+        .unwrap_err();
+    assert_eq!(api_code(err), (422, "invalid_module".into()));
+    let worker = upload_test_guest(&client);
+    let descriptor = client
+        .call(
+            reqwest::Method::GET,
+            &format!("/compute/workers/{worker}"),
+            None,
+        )
+        .unwrap();
+    assert_eq!(descriptor["name"], "test-guest");
+    let other = "2".repeat(64);
+    let err = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/workers/{other}"),
+            Some(&descriptor),
+        )
+        .unwrap_err();
+    assert_eq!(api_code(err), (400, "id_mismatch".into()));
+    let same = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/workers/{worker}"),
+            Some(&descriptor),
+        )
+        .unwrap();
+    assert_eq!(same["worker"], json!(worker));
+    let listed = client
+        .call(reqwest::Method::GET, "/compute/workers", None)
+        .unwrap();
+    assert_eq!(listed["workers"][0]["worker"], json!(worker));
+    let escape = json!({"name": "w", "module": descriptor["module"], "files": {"../x": descriptor["module"]}});
+    let err = client
+        .call(reqwest::Method::POST, "/compute/workers", Some(&escape))
+        .unwrap_err();
+    assert_eq!(api_code(err), (400, "invalid_descriptor".into()));
+}
+
+#[test]
+fn after_dependencies_wait_for_success_and_fail_with_their_dependency() {
+    let server = Server::start(&["--slots", "2"]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let slow = client
+        .submit(
+            &action(&client, worker, &["sleep", "300"], None),
+            None,
+            None,
+        )
+        .unwrap();
+    let mut then = action(&client, worker, &["args", "after"], None);
+    then["after"] = json!([slow]);
+    let dependent = client.submit(&then, None, None).unwrap();
+    let first = client.wait(slow, WAIT).unwrap();
+    let second = client.wait(dependent, WAIT).unwrap();
+    assert_eq!(second.state, "succeeded");
+    assert!(first.usage.wall_ms >= 300);
+
+    let failing = client
+        .submit(&action(&client, worker, &["exit", "2"], None), None, None)
+        .unwrap();
+    let mut doomed = action(&client, worker, &["args", "never"], None);
+    doomed["after"] = json!([failing]);
+    let doomed = client.submit(&doomed, None, None).unwrap();
+    let result = client.wait(doomed, WAIT).unwrap();
+    assert_eq!(result.state, "failed");
+    assert!(
+        result
+            .message
+            .unwrap()
+            .contains(&format!("dependency {failing}"))
+    );
+    assert_eq!(result.attempts, 0, "it never ran");
+
+    let mut unknown = action(&client, worker, &["noop"], None);
+    unknown["after"] = json!([9999]);
+    assert_eq!(
+        api_code(client.submit(&unknown, None, None).unwrap_err()),
+        (400, "invalid_dependency".into())
+    );
+}
+
+#[test]
+fn cancel_priority_reschedule_and_retire() {
+    let server = Server::start(&["--slots", "1"]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let blocker = client
+        .submit(
+            &action(&client, worker, &["progress-then", "sleep", "60000"], None),
+            None,
+            None,
+        )
+        .unwrap();
+    eventually(WAIT, || {
+        let status: Value = server
+            .http()
+            .get(server.at(&format!("/compute/jobs/{blocker}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        (status["state"] == "running").then_some(())
+    });
+    // `low` would hold the only slot for a minute; `high`, submitted after it but
+    // raised above it, must run first.
+    let low = client
+        .submit(
+            &action(&client, worker, &["progress-then", "sleep", "60000"], None),
+            None,
+            None,
+        )
+        .unwrap();
+    let high = client
+        .submit(
+            &action(&client, worker, &["args", "high"], None),
+            None,
+            None,
+        )
+        .unwrap();
+    let never = client
+        .submit(
+            &action(&client, worker, &["args", "never"], None),
+            None,
+            None,
+        )
+        .unwrap();
+    client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{high}/priority"),
+            Some(&json!({"priority": 10})),
+        )
+        .unwrap();
+    client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{never}/cancel"),
+            None,
+        )
+        .unwrap();
+    let cancelled = client.wait(never, WAIT).unwrap();
+    assert_eq!(
+        (cancelled.state.as_str(), cancelled.attempts),
+        ("cancelled", 0)
+    );
+
+    client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{blocker}/cancel"),
+            None,
+        )
+        .unwrap();
+    let stopped = client.wait(blocker, Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        (stopped.state.as_str(), stopped.outcome.as_str()),
+        ("cancelled", "cancelled")
+    );
+    let high = client.wait(high, Duration::from_secs(20)).unwrap();
+    assert_eq!(high.state, "succeeded");
+    assert!(
+        client.result(low).unwrap().is_none(),
+        "low had to wait for high"
+    );
+    let err = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{low}/priority"),
+            Some(&json!({"priority": 1})),
+        )
+        .unwrap_err();
+    assert_eq!(api_code(err), (409, "not_queued".into()));
+    client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{low}/cancel"),
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        client.wait(low, Duration::from_secs(10)).unwrap().state,
+        "cancelled"
+    );
+
+    // Reschedule: a cancelled job runs again; a succeeded one cannot.
+    let again = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{never}/reschedule"),
+            None,
+        )
+        .unwrap();
+    assert_eq!(again["lsn"], never);
+    assert_eq!(client.wait(never, WAIT).unwrap().state, "succeeded");
+    let err = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{never}/reschedule"),
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(api_code(err), (409, "not_rescheduable".into()));
+
+    let completed = client
+        .call(reqwest::Method::GET, "/compute/jobs/completed", None)
+        .unwrap();
+    assert!(
+        completed["completed"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(never))
+    );
+    client
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/compute/jobs/{never}"),
+            None,
+        )
+        .unwrap();
+    let completed = client
+        .call(reqwest::Method::GET, "/compute/jobs/completed", None)
+        .unwrap();
+    assert!(
+        !completed["completed"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(never))
+    );
+}
+
+#[test]
+fn reschedule_stops_at_the_retry_limit() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let lsn = client
+        .submit(&action(&client, worker, &["exit", "1"], None), None, None)
+        .unwrap();
+    client.wait(lsn, WAIT).unwrap();
+    // Outside a queue a job has 3 retries: attempts 2, 3 and 4.
+    for attempt in 2..=4 {
+        let answer = client
+            .call(
+                reqwest::Method::POST,
+                &format!("/compute/jobs/{lsn}/reschedule"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(answer["attempts"], attempt - 1);
+        let result = eventually(WAIT, || {
+            client
+                .result(lsn)
+                .unwrap()
+                .filter(|r| r.attempts == attempt)
+        });
+        assert_eq!(result.state, "failed");
+    }
+    let err = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{lsn}/reschedule"),
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(api_code(err), (409, "retry_limit".into()));
+}
+
+#[test]
+fn a_killed_node_loses_no_accepted_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &["--slots", "1"]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let running = client
+        .submit(
+            &action(&client, worker, &["progress-then", "sleep", "60000"], None),
+            None,
+            None,
+        )
+        .unwrap();
+    eventually(WAIT, || {
+        let status: Value = server
+            .http()
+            .get(server.at(&format!("/compute/jobs/{running}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        (status["state"] == "running").then_some(())
+    });
+    let queued: Vec<u64> = (0..5)
+        .map(|i| {
+            client
+                .submit(
+                    &action(&client, worker, &["args", &i.to_string()], None),
+                    None,
+                    None,
+                )
+                .unwrap()
+        })
+        .collect();
+    server.kill();
+
+    let server = Server::start_in(dir.path(), &["--slots", "2"]);
+    let client = server.client();
+    for (i, lsn) in queued.iter().enumerate() {
+        let result = client.wait(*lsn, WAIT).unwrap();
+        assert_eq!(result.state, "succeeded");
+        assert_eq!(
+            client.blob(&result.output).unwrap(),
+            format!("{i}\n").as_bytes()
+        );
+    }
+    client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{running}/cancel"),
+            None,
+        )
+        .unwrap();
+    let interrupted = client.wait(running, WAIT).unwrap();
+    assert_eq!(
+        interrupted.attempts, 2,
+        "the interrupted run counted as an attempt"
+    );
+    let workers = client
+        .call(reqwest::Method::GET, "/compute/workers", None)
+        .unwrap();
+    assert_eq!(
+        workers["workers"][0]["worker"],
+        json!(worker),
+        "workers survive the restart"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_node_gracefully() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    client
+        .wait(
+            client
+                .submit(&action(&client, worker, &["noop"], None), None, None)
+                .unwrap(),
+            WAIT,
+        )
+        .unwrap();
+    assert!(server.terminate(), "the node exits 0 on SIGTERM");
+}
+
+#[test]
+fn many_clients_submitting_at_once_each_get_their_own_results() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|i| {
+                        let text = format!("client {t} job {i}");
+                        let lsn = client
+                            .submit(
+                                &action(&client, worker, &["echo"], Some(text.as_bytes())),
+                                None,
+                                None,
+                            )
+                            .unwrap();
+                        (lsn, text)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let submitted: Vec<(u64, String)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let mut lsns: Vec<u64> = submitted.iter().map(|(lsn, _)| *lsn).collect();
+    lsns.sort_unstable();
+    lsns.dedup();
+    assert_eq!(lsns.len(), 80, "every submission got its own LSN");
+    for (lsn, text) in submitted {
+        let result = client.wait(lsn, WAIT).unwrap();
+        assert_eq!(client.blob(&result.output).unwrap(), text.as_bytes());
+    }
+}

@@ -1,0 +1,150 @@
+//! A real `wasmesh node` process on 127.0.0.1:0 for the end-to-end tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wasmesh_host::client::Client;
+use wasmesh_host::model::HashHex;
+use wasmesh_test_support::{TEST_GUEST, guest_bytes};
+
+/// A running node; killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// Its base URL.
+    pub url: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A node on a fresh data directory.
+    pub fn start(args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let mut server = Self::start_in(temp.path(), args);
+        server._temp = Some(temp);
+        server
+    }
+
+    /// A node on `data_dir` (which outlives it, for restarts).
+    pub fn start_in(data_dir: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
+            .args(["node", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning wasmesh node");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        // The node prints one line with its address once it is bound; it exits (EOF)
+        // if it cannot start.
+        stdout
+            .read_line(&mut line)
+            .expect("reading the node's first line");
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("the node did not print its address: {line:?}"))
+            .to_string();
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        Self {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            _temp: None,
+        }
+    }
+
+    /// A client without a key.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, None)
+    }
+
+    /// A client with a key.
+    pub fn client_with_key(&self, key: &str) -> Client {
+        Client::new(&self.url, Some(key.into()))
+    }
+
+    /// A raw HTTP client.
+    pub fn http(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::new()
+    }
+
+    /// `self.url + path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Kills the node with SIGKILL (no chance to clean up) and waits for it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("killing the node");
+        self.child.wait().expect("reaping the node");
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit; returns whether it exited 0.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("sending SIGTERM");
+        self.child.wait().expect("reaping the node").success()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Uploads the test guest; returns its worker id.
+pub fn upload_test_guest(client: &Client) -> HashHex {
+    let wasm = guest_bytes(TEST_GUEST);
+    let module = HashHex::of(&wasm);
+    client
+        .upload_worker(
+            &json!({"name": "test-guest", "module": module}),
+            &[(module, &wasm)],
+        )
+        .expect("upload")
+        .worker
+}
+
+/// An action of the test guest with these args (and optional stdin).
+pub fn action(client: &Client, worker: HashHex, args: &[&str], stdin: Option<&[u8]>) -> Value {
+    let mut action = json!({"worker": worker, "args": args});
+    if let Some(bytes) = stdin {
+        action["input"] = json!(client.ensure_blobs(&[bytes]).unwrap()[0]);
+    }
+    action
+}
+
+/// Polls `check` until it returns Some or `within` passes.
+pub fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// The usual wait for a job.
+pub const WAIT: Duration = Duration::from_secs(60);
