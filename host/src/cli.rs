@@ -31,6 +31,8 @@ enum Command {
     Result(crate::commands::ResultArgs),
     /// Wait until a queue has nothing pending.
     Wait(crate::commands::WaitArgs),
+    /// Resubmit a recording (from `POST /compute/record/stop`) to a server.
+    Replay(crate::commands::ReplayArgs),
     /// Render the Mandelbrot demo: 16 tiles through the sandbox on every core, assembled
     /// into a PNG, with the speed-up against one core.
     Demo(DemoArgs),
@@ -164,6 +166,7 @@ pub fn main() -> ExitCode {
         Command::Submit(args) => crate::commands::submit(args),
         Command::Result(args) => crate::commands::result(args),
         Command::Wait(args) => crate::commands::wait(args),
+        Command::Replay(args) => crate::commands::replay(args),
         Command::Demo(args) => crate::demo::run(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|error| {

@@ -8,6 +8,7 @@ pub mod error;
 mod info;
 mod jobs;
 mod queues;
+mod record;
 mod workers;
 
 use std::net::SocketAddr;
@@ -75,6 +76,8 @@ pub fn app(state: AppState) -> Router {
             "/compute/queues/{q}/jobs/{id}",
             post(queues::submit_for_worker).get(queues::job),
         )
+        .route("/compute/record/start", post(record::start))
+        .route("/compute/record/stop", post(record::stop))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_tenant,

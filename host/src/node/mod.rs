@@ -6,6 +6,7 @@
 pub mod cas;
 pub mod db;
 pub mod metrics;
+pub mod record;
 pub mod scheduler;
 
 use std::collections::{BTreeMap, HashMap};
@@ -157,6 +158,8 @@ pub struct Node {
     pub sandbox: Sandbox,
     /// Counters for /metrics.
     pub metrics: Metrics,
+    /// Active recordings.
+    pub recorder: record::Recorder,
     scheduler: Mutex<Scheduler>,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -190,6 +193,7 @@ impl Node {
             cas,
             sandbox,
             metrics: Metrics::default(),
+            recorder: record::Recorder::default(),
             scheduler: Mutex::new(Scheduler::default()),
             wake: Notify::new(),
             workers: Mutex::new(HashMap::new()),
@@ -476,6 +480,27 @@ impl Node {
             ));
         }
         let lsns = self.db.insert_jobs(&rows)?;
+        if self.recorder.is_recording(tenant) {
+            let mut workers = Vec::with_capacity(actions.len());
+            for submission in &actions {
+                workers.push(
+                    self.worker(tenant, &submission.action.worker)?
+                        .ok_or_else(|| NodeError::Internal("worker vanished".into()))?,
+                );
+            }
+            let entries: Vec<_> = actions
+                .iter()
+                .zip(&workers)
+                .map(|(submission, worker)| {
+                    (
+                        worker.as_ref(),
+                        &submission.action,
+                        submission.canonical.as_str(),
+                    )
+                })
+                .collect();
+            self.recorder.append(&self.cas, tenant, &entries)?;
+        }
         self.metrics.jobs_submitted.add(lsns.len() as u64);
         for (lsn, (_, cached)) in lsns.iter().zip(&rows) {
             if cached.is_some() {

@@ -615,3 +615,62 @@ fn many_clients_submitting_at_once_each_get_their_own_results() {
         assert_eq!(client.blob(&result.output).unwrap(), text.as_bytes());
     }
 }
+
+#[test]
+fn a_recording_replays_on_another_server() {
+    let source = Server::start(&[]);
+    let client = source.client();
+    let worker = upload_test_guest(&client);
+    let before = client
+        .submit(
+            &action(&client, worker, &["args", "not recorded"], None),
+            None,
+            None,
+        )
+        .unwrap();
+    client.wait(before, WAIT).unwrap();
+    let started = client
+        .call(reqwest::Method::POST, "/compute/record/start", None)
+        .unwrap();
+    let texts = ["first recorded", "second recorded"];
+    for text in texts {
+        let lsn = client
+            .submit(
+                &action(&client, worker, &["echo"], Some(text.as_bytes())),
+                None,
+                None,
+            )
+            .unwrap();
+        client.wait(lsn, WAIT).unwrap();
+    }
+    let stopped = client
+        .call(reqwest::Method::POST, "/compute/record/stop", None)
+        .unwrap();
+    assert_eq!(stopped["recording"], started["recording"]);
+    assert_eq!(stopped["actions"], 2);
+    let err = client
+        .call(reqwest::Method::POST, "/compute/record/stop", None)
+        .unwrap_err();
+    assert_eq!(api_code(err), (409, "not_recording".into()));
+
+    let target = Server::start(&[]);
+    let output = crate::wasmesh(
+        &[
+            "replay",
+            stopped["path"].as_str().unwrap(),
+            "--server",
+            &target.url,
+            "--json",
+        ],
+        b"",
+    );
+    assert!(output.status.success(), "{}", crate::err(&output));
+    let replayed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let lsns = replayed["jobs"].as_array().unwrap();
+    assert_eq!(lsns.len(), 2);
+    let target_client = target.client();
+    for (lsn, text) in lsns.iter().zip(texts) {
+        let result = target_client.wait(lsn.as_u64().unwrap(), WAIT).unwrap();
+        assert_eq!(target_client.blob(&result.output).unwrap(), text.as_bytes());
+    }
+}
