@@ -33,6 +33,11 @@ enum Command {
     Wait(crate::commands::WaitArgs),
     /// Resubmit a recording (from `POST /compute/record/stop`) to a server.
     Replay(crate::commands::ReplayArgs),
+    /// Benchmark scenarios (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        scenario: BenchScenario,
+    },
     /// Render the Mandelbrot demo: 16 tiles through the sandbox on every core, assembled
     /// into a PNG, with the speed-up against one core.
     Demo(DemoArgs),
@@ -70,6 +75,22 @@ pub struct ExecArgs {
     /// Print the outcome, usage and output as JSON instead of passing output through.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `wasmesh bench` scenarios.
+#[derive(Debug, Subcommand)]
+enum BenchScenario {
+    /// One in-process node over loopback HTTP: /health baseline, submit->result
+    /// latency, jobs/s single and batched, and a large upload via the needs dance vs a
+    /// raw PUT.
+    Node {
+        /// Jobs per throughput scenario.
+        #[arg(long, default_value_t = 2000)]
+        jobs: usize,
+        /// Size of the upload scenario in MiB (0 skips it).
+        #[arg(long, default_value_t = 256)]
+        upload_mib: usize,
+    },
 }
 
 /// Arguments of `wasmesh node`.
@@ -167,6 +188,9 @@ pub fn main() -> ExitCode {
         Command::Result(args) => crate::commands::result(args),
         Command::Wait(args) => crate::commands::wait(args),
         Command::Replay(args) => crate::commands::replay(args),
+        Command::Bench {
+            scenario: BenchScenario::Node { jobs, upload_mib },
+        } => crate::bench::node(jobs, upload_mib).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => crate::demo::run(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|error| {

@@ -2,6 +2,7 @@
 //! HTTP), the `wasmesh` command line, local execution (`wasmesh exec`) and the demo.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod commands;
