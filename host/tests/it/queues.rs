@@ -267,3 +267,41 @@ async fn local_queues_and_integer_ids_are_for_loopback_callers_only() {
     let (status, body) = call(from_remote, "GET", &format!("/compute/queues/{token}")).await;
     assert_eq!((status, body["state"].as_str()), (200, Some("active")));
 }
+
+#[test]
+fn host_side_failures_are_retried_automatically_up_to_the_limit() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    // An input the store has recorded but whose file is gone: reading it fails on the
+    // host, which is retried (unlike a guest failure in a plain queue).
+    let input = client.ensure_blobs(&[b"vanishing input"]).unwrap()[0];
+    let hex = input.to_string();
+    std::fs::remove_file(
+        server
+            .data_dir
+            .join("cas")
+            .join(&hex[..2])
+            .join(&hex[2..4])
+            .join(&hex),
+    )
+    .unwrap();
+    let q = client
+        .call(
+            reqwest::Method::POST,
+            "/compute/queues",
+            Some(&json!({"max_retries": 1})),
+        )
+        .unwrap()["queue_id"]
+        .to_string();
+    let lsn = client
+        .submit(
+            &json!({"worker": worker, "input": input, "args": ["echo"]}),
+            Some(&q),
+            None,
+        )
+        .unwrap();
+    let result = client.wait(lsn, WAIT).unwrap();
+    assert_eq!((result.state.as_str(), result.attempts), ("failed", 2));
+    assert!(result.message.unwrap().starts_with("host error:"));
+}
