@@ -94,6 +94,15 @@ fn visible(state: &AppState, tenant: &str, hash: &HashHex) -> ApiResult<u64> {
         .ok_or_else(|| ApiError::NotFound(format!("blob {hash} not found")))
 }
 
+/// A blob response: its headers, and the body (empty for HEAD).
+fn blob_response(size: u64, body: Body) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        (header::CONTENT_LENGTH, size.to_string()),
+    ];
+    (headers, body).into_response()
+}
+
 /// `GET /cas/{hash}`: the bytes, streamed.
 pub async fn get_blob(
     State(state): State<AppState>,
@@ -103,15 +112,10 @@ pub async fn get_blob(
     let hash = path_hash(&hash)?;
     let size = visible(&state, &tenant, &hash)?;
     let file = tokio::fs::File::open(state.node.cas.path(&hash)).await?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, size.to_string()),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(blob_response(
+        size,
+        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    ))
 }
 
 /// `HEAD /cas/{hash}`: 200 with Content-Length, or 404.
@@ -122,12 +126,5 @@ pub async fn head_blob(
 ) -> ApiResult<Response> {
     let hash = path_hash(&hash)?;
     let size = visible(&state, &tenant, &hash)?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, size.to_string()),
-        ],
-        Body::empty(),
-    )
-        .into_response())
+    Ok(blob_response(size, Body::empty()))
 }

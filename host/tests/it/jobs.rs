@@ -5,17 +5,9 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use wasmesh_host::client::ClientError;
 
 use crate::Server;
-use crate::server::{WAIT, action, eventually, upload_test_guest};
-
-fn api_code(error: ClientError) -> (u16, String) {
-    match error {
-        ClientError::Api { status, code, .. } => (status, code),
-        other => panic!("expected an API error, got {other}"),
-    }
-}
+use crate::server::{WAIT, action, api_code, eventually, start_blocker, upload_test_guest};
 
 #[test]
 fn every_outcome_comes_back_through_http() {
@@ -312,23 +304,7 @@ fn cancel_priority_reschedule_and_retire() {
     let server = Server::start(&["--slots", "1"]);
     let client = server.client();
     let worker = upload_test_guest(&client);
-    let blocker = client
-        .submit(
-            &action(&client, worker, &["progress-then", "sleep", "60000"], None),
-            None,
-            None,
-        )
-        .unwrap();
-    eventually(WAIT, || {
-        let status: Value = server
-            .http()
-            .get(server.at(&format!("/compute/jobs/{blocker}")))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        (status["state"] == "running").then_some(())
-    });
+    let blocker = start_blocker(&server, &client, worker);
     // `low` would hold the only slot for a minute; `high`, submitted after it but
     // raised above it, must run first.
     let low = client
@@ -499,23 +475,7 @@ fn a_killed_node_loses_no_accepted_job() {
     let server = Server::start_in(dir.path(), &["--slots", "1"]);
     let client = server.client();
     let worker = upload_test_guest(&client);
-    let running = client
-        .submit(
-            &action(&client, worker, &["progress-then", "sleep", "60000"], None),
-            None,
-            None,
-        )
-        .unwrap();
-    eventually(WAIT, || {
-        let status: Value = server
-            .http()
-            .get(server.at(&format!("/compute/jobs/{running}")))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        (status["state"] == "running").then_some(())
-    });
+    let running = start_blocker(&server, &client, worker);
     let queued: Vec<u64> = (0..5)
         .map(|i| {
             client

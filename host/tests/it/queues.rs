@@ -8,18 +8,10 @@ use axum::http::Request;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use wasmesh_host::api::{AppState, app, auth::Auth};
-use wasmesh_host::client::ClientError;
 use wasmesh_host::node::{Node, NodeConfig};
 
 use crate::Server;
-use crate::server::{WAIT, action, upload_test_guest};
-
-fn api_code(error: ClientError) -> (u16, String) {
-    match error {
-        ClientError::Api { status, code, .. } => (status, code),
-        other => panic!("expected an API error, got {other}"),
-    }
-}
+use crate::server::{WAIT, action, api_code, upload_test_guest};
 
 #[test]
 fn a_queue_counts_its_jobs_and_completes() {

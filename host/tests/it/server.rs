@@ -129,6 +129,36 @@ pub fn action(client: &Client, worker: HashHex, args: &[&str], stdin: Option<&[u
     action
 }
 
+/// Submits a job that holds a slot for a minute and returns once it is running.
+pub fn start_blocker(server: &Server, client: &Client, worker: HashHex) -> u64 {
+    let lsn = client
+        .submit(
+            &action(client, worker, &["progress-then", "sleep", "60000"], None),
+            None,
+            None,
+        )
+        .unwrap();
+    eventually(WAIT, || {
+        let status: Value = server
+            .http()
+            .get(server.at(&format!("/compute/jobs/{lsn}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        (status["state"] == "running").then_some(())
+    });
+    lsn
+}
+
+/// The status and error code of a client error.
+pub fn api_code(error: wasmesh_host::client::ClientError) -> (u16, String) {
+    match error {
+        wasmesh_host::client::ClientError::Api { status, code, .. } => (status, code),
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
 /// Polls `check` until it returns Some or `within` passes.
 pub fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;

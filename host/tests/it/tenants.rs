@@ -2,16 +2,12 @@
 
 use reqwest::StatusCode;
 use serde_json::json;
-use wasmesh_host::client::ClientError;
 
 use crate::Server;
 use crate::server::{WAIT, action, upload_test_guest};
 
-fn status(error: ClientError) -> u16 {
-    match error {
-        ClientError::Api { status, .. } => status,
-        other => panic!("expected an API error, got {other}"),
-    }
+fn status(error: wasmesh_host::client::ClientError) -> u16 {
+    crate::server::api_code(error).0
 }
 
 #[test]
