@@ -156,14 +156,18 @@ fn write_png(path: &Path, size: u32, tiles: &[Tile]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Bernstein-polynomial palette (deep blue -> teal -> orange -> white-ish) over the
+/// square root of the grey level, which spreads the many fast-escaping points.
 fn palette(grey: u8) -> [u8; 3] {
     if grey == 0 {
         return [0, 0, 0];
     }
-    let t = f32::from(grey) / 255.0;
+    let t = (f32::from(grey) / 255.0).sqrt();
+    let u = 1.0 - t;
+    let channel = |v: f32| (v.clamp(0.0, 1.0) * 255.0) as u8;
     [
-        (255.0 * t.powf(0.8)) as u8,
-        (200.0 * t) as u8,
-        (120.0 + 135.0 * (1.0 - t)) as u8,
+        channel(9.0 * u * t * t * t),
+        channel(15.0 * u * u * t * t),
+        channel(8.5 * u * u * u * t),
     ]
 }
