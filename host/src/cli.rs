@@ -23,6 +23,8 @@ enum Command {
     Exec(ExecArgs),
     /// Run a node: a content-addressed store and a compute server (see docs/api.md).
     Node(NodeArgs),
+    /// Run a coordinator: the registry of node hosts (heartbeats, states, drain).
+    Coordinator(CoordinatorArgs),
     /// Upload a worker module with the needs dance; prints the worker id.
     Upload(crate::commands::UploadArgs),
     /// Submit an action as a job; prints its LSN (or, with --wait, its output).
@@ -139,6 +141,35 @@ pub struct NodeArgs {
     /// Idle queues expire after this long, e.g. `15m`.
     #[arg(long, env = "WASMESH_QUEUE_IDLE", value_parser = humantime::parse_duration)]
     pub queue_idle: Option<Duration>,
+    /// Join this coordinator: register, heartbeat, re-register after a 404.
+    #[arg(long, env = "WASMESH_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// The URL the coordinator reaches this node at [default: the bound address].
+    #[arg(long, env = "WASMESH_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The key nodes present to the coordinator.
+    #[arg(long, env = "WASMESH_NODE_KEY")]
+    pub node_key: Option<String>,
+}
+
+/// Arguments of `wasmesh coordinator`.
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    /// Address to listen on.
+    #[arg(long, env = "WASMESH_LISTEN", default_value = "127.0.0.1:9100")]
+    pub listen: String,
+    /// An API key for clients (repeatable).
+    #[arg(long = "api-key", env = "WASMESH_API_KEY", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
+    /// The key nodes must present to register and heartbeat.
+    #[arg(long, env = "WASMESH_NODE_KEY")]
+    pub node_key: Option<String>,
+    /// How often nodes heartbeat.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// A node silent for this long is unhealthy.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
 }
 
 /// Arguments of `wasmesh demo`.
@@ -183,6 +214,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Exec(args) => crate::exec::run(args),
         Command::Node(args) => crate::serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Coordinator(args) => crate::serve::coordinator(args).map(|()| ExitCode::SUCCESS),
         Command::Upload(args) => crate::commands::upload(args),
         Command::Submit(args) => crate::commands::submit(args),
         Command::Result(args) => crate::commands::result(args),

@@ -136,6 +136,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .listen
         .or(file.listen)
         .unwrap_or_else(|| "127.0.0.1:9000".into());
+    let (coordinator, advertise, node_key) = (args.coordinator, args.advertise, args.node_key);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -148,6 +149,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         let node = Node::open(config)?;
         node.start();
+        let membership_stop = tokio_util::sync::CancellationToken::new();
+        let membership = coordinator.map(|coordinator| {
+            crate::node::membership::Membership {
+                coordinator,
+                advertise: advertise.unwrap_or_else(|| format!("http://{address}")),
+                node_key,
+            }
+            .spawn(node.clone(), membership_stop.clone())
+        });
         let state = AppState { node: node.clone(), auth: Arc::new(auth) };
         // One line, flushed, that scripts and tests read to find the server.
         println!("wasmesh node {} listening on http://{address}", node.config.id);
@@ -156,6 +166,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         crate::api::serve(listener, state, shutdown_signal()).await?;
         tracing::info!("shutting down: waiting for running jobs");
         node.stop(Duration::from_secs(10)).await;
+        membership_stop.cancel();
+        if let Some(thread) = membership {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         println!("wasmesh node stopped");
         Ok(())
     })
@@ -196,4 +210,44 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// Runs `wasmesh coordinator` until SIGINT/SIGTERM.
+pub fn coordinator(args: crate::cli::CoordinatorArgs) -> anyhow::Result<()> {
+    use crate::coordinator::{CoordinatorConfig, CoordinatorState, Registry};
+    let keys = |keys: Vec<String>| {
+        if keys.is_empty() {
+            Auth::open()
+        } else {
+            Auth::with_tenants(&HashMap::from([(
+                crate::api::auth::DEFAULT_TENANT.to_string(),
+                keys,
+            )]))
+        }
+    };
+    let state = CoordinatorState {
+        registry: Arc::new(Registry::new(CoordinatorConfig {
+            heartbeat_interval: args.heartbeat_interval,
+            lease: args.lease,
+        })),
+        auth: Arc::new(keys(args.api_keys)),
+        node_auth: Arc::new(keys(args.node_key.into_iter().collect())),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let address = listener.local_addr()?;
+        println!("wasmesh coordinator listening on http://{address}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        axum::serve(listener, crate::coordinator::app(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        println!("wasmesh coordinator stopped");
+        Ok(())
+    })
 }

@@ -22,6 +22,16 @@ use axum::routing::{get, post};
 use crate::node::Node;
 use auth::Auth;
 
+/// The version every node and coordinator reports.
+pub fn info_version() -> &'static str {
+    info::VERSION
+}
+
+/// The answer for any unknown route.
+pub async fn not_found() -> error::ApiError {
+    info::not_found().await
+}
+
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {

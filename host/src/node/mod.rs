@@ -5,6 +5,7 @@
 
 pub mod cas;
 pub mod db;
+pub mod membership;
 pub mod metrics;
 pub mod record;
 pub mod scheduler;

@@ -32,9 +32,34 @@ impl Server {
 
     /// A node on `data_dir` (which outlives it, for restarts).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Self {
+        let mut full = vec![
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().expect("UTF-8 path"),
+        ];
+        full.extend_from_slice(args);
+        Self::spawn(&full, data_dir)
+    }
+
+    /// A coordinator on 127.0.0.1:0.
+    pub fn coordinator(args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let mut full = vec!["coordinator", "--listen", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        let mut server = Self::spawn(&full, temp.path());
+        server._temp = Some(temp);
+        server
+    }
+
+    /// The process id (for SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn spawn(args: &[&str], data_dir: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
-            .args(["node", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
