@@ -121,6 +121,9 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// Bytes of one checkpoint (default 64 MiB). Breach: `OutputExceeded`.
     pub max_checkpoint_bytes: usize,
+    /// Bytes a run may keep in `/tmp` (default 1 GiB). Breach: `OutputExceeded`,
+    /// detected within ten epoch ticks of the write that passed it.
+    pub tmp_bytes: u64,
     /// Log lines kept per run (default 1,000); later lines are counted, not kept, since
     /// logs are diagnostics and must not become an unmetered output channel.
     pub max_log_lines: usize,
@@ -157,6 +160,7 @@ impl Default for Config {
             max_event_bytes: 64 << 10,
             max_checkpoint_bytes: 64 << 20,
             max_log_lines: 1000,
+            tmp_bytes: 1 << 30,
             fuel_metering: true,
             max_wasm_stack: 1 << 20,
             epoch_tick: Duration::from_millis(10),

@@ -174,6 +174,7 @@ impl RunSpec {
 enum Stop {
     TimedOut,
     Cancelled,
+    TmpFull,
 }
 
 /// Enforces the memory limit and records the peak.
@@ -222,6 +223,28 @@ pub(crate) struct Ctx {
     stop: Option<Stop>,
     deadline: Instant,
     cancel: Option<CancellationToken>,
+    tmp: Option<TmpQuota>,
+}
+
+/// The `/tmp` size check: the directory is measured every `EVERY` epoch ticks (a walk
+/// of what the guest wrote), so a guest can overshoot the quota by at most what it
+/// writes between two checks, and a single write is bounded by its memory.
+struct TmpQuota {
+    path: std::path::PathBuf,
+    limit: u64,
+    ticks: u32,
+}
+
+impl TmpQuota {
+    const EVERY: u32 = 10;
+
+    fn over_quota(&mut self) -> bool {
+        self.ticks += 1;
+        if !self.ticks.is_multiple_of(Self::EVERY) {
+            return false;
+        }
+        crate::scratch::usage(&self.path) > self.limit
+    }
 }
 
 struct Inner {
@@ -435,10 +458,16 @@ impl Sandbox {
                 RuntimeError::InvalidMount(format!("{} at {guest}: {e:#}", host.display()))
             })?;
         }
+        let mut tmp_quota = None;
         if spec.tmp {
             let lease = self.inner.scratch.tmp()?;
             wasi.preopened_dir(lease.path(), "/tmp", FsPerms::ReadWrite)
                 .map_err(|e| RuntimeError::host("preopening /tmp", format!("{e:#}")))?;
+            tmp_quota = Some(TmpQuota {
+                path: lease.path().to_path_buf(),
+                limit: config.tmp_bytes,
+                ticks: 0,
+            });
             leases.push(lease);
         }
 
@@ -461,6 +490,7 @@ impl Sandbox {
             stop: None,
             deadline,
             cancel: spec.cancel.clone(),
+            tmp: tmp_quota,
         };
         let mut store = Store::new(&self.inner.engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);
@@ -482,6 +512,12 @@ impl Sandbox {
             }
             if Instant::now() >= data.deadline {
                 data.stop = Some(Stop::TimedOut);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            if let Some(tmp) = &mut data.tmp
+                && tmp.over_quota()
+            {
+                data.stop = Some(Stop::TmpFull);
                 return Ok(UpdateDeadline::Interrupt);
             }
             // Yielding lets the executor notice the deadline and cancellation while
@@ -522,6 +558,7 @@ impl Sandbox {
                 .map_err(|()| RuntimeError::Busy(config.max_instances))?,
             Ended::Stopped(Stop::Cancelled) => Outcome::Cancelled,
             Ended::Stopped(Stop::TimedOut) => Outcome::TimedOut,
+            Ended::Stopped(Stop::TmpFull) => Outcome::OutputExceeded,
         };
         let fuel = match store.get_fuel() {
             Ok(left) if config.fuel_metering => limits.fuel.saturating_sub(left),
@@ -576,6 +613,7 @@ fn classify(
     match ctx.stop {
         Some(Stop::Cancelled) => return Ok(Outcome::Cancelled),
         Some(Stop::TimedOut) => return Ok(Outcome::TimedOut),
+        Some(Stop::TmpFull) => return Ok(Outcome::OutputExceeded),
         None => {}
     }
     Ok(match error.downcast_ref::<Trap>() {

@@ -118,3 +118,19 @@ fn empty(dir: &Path) -> bool {
     }
     true
 }
+
+/// Bytes of regular files below `dir` (links are not followed).
+pub(crate) fn usage(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => total += usage(&entry.path()),
+            Ok(kind) if kind.is_file() => total += entry.metadata().map_or(0, |m| m.len()),
+            _ => {}
+        }
+    }
+    total
+}

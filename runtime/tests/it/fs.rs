@@ -258,3 +258,37 @@ fn bad_mounts_are_refused_before_running() {
         .unwrap_err();
     assert!(matches!(err, RuntimeError::InvalidMount(_)), "{err}");
 }
+
+#[test]
+fn filling_tmp_past_its_quota_is_output_exceeded() {
+    let unlimited_fuel = wasmesh_runtime::LimitsRequest {
+        fuel: Some(u64::MAX),
+        timeout_ms: Some(5_000),
+        ..Default::default()
+    };
+    let over = crate::roomy_guest(
+        &["fill-tmp", &(8u64 << 20).to_string()],
+        RunSpec::new().limits(unlimited_fuel),
+    );
+    assert_eq!(over.outcome, Outcome::OutputExceeded, "{}", stderr(&over));
+    assert!(
+        over.usage.wall < std::time::Duration::from_secs(5),
+        "stopped by the quota, not the clock"
+    );
+
+    let short = wasmesh_runtime::LimitsRequest {
+        timeout_ms: Some(300),
+        ..unlimited_fuel
+    };
+    let under = crate::roomy_guest(
+        &["fill-tmp", &(1u64 << 20).to_string()],
+        RunSpec::new().limits(short),
+    );
+    assert_eq!(
+        under.outcome,
+        Outcome::TimedOut,
+        "1 MiB is within the 4 MiB quota"
+    );
+    let listing = crate::roomy_guest(&["list-dir", "/tmp"], RunSpec::new());
+    assert_eq!(stdout(&listing), "\n", "the filled /tmp was emptied");
+}

@@ -29,11 +29,41 @@ pub fn sandbox() -> &'static Sandbox {
             stderr_bytes: 64 << 10,
             max_events: 16,
             max_checkpoint_bytes: 1 << 16,
+            tmp_bytes: 4 << 20,
             max_instances: 32,
             ..Config::default()
         })
         .expect("test sandbox")
     })
+}
+
+/// A second shared sandbox whose fuel ceiling (10^13, hours of work) can never run
+/// out before a test's wall-clock limit or cancellation does: tests that wait for the
+/// clock use it, so they cannot race fuel exhaustion on a loaded machine.
+pub fn roomy() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| {
+        Sandbox::new(Config {
+            limits: Limits {
+                fuel: 10_000_000_000_000,
+                ..CEILINGS
+            },
+            tmp_bytes: 4 << 20,
+            max_instances: 16,
+            ..Config::default()
+        })
+        .expect("roomy test sandbox")
+    })
+}
+
+/// Runs the test guest on the roomy sandbox.
+pub fn roomy_guest(args: &[&str], spec: RunSpec) -> RunReport {
+    let module = roomy()
+        .load(&guest_bytes(TEST_GUEST))
+        .expect("guest compiles");
+    roomy()
+        .run(&module, spec.args(args.iter().copied()))
+        .expect("run")
 }
 
 /// A compiled guest from the shared sandbox.

@@ -121,7 +121,7 @@ fn fuel_used_grows_with_work() {
 
 #[test]
 fn a_busy_loop_times_out() {
-    let report = guest_with(
+    let report = crate::roomy_guest(
         &["spin"],
         limits(|l| {
             l.timeout_ms = Some(200);
@@ -250,7 +250,7 @@ fn cancelled_run(args: &[&str]) -> wasmesh_runtime::RunReport {
     let spec = limits(|l| l.fuel = Some(u64::MAX))
         .cancel(token.clone())
         .observer(Arc::new(CancelOnProgress(token)));
-    guest_with(args, spec)
+    crate::roomy_guest(args, spec)
 }
 
 #[test]

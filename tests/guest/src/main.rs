@@ -59,6 +59,17 @@ fn main() {
         "sleep" => std::thread::sleep(std::time::Duration::from_millis(number(1))),
         "stack-overflow" => println!("{}", recurse(std::hint::black_box(1))),
         "big-output" => write_n(&mut std::io::stdout(), number(1)),
+        "fill-tmp" => {
+            // Writes N bytes to /tmp, then keeps computing so the host has time to
+            // notice (or to time the run out).
+            let mut file = std::fs::File::create("/tmp/fill")
+                .unwrap_or_else(|e| fail(&format!("create: {e}")));
+            write_n(&mut file, number(1));
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
         "big-stderr" => write_n(&mut std::io::stderr(), number(1)),
         "read-file" => match std::fs::read(arg(1)) {
             Ok(bytes) => std::io::stdout().write_all(&bytes).expect("stdout"),
