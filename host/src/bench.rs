@@ -71,13 +71,10 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn spin_wait(client: &Client, lsn: u64) -> anyhow::Result<()> {
-    loop {
-        if let Some(result) = client.result(lsn)? {
-            ensure!(result.state == "succeeded", "job {lsn} {}", result.state);
-            return Ok(());
-        }
-    }
+fn wait_ok(client: &Client, lsn: u64) -> anyhow::Result<()> {
+    let result = client.wait(lsn, Duration::from_secs(60))?;
+    ensure!(result.state == "succeeded", "job {lsn} {}", result.state);
+    Ok(())
 }
 
 /// Runs the node benchmark and prints its numbers.
@@ -120,7 +117,7 @@ pub fn node(jobs: usize, upload_mib: usize) -> anyhow::Result<()> {
     for n in 0..500 {
         let start = Instant::now();
         let lsn = client.submit(&action(n), None, None)?;
-        spin_wait(&client, lsn)?;
+        wait_ok(&client, lsn)?;
         latencies.push(start.elapsed());
     }
     latencies.sort();
@@ -138,7 +135,7 @@ pub fn node(jobs: usize, upload_mib: usize) -> anyhow::Result<()> {
         .map(|n| client.submit(&action(base + n), None, None))
         .collect::<Result<_, _>>()?;
     for lsn in &lsns {
-        spin_wait(&client, *lsn)?;
+        wait_ok(&client, *lsn)?;
     }
     let single = jobs as f64 / start.elapsed().as_secs_f64();
     println!("single submissions, then all results    {single:>8.0} jobs/s");
@@ -159,7 +156,7 @@ pub fn node(jobs: usize, upload_mib: usize) -> anyhow::Result<()> {
         );
     }
     for lsn in &lsns {
-        spin_wait(&client, *lsn)?;
+        wait_ok(&client, *lsn)?;
     }
     let batched = jobs as f64 / start.elapsed().as_secs_f64();
     println!(

@@ -245,9 +245,18 @@ impl Client {
 
     /// The job's result, or `None` while it is pending.
     pub fn result(&self, lsn: u64) -> Result<Option<JobResult>, ClientError> {
-        let response = self
-            .request(reqwest::Method::GET, &format!("/compute/jobs/{lsn}"))
-            .send()?;
+        self.result_within(lsn, Duration::ZERO)
+    }
+
+    /// The job's result, waiting on the server (long-poll) up to `wait` for it to
+    /// finish; `None` if it is still pending then.
+    pub fn result_within(
+        &self,
+        lsn: u64,
+        wait: Duration,
+    ) -> Result<Option<JobResult>, ClientError> {
+        let path = format!("/compute/jobs/{lsn}?wait_ms={}", wait.as_millis());
+        let response = self.request(reqwest::Method::GET, &path).send()?;
         match response.status() {
             StatusCode::ACCEPTED => Ok(None),
             StatusCode::OK => response
@@ -258,19 +267,18 @@ impl Client {
         }
     }
 
-    /// Polls until the job finishes (backing off from 2 ms to 200 ms).
+    /// Waits until the job finishes, with long-polls of up to 30 s each, so a finished
+    /// job is seen as soon as its result is written.
     pub fn wait(&self, lsn: u64, timeout: Duration) -> Result<JobResult, ClientError> {
         let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(2);
         loop {
-            if let Some(result) = self.result(lsn)? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Some(result) = self.result_within(lsn, left.min(Duration::from_secs(30)))? {
                 return Ok(result);
             }
-            if Instant::now() >= deadline {
+            if left.is_zero() {
                 return Err(ClientError::Timeout(format!("job {lsn}")));
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 

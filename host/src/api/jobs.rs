@@ -142,6 +142,44 @@ pub fn path_lsn(text: &str) -> ApiResult<u64> {
 }
 
 /// The job's status or result, as `GET /compute/jobs/{lsn}` answers; `queue` scopes it.
+/// `?wait_ms=N`: long-poll a pending job for up to N ms (at most a minute).
+#[derive(Debug, Default, Deserialize)]
+pub struct WaitQuery {
+    wait_ms: Option<u64>,
+}
+
+/// Longest long-poll: a minute, well under common proxy idle timeouts' multiples and
+/// long enough that a waiting client makes one request per slow job.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`job_response`], but while the job is pending and `wait` allows, waits for results
+/// to be written and looks again.
+pub async fn job_response_waiting(
+    state: &AppState,
+    tenant: &str,
+    lsn: u64,
+    queue: Option<u64>,
+    wait: WaitQuery,
+) -> ApiResult<Response> {
+    let wait = std::time::Duration::from_millis(wait.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before looking, so a result written in between still wakes us.
+        let notified = state.node.finished.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let response = job_response(state, tenant, lsn, queue)?;
+        if response.status() != StatusCode::ACCEPTED || tokio::time::Instant::now() >= deadline {
+            return Ok(response);
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// The job's status or result; `queue` scopes it.
 pub fn job_response(
     state: &AppState,
     tenant: &str,
@@ -171,8 +209,9 @@ pub async fn get(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(lsn): Path<String>,
+    Query(wait): Query<WaitQuery>,
 ) -> ApiResult<Response> {
-    job_response(&state, &tenant, path_lsn(&lsn)?, None)
+    job_response_waiting(&state, &tenant, path_lsn(&lsn)?, None, wait).await
 }
 
 /// `GET /compute/jobs/{worker}/{action}`: the cached result of an action.

@@ -13,7 +13,7 @@ use crate::api::AppState;
 use crate::api::auth::{Peer, Tenant};
 use crate::api::body::path_hash;
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::jobs::{PriorityQuery, job_response, path_lsn, submit_into};
+use crate::api::jobs::{PriorityQuery, WaitQuery, job_response_waiting, path_lsn, submit_into};
 use crate::node::QueuePolicy;
 use crate::node::db::QueueRow;
 
@@ -255,8 +255,9 @@ pub async fn job(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path((q, lsn)): Path<(String, String)>,
+    Query(wait): Query<WaitQuery>,
     peer: Peer,
 ) -> ApiResult<Response> {
     let queue = resolve(&state, &tenant, &q, peer)?;
-    job_response(&state, &tenant, path_lsn(&lsn)?, Some(queue.id))
+    job_response_waiting(&state, &tenant, path_lsn(&lsn)?, Some(queue.id), wait).await
 }

@@ -163,6 +163,8 @@ pub struct Node {
     pub recorder: record::Recorder,
     scheduler: Mutex<Scheduler>,
     wake: Notify,
+    /// Notified whenever a job's result is written (for long-polls).
+    pub finished: Notify,
     slots: Arc<Semaphore>,
     workers: Mutex<HashMap<(String, HashHex), Arc<WorkerDescriptor>>>,
     shutdown: CancellationToken,
@@ -197,6 +199,7 @@ impl Node {
             recorder: record::Recorder::default(),
             scheduler: Mutex::new(Scheduler::default()),
             wake: Notify::new(),
+            finished: Notify::new(),
             workers: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
@@ -575,6 +578,8 @@ impl Node {
     /// Removes a finished job from the scheduler and settles its dependents.
     fn settle(&self, lsn: u64, succeeded: bool) {
         let (runnable, doomed) = self.scheduler().finish(lsn, succeeded);
+        // The result is in the database: wake every long-poll to look again.
+        self.finished.notify_waiters();
         if !runnable.is_empty() {
             self.wake.notify_one();
         }

@@ -634,3 +634,59 @@ fn a_recording_replays_on_another_server() {
         assert_eq!(target_client.blob(&result.output).unwrap(), text.as_bytes());
     }
 }
+
+#[test]
+fn a_long_poll_returns_as_soon_as_the_job_finishes() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let lsn = client
+        .submit(
+            &action(&client, worker, &["sleep", "400"], None),
+            None,
+            None,
+        )
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = server
+        .http()
+        .get(server.at(&format!("/compute/jobs/{lsn}?wait_ms=30000")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "one request, answered with the result"
+    );
+    let result: Value = response.json().unwrap();
+    assert_eq!(result["state"], "succeeded");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "it did not wait out the whole long-poll"
+    );
+
+    let slow = client
+        .submit(
+            &action(&client, worker, &["sleep", "60000"], None),
+            None,
+            None,
+        )
+        .unwrap();
+    let response = server
+        .http()
+        .get(server.at(&format!("/compute/jobs/{slow}?wait_ms=100")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::ACCEPTED,
+        "still pending when the long-poll ends"
+    );
+    client
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{slow}/cancel"),
+            None,
+        )
+        .unwrap();
+}
