@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::Server;
-use crate::server::{WAIT, action, api_code, eventually, start_blocker, upload_test_guest};
+use crate::server::{WAIT, action, api_code, eventually, start_blocker, submit, upload_test_guest};
 
 #[test]
 fn every_outcome_comes_back_through_http() {
@@ -85,13 +85,7 @@ fn events_are_part_of_the_result() {
     let server = Server::start(&[]);
     let client = server.client();
     let worker = upload_test_guest(&client);
-    let lsn = client
-        .submit(
-            &action(&client, worker, &["emit", "Alert", r#"{"level":2}"#], None),
-            None,
-            None,
-        )
-        .unwrap();
+    let lsn = submit(&client, worker, &["emit", "Alert", r#"{"level":2}"#]);
     let result = client.wait(lsn, WAIT).unwrap();
     assert_eq!(
         result.events,
@@ -260,13 +254,7 @@ fn after_dependencies_wait_for_success_and_fail_with_their_dependency() {
     let server = Server::start(&["--slots", "2"]);
     let client = server.client();
     let worker = upload_test_guest(&client);
-    let slow = client
-        .submit(
-            &action(&client, worker, &["sleep", "300"], None),
-            None,
-            None,
-        )
-        .unwrap();
+    let slow = submit(&client, worker, &["sleep", "300"]);
     let mut then = action(&client, worker, &["args", "after"], None);
     then["after"] = json!([slow]);
     let dependent = client.submit(&then, None, None).unwrap();
@@ -275,9 +263,7 @@ fn after_dependencies_wait_for_success_and_fail_with_their_dependency() {
     assert_eq!(second.state, "succeeded");
     assert!(first.usage.wall_ms >= 300);
 
-    let failing = client
-        .submit(&action(&client, worker, &["exit", "2"], None), None, None)
-        .unwrap();
+    let failing = submit(&client, worker, &["exit", "2"]);
     let mut doomed = action(&client, worker, &["args", "never"], None);
     doomed["after"] = json!([failing]);
     let doomed = client.submit(&doomed, None, None).unwrap();
@@ -307,27 +293,9 @@ fn cancel_priority_reschedule_and_retire() {
     let blocker = start_blocker(&server, &client, worker);
     // `low` would hold the only slot for a minute; `high`, submitted after it but
     // raised above it, must run first.
-    let low = client
-        .submit(
-            &action(&client, worker, &["progress-then", "sleep", "60000"], None),
-            None,
-            None,
-        )
-        .unwrap();
-    let high = client
-        .submit(
-            &action(&client, worker, &["args", "high"], None),
-            None,
-            None,
-        )
-        .unwrap();
-    let never = client
-        .submit(
-            &action(&client, worker, &["args", "never"], None),
-            None,
-            None,
-        )
-        .unwrap();
+    let low = submit(&client, worker, &["progress-then", "sleep", "60000"]);
+    let high = submit(&client, worker, &["args", "high"]);
+    let never = submit(&client, worker, &["args", "never"]);
     client
         .call(
             reqwest::Method::POST,
@@ -437,9 +405,7 @@ fn reschedule_stops_at_the_retry_limit() {
     let server = Server::start(&[]);
     let client = server.client();
     let worker = upload_test_guest(&client);
-    let lsn = client
-        .submit(&action(&client, worker, &["exit", "1"], None), None, None)
-        .unwrap();
+    let lsn = submit(&client, worker, &["exit", "1"]);
     client.wait(lsn, WAIT).unwrap();
     // Outside a queue a job has 3 retries: attempts 2, 3 and 4.
     for attempt in 2..=4 {
@@ -477,15 +443,7 @@ fn a_killed_node_loses_no_accepted_job() {
     let worker = upload_test_guest(&client);
     let running = start_blocker(&server, &client, worker);
     let queued: Vec<u64> = (0..5)
-        .map(|i| {
-            client
-                .submit(
-                    &action(&client, worker, &["args", &i.to_string()], None),
-                    None,
-                    None,
-                )
-                .unwrap()
-        })
+        .map(|i| submit(&client, worker, &["args", &i.to_string()]))
         .collect();
     server.kill();
 
@@ -527,12 +485,7 @@ fn sigterm_stops_the_node_gracefully() {
     let client = server.client();
     let worker = upload_test_guest(&client);
     client
-        .wait(
-            client
-                .submit(&action(&client, worker, &["noop"], None), None, None)
-                .unwrap(),
-            WAIT,
-        )
+        .wait(submit(&client, worker, &["noop"]), WAIT)
         .unwrap();
     assert!(server.terminate(), "the node exits 0 on SIGTERM");
 }
@@ -581,13 +534,7 @@ fn a_recording_replays_on_another_server() {
     let source = Server::start(&[]);
     let client = source.client();
     let worker = upload_test_guest(&client);
-    let before = client
-        .submit(
-            &action(&client, worker, &["args", "not recorded"], None),
-            None,
-            None,
-        )
-        .unwrap();
+    let before = submit(&client, worker, &["args", "not recorded"]);
     client.wait(before, WAIT).unwrap();
     let started = client
         .call(reqwest::Method::POST, "/compute/record/start", None)
@@ -640,13 +587,7 @@ fn a_long_poll_returns_as_soon_as_the_job_finishes() {
     let server = Server::start(&[]);
     let client = server.client();
     let worker = upload_test_guest(&client);
-    let lsn = client
-        .submit(
-            &action(&client, worker, &["sleep", "400"], None),
-            None,
-            None,
-        )
-        .unwrap();
+    let lsn = submit(&client, worker, &["sleep", "400"]);
     let started = std::time::Instant::now();
     let response = server
         .http()
@@ -665,13 +606,7 @@ fn a_long_poll_returns_as_soon_as_the_job_finishes() {
         "it did not wait out the whole long-poll"
     );
 
-    let slow = client
-        .submit(
-            &action(&client, worker, &["sleep", "60000"], None),
-            None,
-            None,
-        )
-        .unwrap();
+    let slow = submit(&client, worker, &["sleep", "60000"]);
     let response = server
         .http()
         .get(server.at(&format!("/compute/jobs/{slow}?wait_ms=100")))

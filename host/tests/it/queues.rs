@@ -11,7 +11,7 @@ use wasmesh_host::api::{AppState, app, auth::Auth};
 use wasmesh_host::node::{Node, NodeConfig};
 
 use crate::Server;
-use crate::server::{WAIT, action, api_code, upload_test_guest};
+use crate::server::{WAIT, action, api_code, submit, upload_test_guest};
 
 #[test]
 fn a_queue_counts_its_jobs_and_completes() {
@@ -65,13 +65,7 @@ fn a_queue_counts_its_jobs_and_completes() {
         )
         .unwrap();
     assert_eq!(scoped["state"], "succeeded");
-    let outside = client
-        .submit(
-            &action(&client, worker, &["args", "outside"], None),
-            None,
-            None,
-        )
-        .unwrap();
+    let outside = submit(&client, worker, &["args", "outside"]);
     let err = client
         .call(
             reqwest::Method::GET,

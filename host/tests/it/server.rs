@@ -154,6 +154,13 @@ pub fn action(client: &Client, worker: HashHex, args: &[&str], stdin: Option<&[u
     action
 }
 
+/// Submits the test guest with these arguments; returns the job's LSN.
+pub fn submit(client: &Client, worker: HashHex, args: &[&str]) -> u64 {
+    client
+        .submit(&action(client, worker, args, None), None, None)
+        .unwrap()
+}
+
 /// Submits a job that holds a slot for a minute and returns once it is running.
 pub fn start_blocker(server: &Server, client: &Client, worker: HashHex) -> u64 {
     let lsn = client
