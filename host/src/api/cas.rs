@@ -50,28 +50,22 @@ pub async fn put_blob(
     if declared.is_some_and(|len| len > max) {
         return Err(ApiError::TooLarge(format!("blob larger than {max} bytes")));
     }
-    if state.node.db.owns_blob(&tenant, &hash)? && state.node.cas.contains(&hash) {
-        // Already held: the body is not needed, but it is still checked so that a
-        // client with wrong bytes learns about it.
-        let staged = state
-            .node
-            .cas
-            .stage_stream(hash, body.into_data_stream())
-            .await
-            .map_err(cas_error)?;
-        drop(staged);
-        return Ok((
-            StatusCode::OK,
-            axum::Json(json!({ "hash": hash, "stored": false })),
-        )
-            .into_response());
-    }
+    let held = state.node.db.owns_blob(&tenant, &hash)? && state.node.cas.contains(&hash);
+    // The body is verified even when the blob is already held, so that a client with
+    // wrong bytes learns about it.
     let staged = state
         .node
         .cas
         .stage_stream(hash, body.into_data_stream())
         .await
         .map_err(cas_error)?;
+    if held {
+        return Ok((
+            StatusCode::OK,
+            axum::Json(json!({ "hash": hash, "stored": false })),
+        )
+            .into_response());
+    }
     let size = staged.size;
     state.node.cas.commit(staged)?;
     state.node.db.own_blob(&tenant, &hash, size)?;
