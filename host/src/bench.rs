@@ -53,7 +53,11 @@ fn start_node(slots: usize) -> anyhow::Result<Running> {
             node,
             auth: Arc::new(Auth::open()),
         };
-        tokio::spawn(crate::api::serve(listener, state, std::future::pending()));
+        tokio::spawn(crate::api::serve(
+            listener,
+            crate::api::app(state),
+            std::future::pending(),
+        ));
         anyhow::Ok(format!("http://{address}"))
     })?;
     Ok(Running {

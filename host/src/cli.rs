@@ -167,9 +167,29 @@ pub struct CoordinatorArgs {
     /// How often nodes heartbeat.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
-    /// A node silent for this long is unhealthy.
+    /// A node silent for this long is unhealthy, and a lease not renewed for this long
+    /// expires (its job is requeued as `node_lost`).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub lease: Duration,
+    /// Where the journal (jobs, queues, workers, results) and the store live.
+    #[arg(
+        long,
+        env = "WASMESH_DATA_DIR",
+        default_value = "wasmesh-coordinator-data"
+    )]
+    pub data_dir: PathBuf,
+    /// How placement chooses a node.
+    #[arg(long, value_enum, default_value = "score")]
+    pub placement: crate::coordinator::placement::Strategy,
+    /// Weights of the score's factors, e.g. `capacity=1,locality=0.3,reliability=1,cost=0.2,affinity=0.2`.
+    #[arg(long, default_value = "")]
+    pub placement_weights: crate::coordinator::placement::Weights,
+    /// Leases a node may hold beyond its slots (queued on the node).
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: u64,
+    /// Largest blob accepted by the store.
+    #[arg(long)]
+    pub max_blob_bytes: Option<u64>,
 }
 
 /// Arguments of `wasmesh demo`.

@@ -287,6 +287,9 @@ pub struct JobResult {
     pub attempts: u32,
     /// Whether it was answered from the result cache.
     pub cached: bool,
+    /// On a coordinator: where the job ran and why (`{node, strategy, score, factors}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use wasmesh_runtime::Limits;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::api::{AppState, auth::Auth};
 use crate::cli::NodeArgs;
 use crate::node::{Node, NodeConfig};
@@ -149,12 +151,20 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         let node = Node::open(config)?;
         node.start();
-        let membership_stop = tokio_util::sync::CancellationToken::new();
+        let membership_stop = CancellationToken::new();
+        let (stop_polling, stop_reporting) = (CancellationToken::new(), CancellationToken::new());
+        let agent = coordinator.as_ref().map(|coordinator| {
+            crate::node::agent::Agent::new(node.clone(), coordinator.clone(), node_key.clone())
+        });
+        let agent_tasks = agent
+            .as_ref()
+            .map(|agent| agent.spawn(stop_polling.clone(), stop_reporting.clone()));
         let membership = coordinator.map(|coordinator| {
             crate::node::membership::Membership {
                 coordinator,
                 advertise: advertise.unwrap_or_else(|| format!("http://{address}")),
                 node_key,
+                agent,
             }
             .spawn(node.clone(), membership_stop.clone())
         });
@@ -163,9 +173,17 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         println!("wasmesh node {} listening on http://{address}", node.config.id);
         use std::io::Write;
         std::io::stdout().flush()?;
-        crate::api::serve(listener, state, shutdown_signal()).await?;
+        crate::api::serve(listener, crate::api::app(state), shutdown_signal()).await?;
         tracing::info!("shutting down: waiting for running jobs");
+        // No new leases; running ones finish (heartbeats keep renewing them), then
+        // their results are reported before the node leaves.
+        stop_polling.cancel();
         node.stop(Duration::from_secs(10)).await;
+        stop_reporting.cancel();
+        if let Some((poll, report)) = agent_tasks {
+            let _ = poll.await;
+            let _ = report.await;
+        }
         membership_stop.cancel();
         if let Some(thread) = membership {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -214,7 +232,7 @@ async fn shutdown_signal() {
 
 /// Runs `wasmesh coordinator` until SIGINT/SIGTERM.
 pub fn coordinator(args: crate::cli::CoordinatorArgs) -> anyhow::Result<()> {
-    use crate::coordinator::{CoordinatorConfig, CoordinatorState, Registry};
+    use crate::coordinator::{CoordinatorConfig, CoordinatorState, Fleet};
     let keys = |keys: Vec<String>| {
         if keys.is_empty() {
             Auth::open()
@@ -225,14 +243,23 @@ pub fn coordinator(args: crate::cli::CoordinatorArgs) -> anyhow::Result<()> {
             )]))
         }
     };
-    let state = CoordinatorState {
-        registry: Arc::new(Registry::new(CoordinatorConfig {
-            heartbeat_interval: args.heartbeat_interval,
-            lease: args.lease,
-        })),
-        auth: Arc::new(keys(args.api_keys)),
-        node_auth: Arc::new(keys(args.node_key.into_iter().collect())),
-    };
+    let fleet = Arc::new(Fleet::new(CoordinatorConfig {
+        heartbeat_interval: args.heartbeat_interval,
+        lease: args.lease,
+        placement: args.placement,
+        weights: args.placement_weights,
+        prefetch: args.prefetch,
+    }));
+    let mut config = NodeConfig::new(args.data_dir.clone());
+    config.id = "coordinator".into();
+    // The coordinator runs nothing itself; one slot's sandbox validates modules.
+    config.slots = 1;
+    if let Some(max) = args.max_blob_bytes {
+        config.max_blob_bytes = max;
+        config.max_request_bytes = config.max_request_bytes.max(max + (16 << 20));
+    }
+    let auth = Arc::new(keys(args.api_keys));
+    let node_auth = Arc::new(keys(args.node_key.into_iter().collect()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -241,12 +268,26 @@ pub fn coordinator(args: crate::cli::CoordinatorArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let address = listener.local_addr()?;
+        let node = Node::open_with(config, Some(fleet.clone()))?;
+        node.start();
+        let cluster = crate::coordinator::routes(CoordinatorState {
+            node: node.clone(),
+            fleet,
+            auth: auth.clone(),
+            node_auth,
+        });
+        let router = crate::api::app_with(
+            AppState {
+                node: node.clone(),
+                auth,
+            },
+            cluster,
+        );
         println!("wasmesh coordinator listening on http://{address}");
         use std::io::Write;
         std::io::stdout().flush()?;
-        axum::serve(listener, crate::coordinator::app(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        crate::api::serve(listener, router, shutdown_signal()).await?;
+        node.stop(Duration::from_secs(1)).await;
         println!("wasmesh coordinator stopped");
         Ok(())
     })

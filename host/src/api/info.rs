@@ -13,9 +13,17 @@ use crate::node::metrics::Gauges;
 /// The version every node and coordinator reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+fn role(state: &AppState) -> &'static str {
+    if state.node.fleet.is_some() {
+        "coordinator"
+    } else {
+        "node"
+    }
+}
+
 /// `GET /health`: always 200 while the process serves.
-pub async fn health() -> Json<serde_json::Value> {
-    Json(json!({"role": "node", "status": "healthy", "version": VERSION}))
+pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"role": role(&state), "status": "healthy", "version": VERSION}))
 }
 
 /// `GET /compute/ready`: 200 when accepting work, else 503.
@@ -51,15 +59,21 @@ fn memory_bytes() -> u64 {
 /// `GET /compute/sysinfo`.
 pub async fn sysinfo(State(state): State<AppState>) -> Json<serde_json::Value> {
     let node = &state.node;
-    let (queued, running) = node.load();
+    let (queued, mut running) = node.load();
+    let mut slots = node.config.slots as u64;
+    if let Some(fleet) = &node.fleet {
+        // A coordinator's capacity is its healthy nodes'; its running jobs are leased.
+        slots = fleet.slots();
+        running = fleet.leases();
+    }
     let limits = node.config.limits;
     Json(json!({
         "id": node.config.id,
-        "role": "node",
+        "role": role(&state),
         "version": VERSION,
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "memory_bytes": memory_bytes(),
-        "slots": node.config.slots,
+        "slots": slots,
         "running": running,
         "queued": queued,
         "limits": {

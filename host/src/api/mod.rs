@@ -2,7 +2,7 @@
 //! One module per resource; handlers translate and delegate to [`crate::node::Node`].
 
 pub mod auth;
-mod body;
+pub(crate) mod body;
 mod cas;
 pub mod error;
 mod info;
@@ -43,6 +43,12 @@ pub struct AppState {
 
 /// The router with every route of the node.
 pub fn app(state: AppState) -> Router {
+    app_with(state, Router::new())
+}
+
+/// The node's routes plus `extra` (a coordinator's cluster routes), sharing the body
+/// limit and the JSON 404.
+pub fn app_with(state: AppState, extra: Router) -> Router {
     let limit = usize::try_from(state.node.config.max_request_bytes).unwrap_or(usize::MAX);
     let protected = Router::new()
         .route("/compute/ready", get(info::ready))
@@ -95,20 +101,21 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(info::health))
         .merge(protected)
+        .with_state(state)
+        .merge(extra)
         .fallback(info::not_found)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains connections.
+/// Serves `router` (from [`app`] or [`app_with`]) on `listener` until `shutdown` resolves, then drains connections.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: AppState,
+    router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
         listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+        router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -1,136 +1,74 @@
-//! The coordinator: the registry of node hosts (this file), with heartbeats, node
-//! states and drain. Scheduling jobs across the registered nodes builds on it.
+//! The coordinator: a [`Node`] without local slots whose jobs are leased to the
+//! fleet's nodes. Clients see the same `/cas` and `/compute` surface as on a node
+//! (the same handlers, the same journal); nodes use the cluster routes below.
 //!
-//! Membership is soft state: a restarted coordinator starts empty and nodes register
-//! again when a heartbeat gets 404.
+//! - `fleet`: registered nodes (soft state: a restarted coordinator learns them again
+//!   from their next heartbeat) and leases with fencing tokens.
+//! - `placement`: which node gets a job, and why.
+//! - `protocol`: the node <-> coordinator messages.
+//!
+//! Jobs, queues, workers and results live in the journal (`node::db`), so a
+//! coordinator killed at any point and restarted loses nothing accepted; running
+//! jobs' leases are restored from it and renewed by their nodes' heartbeats.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+pub mod fleet;
+pub mod placement;
+pub mod protocol;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use base64::Engine;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::api::auth::Auth;
 use crate::api::error::{ApiError, ApiResult};
+use crate::model::{ActionDescriptor, HashHex, JobResult, WorkerDescriptor};
+use crate::node::Node;
+use crate::node::db::JobRow;
+pub use fleet::{CoordinatorConfig, Fleet};
+use fleet::{Lease, Reservation};
+use placement::Demand;
+use protocol::{
+    Assignment, Heartbeat, Registration, Report, Results, ResultsAnswer, Token, WorkAnswer,
+    WorkRequest,
+};
 
-/// Coordinator settings.
-#[derive(Clone, Debug)]
-pub struct CoordinatorConfig {
-    /// How often nodes heartbeat.
-    pub heartbeat_interval: Duration,
-    /// A node whose last heartbeat is older than this is unhealthy (its leases expire).
-    pub lease: Duration,
-}
+/// The longest a work poll waits.
+const MAX_POLL: Duration = Duration::from_secs(10);
 
-impl Default for CoordinatorConfig {
-    /// One heartbeat a second; five missed seconds make a node unhealthy, long enough
-    /// to ride out a GC-free hiccup, short enough to requeue its work promptly.
-    fn default() -> Self {
-        Self {
-            heartbeat_interval: Duration::from_secs(1),
-            lease: Duration::from_secs(5),
-        }
-    }
-}
+/// Leases written to the journal in one transaction.
+const LEASE_BATCH: usize = 256;
 
-/// A registered node.
-#[derive(Clone, Debug)]
-struct Member {
-    address: String,
-    slots: u64,
-    running: u64,
-    labels: BTreeMap<String, String>,
-    last_heartbeat: Instant,
-    draining: bool,
-}
-
-/// The registry of nodes.
-#[derive(Debug)]
-pub struct Registry {
-    config: CoordinatorConfig,
-    members: Mutex<HashMap<String, Member>>,
-}
-
-impl Registry {
-    /// An empty registry.
-    pub fn new(config: CoordinatorConfig) -> Self {
-        Self {
-            config,
-            members: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn members(&self) -> MutexGuard<'_, HashMap<String, Member>> {
-        self.members.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn state(&self, member: &Member) -> &'static str {
-        if member.last_heartbeat.elapsed() > self.config.lease {
-            "unhealthy"
-        } else if member.draining {
-            "draining"
-        } else if member.running >= member.slots {
-            "busy"
-        } else {
-            "ready"
-        }
-    }
-
-    fn describe(&self, id: &str, member: &Member) -> Value {
-        json!({
-            "id": id,
-            "address": member.address,
-            "state": self.state(member),
-            "slots": member.slots,
-            "running": member.running,
-            "labels": member.labels,
-            "last_heartbeat_ms_ago": member.last_heartbeat.elapsed().as_millis() as u64,
-        })
-    }
-}
-
-/// What the coordinator's handlers reach.
+/// What the cluster handlers reach.
 #[derive(Clone, Debug)]
 pub struct CoordinatorState {
-    /// The node registry.
-    pub registry: Arc<Registry>,
-    /// Client keys.
+    /// The journal, store and scheduler (a node without local slots).
+    pub node: Arc<Node>,
+    /// The registered nodes and their leases.
+    pub fleet: Arc<Fleet>,
+    /// Client keys (the cluster's client routes).
     pub auth: Arc<Auth>,
-    /// Node keys (for the node-facing routes).
+    /// Node keys (the node-facing routes).
     pub node_auth: Arc<Auth>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Registration {
-    id: String,
-    address: String,
-    slots: u64,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Heartbeat {
-    running: Option<u64>,
-    slots: Option<u64>,
-}
-
-async fn body<T: for<'de> Deserialize<'de> + Default>(
+async fn body<T: DeserializeOwned + Default>(
     request: Request,
+    limit: usize,
     allow_empty: bool,
 ) -> ApiResult<T> {
-    let bytes = axum::body::to_bytes(request.into_body(), 1 << 20)
+    let bytes = axum::body::to_bytes(request.into_body(), limit)
         .await
-        .map_err(|_| ApiError::TooLarge("cluster bodies are limited to 1 MiB".into()))?;
+        .map_err(|_| ApiError::TooLarge(format!("cluster bodies are limited to {limit} bytes")))?;
     if allow_empty && bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -138,7 +76,7 @@ async fn body<T: for<'de> Deserialize<'de> + Default>(
 }
 
 async fn register(State(state): State<CoordinatorState>, request: Request) -> ApiResult<Response> {
-    let registration: Registration = body(request, false).await?;
+    let registration: Registration = body(request, 1 << 20, false).await?;
     if registration.id.is_empty() || registration.id.len() > 128 {
         return Err(ApiError::BadRequest(
             "invalid_request",
@@ -152,24 +90,12 @@ async fn register(State(state): State<CoordinatorState>, request: Request) -> Ap
             "a node address is an http(s) URL".into(),
         ));
     }
-    let registry = &state.registry;
-    let mut members = registry.members();
-    let draining = members.get(&registration.id).is_some_and(|m| m.draining);
-    tracing::info!(node = %registration.id, address = %registration.address, "node registered");
-    members.insert(
-        registration.id,
-        Member {
-            address: registration.address,
-            slots: registration.slots,
-            running: 0,
-            labels: registration.labels,
-            last_heartbeat: Instant::now(),
-            draining,
-        },
-    );
+    tracing::info!(node = %registration.id, address = %registration.address, slots = registration.slots, "node registered");
+    state.fleet.register(registration);
+    let config = &state.fleet.config;
     Ok(Json(json!({
-        "heartbeat_interval_ms": registry.config.heartbeat_interval.as_millis() as u64,
-        "lease_ms": registry.config.lease.as_millis() as u64,
+        "heartbeat_interval_ms": config.heartbeat_interval.as_millis() as u64,
+        "lease_ms": config.lease.as_millis() as u64,
     }))
     .into_response())
 }
@@ -179,54 +105,257 @@ async fn heartbeat(
     Path(id): Path<String>,
     request: Request,
 ) -> ApiResult<Response> {
-    let beat: Heartbeat = body(request, true).await?;
-    let mut members = state.registry.members();
-    let member = members.get_mut(&id).ok_or_else(|| {
+    let beat: Heartbeat = body(request, 8 << 20, true).await?;
+    let answer = state.fleet.heartbeat(&id, &beat).ok_or_else(|| {
         ApiError::NotFound(format!("node {id} is not registered; register again"))
     })?;
-    member.last_heartbeat = Instant::now();
-    if let Some(running) = beat.running {
-        member.running = running;
+    Ok(Json(answer).into_response())
+}
+
+/// `POST /api/v1/cluster/nodes/{id}/work`: waits up to `wait_ms` for leases or
+/// cancellations for the node and hands out everything waiting, in one answer.
+async fn work(
+    State(state): State<CoordinatorState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    let poll: WorkRequest = body(request, 1 << 20, true).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(poll.wait_ms).min(MAX_POLL);
+    loop {
+        let (leases, cancel, wake) = state.fleet.take(&id).ok_or_else(|| {
+            ApiError::NotFound(format!("node {id} is not registered; register again"))
+        })?;
+        if !leases.is_empty() || !cancel.is_empty() {
+            return Ok(Json(WorkAnswer { leases, cancel }).into_response());
+        }
+        // `notify_one` keeps a permit when nobody waits, so an assignment made since
+        // `take` wakes this at once.
+        let notified = wake.notified();
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep_until(deadline) => {
+                return Ok(Json(WorkAnswer::default()).into_response());
+            }
+            () = state.node.stopping().cancelled() => {
+                return Ok(Json(WorkAnswer::default()).into_response());
+            }
+        }
     }
-    if let Some(slots) = beat.slots {
-        member.slots = slots;
+}
+
+/// `POST /api/v1/cluster/nodes/{id}/results`: finished attempts, accepted only for
+/// the current lease (fencing).
+async fn results(
+    State(state): State<CoordinatorState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    let limit = usize::try_from(state.node.config.max_request_bytes).unwrap_or(usize::MAX);
+    let reports: Results = body(request, limit, false).await?;
+    let (node, fleet) = (state.node.clone(), state.fleet.clone());
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut answer = ResultsAnswer::default();
+        for report in reports.results {
+            let token = report.lease;
+            if accept(&node, &fleet, &id, report) {
+                answer.accepted.push(token);
+            } else {
+                node.metrics.results_rejected.add(1);
+                answer.rejected.push(token);
+            }
+        }
+        answer
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("recording results: {e}")))?;
+    if !answer.rejected.is_empty() {
+        tracing::info!(rejected = ?answer.rejected, "refused stale results (fencing)");
     }
-    let draining = member.draining;
-    Ok(Json(json!({"id": id, "draining": draining})).into_response())
+    Ok(Json(answer).into_response())
+}
+
+/// Records one report if its lease is current; false when refused.
+fn accept(node: &Node, fleet: &Fleet, id: &str, report: Report) -> bool {
+    let token = report.lease;
+    let Some(lease) = fleet.finish(id, token, report.host_failure) else {
+        tracing::debug!(
+            lsn = token.lsn,
+            attempt = token.attempt,
+            node = id,
+            "no such lease"
+        );
+        return false;
+    };
+    let job = match node.job_row(token.lsn) {
+        Ok(Some(job)) => job,
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::error!(lsn = token.lsn, error = %e, "reading a reported job");
+            return false;
+        }
+    };
+    let mut host_failure = report.host_failure;
+    let mut message = report.message;
+    for (hash, data) in &report.blobs {
+        let stored = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| node.cas.put_own(&bytes).map_err(|e| e.to_string()));
+        match stored {
+            Ok(actual) if actual == *hash => {}
+            Ok(actual) => {
+                host_failure = true;
+                message = Some(format!(
+                    "node {id} sent blob {hash} whose bytes hash to {actual}"
+                ));
+            }
+            Err(e) => {
+                host_failure = true;
+                message = Some(format!("storing blob {hash} from node {id}: {e}"));
+            }
+        }
+    }
+    let mut state = report.state;
+    let mut outcome = report.outcome;
+    for (hash, size) in [
+        (report.output, Some(report.output_size)),
+        (report.stderr, None),
+    ] {
+        if host_failure {
+            break;
+        }
+        match node.cas.size(&hash) {
+            Some(actual) => {
+                if let Err(e) = node.db.own_blob(&job.tenant, &hash, size.unwrap_or(actual)) {
+                    host_failure = true;
+                    message = Some(format!("recording output: {e}"));
+                }
+            }
+            None => {
+                host_failure = true;
+                message = Some(format!("node {id} reported blob {hash} but never sent it"));
+            }
+        }
+    }
+    if host_failure {
+        state = "failed".into();
+        if outcome != "node_lost" {
+            outcome = "trapped".into();
+        }
+    }
+    let result = JobResult {
+        lsn: job.lsn,
+        action: job.action,
+        worker: job.worker,
+        state,
+        outcome,
+        exit_code: if host_failure { None } else { report.exit_code },
+        message,
+        output: if host_failure {
+            HashHex::empty()
+        } else {
+            report.output
+        },
+        output_size: if host_failure { 0 } else { report.output_size },
+        stderr: if host_failure {
+            HashHex::empty()
+        } else {
+            report.stderr
+        },
+        events: report.events,
+        usage: report.usage,
+        node: id.to_string(),
+        attempts: token.attempt,
+        cached: false,
+        placement: Some(lease.placement),
+    };
+    match node.complete(&job, result, host_failure, Some(token.attempt)) {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::error!(lsn = job.lsn, error = %e, "recording a result");
+            false
+        }
+    }
+}
+
+/// `GET /api/v1/cluster/blobs/{hash}`: a blob for a node (modules and inputs of its
+/// leases), whichever tenant uploaded it.
+async fn get_blob(
+    State(state): State<CoordinatorState>,
+    Path(hash): Path<String>,
+) -> ApiResult<Response> {
+    let hash = crate::api::body::path_hash(&hash)?;
+    let size = state
+        .node
+        .cas
+        .size(&hash)
+        .ok_or_else(|| ApiError::NotFound(format!("blob {hash} not found")))?;
+    let file = tokio::fs::File::open(state.node.cas.path(&hash)).await?;
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        (header::CONTENT_LENGTH, size.to_string()),
+    ];
+    Ok((
+        headers,
+        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    )
+        .into_response())
+}
+
+/// `PUT /api/v1/cluster/blobs/{hash}`: a node's large output, verified and stored; it
+/// becomes visible to a tenant only when a result naming it is accepted.
+async fn put_blob(
+    State(state): State<CoordinatorState>,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let hash = crate::api::body::path_hash(&hash)?;
+    let max = state.node.cas.max_blob_bytes();
+    if headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > max)
+    {
+        return Err(ApiError::TooLarge(format!("blob larger than {max} bytes")));
+    }
+    if state.node.cas.contains(&hash) {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let staged = state
+        .node
+        .cas
+        .stage_stream(hash, body.into_data_stream())
+        .await
+        .map_err(crate::api::body::cas_error)?;
+    state.node.cas.commit(staged)?;
+    Ok(StatusCode::CREATED.into_response())
 }
 
 async fn list(State(state): State<CoordinatorState>) -> Json<Value> {
-    let registry = &state.registry;
-    let members = registry.members();
-    let mut ids: Vec<&String> = members.keys().collect();
-    ids.sort();
-    let nodes: Vec<Value> = ids
-        .into_iter()
-        .map(|id| registry.describe(id, &members[id]))
-        .collect();
-    Json(json!({"nodes": nodes}))
+    Json(json!({"nodes": state.fleet.list()}))
 }
 
 async fn details(
     State(state): State<CoordinatorState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let members = state.registry.members();
-    let member = members
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("node {id} not found")))?;
-    Ok(Json(state.registry.describe(&id, member)))
+    state
+        .fleet
+        .details(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("node {id} not found")))
 }
 
 async fn deregister(
     State(state): State<CoordinatorState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    state
-        .registry
-        .members()
-        .remove(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("node {id} not found")))?;
+    if !state.fleet.deregister(&id) {
+        return Err(ApiError::NotFound(format!("node {id} not found")));
+    }
+    tracing::info!(node = %id, "node deregistered");
     Ok(Json(json!({"id": id, "deregistered": true})))
 }
 
@@ -234,17 +363,26 @@ async fn drain(
     State(state): State<CoordinatorState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let mut members = state.registry.members();
-    let member = members
-        .get_mut(&id)
+    let described = state
+        .fleet
+        .drain(&id)
         .ok_or_else(|| ApiError::NotFound(format!("node {id} not found")))?;
-    member.draining = true;
-    let described = state.registry.describe(&id, member);
+    tracing::info!(node = %id, "node draining");
     Ok(Json(described))
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"role": "coordinator", "status": "healthy", "version": crate::api::info_version()}))
+async fn topology(State(state): State<CoordinatorState>) -> Json<Value> {
+    let config = &state.fleet.config;
+    Json(json!({
+        "coordinator": {
+            "placement": config.placement.name(),
+            "heartbeat_interval_ms": config.heartbeat_interval.as_millis() as u64,
+            "lease_ms": config.lease.as_millis() as u64,
+            "leases": state.fleet.leases(),
+        },
+        "nodes": state.fleet.list(),
+        "groups": [],
+    }))
 }
 
 fn presented_key(headers: &HeaderMap) -> Option<String> {
@@ -253,7 +391,7 @@ fn presented_key(headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .or_else(|| {
             headers
-                .get(axum::http::header::AUTHORIZATION)
+                .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
         })
@@ -286,11 +424,14 @@ async fn require_client_key(
     Ok(next.run(request).await)
 }
 
-/// The coordinator's router.
-pub fn app(state: CoordinatorState) -> Router {
+/// The cluster routes (merged by [`crate::api::app_with`] into the node's router).
+pub fn routes(state: CoordinatorState) -> Router {
     let node_routes = Router::new()
         .route("/api/v1/cluster/nodes/register", post(register))
         .route("/api/v1/cluster/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/api/v1/cluster/nodes/{id}/work", post(work))
+        .route("/api/v1/cluster/nodes/{id}/results", post(results))
+        .route("/api/v1/cluster/blobs/{hash}", get(get_blob).put(put_blob))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_node_key,
@@ -302,14 +443,203 @@ pub fn app(state: CoordinatorState) -> Router {
             get(details).delete(deregister),
         )
         .route("/api/v1/cluster/nodes/{id}/drain", post(drain))
+        .route("/api/v1/cluster/topology", get(topology))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_client_key,
         ));
     Router::new()
-        .route("/health", get(health))
         .merge(node_routes)
         .merge(client_routes)
-        .fallback(crate::api::not_found)
         .with_state(state)
+}
+
+/// Hands runnable jobs to nodes whenever jobs become runnable or capacity appears.
+pub async fn place_loop(node: Arc<Node>, fleet: Arc<Fleet>) {
+    loop {
+        let runnable = node.runnable().notified();
+        let capacity = fleet.capacity.notified();
+        tokio::pin!(runnable, capacity);
+        runnable.as_mut().enable();
+        capacity.as_mut().enable();
+        let (n, f) = (node.clone(), fleet.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || place_batch(&n, &f)).await {
+            tracing::error!(error = %e, "placement failed");
+        }
+        tokio::select! {
+            () = runnable => {}
+            () = capacity => {}
+            () = node.stopping().cancelled() => return,
+        }
+    }
+}
+
+struct Placed {
+    job: JobRow,
+    cancel: wasmesh_runtime::CancellationToken,
+    reservation: Reservation,
+    worker: Arc<WorkerDescriptor>,
+    action: ActionDescriptor,
+}
+
+/// Places as many runnable jobs as the fleet has room for.
+pub fn place_batch(node: &Node, fleet: &Fleet) {
+    let mut deferred = Vec::new();
+    let mut batch = Vec::new();
+    while fleet.has_capacity() {
+        let Some((lsn, cancel)) = node.pop_runnable() else {
+            break;
+        };
+        let (job, worker, action) = match prepare(node, lsn) {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(message) => {
+                fail_unrunnable(node, lsn, &message);
+                continue;
+            }
+        };
+        let demand = Demand {
+            requires: worker.requires.clone(),
+            limits: worker.limits.narrow(&action.limits),
+            module: worker.module,
+            inputs: action.chunks(),
+        };
+        match fleet.reserve(&demand) {
+            Some(reservation) => batch.push(Placed {
+                job,
+                cancel,
+                reservation,
+                worker,
+                action,
+            }),
+            None => deferred.push(lsn),
+        }
+        if batch.len() >= LEASE_BATCH {
+            lease(node, fleet, std::mem::take(&mut batch));
+        }
+    }
+    lease(node, fleet, batch);
+    node.unpop(&deferred);
+}
+
+type Prepared = (JobRow, Arc<WorkerDescriptor>, ActionDescriptor);
+
+fn prepare(node: &Node, lsn: u64) -> Result<Option<Prepared>, String> {
+    let Some(job) = node.job_row(lsn).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let action: ActionDescriptor = serde_json::from_str(&job.descriptor)
+        .map_err(|e| format!("stored action does not parse: {e}"))?;
+    let worker = node
+        .worker(&job.tenant, &job.worker)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("worker {} is not registered", job.worker))?;
+    Ok(Some((job, worker, action)))
+}
+
+fn fail_unrunnable(node: &Node, lsn: u64, message: &str) {
+    tracing::error!(lsn, message, "a job cannot be placed");
+    if let Ok(Some(job)) = node.job_row(lsn) {
+        let result = node.failure(&job, "failed", "trapped", message);
+        if let Err(e) = node.complete(&job, result, false, None) {
+            tracing::error!(lsn, error = %e, "failing an unplaceable job");
+        }
+    }
+}
+
+/// Writes the attempts of a batch of placed jobs and hands them to their nodes.
+fn lease(node: &Node, fleet: &Fleet, batch: Vec<Placed>) {
+    if batch.is_empty() {
+        return;
+    }
+    let pairs: Vec<(u64, &str)> = batch
+        .iter()
+        .map(|p| (p.job.lsn, p.reservation.node.as_str()))
+        .collect();
+    let attempts = match node.db.lease_jobs(&pairs) {
+        Ok(attempts) => attempts,
+        Err(e) => {
+            tracing::error!(error = %e, "writing leases; the jobs stay queued");
+            let lsns: Vec<u64> = batch.iter().map(|p| p.job.lsn).collect();
+            for placed in &batch {
+                fleet.release(&placed.reservation);
+            }
+            node.unpop(&lsns);
+            return;
+        }
+    };
+    node.metrics.leases_granted.add(attempts.len() as u64);
+    for (placed, attempt) in batch.into_iter().zip(attempts) {
+        let token = Token {
+            lsn: placed.job.lsn,
+            attempt,
+        };
+        fleet.assign(
+            placed.reservation,
+            Assignment {
+                lease: token,
+                worker: (*placed.worker).clone(),
+                action: placed.action,
+            },
+        );
+        // Cancelled while being placed: withdraw it now.
+        if placed.cancel.is_cancelled()
+            && let Err(e) = node.cancel(&placed.job.tenant, placed.job.lsn)
+        {
+            tracing::error!(lsn = placed.job.lsn, error = %e, "cancelling a job being placed");
+        }
+    }
+}
+
+/// Expires leases that were not renewed: the job is requeued (`node_lost`, counting an
+/// attempt) or, with no retries left, fails as `node_lost`.
+pub async fn expiry_loop(node: Arc<Node>, fleet: Arc<Fleet>) {
+    let tick =
+        (fleet.config.lease / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            () = node.stopping().cancelled() => return,
+        }
+        let lost = fleet.expire(Instant::now());
+        if lost.is_empty() {
+            continue;
+        }
+        node.metrics.leases_expired.add(lost.len() as u64);
+        let n = node.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for lease in lost {
+                lease_lost(&n, lease);
+            }
+        })
+        .await;
+    }
+}
+
+fn lease_lost(node: &Node, lease: Lease) {
+    let token = lease.token;
+    let job = match node.job_row(token.lsn) {
+        Ok(Some(job)) => job,
+        _ => return,
+    };
+    tracing::warn!(lsn = token.lsn, attempt = token.attempt, node = %lease.node, "lease expired");
+    let (mut result, host_failure) = if lease.cancel_requested {
+        let message = format!("cancelled; node {} stopped answering", lease.node);
+        (
+            node.failure(&job, "cancelled", "cancelled", &message),
+            false,
+        )
+    } else {
+        let message = format!(
+            "node {} stopped renewing its lease (attempt {})",
+            lease.node, token.attempt
+        );
+        (node.failure(&job, "failed", "node_lost", &message), true)
+    };
+    result.node = lease.node;
+    result.attempts = token.attempt;
+    result.placement = Some(lease.placement);
+    if let Err(e) = node.complete(&job, result, host_failure, Some(token.attempt)) {
+        tracing::error!(lsn = token.lsn, error = %e, "requeueing a lost job");
+    }
 }

@@ -95,6 +95,8 @@ pub struct JobRow {
     pub retry_guest_failures: bool,
     /// The result once finished.
     pub result: Option<JobResult>,
+    /// On a coordinator: the node holding the lease of the running attempt.
+    pub lease_node: Option<String>,
     /// Jobs this one waits for.
     pub after: Vec<u64>,
 }
@@ -163,7 +165,7 @@ fn parse_hash(text: String) -> rusqlite::Result<HashHex> {
 }
 
 const JOB_COLUMNS: &str = "lsn, tenant, queue_id, action, worker, descriptor, priority, state, attempts, \
-                           max_retries, retry_guest_failures, result";
+                           max_retries, retry_guest_failures, result, lease_node";
 
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let result: Option<String> = row.get(11)?;
@@ -180,6 +182,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         max_retries: row.get(9)?,
         retry_guest_failures: row.get(10)?,
         result: result.and_then(|r| serde_json::from_str(&r).ok()),
+        lease_node: row.get(12)?,
         after: Vec::new(),
     })
 }
@@ -209,6 +212,14 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let has_lease_node: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'lease_node'",
+            [],
+            |row| row.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_lease_node {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN lease_node TEXT")?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -410,6 +421,48 @@ impl Db {
             params![lsn as i64],
             |row| row.get(0),
         )
+    }
+
+    /// Leases queued jobs to nodes in one transaction: each is marked running on its
+    /// node and its attempt counted. Returns the attempt numbers (the fencing tokens),
+    /// in order.
+    pub fn lease_jobs(&self, leases: &[(u64, &str)]) -> rusqlite::Result<Vec<u32>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut attempts = Vec::with_capacity(leases.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_node = ?2 \
+                 WHERE lsn = ?1 RETURNING attempts",
+            )?;
+            for (lsn, node) in leases {
+                attempts.push(stmt.query_row(params![*lsn as i64, node], |row| row.get(0))?);
+            }
+        }
+        tx.commit()?;
+        Ok(attempts)
+    }
+
+    /// Stores a result only if the job is still running the given attempt (its fencing
+    /// token); false when the attempt is stale and nothing was written.
+    pub fn finish_job_fenced(&self, result: &JobResult, attempt: u32) -> rusqlite::Result<bool> {
+        let json = serde_json::to_string(result).expect("results serialize");
+        let changed = self.conn().execute(
+            "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4, lease_node = NULL \
+             WHERE lsn = ?1 AND state = 'running' AND attempts = ?5",
+            params![result.lsn as i64, result.state, json, now_ms(), attempt],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Requeues a job only if it is still running the given attempt; false otherwise.
+    pub fn requeue_job_fenced(&self, lsn: u64, attempt: u32) -> rusqlite::Result<bool> {
+        let changed = self.conn().execute(
+            "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, retired = 0, \
+             lease_node = NULL WHERE lsn = ?1 AND state = 'running' AND attempts = ?2",
+            params![lsn as i64, attempt],
+        )?;
+        Ok(changed == 1)
     }
 
     /// Stores a finished job's result.

@@ -6,10 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::coordinator::protocol::{Heartbeat, HeartbeatAnswer, Registration};
 use crate::node::Node;
+use crate::node::agent::Agent;
 
 /// Where and how to join.
 #[derive(Clone, Debug)]
@@ -20,6 +22,8 @@ pub struct Membership {
     pub advertise: String,
     /// The node key, if the coordinator requires one.
     pub node_key: Option<String>,
+    /// The leased work, whose leases the heartbeats renew.
+    pub agent: Option<Arc<Agent>>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -38,7 +42,7 @@ impl Membership {
         &self,
         http: &reqwest::blocking::Client,
         path: &str,
-        body: &Value,
+        body: &impl serde::Serialize,
     ) -> reqwest::Result<reqwest::blocking::Response> {
         let mut request = http
             .post(format!("{}{path}", self.coordinator.trim_end_matches('/')))
@@ -67,9 +71,13 @@ impl Membership {
         while !stop.is_cancelled() {
             let (queued, running) = node.load();
             let Some(every) = interval else {
-                let registration = json!({
-                    "id": id, "address": self.advertise, "slots": node.config.slots, "labels": node.config.labels,
-                });
+                let registration = Registration {
+                    id: id.clone(),
+                    address: self.advertise.clone(),
+                    slots: node.config.slots as u64,
+                    labels: node.config.labels.clone(),
+                    limits: Some(node.config.limits),
+                };
                 match self.post(&http, "/api/v1/cluster/nodes/register", &registration) {
                     Ok(response) if response.status().is_success() => {
                         let answer: Value = response.json().unwrap_or(Value::Null);
@@ -94,7 +102,13 @@ impl Membership {
                 }
                 continue;
             };
-            let beat = json!({"running": running as u64, "slots": node.config.slots as u64});
+            let leases = self.agent.as_ref().map(|a| a.held()).unwrap_or_default();
+            let beat = Heartbeat {
+                running: Some((running + leases.len()) as u64),
+                local: Some(running as u64),
+                slots: Some(node.config.slots as u64),
+                leases,
+            };
             let _ = queued;
             match self.post(
                 &http,
@@ -108,6 +122,11 @@ impl Membership {
                 }
                 Ok(response) if response.status().is_success() => {
                     backoff = MIN_BACKOFF;
+                    if let (Some(agent), Ok(answer)) =
+                        (&self.agent, response.json::<HeartbeatAnswer>())
+                    {
+                        agent.cancel(&answer.cancel);
+                    }
                     wait(every);
                 }
                 Ok(response) => {

@@ -43,6 +43,12 @@ pub struct Metrics {
     pub fuel: Counter,
     /// Bytes written to the store (uploads and outputs).
     pub cas_bytes_written: Counter,
+    /// Coordinator: jobs leased to nodes (attempts handed out).
+    pub leases_granted: Counter,
+    /// Coordinator: leases that expired (their jobs requeued or failed as node_lost).
+    pub leases_expired: Counter,
+    /// Coordinator: results refused by fencing (stale attempts).
+    pub results_rejected: Counter,
     run_buckets: [Counter; BUCKETS.len()],
     run_count: Counter,
     run_micros: Counter,
@@ -84,6 +90,25 @@ impl Metrics {
             "counter",
             "Jobs accepted.",
             &[(String::new(), self.jobs_submitted.get() as f64)],
+        );
+        metric(
+            "wasmesh_leases_total",
+            "counter",
+            "Coordinator: leases by how they ended or began.",
+            &[
+                (
+                    "{event=\"granted\"}".into(),
+                    self.leases_granted.get() as f64,
+                ),
+                (
+                    "{event=\"expired\"}".into(),
+                    self.leases_expired.get() as f64,
+                ),
+                (
+                    "{event=\"rejected_result\"}".into(),
+                    self.results_rejected.get() as f64,
+                ),
+            ],
         );
         metric(
             "wasmesh_jobs_cached_total",

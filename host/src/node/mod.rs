@@ -3,6 +3,7 @@
 //!
 //! The HTTP layer (`crate::api`) only translates; every rule lives here.
 
+pub mod agent;
 pub mod cas;
 pub mod db;
 pub mod membership;
@@ -21,6 +22,8 @@ use wasmesh_runtime::{
     RuntimeError, Sandbox,
 };
 
+use crate::coordinator::fleet::{Fleet, LeaseCancel};
+use crate::coordinator::protocol::Token;
 use crate::model::{ActionDescriptor, HashHex, JobResult, UsageJson, WorkerDescriptor};
 use cas::Cas;
 use db::{Db, JobRow, NewJob};
@@ -169,12 +172,20 @@ pub struct Node {
     workers: Mutex<HashMap<(String, HashHex), Arc<WorkerDescriptor>>>,
     shutdown: CancellationToken,
     started: Instant,
+    /// On a coordinator, the fleet jobs are leased to instead of local slots.
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 impl Node {
     /// Opens the node's data directory, recovers pending jobs and returns the node.
     /// Call [`Node::start`] to begin executing.
     pub fn open(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
+        Self::open_with(config, None)
+    }
+
+    /// Opens a node that, given a fleet, is a coordinator: the same store, journal and
+    /// API, with jobs leased to the fleet's nodes instead of run on local slots.
+    pub fn open_with(config: NodeConfig, fleet: Option<Arc<Fleet>>) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
@@ -203,6 +214,7 @@ impl Node {
             workers: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
+            fleet,
         });
         node.recover().context("recovering pending jobs")?;
         Ok(node)
@@ -215,10 +227,22 @@ impl Node {
     /// Rebuilds the scheduler from the database. A job that was running when the node
     /// stopped had its attempt counted when it started; it is queued again, or failed
     /// as `node_lost` once its retries are used up.
+    ///
+    /// On a coordinator a running job's lease is restored instead: the node running it
+    /// gets one more lease period (twice over) to register again and renew it.
     fn recover(&self) -> Result<(), NodeError> {
         let mut requeued = 0;
         for job in self.db.pending_jobs()? {
             if job.state != "running" {
+                continue;
+            }
+            if let (Some(fleet), Some(node)) = (&self.fleet, &job.lease_node) {
+                let token = Token {
+                    lsn: job.lsn,
+                    attempt: job.attempts,
+                };
+                fleet.restore(token, node, fleet.config.lease * 2);
+                self.scheduler().add_running(job.lsn, job.priority);
                 continue;
             }
             if job.attempts > job.max_retries {
@@ -232,7 +256,9 @@ impl Node {
         }
         // In LSN order, so every dependency is scheduled before its dependents.
         for job in self.db.pending_jobs()? {
-            self.schedule(&job)?;
+            if job.state == "queued" {
+                self.schedule(&job)?;
+            }
         }
         if requeued > 0 {
             tracing::info!(
@@ -246,7 +272,15 @@ impl Node {
     /// Starts the dispatcher that hands queued jobs to free slots.
     pub fn start(self: &Arc<Self>) {
         let node = self.clone();
-        tokio::spawn(async move { node.dispatch().await });
+        match self.fleet.clone() {
+            Some(fleet) => {
+                tokio::spawn(crate::coordinator::place_loop(node, fleet.clone()));
+                tokio::spawn(crate::coordinator::expiry_loop(self.clone(), fleet));
+            }
+            None => {
+                tokio::spawn(async move { node.dispatch().await });
+            }
+        }
         let node = self.clone();
         tokio::spawn(async move { node.expire_idle_queues().await });
     }
@@ -281,23 +315,62 @@ impl Node {
         !self.shutdown.is_cancelled()
     }
 
+    /// Cancelled when the node stops.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// The slots actions run in (leased work takes them too).
+    pub fn slots(&self) -> &Arc<Semaphore> {
+        &self.slots
+    }
+
+    /// Notified when a job becomes runnable.
+    pub(crate) fn runnable(&self) -> &Notify {
+        &self.wake
+    }
+
+    /// The next runnable job (now marked running), if any.
+    pub(crate) fn pop_runnable(&self) -> Option<(u64, CancellationToken)> {
+        self.scheduler().pop()
+    }
+
+    /// Puts popped jobs back in the queue (no node could take them now).
+    pub(crate) fn unpop(&self, lsns: &[u64]) {
+        let mut scheduler = self.scheduler();
+        for lsn in lsns {
+            scheduler.requeue(*lsn);
+        }
+    }
+
+    /// A job by LSN, whoever owns it (for the coordinator's internal paths).
+    pub(crate) fn job_row(&self, lsn: u64) -> Result<Option<JobRow>, NodeError> {
+        self.job_any(lsn)
+    }
+
     async fn dispatch(self: Arc<Self>) {
         loop {
-            let permit = tokio::select! {
-                permit = self.slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
-                () = self.shutdown.cancelled() => return,
-            };
-            let (lsn, cancel) = loop {
+            // Wait for work before taking a slot: an idle dispatcher holds none, so
+            // leased work from a coordinator can use every slot.
+            loop {
                 let notified = self.wake.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if let Some(next) = self.scheduler().pop() {
-                    break next;
+                if self.scheduler().has_runnable() {
+                    break;
                 }
                 tokio::select! {
                     () = notified => {}
                     () = self.shutdown.cancelled() => return,
                 }
+            }
+            let permit = tokio::select! {
+                permit = self.slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
+                () = self.shutdown.cancelled() => return,
+            };
+            let Some((lsn, cancel)) = self.scheduler().pop() else {
+                // Cancelled meanwhile; the permit goes back.
+                continue;
             };
             let node = self.clone();
             tokio::task::spawn_blocking(move || {
@@ -592,7 +665,13 @@ impl Node {
     }
 
     /// A result for a job that ended without a run.
-    fn failure(&self, job: &JobRow, state: &str, outcome: &str, message: &str) -> JobResult {
+    pub(crate) fn failure(
+        &self,
+        job: &JobRow,
+        state: &str,
+        outcome: &str,
+        message: &str,
+    ) -> JobResult {
         JobResult {
             lsn: job.lsn,
             action: job.action,
@@ -609,6 +688,7 @@ impl Node {
             node: self.config.id.clone(),
             attempts: job.attempts,
             cached: false,
+            placement: None,
         }
     }
 
@@ -638,22 +718,54 @@ impl Node {
                 (self.failure(&job, "failed", "trapped", &message), false)
             }
         };
+        self.complete(&job, result, host_failure, None)?;
+        Ok(())
+    }
+
+    /// Records how an attempt ended: a retry (host failures, and guest failures when
+    /// the queue asks for it, while attempts are left) or the final result.
+    ///
+    /// With `fence` (a coordinator's lease token attempt) nothing is written unless the
+    /// job is still running that attempt; `Ok(false)` then says the result was stale.
+    pub(crate) fn complete(
+        &self,
+        job: &JobRow,
+        result: JobResult,
+        host_failure: bool,
+        fence: Option<u32>,
+    ) -> Result<bool, NodeError> {
+        let lsn = job.lsn;
+        let attempts = fence.unwrap_or(job.attempts);
         let guest_failure = result.state == "failed" && !host_failure;
         let retry = (host_failure || (guest_failure && job.retry_guest_failures))
             && attempts <= job.max_retries
             && !self.shutdown.is_cancelled();
         if retry {
-            tracing::info!(lsn, attempts, "retrying a failed job");
-            self.db.requeue_job(lsn)?;
+            tracing::info!(lsn, attempts, outcome = %result.outcome, "retrying a failed job");
+            match fence {
+                Some(attempt) => {
+                    if !self.db.requeue_job_fenced(lsn, attempt)? {
+                        return Ok(false);
+                    }
+                }
+                None => self.db.requeue_job(lsn)?,
+            }
             self.scheduler().requeue(lsn);
             self.wake.notify_one();
-            return Ok(());
+            return Ok(true);
         }
-        self.db.finish_job(&result)?;
+        match fence {
+            Some(attempt) => {
+                if !self.db.finish_job_fenced(&result, attempt)? {
+                    return Ok(false);
+                }
+            }
+            None => self.db.finish_job(&result)?,
+        }
         self.metrics.finished(&result.state);
         self.metrics.fuel.add(result.usage.fuel);
         self.settle(lsn, result.state == "succeeded");
-        Ok(())
+        Ok(true)
     }
 
     fn run_action(&self, job: &JobRow, cancel: CancellationToken) -> Result<JobResult, RunFailure> {
@@ -665,6 +777,38 @@ impl Node {
             .ok_or_else(|| {
                 RunFailure::Final(format!("worker {} is not registered", action.worker))
             })?;
+        let report = self.run_prepared(&worker, &action, cancel)?;
+        let output = self.store_output(&job.tenant, &report.stdout)?;
+        let stderr = self.store_output(&job.tenant, &report.stderr)?;
+        let (state, exit_code, message) = settle_outcome(&report.outcome);
+        Ok(JobResult {
+            lsn: job.lsn,
+            action: job.action,
+            worker: job.worker,
+            state: state.into(),
+            outcome: report.outcome.name().into(),
+            exit_code,
+            message,
+            output,
+            output_size: report.stdout.len() as u64,
+            stderr,
+            events: events_json(&report),
+            usage: usage_json(&report),
+            node: self.config.id.clone(),
+            attempts: job.attempts,
+            cached: false,
+            placement: None,
+        })
+    }
+
+    /// Runs an action of `worker` in the sandbox; every blob it names must be in this
+    /// node's store.
+    pub(crate) fn run_prepared(
+        &self,
+        worker: &WorkerDescriptor,
+        action: &ActionDescriptor,
+        cancel: CancellationToken,
+    ) -> Result<wasmesh_runtime::RunReport, RunFailure> {
         let module_hash = worker.module;
         let module = self
             .sandbox
@@ -708,42 +852,7 @@ impl Node {
         if !action.files.is_empty() {
             spec = spec.mount(Mount::files("/input", files(&action.files)));
         }
-        let report = self.sandbox.run(&module, spec).map_err(RunFailure::from)?;
-
-        let output = self.store_output(&job.tenant, &report.stdout)?;
-        let stderr = self.store_output(&job.tenant, &report.stderr)?;
-        let (state, exit_code, message) = match &report.outcome {
-            Outcome::Exited(0) => ("succeeded", Some(0), None),
-            Outcome::Exited(code) => ("failed", Some(*code), None),
-            Outcome::Cancelled => ("cancelled", None, None),
-            Outcome::Trapped(message) => ("failed", None, Some(message.clone())),
-            _ => ("failed", None, None),
-        };
-        Ok(JobResult {
-            lsn: job.lsn,
-            action: job.action,
-            worker: job.worker,
-            state: state.into(),
-            outcome: report.outcome.name().into(),
-            exit_code,
-            message,
-            output,
-            output_size: report.stdout.len() as u64,
-            stderr,
-            events: report
-                .events
-                .iter()
-                .map(|e| serde_json::to_value(e).expect("events serialize"))
-                .collect(),
-            usage: UsageJson {
-                fuel: report.usage.fuel,
-                wall_ms: report.usage.wall.as_millis() as u64,
-                peak_memory_bytes: report.usage.peak_memory_bytes,
-            },
-            node: self.config.id.clone(),
-            attempts: job.attempts,
-            cached: false,
-        })
+        self.sandbox.run(&module, spec).map_err(RunFailure::from)
     }
 
     fn store_output(&self, tenant: &str, bytes: &[u8]) -> Result<HashHex, RunFailure> {
@@ -764,9 +873,21 @@ impl Node {
             .db
             .job(tenant, lsn)?
             .ok_or_else(|| NodeError::NotFound(format!("job {lsn} not found")))?;
-        match self.scheduler().cancel(lsn) {
+        let cancelled = self.scheduler().cancel(lsn);
+        match cancelled {
             Cancelled::NotStarted => {}
-            Cancelled::Running | Cancelled::NotPending => return Ok(()),
+            Cancelled::Running => {
+                if let Some(fleet) = &self.fleet
+                    && let LeaseCancel::Withdrawn(token) = fleet.cancel(lsn)
+                {
+                    // The node never received it: it ends here.
+                    let result =
+                        self.failure(&job, "cancelled", "cancelled", "cancelled before it ran");
+                    self.complete(&job, result, false, Some(token.attempt))?;
+                }
+                return Ok(());
+            }
+            Cancelled::NotPending => return Ok(()),
         }
         let result = self.failure(&job, "cancelled", "cancelled", "cancelled before it ran");
         self.db.finish_job(&result)?;
@@ -837,8 +958,37 @@ impl Node {
     }
 }
 
+/// The state, exit code and message of a result, from the run's outcome.
+pub(crate) fn settle_outcome(outcome: &Outcome) -> (&'static str, Option<i32>, Option<String>) {
+    match outcome {
+        Outcome::Exited(0) => ("succeeded", Some(0), None),
+        Outcome::Exited(code) => ("failed", Some(*code), None),
+        Outcome::Cancelled => ("cancelled", None, None),
+        Outcome::Trapped(message) => ("failed", None, Some(message.clone())),
+        _ => ("failed", None, None),
+    }
+}
+
+/// A run's events as JSON.
+pub(crate) fn events_json(report: &wasmesh_runtime::RunReport) -> Vec<serde_json::Value> {
+    report
+        .events
+        .iter()
+        .map(|e| serde_json::to_value(e).expect("events serialize"))
+        .collect()
+}
+
+/// A run's usage as the contract reports it.
+pub(crate) fn usage_json(report: &wasmesh_runtime::RunReport) -> UsageJson {
+    UsageJson {
+        fuel: report.usage.fuel,
+        wall_ms: report.usage.wall.as_millis() as u64,
+        peak_memory_bytes: report.usage.peak_memory_bytes,
+    }
+}
+
 /// Why a run produced no result of its own.
-enum RunFailure {
+pub(crate) enum RunFailure {
     /// A host-side problem: retried.
     Host(String),
     /// A problem retrying cannot fix (an invalid module).

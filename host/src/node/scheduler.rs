@@ -68,6 +68,19 @@ impl Scheduler {
         );
     }
 
+    /// Adds a job that is already running elsewhere (a coordinator's restored lease).
+    pub fn add_running(&mut self, lsn: u64, priority: i64) {
+        self.pending.insert(
+            lsn,
+            Pending {
+                priority,
+                phase: Phase::Running,
+                deps_left: HashSet::new(),
+                cancel: CancellationToken::new(),
+            },
+        );
+    }
+
     /// Whether the job is pending (waiting, queued or running).
     pub fn is_pending(&self, lsn: u64) -> bool {
         self.pending.contains_key(&lsn)
@@ -93,6 +106,21 @@ impl Scheduler {
             }
         }
         None
+    }
+
+    /// Whether a job is ready to run (stale heap entries are dropped on the way).
+    pub fn has_runnable(&mut self) -> bool {
+        while let Some(&(priority, Reverse(lsn))) = self.ready.peek() {
+            if self
+                .pending
+                .get(&lsn)
+                .is_some_and(|p| p.phase == Phase::Queued && p.priority == priority)
+            {
+                return true;
+            }
+            self.ready.pop();
+        }
+        false
     }
 
     /// Puts a running job back in the queue (a retry).

@@ -11,7 +11,7 @@ use crate::server::{WAIT, eventually};
 /// Fast heartbeats so state changes show within a second.
 const FAST: &[&str] = &["--heartbeat-interval", "100ms", "--lease", "800ms"];
 
-fn nodes(coordinator: &Server, key: Option<&str>) -> Vec<Value> {
+pub fn nodes(coordinator: &Server, key: Option<&str>) -> Vec<Value> {
     let mut request = coordinator
         .http()
         .get(coordinator.at("/api/v1/cluster/nodes"));
@@ -22,20 +22,20 @@ fn nodes(coordinator: &Server, key: Option<&str>) -> Vec<Value> {
     body["nodes"].as_array().cloned().unwrap_or_default()
 }
 
-fn node_state(coordinator: &Server, id: &str) -> Option<String> {
+pub fn node_state(coordinator: &Server, id: &str) -> Option<String> {
     nodes(coordinator, None)
         .into_iter()
         .find(|n| n["id"] == id)
         .map(|n| n["state"].as_str().unwrap_or_default().to_string())
 }
 
-fn wait_for_state(coordinator: &Server, id: &str, state: &str) {
+pub fn wait_for_state(coordinator: &Server, id: &str, state: &str) {
     eventually(WAIT, || {
         (node_state(coordinator, id).as_deref() == Some(state)).then_some(())
     });
 }
 
-fn signal(server: &Server, name: &str) {
+pub fn signal(server: &Server, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &server.pid().to_string()])
         .status()

@@ -6,6 +6,7 @@ mod demo;
 mod exec;
 mod jobs;
 mod queues;
+mod scheduling;
 mod server;
 mod tenants;
 

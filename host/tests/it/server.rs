@@ -43,14 +43,26 @@ impl Server {
         Self::spawn(&full, data_dir)
     }
 
-    /// A coordinator on 127.0.0.1:0.
+    /// A coordinator on 127.0.0.1:0 with a fresh data directory.
     pub fn coordinator(args: &[&str]) -> Self {
         let temp = tempfile::tempdir().unwrap();
-        let mut full = vec!["coordinator", "--listen", "127.0.0.1:0"];
-        full.extend_from_slice(args);
-        let mut server = Self::spawn(&full, temp.path());
+        let mut server = Self::coordinator_in(temp.path(), args);
         server._temp = Some(temp);
         server
+    }
+
+    /// A coordinator on `data_dir` (which outlives it, for restarts).
+    pub fn coordinator_in(data_dir: &Path, args: &[&str]) -> Self {
+        let mut full = vec![
+            "coordinator",
+            "--data-dir",
+            data_dir.to_str().expect("UTF-8 path"),
+        ];
+        if !args.contains(&"--listen") {
+            full.extend(["--listen", "127.0.0.1:0"]);
+        }
+        full.extend_from_slice(args);
+        Self::spawn(&full, data_dir)
     }
 
     /// The process id (for SIGSTOP/SIGCONT).

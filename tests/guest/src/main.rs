@@ -14,6 +14,13 @@ fn main() {
         progress(0.5);
         args.remove(0);
     }
+    // `sleep-then MS SUBCOMMAND ...` sleeps first: a job that takes a while and still
+    // produces the output of any other subcommand.
+    if args.first().map(String::as_str) == Some("sleep-then") {
+        let ms = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        args.drain(..2.min(args.len()));
+    }
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let number = |i: usize| -> u64 {
         arg(i)

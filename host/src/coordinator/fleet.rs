@@ -1,0 +1,515 @@
+//! The fleet: registered nodes (soft state) and the leases of the jobs they run.
+//!
+//! Every lease carries a fencing token (job, attempt). The database is the authority
+//! on which attempt is current (`Db::finish_job_fenced`); the fleet is the in-memory
+//! view that decides who gets work, renews leases from heartbeats and expires them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use super::placement::{Decision, Demand, NodeView, Placer, Strategy, Weights};
+use super::protocol::{Assignment, Heartbeat, HeartbeatAnswer, Registration, Token};
+
+/// Coordinator settings.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// How often nodes heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A node silent this long is unhealthy, and a lease not renewed this long expires.
+    pub lease: Duration,
+    /// How placement chooses.
+    pub placement: Strategy,
+    /// The score's weights.
+    pub weights: Weights,
+    /// Leases a node may hold beyond its slots (queued on the node, hiding the round
+    /// trip between one job's end and the next one's hand-out).
+    pub prefetch: u64,
+}
+
+impl Default for CoordinatorConfig {
+    /// One heartbeat a second; five missed seconds make a node unhealthy, long enough
+    /// to ride out a hiccup, short enough to requeue its work promptly.
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(5),
+            placement: Strategy::Score,
+            weights: Weights::default(),
+            prefetch: 0,
+        }
+    }
+}
+
+/// A lease: a job attempt handed to a node.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    /// The fencing token.
+    pub token: Token,
+    /// The node holding it.
+    pub node: String,
+    /// When it expires unless renewed.
+    pub expires: Instant,
+    /// Whether the node has received it (a work poll returned it).
+    pub delivered: bool,
+    /// Whether the job was cancelled while leased.
+    pub cancel_requested: bool,
+    /// Why the node was chosen (recorded in the result).
+    pub placement: Value,
+}
+
+/// The I/O side of a member: where it is, what waits for it.
+#[derive(Debug)]
+struct Link {
+    address: String,
+    running: u64,
+    mailbox: Vec<Assignment>,
+    cancels: Vec<Token>,
+    wake: Arc<Notify>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    views: Vec<NodeView>,
+    links: Vec<Link>,
+    index: HashMap<String, usize>,
+    leases: HashMap<u64, Lease>,
+    placer: Placer,
+}
+
+impl Inner {
+    fn leased_by(&self, node: &str) -> u64 {
+        self.leases.values().filter(|l| l.node == node).count() as u64
+    }
+}
+
+/// A reserved slot on a node, to be turned into a lease once the database has the
+/// attempt (or released).
+#[derive(Debug)]
+pub struct Reservation {
+    /// The node.
+    pub node: String,
+    /// Why.
+    pub decision: Decision,
+}
+
+/// What cancelling a leased job did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LeaseCancel {
+    /// The node had not received it: the lease is gone, the job never ran.
+    Withdrawn(Token),
+    /// The node was told to stop it; its result (cancelled) will come back.
+    Sent,
+    /// No lease for that job.
+    None,
+}
+
+/// Registered nodes and leases.
+#[derive(Debug)]
+pub struct Fleet {
+    /// Settings.
+    pub config: CoordinatorConfig,
+    inner: Mutex<Inner>,
+    /// Notified when capacity may have appeared (a lease ended, a node joined,
+    /// recovered or changed); the placement loop waits on it.
+    pub capacity: Notify,
+}
+
+impl Fleet {
+    /// An empty fleet.
+    pub fn new(config: CoordinatorConfig) -> Self {
+        let placer = Placer::new(config.placement, config.weights, config.lease);
+        Self {
+            config,
+            inner: Mutex::new(Inner {
+                views: Vec::new(),
+                links: Vec::new(),
+                index: HashMap::new(),
+                leases: HashMap::new(),
+                placer,
+            }),
+            capacity: Notify::new(),
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers (or re-registers) a node. Leases it held are kept: they are renewed by
+    /// its heartbeats or expire.
+    pub fn register(&self, registration: Registration) {
+        let mut inner = self.inner();
+        let leased = inner.leased_by(&registration.id);
+        let mut view = NodeView::new(
+            registration.id.clone(),
+            registration.slots,
+            registration.labels,
+        );
+        view.prefetch = self.config.prefetch;
+        view.limits = registration.limits;
+        view.leased = leased;
+        let link = Link {
+            address: registration.address,
+            running: 0,
+            mailbox: Vec::new(),
+            cancels: Vec::new(),
+            wake: Arc::new(Notify::new()),
+        };
+        match inner.index.get(&registration.id).copied() {
+            Some(i) => {
+                // Keep what was learned about the node (and its drain) across a
+                // re-registration; work waiting in its mailbox stays there.
+                let old = &inner.views[i];
+                view.draining = old.draining;
+                view.modules = old.modules.clone();
+                view.failure_rate = old.failure_rate;
+                let old_link = std::mem::replace(&mut inner.links[i], link);
+                inner.links[i].mailbox = old_link.mailbox;
+                inner.links[i].cancels = old_link.cancels;
+                inner.links[i].wake = old_link.wake;
+                inner.views[i] = view;
+            }
+            None => {
+                let i = inner.views.len();
+                inner.views.push(view);
+                inner.links.push(link);
+                inner.index.insert(registration.id, i);
+            }
+        }
+        drop(inner);
+        self.capacity.notify_one();
+    }
+
+    /// A heartbeat: renews the node's listed leases (and those not yet delivered to
+    /// it), records its load. `None` for an unknown node.
+    pub fn heartbeat(&self, id: &str, beat: &Heartbeat) -> Option<HeartbeatAnswer> {
+        let mut inner = self.inner();
+        let i = *inner.index.get(id)?;
+        let was_unhealthy = inner.views[i].unhealthy(self.config.lease);
+        let now = Instant::now();
+        let renewed = now + self.config.lease;
+        let mut cancel = Vec::new();
+        for token in &beat.leases {
+            match inner.leases.get_mut(&token.lsn) {
+                Some(lease) if lease.token == *token && lease.node == id => {
+                    lease.expires = renewed;
+                    if lease.cancel_requested {
+                        cancel.push(*token);
+                    }
+                }
+                // Not this node's current lease (expired and requeued, or finished
+                // elsewhere): tell it to stop wasting the slot.
+                _ => cancel.push(*token),
+            }
+        }
+        for lease in inner.leases.values_mut() {
+            if lease.node == id && !lease.delivered {
+                lease.expires = renewed;
+            }
+        }
+        let view = &mut inner.views[i];
+        view.last_heartbeat = now;
+        let old_free = view.free();
+        if let Some(local) = beat.local {
+            view.local = local;
+        }
+        if let Some(slots) = beat.slots {
+            view.slots = slots;
+        }
+        let freed = view.free() > old_free;
+        let draining = view.draining;
+        if let Some(running) = beat.running {
+            inner.links[i].running = running;
+        }
+        drop(inner);
+        if was_unhealthy || freed {
+            self.capacity.notify_one();
+        }
+        Some(HeartbeatAnswer {
+            id: id.to_string(),
+            draining,
+            cancel,
+        })
+    }
+
+    /// Whether some node has a free slot (placement is worth trying).
+    pub fn has_capacity(&self) -> bool {
+        let inner = self.inner();
+        let lease = self.config.lease;
+        inner
+            .views
+            .iter()
+            .any(|v| !v.draining && v.free() > 0 && !v.unhealthy(lease))
+    }
+
+    /// Chooses a node for `demand` and takes one of its slots.
+    pub fn reserve(&self, demand: &Demand) -> Option<Reservation> {
+        let mut inner = self.inner();
+        let Inner { views, placer, .. } = &mut *inner;
+        let decision = placer.choose(views, demand)?;
+        let view = &mut views[decision.index];
+        view.leased += 1;
+        view.modules.insert(demand.module);
+        for blob in &demand.inputs {
+            view.blobs.put(*blob, ());
+        }
+        Some(Reservation {
+            node: view.id.clone(),
+            decision,
+        })
+    }
+
+    /// Gives back a reservation that did not become a lease.
+    pub fn release(&self, reservation: &Reservation) {
+        let mut inner = self.inner();
+        if let Some(&i) = inner.index.get(&reservation.node) {
+            inner.views[i].leased = inner.views[i].leased.saturating_sub(1);
+        }
+        drop(inner);
+        self.capacity.notify_one();
+    }
+
+    /// Turns a reservation into a lease and puts the assignment in the node's mailbox.
+    pub fn assign(&self, reservation: Reservation, assignment: Assignment) {
+        let mut inner = self.inner();
+        let token = assignment.lease;
+        let placement = reservation.decision.explain(&reservation.node);
+        inner.leases.insert(
+            token.lsn,
+            Lease {
+                token,
+                node: reservation.node.clone(),
+                expires: Instant::now() + self.config.lease,
+                delivered: false,
+                cancel_requested: false,
+                placement,
+            },
+        );
+        match inner.index.get(&reservation.node).copied() {
+            Some(i) => {
+                inner.links[i].mailbox.push(assignment);
+                inner.links[i].wake.notify_one();
+            }
+            // Deregistered in between: the lease expires and the job is requeued.
+            None => {
+                tracing::warn!(node = %reservation.node, lsn = token.lsn, "node left before its lease was handed out")
+            }
+        }
+    }
+
+    /// A lease restored from the journal after a coordinator restart: the node gets
+    /// `grace` to register again and renew it.
+    pub fn restore(&self, token: Token, node: &str, grace: Duration) {
+        let mut inner = self.inner();
+        inner.leases.insert(
+            token.lsn,
+            Lease {
+                token,
+                node: node.to_string(),
+                expires: Instant::now() + grace,
+                delivered: true,
+                cancel_requested: false,
+                placement: json!({"node": node, "restored": true}),
+            },
+        );
+    }
+
+    /// What is waiting for the node: assignments (now delivered) and cancellations.
+    /// `None` for an unknown node; the `Notify` is what to wait on when both are empty.
+    pub fn take(&self, id: &str) -> Option<(Vec<Assignment>, Vec<Token>, Arc<Notify>)> {
+        let mut inner = self.inner();
+        let i = *inner.index.get(id)?;
+        let assignments = std::mem::take(&mut inner.links[i].mailbox);
+        let cancels = std::mem::take(&mut inner.links[i].cancels);
+        let wake = inner.links[i].wake.clone();
+        let renewed = Instant::now() + self.config.lease;
+        inner.views[i].last_heartbeat = Instant::now();
+        for assignment in &assignments {
+            if let Some(lease) = inner.leases.get_mut(&assignment.lease.lsn) {
+                lease.delivered = true;
+                lease.expires = renewed;
+            }
+        }
+        Some((assignments, cancels, wake))
+    }
+
+    /// Ends the lease `token` of node `id` because its result came back. `None` when
+    /// that is not a current lease (fencing: the result must be refused).
+    pub fn finish(&self, id: &str, token: Token, failed: bool) -> Option<Lease> {
+        let mut inner = self.inner();
+        match inner.leases.get(&token.lsn) {
+            Some(lease) if lease.token == token && lease.node == id => {}
+            _ => return None,
+        }
+        let lease = inner.leases.remove(&token.lsn)?;
+        if let Some(&i) = inner.index.get(id) {
+            let view = &mut inner.views[i];
+            view.leased = view.leased.saturating_sub(1);
+            view.record(failed);
+        }
+        drop(inner);
+        self.capacity.notify_one();
+        Some(lease)
+    }
+
+    /// Removes and returns the leases past their expiry; each counts as a failure of
+    /// its node.
+    pub fn expire(&self, now: Instant) -> Vec<Lease> {
+        let mut inner = self.inner();
+        let expired: Vec<u64> = inner
+            .leases
+            .values()
+            .filter(|l| l.expires <= now)
+            .map(|l| l.token.lsn)
+            .collect();
+        let mut lost = Vec::with_capacity(expired.len());
+        for lsn in expired {
+            let Some(lease) = inner.leases.remove(&lsn) else {
+                continue;
+            };
+            if let Some(&i) = inner.index.get(&lease.node) {
+                let view = &mut inner.views[i];
+                view.leased = view.leased.saturating_sub(1);
+                view.record(true);
+                inner.links[i]
+                    .mailbox
+                    .retain(|a| a.lease.lsn != lease.token.lsn);
+            }
+            lost.push(lease);
+        }
+        drop(inner);
+        if !lost.is_empty() {
+            self.capacity.notify_one();
+        }
+        lost
+    }
+
+    /// Cancels the lease of job `lsn`, if any.
+    pub fn cancel(&self, lsn: u64) -> LeaseCancel {
+        let mut inner = self.inner();
+        let Some(lease) = inner.leases.get_mut(&lsn) else {
+            return LeaseCancel::None;
+        };
+        let token = lease.token;
+        let node = lease.node.clone();
+        if !lease.delivered {
+            inner.leases.remove(&lsn);
+            if let Some(&i) = inner.index.get(&node) {
+                inner.links[i].mailbox.retain(|a| a.lease.lsn != lsn);
+                inner.views[i].leased = inner.views[i].leased.saturating_sub(1);
+            }
+            drop(inner);
+            self.capacity.notify_one();
+            return LeaseCancel::Withdrawn(token);
+        }
+        lease.cancel_requested = true;
+        if let Some(&i) = inner.index.get(&node) {
+            inner.links[i].cancels.push(token);
+            inner.links[i].wake.notify_one();
+        }
+        LeaseCancel::Sent
+    }
+
+    /// The current lease of job `lsn`.
+    pub fn lease(&self, lsn: u64) -> Option<Lease> {
+        self.inner().leases.get(&lsn).cloned()
+    }
+
+    /// Leases outstanding.
+    pub fn leases(&self) -> usize {
+        self.inner().leases.len()
+    }
+
+    /// Total slots of healthy nodes.
+    pub fn slots(&self) -> u64 {
+        let inner = self.inner();
+        inner
+            .views
+            .iter()
+            .filter(|v| !v.unhealthy(self.config.lease))
+            .map(|v| v.slots)
+            .sum()
+    }
+
+    fn state(&self, view: &NodeView) -> &'static str {
+        if view.unhealthy(self.config.lease) {
+            "unhealthy"
+        } else if view.draining {
+            "draining"
+        } else if view.leased + view.local >= view.slots {
+            "busy"
+        } else {
+            "ready"
+        }
+    }
+
+    fn describe(&self, inner: &Inner, i: usize) -> Value {
+        let (view, link) = (&inner.views[i], &inner.links[i]);
+        json!({
+            "id": view.id,
+            "address": link.address,
+            "state": self.state(view),
+            "slots": view.slots,
+            "running": link.running.max(view.leased.min(view.slots)),
+            "leased": view.leased,
+            "labels": view.labels,
+            "last_heartbeat_ms_ago": view.last_heartbeat.elapsed().as_millis() as u64,
+            "failure_rate": (view.failure_rate * 1000.0).round() / 1000.0,
+            "modules": view.modules.len(),
+        })
+    }
+
+    /// Every node, by id.
+    pub fn list(&self) -> Vec<Value> {
+        let inner = self.inner();
+        let mut order: Vec<usize> = (0..inner.views.len()).collect();
+        order.sort_by(|a, b| inner.views[*a].id.cmp(&inner.views[*b].id));
+        order
+            .into_iter()
+            .map(|i| self.describe(&inner, i))
+            .collect()
+    }
+
+    /// One node.
+    pub fn details(&self, id: &str) -> Option<Value> {
+        let inner = self.inner();
+        let i = *inner.index.get(id)?;
+        Some(self.describe(&inner, i))
+    }
+
+    /// Removes a node; its leases expire unless it registers again and renews them.
+    pub fn deregister(&self, id: &str) -> bool {
+        let mut inner = self.inner();
+        let Some(i) = inner.index.remove(id) else {
+            return false;
+        };
+        inner.views.swap_remove(i);
+        let link = inner.links.swap_remove(i);
+        link.wake.notify_waiters();
+        if i < inner.views.len() {
+            let moved = inner.views[i].id.clone();
+            inner.index.insert(moved, i);
+        }
+        true
+    }
+
+    /// Marks a node draining: no new work; what it runs finishes.
+    pub fn drain(&self, id: &str) -> Option<Value> {
+        let mut inner = self.inner();
+        let i = *inner.index.get(id)?;
+        inner.views[i].draining = true;
+        Some(self.describe(&inner, i))
+    }
+
+    /// Nodes as `{id: labels}` for the topology route.
+    pub fn topology(&self) -> BTreeMap<String, Value> {
+        let inner = self.inner();
+        (0..inner.views.len())
+            .map(|i| (inner.views[i].id.clone(), self.describe(&inner, i)))
+            .collect()
+    }
+}

@@ -1,0 +1,425 @@
+//! A node's work for its coordinator: long-polls for leases, runs them on the node's
+//! own slots (fetching a module or input it lacks from the coordinator's store once;
+//! the store and the compiled-module cache keep it), sends small outputs inline and
+//! large ones ahead, reports results in batches, and stops leases the coordinator
+//! cancels. The membership loop's heartbeats renew the leases held here.
+//!
+//! An unreachable coordinator never stops running work: results wait in the outbox
+//! and are sent when it is back (the coordinator then accepts those whose lease is
+//! still current).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::coordinator::protocol::{
+    Assignment, Report, ResultsAnswer, Token, WorkAnswer, WorkRequest,
+};
+
+/// `protocol::Results` without owning the reports (they stay for a retry).
+#[derive(serde::Serialize)]
+struct ResultsRef<'a> {
+    results: &'a [Report],
+}
+use crate::model::{HashHex, UsageJson};
+use crate::node::{Node, RunFailure, events_json, settle_outcome, usage_json};
+
+/// Outputs up to this size travel inside the results report.
+const INLINE_BYTES: usize = 256 << 10;
+
+/// How long one work poll waits at the coordinator.
+const POLL_WAIT: Duration = Duration::from_secs(5);
+
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The node's side of leased work.
+#[derive(Debug)]
+pub struct Agent {
+    node: Arc<Node>,
+    coordinator: String,
+    node_key: Option<String>,
+    http: reqwest::Client,
+    held: Mutex<HashMap<u64, (u32, CancellationToken)>>,
+    outbox: Mutex<Vec<Report>>,
+    reported: Notify,
+    fetching: Mutex<HashMap<HashHex, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn pause(duration: Duration, stop: &CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+impl Agent {
+    /// An agent of `node` for the coordinator at `coordinator`.
+    pub fn new(node: Arc<Node>, coordinator: String, node_key: Option<String>) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            coordinator: coordinator.trim_end_matches('/').to_string(),
+            node_key,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .expect("building the agent's HTTP client"),
+            held: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(Vec::new()),
+            reported: Notify::new(),
+            fetching: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.coordinator));
+        match &self.node_key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
+    /// The leases this node holds (running, or waiting for a slot).
+    pub fn held(&self) -> Vec<Token> {
+        lock(&self.held)
+            .iter()
+            .map(|(lsn, (attempt, _))| Token {
+                lsn: *lsn,
+                attempt: *attempt,
+            })
+            .collect()
+    }
+
+    /// Stops the runs of these leases (those this node holds).
+    pub fn cancel(&self, tokens: &[Token]) {
+        let held = lock(&self.held);
+        for token in tokens {
+            if let Some((attempt, cancel)) = held.get(&token.lsn)
+                && *attempt == token.attempt
+            {
+                tracing::info!(lsn = token.lsn, "the coordinator cancelled a lease");
+                cancel.cancel();
+            }
+        }
+    }
+
+    /// Polls for work until `stop_polling`; reports results until `stop_reporting`
+    /// (then flushes what is left, giving up after a few tries).
+    pub fn spawn(
+        self: &Arc<Self>,
+        stop_polling: CancellationToken,
+        stop_reporting: CancellationToken,
+    ) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+        let poll = tokio::spawn(self.clone().poll_loop(stop_polling));
+        let report = tokio::spawn(self.clone().report_loop(stop_reporting));
+        (poll, report)
+    }
+
+    async fn poll_loop(self: Arc<Self>, stop: CancellationToken) {
+        let path = format!("/api/v1/cluster/nodes/{}/work", self.node.config.id);
+        let mut backoff = MIN_BACKOFF;
+        while !stop.is_cancelled() {
+            let send = self
+                .request(reqwest::Method::POST, &path)
+                .timeout(POLL_WAIT + Duration::from_secs(10))
+                .json(&WorkRequest {
+                    wait_ms: POLL_WAIT.as_millis() as u64,
+                })
+                .send();
+            let response = tokio::select! {
+                response = send => response,
+                () = stop.cancelled() => return,
+            };
+            match response {
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                    // Not registered (yet): the membership loop is on it.
+                    pause(Duration::from_millis(100), &stop).await;
+                }
+                Ok(r) if r.status().is_success() => match r.json::<WorkAnswer>().await {
+                    Ok(answer) => {
+                        backoff = MIN_BACKOFF;
+                        self.cancel(&answer.cancel);
+                        for assignment in answer.leases {
+                            self.start(assignment);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unreadable work from the coordinator");
+                        pause(backoff, &stop).await;
+                    }
+                },
+                Ok(r) => {
+                    tracing::warn!(status = %r.status(), "the coordinator refused a work poll");
+                    pause(backoff, &stop).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "work poll failed");
+                    pause(backoff, &stop).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn start(self: &Arc<Self>, assignment: Assignment) {
+        let token = assignment.lease;
+        let cancel = CancellationToken::new();
+        lock(&self.held).insert(token.lsn, (token.attempt, cancel.clone()));
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let report = agent.execute(assignment, cancel).await;
+            {
+                let mut held = lock(&agent.held);
+                if held
+                    .get(&token.lsn)
+                    .is_some_and(|(a, _)| *a == token.attempt)
+                {
+                    held.remove(&token.lsn);
+                }
+            }
+            lock(&agent.outbox).push(report);
+            agent.reported.notify_one();
+        });
+    }
+
+    async fn execute(&self, assignment: Assignment, cancel: CancellationToken) -> Report {
+        let token = assignment.lease;
+        let permit = tokio::select! {
+            permit = self.node.slots().clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
+            () = cancel.cancelled() => return failed(token, "cancelled", "cancelled", "cancelled before it ran", false),
+        };
+        let blobs: Vec<HashHex> = assignment
+            .worker
+            .chunks()
+            .into_iter()
+            .chain(assignment.action.chunks())
+            .collect();
+        for hash in blobs {
+            if let Err(message) = self.fetch(hash).await {
+                return failed(token, "failed", "trapped", &message, true);
+            }
+        }
+        let node = self.node.clone();
+        let started = Instant::now();
+        let run = tokio::task::spawn_blocking(move || {
+            let run = node.run_prepared(&assignment.worker, &assignment.action, cancel);
+            drop(permit);
+            run
+        })
+        .await;
+        self.node.metrics.observe_run(started.elapsed());
+        let run = match run {
+            Ok(Ok(run)) => run,
+            Ok(Err(RunFailure::Host(message))) => {
+                return failed(
+                    token,
+                    "failed",
+                    "trapped",
+                    &format!("host error: {message}"),
+                    true,
+                );
+            }
+            Ok(Err(RunFailure::Final(message))) => {
+                return failed(token, "failed", "trapped", &message, false);
+            }
+            Err(e) => {
+                return failed(
+                    token,
+                    "failed",
+                    "trapped",
+                    &format!("host error: {e}"),
+                    true,
+                );
+            }
+        };
+        let (state, exit_code, message) = settle_outcome(&run.outcome);
+        self.node.metrics.finished(state);
+        let mut report = Report {
+            lease: token,
+            state: state.into(),
+            outcome: run.outcome.name().into(),
+            exit_code,
+            message,
+            output: HashHex::of(&run.stdout),
+            output_size: run.stdout.len() as u64,
+            stderr: HashHex::of(&run.stderr),
+            blobs: BTreeMap::new(),
+            events: events_json(&run),
+            usage: usage_json(&run),
+            host_failure: false,
+        };
+        for bytes in [run.stdout, run.stderr] {
+            if let Err(message) = self.ship(&mut report, bytes).await {
+                return failed(token, "failed", "trapped", &message, true);
+            }
+        }
+        report
+    }
+
+    /// Puts an output where the coordinator will find it: inline when small, else
+    /// uploaded ahead of the report.
+    async fn ship(&self, report: &mut Report, bytes: Vec<u8>) -> Result<(), String> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let hash = HashHex::of(&bytes);
+        if bytes.len() <= INLINE_BYTES {
+            report.blobs.insert(
+                hash,
+                base64::engine::general_purpose::STANDARD.encode(&bytes),
+            );
+            return Ok(());
+        }
+        let response = self
+            .request(
+                reqwest::Method::PUT,
+                &format!("/api/v1/cluster/blobs/{hash}"),
+            )
+            .timeout(Duration::from_secs(300))
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| format!("sending output {hash} to the coordinator: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "the coordinator refused output {hash}: {}",
+                response.status()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes sure the blob is in this node's store, fetching it from the coordinator
+    /// once (concurrent runs needing the same blob wait for one download).
+    async fn fetch(&self, hash: HashHex) -> Result<(), String> {
+        if self.node.cas.contains(&hash) {
+            return Ok(());
+        }
+        let gate = lock(&self.fetching).entry(hash).or_default().clone();
+        let _guard = gate.lock().await;
+        if self.node.cas.contains(&hash) {
+            return Ok(());
+        }
+        let fetched = async {
+            let response = self
+                .request(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/cluster/blobs/{hash}"),
+                )
+                .timeout(Duration::from_secs(300))
+                .send()
+                .await
+                .map_err(|e| format!("fetching blob {hash}: {e}"))?;
+            if !response.status().is_success() {
+                return Err(format!(
+                    "fetching blob {hash}: the coordinator answered {}",
+                    response.status()
+                ));
+            }
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| format!("fetching blob {hash}: {e}"))?;
+            let node = self.node.clone();
+            tokio::task::spawn_blocking(move || {
+                let staged = node
+                    .cas
+                    .stage_bytes(hash, &bytes)
+                    .map_err(|e| format!("storing blob {hash}: {e}"))?;
+                node.cas
+                    .commit(staged)
+                    .map_err(|e| format!("storing blob {hash}: {e}"))
+            })
+            .await
+            .map_err(|e| format!("storing blob {hash}: {e}"))?
+        }
+        .await;
+        lock(&self.fetching).remove(&hash);
+        if fetched.is_ok() {
+            tracing::debug!(%hash, "fetched a blob from the coordinator");
+        }
+        fetched
+    }
+
+    async fn report_loop(self: Arc<Self>, stop: CancellationToken) {
+        let path = format!("/api/v1/cluster/nodes/{}/results", self.node.config.id);
+        let mut backoff = MIN_BACKOFF;
+        let mut tries_after_stop = 0;
+        loop {
+            let notified = self.reported.notified();
+            let batch = std::mem::take(&mut *lock(&self.outbox));
+            if batch.is_empty() {
+                if stop.is_cancelled() {
+                    return;
+                }
+                tokio::select! {
+                    () = notified => {}
+                    () = stop.cancelled() => {}
+                }
+                continue;
+            }
+            let count = batch.len();
+            let sent = self
+                .request(reqwest::Method::POST, &path)
+                .timeout(Duration::from_secs(60))
+                .json(&ResultsRef { results: &batch })
+                .send()
+                .await;
+            let failure = match sent {
+                Ok(r) if r.status().is_success() => {
+                    backoff = MIN_BACKOFF;
+                    if let Ok(answer) = r.json::<ResultsAnswer>().await
+                        && !answer.rejected.is_empty()
+                    {
+                        tracing::info!(rejected = ?answer.rejected, "the coordinator refused stale results");
+                    }
+                    continue;
+                }
+                Ok(r) => format!("the coordinator answered {}", r.status()),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(count, error = %failure, "reporting results failed; retrying");
+            lock(&self.outbox).splice(0..0, batch);
+            if stop.is_cancelled() {
+                tries_after_stop += 1;
+                if tries_after_stop >= 3 {
+                    tracing::warn!(
+                        "giving up reporting at shutdown; the coordinator requeues those jobs when their leases expire"
+                    );
+                    return;
+                }
+            }
+            pause(backoff, &CancellationToken::new()).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// A report of an attempt that produced no run of its own.
+fn failed(token: Token, state: &str, outcome: &str, message: &str, host: bool) -> Report {
+    Report {
+        lease: token,
+        state: state.into(),
+        outcome: outcome.into(),
+        exit_code: None,
+        message: Some(message.into()),
+        output: HashHex::empty(),
+        output_size: 0,
+        stderr: HashHex::empty(),
+        blobs: BTreeMap::new(),
+        events: Vec::new(),
+        usage: UsageJson::default(),
+        host_failure: host,
+    }
+}
