@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job: builds wasmesh and the example guests, then renders the Mandelbrot demo
-# (16 tiles through the sandbox, one core vs all cores) into mandelbrot.png.
+# The main job: builds wasmesh and the example guests, then starts a local cluster (a
+# coordinator and 2 nodes on loopback, data in a temporary directory), renders the
+# Mandelbrot set as 16 tiles on one node and then on both into mandelbrot.png, prints
+# per-node tile counts and the speed-up, and stops the cluster.
 # Installs the wasm32-wasip1 target when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

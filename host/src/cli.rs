@@ -40,8 +40,8 @@ enum Command {
         #[command(subcommand)]
         scenario: BenchScenario,
     },
-    /// Render the Mandelbrot demo: 16 tiles through the sandbox on every core, assembled
-    /// into a PNG, with the speed-up against one core.
+    /// The main job: a local cluster (a coordinator and nodes) renders the Mandelbrot set
+    /// as 16 tiles, on one node and then on all, into a PNG, with the speed-up.
     Demo(DemoArgs),
 }
 
@@ -210,9 +210,12 @@ pub struct DemoArgs {
     /// Iteration cap per pixel.
     #[arg(long, default_value_t = 1000)]
     pub max_iter: u32,
-    /// Tiles run at once (default: one per CPU).
-    #[arg(long)]
-    pub slots: Option<usize>,
+    /// Nodes in the local cluster (the first round uses one, the second all).
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// Slots of each node.
+    #[arg(long, default_value_t = 1)]
+    pub slots_per_node: usize,
 }
 
 fn parse_bytes(text: &str) -> Result<u64, String> {

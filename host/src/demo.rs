@@ -1,27 +1,36 @@
-//! `wasmesh demo`: renders the Mandelbrot set as 16 tiles through the sandbox, first on
-//! one slot and then on every core, and writes the picture as a PNG.
-//!
-//! Until the cluster exists this is the main job; later it fans the same tiles out to
-//! nodes through a coordinator.
+//! `wasmesh demo`: the main job. Starts a local cluster (a coordinator and nodes, real
+//! processes on loopback, data in a temporary directory), uploads the `mandelbrot`
+//! example with the needs dance, renders 16 tiles as one queue on one node and then on
+//! all of them, writes the picture as a PNG, prints per-node tile counts, timings and
+//! the speed-up, and shuts the cluster down cleanly.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use wasmesh_runtime::{CompiledModule, Config, Outcome, RunSpec, Sandbox};
+use serde_json::json;
 
 use crate::cli::DemoArgs;
+use crate::client::Client;
+use crate::local::LocalCluster;
+use crate::model::HashHex;
 
 /// Tiles per image edge: 4 x 4 = 16 tiles.
 const GRID: u32 = 4;
 
-/// One rendered tile: its grid position, its pixels and which slot ran it.
+/// One rendered tile: its grid position and its pixels.
 struct Tile {
     column: u32,
     row: u32,
     pixels: Vec<u8>,
-    slot: usize,
+}
+
+/// A round's outcome.
+struct Round {
+    tiles: Vec<Tile>,
+    elapsed: Duration,
+    per_node: BTreeMap<String, usize>,
 }
 
 /// Runs `wasmesh demo`.
@@ -30,41 +39,77 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.size >= GRID && args.size.is_multiple_of(GRID),
         "--size must be a positive multiple of {GRID}"
     );
+    ensure!(args.nodes >= 1, "--nodes must be at least 1");
     let wasm = std::fs::read(&args.module).with_context(|| {
         format!(
             "reading {} (build the examples first: cargo build --release --target wasm32-wasip1 --manifest-path examples/Cargo.toml)",
             args.module.display()
         )
     })?;
-    let slots = args
-        .slots
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    let sandbox = Sandbox::new(Config::default())?;
-    let module = sandbox.load(&wasm)?;
-
     println!(
-        "wasmesh demo: {0}x{0} Mandelbrot, {1} tiles, max_iter {2}",
+        "wasmesh demo: {0}x{0} Mandelbrot as {1} tiles, max_iter {2}, on a local cluster",
         args.size,
         GRID * GRID,
         args.max_iter
     );
-    let (_, one_slot) = render(&sandbox, &module, &args, 1)?;
-    println!("  1 slot : {:>8.1} ms", ms(one_slot));
-    let (tiles, many_slots) = render(&sandbox, &module, &args, slots)?;
+    let mut cluster = LocalCluster::start(&[])?;
+    println!("  coordinator  {}", cluster.coordinator.url);
+    cluster.add_node("node-1", args.slots_per_node)?;
     println!(
-        "  {slots} slots: {:>8.1} ms  (speed-up {:.2}x)",
-        ms(many_slots),
-        one_slot.as_secs_f64() / many_slots.as_secs_f64()
+        "  node-1       {} ({} slot(s))",
+        cluster.nodes[0].url, args.slots_per_node
     );
-    for slot in 0..slots {
+    let client = cluster.client();
+
+    let module = HashHex::of(&wasm);
+    let first = client.upload_worker(
+        &json!({"name": "mandelbrot", "module": module}),
+        &[(module, &wasm)],
+    )?;
+    let again = client.upload_worker(
+        &json!({"name": "mandelbrot", "module": module}),
+        &[(module, &wasm)],
+    )?;
+    println!(
+        "  uploaded worker {} ({} bytes sent; uploading it again sent {})",
+        &first.worker.to_string()[..12],
+        first.sent_bytes,
+        again.sent_bytes
+    );
+
+    let one = render(&client, first.worker, &args, 1, "one node")?;
+    for i in 2..=args.nodes {
+        let id = format!("node-{i}");
+        cluster.add_node(&id, args.slots_per_node)?;
         println!(
-            "    slot {slot}: {} tiles",
-            tiles.iter().filter(|t| t.slot == slot).count()
+            "  {id:<12} {} ({} slot(s))",
+            cluster.nodes[i - 1].url,
+            args.slots_per_node
         );
     }
-    write_png(&args.out, args.size, &tiles)?;
+    let all = render(
+        &client,
+        first.worker,
+        &args,
+        args.nodes,
+        &format!("{} nodes", args.nodes),
+    )?;
+    println!(
+        "  speed-up with {} nodes: {:.2}x",
+        args.nodes,
+        one.elapsed.as_secs_f64() / all.elapsed.as_secs_f64()
+    );
+    for (node, count) in &all.per_node {
+        println!("    {node}: {count} tiles");
+    }
+    ensure!(
+        all.tiles.len() == (GRID * GRID) as usize && one.tiles.len() == all.tiles.len(),
+        "tiles are missing"
+    );
+    write_png(&args.out, args.size, &all.tiles)?;
     println!("  wrote {}", args.out.display());
+    cluster.shutdown()?;
+    println!("  cluster stopped");
     Ok(())
 }
 
@@ -72,62 +117,101 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Renders all tiles with `slots` threads pulling from a shared counter.
+/// Renders every tile as one queue through the coordinator and reads the pixels back.
+/// A warm-up job per node first, so that module fetch and compile are not timed; every
+/// round's actions carry the round in their environment, so none is answered from the
+/// result cache of an earlier round.
 fn render(
-    sandbox: &Sandbox,
-    module: &CompiledModule,
+    client: &Client,
+    worker: HashHex,
     args: &DemoArgs,
-    slots: usize,
-) -> anyhow::Result<(Vec<Tile>, Duration)> {
+    nodes: usize,
+    label: &str,
+) -> anyhow::Result<Round> {
     let tile_size = args.size / GRID;
-    let next = AtomicUsize::new(0);
-    let started = Instant::now();
-    let results: Vec<anyhow::Result<Vec<Tile>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..slots)
-            .map(|slot| {
-                let next = &next;
-                scope.spawn(move || {
-                    let mut done = Vec::new();
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed) as u32;
-                        if index >= GRID * GRID {
-                            return Ok(done);
-                        }
-                        let (column, row) = (index % GRID, index / GRID);
-                        let input = serde_json::json!({
-                            "x": column * tile_size, "y": row * tile_size, "size": tile_size,
-                            "image_size": args.size, "max_iter": args.max_iter,
-                        });
-                        let report =
-                            sandbox.run(module, RunSpec::new().stdin(input.to_string()))?;
-                        if report.outcome != Outcome::Exited(0) {
-                            bail!(
-                                "tile {index} {}: {}",
-                                report.outcome,
-                                String::from_utf8_lossy(&report.stderr)
-                            );
-                        }
-                        done.push(Tile {
-                            column,
-                            row,
-                            pixels: report.stdout,
-                            slot,
-                        });
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("a demo worker panicked"))
-            .collect()
-    });
-    let elapsed = started.elapsed();
-    let mut tiles = Vec::new();
-    for result in results {
-        tiles.extend(result?);
+    let queue = client.call(
+        reqwest::Method::POST,
+        "/compute/queues",
+        Some(&json!({"name": format!("mandelbrot on {label}")})),
+    )?;
+    let q = queue["queue_id"]
+        .as_u64()
+        .context("no queue id in the answer")?
+        .to_string();
+    let round = format!("{nodes}-{}", uuid::Uuid::new_v4().simple());
+    let tile_action = |index: u32, size: u32, image: u32| -> anyhow::Result<serde_json::Value> {
+        let (column, row) = (index % GRID, index / GRID);
+        let input = json!({
+            "x": column * size, "y": row * size, "size": size,
+            "image_size": image, "max_iter": args.max_iter,
+        });
+        let hash = client.put_blob(input.to_string().into_bytes())?;
+        Ok(json!({"worker": worker, "input": hash, "env": {"DEMO_ROUND": round}}))
+    };
+    // Warm-up: one small job per slot in the cluster, all at once, so every node
+    // fetches and compiles the module.
+    let warm: Vec<serde_json::Value> = (0..(nodes * args.slots_per_node) as u32)
+        .map(|i| tile_action(i % (GRID * GRID), 4, 4 * GRID))
+        .collect::<anyhow::Result<_>>()?;
+    let warm = client.call(
+        reqwest::Method::POST,
+        &format!("/compute/queues/{q}/jobs"),
+        Some(&json!({"actions": warm})),
+    )?;
+    for job in warm["jobs"].as_array().into_iter().flatten() {
+        let lsn = job["lsn"].as_u64().context("no lsn")?;
+        client.wait(lsn, Duration::from_secs(300))?;
     }
-    Ok((tiles, elapsed))
+
+    let actions: Vec<serde_json::Value> = (0..GRID * GRID)
+        .map(|i| tile_action(i, tile_size, args.size))
+        .collect::<anyhow::Result<_>>()?;
+    let started = Instant::now();
+    let submitted = client.call(
+        reqwest::Method::POST,
+        &format!("/compute/queues/{q}/jobs"),
+        Some(&json!({"actions": actions})),
+    )?;
+    let lsns: Vec<u64> = submitted["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["lsn"].as_u64())
+        .collect();
+    ensure!(
+        lsns.len() == (GRID * GRID) as usize,
+        "the batch was not accepted: {submitted}"
+    );
+    let mut results = Vec::with_capacity(lsns.len());
+    for lsn in &lsns {
+        results.push(client.wait(*lsn, Duration::from_secs(600))?);
+    }
+    let elapsed = started.elapsed();
+    println!("  {label:<9}: {:>8.1} ms", ms(elapsed));
+    let mut tiles = Vec::with_capacity(results.len());
+    let mut per_node = BTreeMap::new();
+    for (index, result) in results.into_iter().enumerate() {
+        if result.state != "succeeded" {
+            bail!(
+                "tile {index} {} ({}): {}",
+                result.state,
+                result.outcome,
+                result.message.unwrap_or_default()
+            );
+        }
+        *per_node.entry(result.node.clone()).or_insert(0) += 1;
+        let index = index as u32;
+        tiles.push(Tile {
+            column: index % GRID,
+            row: index / GRID,
+            pixels: client.blob(&result.output)?,
+        });
+    }
+    Ok(Round {
+        tiles,
+        elapsed,
+        per_node,
+    })
 }
 
 /// Assembles the grey tiles into one RGB image through a blue-to-gold palette.

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod placement;
 pub mod protocol;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,9 @@ const MAX_POLL: Duration = Duration::from_secs(10);
 
 /// Leases written to the journal in one transaction.
 const LEASE_BATCH: usize = 256;
+
+/// A job's stdin up to this size travels inside its assignment.
+const INLINE_INPUT: u64 = 64 << 10;
 
 /// What the cluster handlers reach.
 #[derive(Clone, Debug)]
@@ -574,12 +578,26 @@ fn lease(node: &Node, fleet: &Fleet, batch: Vec<Placed>) {
             lsn: placed.job.lsn,
             attempt,
         };
+        let mut blobs = BTreeMap::new();
+        if let Some(input) = placed.action.input
+            && node
+                .cas
+                .size(&input)
+                .is_some_and(|size| size <= INLINE_INPUT)
+            && let Ok(bytes) = node.cas.read(&input)
+        {
+            blobs.insert(
+                input,
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            );
+        }
         fleet.assign(
             placed.reservation,
             Assignment {
                 lease: token,
                 worker: (*placed.worker).clone(),
                 action: placed.action,
+                blobs,
             },
         );
         // Cancelled while being placed: withdraw it now.

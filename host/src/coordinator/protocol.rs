@@ -86,6 +86,10 @@ pub struct Assignment {
     pub worker: WorkerDescriptor,
     /// The action.
     pub action: ActionDescriptor,
+    /// A small stdin travels inline (base64), keyed by its hash, saving the node a
+    /// fetch and a disk write per job.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blobs: BTreeMap<HashHex, String>,
 }
 
 /// The answer to a work poll.

@@ -199,11 +199,27 @@ impl Agent {
             permit = self.node.slots().clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
             () = cancel.cancelled() => return failed(token, "cancelled", "cancelled", "cancelled before it ran", false),
         };
+        let mut stdin = None;
+        if let Some(input) = assignment.action.input
+            && let Some(data) = assignment.blobs.get(&input)
+        {
+            match base64::engine::general_purpose::STANDARD.decode(data) {
+                Ok(bytes) if HashHex::of(&bytes) == input => stdin = Some(bytes),
+                _ => {
+                    let message = format!("the inline input does not hash to {input}");
+                    return failed(token, "failed", "trapped", &message, true);
+                }
+            }
+        }
+        // Everything the run reads from the store: the module, the worker's and the
+        // action's files, and the input unless it came inline.
+        let action = &assignment.action;
         let blobs: Vec<HashHex> = assignment
             .worker
             .chunks()
             .into_iter()
-            .chain(assignment.action.chunks())
+            .chain(action.files.values().copied())
+            .chain(action.input.filter(|_| stdin.is_none()))
             .collect();
         for hash in blobs {
             if let Err(message) = self.fetch(hash).await {
@@ -213,7 +229,7 @@ impl Agent {
         let node = self.node.clone();
         let started = Instant::now();
         let run = tokio::task::spawn_blocking(move || {
-            let run = node.run_prepared(&assignment.worker, &assignment.action, cancel);
+            let run = node.run_prepared(&assignment.worker, &assignment.action, stdin, cancel);
             drop(permit);
             run
         })

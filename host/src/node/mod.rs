@@ -777,7 +777,7 @@ impl Node {
             .ok_or_else(|| {
                 RunFailure::Final(format!("worker {} is not registered", action.worker))
             })?;
-        let report = self.run_prepared(&worker, &action, cancel)?;
+        let report = self.run_prepared(&worker, &action, None, cancel)?;
         let output = self.store_output(&job.tenant, &report.stdout)?;
         let stderr = self.store_output(&job.tenant, &report.stderr)?;
         let (state, exit_code, message) = settle_outcome(&report.outcome);
@@ -803,10 +803,13 @@ impl Node {
 
     /// Runs an action of `worker` in the sandbox; every blob it names must be in this
     /// node's store.
+    ///
+    /// `stdin`, when given, is the action's input already in memory.
     pub(crate) fn run_prepared(
         &self,
         worker: &WorkerDescriptor,
         action: &ActionDescriptor,
+        stdin: Option<Vec<u8>>,
         cancel: CancellationToken,
     ) -> Result<wasmesh_runtime::RunReport, RunFailure> {
         let module_hash = worker.module;
@@ -819,12 +822,13 @@ impl Node {
                     .map_err(|e| RuntimeError::Host(format!("reading module {module_hash}: {e}")))
             })
             .map_err(RunFailure::from)?;
-        let stdin = match action.input {
-            Some(hash) => self
+        let stdin = match (stdin, action.input) {
+            (Some(bytes), _) => bytes,
+            (None, Some(hash)) => self
                 .cas
                 .read(&hash)
                 .map_err(|e| RunFailure::Host(format!("reading input {hash}: {e}")))?,
-            None => Vec::new(),
+            (None, None) => Vec::new(),
         };
         let files = |set: &BTreeMap<String, HashHex>| {
             set.iter()
