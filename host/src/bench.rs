@@ -1,8 +1,10 @@
-//! `wasmesh bench node`: throughput and latency of one node over loopback HTTP, with
-//! baselines measured in the same run (the `/health` round trip, a raw `PUT /cas`).
+//! Benchmark scenarios, each with a baseline measured in the same run:
 //!
-//! The node runs in this process on 127.0.0.1:0 with a fresh data directory; the
-//! client is the same blocking client the CLI uses.
+//! - `wasmesh bench node`: one node over loopback HTTP (baselines: the `/health` round
+//!   trip, a raw `PUT /cas`). The node runs in this process on 127.0.0.1:0.
+//! - `wasmesh bench cluster`: a coordinator and 2 node processes (baselines: the same
+//!   jobs sent directly to one node; the Mandelbrot kernel compiled natively).
+//! - `wasmesh bench placement`: placement with simulated nodes in process.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -239,6 +241,296 @@ fn upload(mib: usize) -> anyhow::Result<()> {
         again_time.as_secs_f64() * 1e3,
         again.sent_chunks,
         again.sent_bytes
+    );
+    Ok(())
+}
+
+/// The Mandelbrot kernel the wasm job runs, compiled natively for the baseline.
+#[path = "../../examples/mandelbrot/src/kernel.rs"]
+mod kernel;
+
+/// Tiles per image edge (the demo's grid).
+const GRID: u32 = 4;
+
+/// Submits `jobs` trivial actions in batches of 100 and waits for every result;
+/// returns jobs per second. `salt` keeps the actions distinct from earlier runs.
+fn trivial_throughput(client: &Client, jobs: usize, salt: &str) -> anyhow::Result<f64> {
+    let module = HashHex::of(TRIVIAL_WASM);
+    let worker = client
+        .upload_worker(
+            &json!({"name": "trivial", "module": module}),
+            &[(module, TRIVIAL_WASM)],
+        )?
+        .worker;
+    // Warm: the module reaches (and compiles on) every node before the clock starts.
+    for n in 0..8 {
+        let lsn = client.submit(
+            &json!({"worker": worker, "args": [format!("warm-{salt}-{n}")]}),
+            None,
+            None,
+        )?;
+        wait_ok(client, lsn)?;
+    }
+    let start = Instant::now();
+    let mut lsns = Vec::with_capacity(jobs);
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(100) {
+        let actions: Vec<Value> = chunk
+            .iter()
+            .map(|n| json!({"worker": worker, "args": [format!("{salt}-{n}")]}))
+            .collect();
+        let answer = client.call(
+            reqwest::Method::POST,
+            "/compute/jobs",
+            Some(&json!({ "actions": actions })),
+        )?;
+        lsns.extend(
+            answer["jobs"]
+                .as_array()
+                .context("jobs")?
+                .iter()
+                .filter_map(|j| j["lsn"].as_u64()),
+        );
+    }
+    for lsn in &lsns {
+        wait_ok(client, *lsn)?;
+    }
+    Ok(jobs as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Renders the 16 tiles through `client` (node or coordinator) and returns the time
+/// from submission to the last result.
+fn mandelbrot_round(
+    client: &Client,
+    worker: HashHex,
+    size: u32,
+    max_iter: u32,
+    salt: &str,
+) -> anyhow::Result<Duration> {
+    let tile = size / GRID;
+    let actions: Vec<Value> = (0..GRID * GRID)
+        .map(|i| {
+            let input = json!({"x": (i % GRID) * tile, "y": (i / GRID) * tile, "size": tile,
+                "image_size": size, "max_iter": max_iter});
+            let hash = client.put_blob(input.to_string().into_bytes())?;
+            Ok(json!({"worker": worker, "input": hash, "env": {"BENCH_ROUND": salt}}))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let start = Instant::now();
+    let answer = client.call(
+        reqwest::Method::POST,
+        "/compute/jobs",
+        Some(&json!({ "actions": actions })),
+    )?;
+    for job in answer["jobs"].as_array().context("jobs")? {
+        wait_ok(client, job["lsn"].as_u64().context("lsn")?)?;
+    }
+    Ok(start.elapsed())
+}
+
+/// `wasmesh bench cluster`: trivial jobs through a coordinator and 2 nodes vs directly
+/// on one node; the Mandelbrot tiles natively, on one node and on two.
+pub fn cluster(
+    jobs: usize,
+    module: &std::path::Path,
+    size: u32,
+    max_iter: u32,
+) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("wasmesh bench cluster: real processes on loopback, {cores} cores");
+
+    let mut cluster = crate::local::LocalCluster::start(&[])?;
+    cluster.add_node("node-1", cores)?;
+    let direct = Client::new(&cluster.nodes[0].url, None);
+    let on_node = trivial_throughput(&direct, jobs, "direct")?;
+    cluster.add_node("node-2", cores)?;
+    let via = trivial_throughput(&cluster.client(), jobs, "cluster")?;
+    println!("trivial jobs, batches of 100, {jobs} jobs, {cores} slots per node:");
+    println!("  directly on one node (baseline)       {on_node:>8.0} jobs/s");
+    println!(
+        "  coordinator + 2 nodes                 {via:>8.0} jobs/s   ({:.2}x the single node)",
+        via / on_node
+    );
+    cluster.shutdown()?;
+
+    let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+    let hash = HashHex::of(&wasm);
+    let descriptor = json!({"name": "mandelbrot", "module": hash});
+    let tile = size / GRID;
+    let start = Instant::now();
+    for i in 0..GRID * GRID {
+        std::hint::black_box(kernel::render_tile(
+            (i % GRID) * tile,
+            (i / GRID) * tile,
+            tile,
+            size,
+            max_iter,
+        ));
+    }
+    let native = start.elapsed();
+    let mut cluster = crate::local::LocalCluster::start(&[])?;
+    cluster.add_node("node-1", 1)?;
+    let client = cluster.client();
+    let worker = client.upload_worker(&descriptor, &[(hash, &wasm)])?.worker;
+    mandelbrot_round(&client, worker, 64, 10, "warm-1")?;
+    let one = mandelbrot_round(&client, worker, size, max_iter, "one")?;
+    cluster.add_node("node-2", 1)?;
+    // Two warm-up tiles at once: the new node fetches and compiles the module.
+    mandelbrot_round(&client, worker, 64, 10, "warm-2")?;
+    let two = mandelbrot_round(&client, worker, size, max_iter, "two")?;
+    cluster.shutdown()?;
+    println!("mandelbrot {size}x{size}, 16 tiles, max_iter {max_iter}, nodes with 1 slot each:");
+    println!(
+        "  native kernel, one thread (baseline)  {:>8.1} ms",
+        native.as_secs_f64() * 1e3
+    );
+    println!(
+        "  1 node                                {:>8.1} ms   ({:.2}x native)",
+        one.as_secs_f64() * 1e3,
+        one.as_secs_f64() / native.as_secs_f64()
+    );
+    println!(
+        "  2 nodes                               {:>8.1} ms   ({:.2}x native, {:.2}x faster than 1 node)",
+        two.as_secs_f64() * 1e3,
+        two.as_secs_f64() / native.as_secs_f64(),
+        one.as_secs_f64() / two.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// `wasmesh bench placement`: placement in process with simulated nodes (registered in
+/// the fleet, never contacted) and a real coordinator journal.
+pub fn placement(nodes: usize, jobs: usize) -> anyhow::Result<()> {
+    use crate::coordinator::placement::{Demand, NodeView, Placer, Strategy, Weights};
+    use crate::coordinator::protocol::Registration;
+    use crate::coordinator::{CoordinatorConfig, Fleet};
+    use crate::node::ActionSubmission;
+
+    println!("wasmesh bench placement: {nodes} simulated nodes, {jobs} queued jobs");
+    // 1. The decision alone: filter + score over NodeViews.
+    let mut views: Vec<NodeView> = (0..nodes)
+        .map(|i| {
+            let mut labels = std::collections::BTreeMap::new();
+            labels.insert("zone".to_string(), ["a", "b", "c"][i % 3].to_string());
+            labels.insert("cost_per_hour".to_string(), format!("{}", 1 + i % 5));
+            NodeView::new(format!("sim-{i:05}"), 8, labels)
+        })
+        .collect();
+    let demand = |i: usize| Demand {
+        requires: std::collections::BTreeMap::new(),
+        limits: Default::default(),
+        module: HashHex([(i % 7) as u8; 32]),
+        inputs: Vec::new(),
+    };
+    for strategy in [Strategy::Score, Strategy::LeastLoaded, Strategy::RoundRobin] {
+        let mut placer = Placer::new(strategy, Weights::default(), Duration::from_secs(3600));
+        for view in &mut views {
+            view.leased = 0;
+        }
+        let start = Instant::now();
+        let mut placed = 0;
+        for i in 0..jobs {
+            if let Some(decision) = placer.choose(&views, &demand(i)) {
+                let view = &mut views[decision.index];
+                view.leased = (view.leased + 1) % 8;
+                placed += 1;
+            }
+        }
+        let elapsed = start.elapsed();
+        ensure!(placed == jobs, "only {placed} of {jobs} placed");
+        println!(
+            "  decision only, {:<13} {:>10.0} decisions/s   ({:.2} us each)",
+            strategy.name(),
+            jobs as f64 / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64() * 1e6 / jobs as f64
+        );
+    }
+
+    // 2. The whole path on a coordinator: queue the jobs in the journal, then place
+    //    them all (read the job, filter + score, write the leases, fill the mailboxes).
+    let dir = tempfile::tempdir()?;
+    let fleet = Arc::new(Fleet::new(CoordinatorConfig {
+        lease: Duration::from_secs(3600),
+        ..CoordinatorConfig::default()
+    }));
+    let slots = jobs.div_ceil(nodes) as u64;
+    for i in 0..nodes {
+        fleet.register(Registration {
+            id: format!("sim-{i:05}"),
+            address: format!("http://127.0.0.1:{}", 20000 + i),
+            slots,
+            labels: Default::default(),
+            limits: None,
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _guard = runtime.enter();
+    let mut config = NodeConfig::new(dir.path().to_path_buf());
+    config.slots = 1;
+    let node = Node::open_with(config, Some(fleet.clone()))?;
+    let module = HashHex::of(TRIVIAL_WASM);
+    node.cas.put_own(TRIVIAL_WASM)?;
+    node.db
+        .own_blob("default", &module, TRIVIAL_WASM.len() as u64)?;
+    let descriptor = json!({"name": "trivial", "module": module});
+    let canonical = String::from_utf8(
+        crate::model::canonical_json(&descriptor).map_err(|e| anyhow::anyhow!(e.0))?,
+    )?;
+    let worker_id = HashHex::of(canonical.as_bytes());
+    node.register_worker(
+        "default",
+        worker_id,
+        &serde_json::from_value(descriptor)?,
+        &canonical,
+    )
+    .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let before = resident_bytes();
+    let start = Instant::now();
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(1000) {
+        let actions = chunk
+            .iter()
+            .map(|n| {
+                let value = json!({"worker": worker_id, "args": [n.to_string()]});
+                let canonical = String::from_utf8(
+                    crate::model::canonical_json(&value).map_err(|e| anyhow::anyhow!(e.0))?,
+                )?;
+                Ok(ActionSubmission {
+                    id: HashHex::of(canonical.as_bytes()),
+                    action: serde_json::from_value(value)?,
+                    canonical,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        node.submit("default", actions, None, None)
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    }
+    let queued_in = start.elapsed();
+    let per_job = resident_bytes().saturating_sub(before) as f64 / jobs as f64;
+    println!(
+        "  queueing {jobs} jobs in the journal  {:>10.0} jobs/s   memory {:.0} bytes per queued job (RSS growth)",
+        jobs as f64 / queued_in.as_secs_f64(),
+        per_job
+    );
+    let start = Instant::now();
+    crate::coordinator::place_batch(&node, &fleet);
+    let elapsed = start.elapsed();
+    ensure!(
+        fleet.leases() == jobs,
+        "placed {} of {jobs} jobs",
+        fleet.leases()
+    );
+    println!(
+        "  full placement (job read, score, lease write, mailbox) {:>8.0} jobs/s   ({:.1} us each)",
+        jobs as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 / jobs as f64
     );
     Ok(())
 }

@@ -93,6 +93,35 @@ enum BenchScenario {
         #[arg(long, default_value_t = 256)]
         upload_mib: usize,
     },
+    /// A coordinator and 2 node processes: trivial jobs/s vs directly on one node, and
+    /// the Mandelbrot tiles on 1 and 2 nodes vs the native kernel.
+    Cluster {
+        /// Trivial jobs per throughput scenario.
+        #[arg(long, default_value_t = 2000)]
+        jobs: usize,
+        /// The compiled mandelbrot example.
+        #[arg(
+            long,
+            default_value = "examples/target/wasm32-wasip1/release/mandelbrot.wasm"
+        )]
+        module: PathBuf,
+        /// Image edge in pixels.
+        #[arg(long, default_value_t = 1024)]
+        size: u32,
+        /// Iteration cap per pixel.
+        #[arg(long, default_value_t = 1000)]
+        max_iter: u32,
+    },
+    /// Placement in process: decisions/s with simulated nodes, memory per queued job,
+    /// and the full placement path on a real journal.
+    Placement {
+        /// Simulated nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Queued jobs.
+        #[arg(long, default_value_t = 100_000)]
+        jobs: usize,
+    },
 }
 
 /// Arguments of `wasmesh node`.
@@ -246,6 +275,18 @@ pub fn main() -> ExitCode {
         Command::Bench {
             scenario: BenchScenario::Node { jobs, upload_mib },
         } => crate::bench::node(jobs, upload_mib).map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            scenario:
+                BenchScenario::Cluster {
+                    jobs,
+                    module,
+                    size,
+                    max_iter,
+                },
+        } => crate::bench::cluster(jobs, &module, size, max_iter).map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            scenario: BenchScenario::Placement { nodes, jobs },
+        } => crate::bench::placement(nodes, jobs).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => crate::demo::run(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|error| {

@@ -159,6 +159,7 @@ impl Fleet {
             cancels: Vec::new(),
             wake: Arc::new(Notify::new()),
         };
+        inner.placer.nodes_changed();
         match inner.index.get(&registration.id).copied() {
             Some(i) => {
                 // Keep what was learned about the node (and its drain) across a
@@ -487,6 +488,7 @@ impl Fleet {
         let Some(i) = inner.index.remove(id) else {
             return false;
         };
+        inner.placer.nodes_changed();
         inner.views.swap_remove(i);
         let link = inner.links.swap_remove(i);
         link.wake.notify_waiters();

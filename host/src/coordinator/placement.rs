@@ -272,7 +272,10 @@ pub struct Placer {
     /// A node silent longer than this is not eligible.
     pub lease: Duration,
     cursor: usize,
-    last_for_module: std::collections::HashMap<HashHex, String>,
+    /// The last node (id, index) given each module: the locality candidate when sampling.
+    last_for_module: std::collections::HashMap<HashHex, (String, usize)>,
+    /// The fleet's highest cost, cached until nodes change.
+    max_cost: Option<f64>,
 }
 
 impl Placer {
@@ -284,7 +287,13 @@ impl Placer {
             lease,
             cursor: 0,
             last_for_module: std::collections::HashMap::new(),
+            max_cost: None,
         }
+    }
+
+    /// Forgets cached facts about the fleet (call when a node joins, leaves or changes).
+    pub fn nodes_changed(&mut self) {
+        self.max_cost = None;
     }
 
     /// Whether `node` can take the job at all (phase 1).
@@ -364,13 +373,17 @@ impl Placer {
             Strategy::RoundRobin => self.round_robin(nodes, demand),
             Strategy::LeastLoaded => self.least_loaded(nodes, demand),
         }?;
-        self.last_for_module
-            .insert(demand.module, nodes[decision.index].id.clone());
+        self.last_for_module.insert(
+            demand.module,
+            (nodes[decision.index].id.clone(), decision.index),
+        );
         Some(decision)
     }
 
     fn by_score(&mut self, nodes: &[NodeView], demand: &Demand) -> Option<Decision> {
-        let max_cost = nodes.iter().map(|n| n.cost).fold(0.0, f64::max);
+        let max_cost = *self
+            .max_cost
+            .get_or_insert_with(|| nodes.iter().map(|n| n.cost).fold(0.0, f64::max));
         let mut candidates: Vec<usize> = Vec::with_capacity(4);
         if nodes.len() > SAMPLE_ABOVE {
             let mut rng = rand::rng();
@@ -382,8 +395,9 @@ impl Placer {
                     candidates.push(i);
                 }
             }
-            if let Some(last) = self.last_for_module.get(&demand.module)
-                && let Some(i) = nodes.iter().position(|n| &n.id == last)
+            if let Some((last, i)) = self.last_for_module.get(&demand.module)
+                && let i = *i
+                && nodes.get(i).is_some_and(|n| &n.id == last)
                 && !candidates.contains(&i)
                 && self.eligible(&nodes[i], demand)
             {
@@ -437,24 +451,28 @@ impl Placer {
     fn least_loaded(&mut self, nodes: &[NodeView], demand: &Demand) -> Option<Decision> {
         let load =
             |n: &NodeView| (n.leased + n.local) as f64 / (n.slots + n.prefetch).max(1) as f64;
-        let eligible: Vec<usize> = (0..nodes.len())
-            .filter(|&i| self.eligible(&nodes[i], demand))
-            .collect();
-        let considered = eligible.len();
-        eligible
-            .into_iter()
-            .min_by(|&a, &b| {
-                load(&nodes[a])
-                    .total_cmp(&load(&nodes[b]))
-                    .then(nodes[a].id.cmp(&nodes[b].id))
-            })
-            .map(|index| Decision {
-                index,
-                score: 1.0 - load(&nodes[index]),
-                factors: Self::factors(&nodes[index], demand, 0.0),
-                considered,
-                strategy: Strategy::LeastLoaded,
-            })
+        let mut best: Option<(usize, f64)> = None;
+        let mut considered = 0;
+        for (i, node) in nodes.iter().enumerate() {
+            if !self.eligible(node, demand) {
+                continue;
+            }
+            considered += 1;
+            let l = load(node);
+            let better = best.is_none_or(|(b, bl)| {
+                l.total_cmp(&bl).then(node.id.cmp(&nodes[b].id)) == std::cmp::Ordering::Less
+            });
+            if better {
+                best = Some((i, l));
+            }
+        }
+        best.map(|(index, l)| Decision {
+            index,
+            score: 1.0 - l,
+            factors: Self::factors(&nodes[index], demand, 0.0),
+            considered,
+            strategy: Strategy::LeastLoaded,
+        })
     }
 }
 
