@@ -334,17 +334,21 @@ pub fn cluster(
     module: &std::path::Path,
     size: u32,
     max_iter: u32,
+    prefetch: u64,
 ) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("wasmesh bench cluster: real processes on loopback, {cores} cores");
 
-    let mut cluster = crate::local::LocalCluster::start(&[])?;
+    let prefetch_arg = prefetch.to_string();
+    let mut cluster = crate::local::LocalCluster::start(&["--prefetch", &prefetch_arg])?;
     cluster.add_node("node-1", cores)?;
     let direct = Client::new(&cluster.nodes[0].url, None);
     let on_node = trivial_throughput(&direct, jobs, "direct")?;
     cluster.add_node("node-2", cores)?;
     let via = trivial_throughput(&cluster.client(), jobs, "cluster")?;
-    println!("trivial jobs, batches of 100, {jobs} jobs, {cores} slots per node:");
+    println!(
+        "trivial jobs, batches of 100, {jobs} jobs, {cores} slots per node, prefetch {prefetch}:"
+    );
     println!("  directly on one node (baseline)       {on_node:>8.0} jobs/s");
     println!(
         "  coordinator + 2 nodes                 {via:>8.0} jobs/s   ({:.2}x the single node)",

@@ -111,6 +111,9 @@ enum BenchScenario {
         /// Iteration cap per pixel.
         #[arg(long, default_value_t = 1000)]
         max_iter: u32,
+        /// The coordinator's `--prefetch` for the trivial-jobs scenario.
+        #[arg(long, default_value_t = 0)]
+        prefetch: u64,
     },
     /// Placement in process: decisions/s with simulated nodes, memory per queued job,
     /// and the full placement path on a real journal.
@@ -282,8 +285,10 @@ pub fn main() -> ExitCode {
                     module,
                     size,
                     max_iter,
+                    prefetch,
                 },
-        } => crate::bench::cluster(jobs, &module, size, max_iter).map(|()| ExitCode::SUCCESS),
+        } => crate::bench::cluster(jobs, &module, size, max_iter, prefetch)
+            .map(|()| ExitCode::SUCCESS),
         Command::Bench {
             scenario: BenchScenario::Placement { nodes, jobs },
         } => crate::bench::placement(nodes, jobs).map(|()| ExitCode::SUCCESS),

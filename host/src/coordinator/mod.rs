@@ -490,7 +490,10 @@ struct Placed {
 pub fn place_batch(node: &Node, fleet: &Fleet) {
     let mut deferred = Vec::new();
     let mut batch = Vec::new();
-    while fleet.has_capacity() {
+    if !fleet.has_capacity() {
+        return;
+    }
+    loop {
         let Some((lsn, cancel)) = node.pop_runnable() else {
             break;
         };
@@ -516,7 +519,14 @@ pub fn place_batch(node: &Node, fleet: &Fleet) {
                 worker,
                 action,
             }),
-            None => deferred.push(lsn),
+            None => {
+                deferred.push(lsn);
+                // Only when a job finds no node: is there room anywhere at all? (A
+                // scan of the fleet, so not once per job.)
+                if !fleet.has_capacity() {
+                    break;
+                }
+            }
         }
         if batch.len() >= LEASE_BATCH {
             lease(node, fleet, std::mem::take(&mut batch));

@@ -189,7 +189,12 @@ impl NodeView {
 
     /// Whether the node has missed its lease.
     pub fn unhealthy(&self, lease: Duration) -> bool {
-        self.last_heartbeat.elapsed() > lease
+        self.unhealthy_at(lease, Instant::now())
+    }
+
+    /// Whether the node has missed its lease as of `now`.
+    pub fn unhealthy_at(&self, lease: Duration, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_heartbeat) > lease
     }
 
     /// Folds one attempt's ending into the failure rate.
@@ -296,9 +301,9 @@ impl Placer {
         self.max_cost = None;
     }
 
-    /// Whether `node` can take the job at all (phase 1).
-    pub fn eligible(&self, node: &NodeView, demand: &Demand) -> bool {
-        if node.draining || node.free() == 0 || node.unhealthy(self.lease) {
+    /// Whether `node` can take the job at all as of `now` (phase 1).
+    pub fn eligible(&self, node: &NodeView, demand: &Demand, now: Instant) -> bool {
+        if node.draining || node.free() == 0 || node.unhealthy_at(self.lease, now) {
             return false;
         }
         if !demand
@@ -381,6 +386,7 @@ impl Placer {
     }
 
     fn by_score(&mut self, nodes: &[NodeView], demand: &Demand) -> Option<Decision> {
+        let now = Instant::now();
         let max_cost = *self
             .max_cost
             .get_or_insert_with(|| nodes.iter().map(|n| n.cost).fold(0.0, f64::max));
@@ -391,7 +397,7 @@ impl Placer {
             while candidates.len() < 2 && tries < 32 {
                 tries += 1;
                 let i = rng.random_range(0..nodes.len());
-                if !candidates.contains(&i) && self.eligible(&nodes[i], demand) {
+                if !candidates.contains(&i) && self.eligible(&nodes[i], demand, now) {
                     candidates.push(i);
                 }
             }
@@ -399,14 +405,14 @@ impl Placer {
                 && let i = *i
                 && nodes.get(i).is_some_and(|n| &n.id == last)
                 && !candidates.contains(&i)
-                && self.eligible(&nodes[i], demand)
+                && self.eligible(&nodes[i], demand, now)
             {
                 candidates.push(i);
             }
         }
         if candidates.is_empty() {
             candidates = (0..nodes.len())
-                .filter(|&i| self.eligible(&nodes[i], demand))
+                .filter(|&i| self.eligible(&nodes[i], demand, now))
                 .collect();
         }
         let considered = candidates.len();
@@ -431,10 +437,11 @@ impl Placer {
     }
 
     fn round_robin(&mut self, nodes: &[NodeView], demand: &Demand) -> Option<Decision> {
+        let now = Instant::now();
         let n = nodes.len();
         for step in 0..n {
             let i = (self.cursor + step) % n;
-            if self.eligible(&nodes[i], demand) {
+            if self.eligible(&nodes[i], demand, now) {
                 self.cursor = (i + 1) % n;
                 return Some(Decision {
                     index: i,
@@ -449,12 +456,13 @@ impl Placer {
     }
 
     fn least_loaded(&mut self, nodes: &[NodeView], demand: &Demand) -> Option<Decision> {
+        let now = Instant::now();
         let load =
             |n: &NodeView| (n.leased + n.local) as f64 / (n.slots + n.prefetch).max(1) as f64;
         let mut best: Option<(usize, f64)> = None;
         let mut considered = 0;
         for (i, node) in nodes.iter().enumerate() {
-            if !self.eligible(node, demand) {
+            if !self.eligible(node, demand, now) {
                 continue;
             }
             considered += 1;
