@@ -168,7 +168,19 @@ fn jobs_of_a_killed_node_are_requeued_and_each_succeeds_exactly_once() {
             .unwrap_or(0);
         (done >= 20.0 && leased > 0).then_some(())
     });
+    let killed = std::time::Instant::now();
     victim.kill();
+    // Its leases expire within the lease (1.5 s) plus a heartbeat interval (0.1 s) and
+    // an expiry tick (0.15 s); the bound leaves room for a loaded machine, and still
+    // fails if expiry waited for anything else (a timeout, a restart).
+    eventually(WAIT, || {
+        (metric(&coordinator, "wasmesh_leases_total{event=\"expired\"}") >= 1.0).then_some(())
+    });
+    let requeued_after = killed.elapsed();
+    assert!(
+        requeued_after < Duration::from_millis(1500 + 100 + 150 + 2500),
+        "requeued {requeued_after:?} after the kill"
+    );
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
     let mut retried = 0;
     for (i, lsn) in lsns.iter().enumerate() {
@@ -192,7 +204,6 @@ fn jobs_of_a_killed_node_are_requeued_and_each_succeeds_exactly_once() {
         .unwrap();
     let completed: Vec<u64> = serde_json::from_value(completed["completed"].clone()).unwrap();
     assert_eq!(completed, lsns);
-    assert!(metric(&coordinator, "wasmesh_leases_total{event=\"expired\"}") >= 1.0);
     assert_eq!(
         node_state(&coordinator, "victim").as_deref(),
         Some("unhealthy")
