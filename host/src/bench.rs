@@ -69,6 +69,17 @@ fn start_node(slots: usize) -> anyhow::Result<Running> {
     })
 }
 
+/// Registers the trivial module as a worker (the needs dance); returns its id.
+fn upload_trivial(client: &Client) -> anyhow::Result<HashHex> {
+    let module = HashHex::of(TRIVIAL_WASM);
+    Ok(client
+        .upload_worker(
+            &json!({"name": "trivial", "module": module}),
+            &[(module, TRIVIAL_WASM)],
+        )?
+        .worker)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -110,13 +121,7 @@ pub fn node(jobs: usize, upload_mib: usize) -> anyhow::Result<()> {
         micros(percentile(&health, 0.99))
     );
 
-    let module = HashHex::of(TRIVIAL_WASM);
-    let worker = client
-        .upload_worker(
-            &json!({"name": "trivial", "module": module}),
-            &[(module, TRIVIAL_WASM)],
-        )?
-        .worker;
+    let worker = upload_trivial(&client)?;
     let action = |n: usize| json!({"worker": worker, "args": [n.to_string()]});
 
     let mut latencies = Vec::with_capacity(500);
@@ -150,16 +155,8 @@ pub fn node(jobs: usize, upload_mib: usize) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut lsns = Vec::with_capacity(jobs);
     for chunk in (0..jobs).collect::<Vec<_>>().chunks(100) {
-        let batch =
-            json!({"actions": chunk.iter().map(|n| action(base + n)).collect::<Vec<Value>>()});
-        let answer = client.call(reqwest::Method::POST, "/compute/jobs", Some(&batch))?;
-        lsns.extend(
-            answer["jobs"]
-                .as_array()
-                .context("jobs")?
-                .iter()
-                .filter_map(|j| j["lsn"].as_u64()),
-        );
+        let actions: Vec<Value> = chunk.iter().map(|n| action(base + n)).collect();
+        lsns.extend(client.submit_batch(&actions, None)?);
     }
     for lsn in &lsns {
         wait_ok(&client, *lsn)?;
@@ -255,13 +252,7 @@ const GRID: u32 = 4;
 /// Submits `jobs` trivial actions in batches of 100 and waits for every result;
 /// returns jobs per second. `salt` keeps the actions distinct from earlier runs.
 fn trivial_throughput(client: &Client, jobs: usize, salt: &str) -> anyhow::Result<f64> {
-    let module = HashHex::of(TRIVIAL_WASM);
-    let worker = client
-        .upload_worker(
-            &json!({"name": "trivial", "module": module}),
-            &[(module, TRIVIAL_WASM)],
-        )?
-        .worker;
+    let worker = upload_trivial(client)?;
     // Warm: the module reaches (and compiles on) every node before the clock starts.
     for n in 0..8 {
         let lsn = client.submit(
@@ -278,18 +269,7 @@ fn trivial_throughput(client: &Client, jobs: usize, salt: &str) -> anyhow::Resul
             .iter()
             .map(|n| json!({"worker": worker, "args": [format!("{salt}-{n}")]}))
             .collect();
-        let answer = client.call(
-            reqwest::Method::POST,
-            "/compute/jobs",
-            Some(&json!({ "actions": actions })),
-        )?;
-        lsns.extend(
-            answer["jobs"]
-                .as_array()
-                .context("jobs")?
-                .iter()
-                .filter_map(|j| j["lsn"].as_u64()),
-        );
+        lsns.extend(client.submit_batch(&actions, None)?);
     }
     for lsn in &lsns {
         wait_ok(client, *lsn)?;
@@ -316,13 +296,8 @@ fn mandelbrot_round(
         })
         .collect::<anyhow::Result<_>>()?;
     let start = Instant::now();
-    let answer = client.call(
-        reqwest::Method::POST,
-        "/compute/jobs",
-        Some(&json!({ "actions": actions })),
-    )?;
-    for job in answer["jobs"].as_array().context("jobs")? {
-        wait_ok(client, job["lsn"].as_u64().context("lsn")?)?;
+    for lsn in client.submit_batch(&actions, None)? {
+        wait_ok(client, lsn)?;
     }
     Ok(start.elapsed())
 }

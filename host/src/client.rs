@@ -243,6 +243,41 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol(format!("no lsn in {body}")))
     }
 
+    /// Submits a batch of actions in one request (into `queue` when given; all or
+    /// none are accepted); returns their LSNs in order.
+    pub fn submit_batch(
+        &self,
+        actions: &[Value],
+        queue: Option<&str>,
+    ) -> Result<Vec<u64>, ClientError> {
+        let path = match queue {
+            Some(q) => format!("/compute/queues/{q}/jobs"),
+            None => "/compute/jobs".into(),
+        };
+        let batch = json!({ "actions": actions });
+        let (status, body) = self.json(reqwest::Method::POST, &path, Some(&batch))?;
+        if status == StatusCode::ACCEPTED {
+            return Err(ClientError::Protocol(format!(
+                "the server still needs chunks: {}",
+                body["needs"]
+            )));
+        }
+        body["jobs"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().map(|j| j["lsn"].as_u64()).collect())
+            .ok_or_else(|| ClientError::Protocol(format!("no lsns in {body}")))
+    }
+
+    /// Cancels a job: a queued one never runs, a running one is stopped.
+    pub fn cancel(&self, lsn: u64) -> Result<(), ClientError> {
+        self.json(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{lsn}/cancel"),
+            None,
+        )
+        .map(|_| ())
+    }
+
     /// The job's result, or `None` while it is pending.
     pub fn result(&self, lsn: u64) -> Result<Option<JobResult>, ClientError> {
         self.result_within(lsn, Duration::ZERO)

@@ -153,13 +153,7 @@ fn render(
     let warm: Vec<serde_json::Value> = (0..(nodes * args.slots_per_node) as u32)
         .map(|i| tile_action(i % (GRID * GRID), 4, 4 * GRID))
         .collect::<anyhow::Result<_>>()?;
-    let warm = client.call(
-        reqwest::Method::POST,
-        &format!("/compute/queues/{q}/jobs"),
-        Some(&json!({"actions": warm})),
-    )?;
-    for job in warm["jobs"].as_array().into_iter().flatten() {
-        let lsn = job["lsn"].as_u64().context("no lsn")?;
+    for lsn in client.submit_batch(&warm, Some(&q))? {
         client.wait(lsn, Duration::from_secs(300))?;
     }
 
@@ -167,21 +161,7 @@ fn render(
         .map(|i| tile_action(i, tile_size, args.size))
         .collect::<anyhow::Result<_>>()?;
     let started = Instant::now();
-    let submitted = client.call(
-        reqwest::Method::POST,
-        &format!("/compute/queues/{q}/jobs"),
-        Some(&json!({"actions": actions})),
-    )?;
-    let lsns: Vec<u64> = submitted["jobs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|j| j["lsn"].as_u64())
-        .collect();
-    ensure!(
-        lsns.len() == (GRID * GRID) as usize,
-        "the batch was not accepted: {submitted}"
-    );
+    let lsns = client.submit_batch(&actions, Some(&q))?;
     let mut results = Vec::with_capacity(lsns.len());
     for lsn in &lsns {
         results.push(client.wait(*lsn, Duration::from_secs(600))?);

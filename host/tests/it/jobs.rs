@@ -303,26 +303,14 @@ fn cancel_priority_reschedule_and_retire() {
             Some(&json!({"priority": 10})),
         )
         .unwrap();
-    client
-        .call(
-            reqwest::Method::POST,
-            &format!("/compute/jobs/{never}/cancel"),
-            None,
-        )
-        .unwrap();
+    client.cancel(never).unwrap();
     let cancelled = client.wait(never, WAIT).unwrap();
     assert_eq!(
         (cancelled.state.as_str(), cancelled.attempts),
         ("cancelled", 0)
     );
 
-    client
-        .call(
-            reqwest::Method::POST,
-            &format!("/compute/jobs/{blocker}/cancel"),
-            None,
-        )
-        .unwrap();
+    client.cancel(blocker).unwrap();
     let stopped = client.wait(blocker, Duration::from_secs(10)).unwrap();
     assert_eq!(
         (stopped.state.as_str(), stopped.outcome.as_str()),
@@ -342,13 +330,7 @@ fn cancel_priority_reschedule_and_retire() {
         )
         .unwrap_err();
     assert_eq!(api_code(err), (409, "not_queued".into()));
-    client
-        .call(
-            reqwest::Method::POST,
-            &format!("/compute/jobs/{low}/cancel"),
-            None,
-        )
-        .unwrap();
+    client.cancel(low).unwrap();
     assert_eq!(
         client.wait(low, Duration::from_secs(10)).unwrap().state,
         "cancelled"
@@ -457,13 +439,7 @@ fn a_killed_node_loses_no_accepted_job() {
             format!("{i}\n").as_bytes()
         );
     }
-    client
-        .call(
-            reqwest::Method::POST,
-            &format!("/compute/jobs/{running}/cancel"),
-            None,
-        )
-        .unwrap();
+    client.cancel(running).unwrap();
     let interrupted = client.wait(running, WAIT).unwrap();
     assert_eq!(
         interrupted.attempts, 2,
@@ -617,11 +593,5 @@ fn a_long_poll_returns_as_soon_as_the_job_finishes() {
         StatusCode::ACCEPTED,
         "still pending when the long-poll ends"
     );
-    client
-        .call(
-            reqwest::Method::POST,
-            &format!("/compute/jobs/{slow}/cancel"),
-            None,
-        )
-        .unwrap();
+    client.cancel(slow).unwrap();
 }

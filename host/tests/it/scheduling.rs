@@ -29,19 +29,7 @@ fn node(coordinator: &Server, id: &str, extra: &[&str]) -> Server {
 
 /// Submits a batch of actions; returns their LSNs in order.
 fn submit_batch(client: &Client, actions: Vec<Value>) -> Vec<u64> {
-    let body = client
-        .call(
-            reqwest::Method::POST,
-            "/compute/jobs",
-            Some(&json!({ "actions": actions })),
-        )
-        .unwrap();
-    body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["lsn"].as_u64().unwrap())
-        .collect()
+    client.submit_batch(&actions, None).unwrap()
 }
 
 fn args_action(worker: HashHex, args: &[&str]) -> Value {
@@ -358,13 +346,7 @@ fn placement_honours_labels_capacity_drain_and_locality() {
         .unwrap();
     assert_eq!(client.wait(other, WAIT).unwrap().node, "plain");
     assert_eq!(state_of(&client, waiting), "queued");
-    client
-        .call(
-            reqwest::Method::POST,
-            &format!("/compute/jobs/{blocker}/cancel"),
-            None,
-        )
-        .unwrap();
+    client.cancel(blocker).unwrap();
     let waited = client.wait(waiting, WAIT).unwrap();
     assert_eq!(
         (waited.state.as_str(), waited.node.as_str()),
@@ -415,13 +397,7 @@ fn cancel_reaches_running_jobs_on_nodes() {
         )
         .unwrap();
     eventually(WAIT, || (state_of(&client, lsn) == "running").then_some(()));
-    client
-        .call(
-            reqwest::Method::POST,
-            &format!("/compute/jobs/{lsn}/cancel"),
-            None,
-        )
-        .unwrap();
+    client.cancel(lsn).unwrap();
     let result = client.wait(lsn, Duration::from_secs(20)).unwrap();
     assert_eq!(
         (result.state.as_str(), result.outcome.as_str()),
