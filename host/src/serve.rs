@@ -159,6 +159,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         let agent_tasks = agent
             .as_ref()
             .map(|agent| agent.spawn(stop_polling.clone(), stop_reporting.clone()));
+        let agent_handle = agent.clone();
         let membership = coordinator.map(|coordinator| {
             crate::node::membership::Membership {
                 coordinator,
@@ -175,8 +176,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
         crate::api::serve(listener, crate::api::app(state), shutdown_signal()).await?;
         tracing::info!("shutting down: waiting for running jobs");
-        // No new leases; running ones finish (heartbeats keep renewing them), then
-        // their results are reported before the node leaves.
+        // No new leases (those not yet received go back to the coordinator's queue);
+        // running ones finish (heartbeats keep renewing them), their results are
+        // reported, then the node leaves the fleet.
+        if let Some(agent) = &agent_handle {
+            agent.leave(false).await;
+        }
         stop_polling.cancel();
         node.stop(Duration::from_secs(10)).await;
         stop_reporting.cancel();
@@ -184,9 +189,13 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             let _ = poll.await;
             let _ = report.await;
         }
+        // Heartbeats stop first, or the next one would register the node again.
         membership_stop.cancel();
         if let Some(thread) = membership {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(agent) = &agent_handle {
+            agent.leave(true).await;
         }
         println!("wasmesh node stopped");
         Ok(())

@@ -69,6 +69,8 @@ struct Link {
     mailbox: Vec<Assignment>,
     cancels: Vec<Token>,
     wake: Arc<Notify>,
+    /// The node is shutting down: work polls answer at once.
+    leaving: bool,
 }
 
 #[derive(Debug)]
@@ -158,6 +160,7 @@ impl Fleet {
             mailbox: Vec::new(),
             cancels: Vec::new(),
             wake: Arc::new(Notify::new()),
+            leaving: false,
         };
         inner.placer.nodes_changed();
         match inner.index.get(&registration.id).copied() {
@@ -319,14 +322,37 @@ impl Fleet {
         );
     }
 
+    /// A node shutting down: it gets no new work (it is draining), the leases it has
+    /// not received are withdrawn and returned (for the caller to requeue), and its work
+    /// polls answer at once from now on.
+    pub fn leave(&self, id: &str) -> Option<Vec<Token>> {
+        let mut inner = self.inner();
+        let i = *inner.index.get(id)?;
+        inner.views[i].draining = true;
+        inner.links[i].leaving = true;
+        let withdrawn: Vec<Token> = std::mem::take(&mut inner.links[i].mailbox)
+            .into_iter()
+            .map(|a| a.lease)
+            .collect();
+        for token in &withdrawn {
+            inner.leases.remove(&token.lsn);
+        }
+        let view = &mut inner.views[i];
+        view.leased = view.leased.saturating_sub(withdrawn.len() as u64);
+        inner.links[i].wake.notify_one();
+        Some(withdrawn)
+    }
+
     /// What is waiting for the node: assignments (now delivered) and cancellations.
-    /// `None` for an unknown node; the `Notify` is what to wait on when both are empty.
-    pub fn take(&self, id: &str) -> Option<(Vec<Assignment>, Vec<Token>, Arc<Notify>)> {
+    /// `None` for an unknown node; the `Notify` is what to wait on when both are empty
+    /// (`None` instead when the node is leaving: answer at once).
+    #[allow(clippy::type_complexity)]
+    pub fn take(&self, id: &str) -> Option<(Vec<Assignment>, Vec<Token>, Option<Arc<Notify>>)> {
         let mut inner = self.inner();
         let i = *inner.index.get(id)?;
         let assignments = std::mem::take(&mut inner.links[i].mailbox);
         let cancels = std::mem::take(&mut inner.links[i].cancels);
-        let wake = inner.links[i].wake.clone();
+        let wake = (!inner.links[i].leaving).then(|| inner.links[i].wake.clone());
         let renewed = Instant::now() + self.config.lease;
         inner.views[i].last_heartbeat = Instant::now();
         for assignment in &assignments {

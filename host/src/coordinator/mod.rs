@@ -129,9 +129,9 @@ async fn work(
         let (leases, cancel, wake) = state.fleet.take(&id).ok_or_else(|| {
             ApiError::NotFound(format!("node {id} is not registered; register again"))
         })?;
-        if !leases.is_empty() || !cancel.is_empty() {
+        let Some(wake) = wake.filter(|_| leases.is_empty() && cancel.is_empty()) else {
             return Ok(Json(WorkAnswer { leases, cancel }).into_response());
-        }
+        };
         // `notify_one` keeps a permit when nobody waits, so an assignment made since
         // `take` wakes this at once.
         let notified = wake.notified();
@@ -145,6 +145,46 @@ async fn work(
             }
         }
     }
+}
+
+/// `POST /api/v1/cluster/nodes/{id}/leave`: a node shutting down. `{"final": false}`
+/// first: no new work, leases it has not received go back to the queue (their attempt
+/// uncounted); `{"final": true}` once its last results are in: it is deregistered.
+async fn leave(
+    State(state): State<CoordinatorState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    let leaving: Leave = body(request, 1 << 20, true).await?;
+    if leaving.r#final {
+        state.fleet.deregister(&id);
+        tracing::info!(node = %id, "node left");
+        return Ok(Json(json!({"id": id, "left": true})).into_response());
+    }
+    let withdrawn = state
+        .fleet
+        .leave(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("node {id} is not registered")))?;
+    let count = withdrawn.len();
+    let node = state.node.clone();
+    tokio::task::spawn_blocking(move || {
+        for token in withdrawn {
+            if let Err(e) = node.withdraw(token) {
+                tracing::error!(lsn = token.lsn, error = %e, "requeueing a withdrawn lease");
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("withdrawing leases: {e}")))?;
+    tracing::info!(node = %id, withdrawn = count, "node leaving");
+    Ok(Json(json!({"id": id, "withdrawn": count})).into_response())
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Leave {
+    #[serde(default)]
+    r#final: bool,
 }
 
 /// `POST /api/v1/cluster/nodes/{id}/results`: finished attempts, accepted only for
@@ -435,6 +475,7 @@ pub fn routes(state: CoordinatorState) -> Router {
         .route("/api/v1/cluster/nodes/{id}/heartbeat", post(heartbeat))
         .route("/api/v1/cluster/nodes/{id}/work", post(work))
         .route("/api/v1/cluster/nodes/{id}/results", post(results))
+        .route("/api/v1/cluster/nodes/{id}/leave", post(leave))
         .route("/api/v1/cluster/blobs/{hash}", get(get_blob).put(put_blob))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -136,10 +136,9 @@ impl Agent {
                     wait_ms: POLL_WAIT.as_millis() as u64,
                 })
                 .send();
-            let response = tokio::select! {
-                response = send => response,
-                () = stop.cancelled() => return,
-            };
+            // Not cut short by `stop`: the answer may carry leases. At shutdown the
+            // node says it is leaving first, which makes this poll answer at once.
+            let response = send.await;
             match response {
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
                     // Not registered (yet): the membership loop is on it.
@@ -168,6 +167,27 @@ impl Agent {
                     pause(backoff, &stop).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+            }
+        }
+    }
+
+    /// Tells the coordinator this node is leaving: first (`last == false`) so that it
+    /// gets no new work and the leases it has not received go back to the queue; last,
+    /// once its results are reported, to be deregistered. Best effort: when the
+    /// coordinator is unreachable, leases expire instead.
+    pub async fn leave(&self, last: bool) {
+        let path = format!("/api/v1/cluster/nodes/{}/leave", self.node.config.id);
+        let sent = self
+            .request(reqwest::Method::POST, &path)
+            .timeout(Duration::from_secs(5))
+            .json(&serde_json::json!({ "final": last }))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => tracing::warn!(status = %r.status(), "the coordinator refused the leave"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not tell the coordinator this node is leaving")
             }
         }
     }

@@ -467,6 +467,19 @@ impl Db {
         Ok(changed == 1)
     }
 
+    /// Takes back a lease its node never received: the job is queued again and the
+    /// attempt uncounted (it never ran). False when the attempt is no longer current.
+    pub fn unlease_job(&self, lsn: u64, attempt: u32) -> rusqlite::Result<bool> {
+        let changed = self
+            .conn()
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_node = NULL \
+                 WHERE lsn = ?1 AND state = 'running' AND attempts = ?2",
+            )?
+            .execute(params![lsn as i64, attempt])?;
+        Ok(changed == 1)
+    }
+
     /// Requeues a job only if it is still running the given attempt; false otherwise.
     pub fn requeue_job_fenced(&self, lsn: u64, attempt: u32) -> rusqlite::Result<bool> {
         let changed = self

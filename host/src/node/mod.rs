@@ -343,6 +343,15 @@ impl Node {
         }
     }
 
+    /// Queues again a job whose lease was withdrawn before its node received it.
+    pub(crate) fn withdraw(&self, token: Token) -> Result<(), NodeError> {
+        if self.db.unlease_job(token.lsn, token.attempt)? {
+            self.scheduler().requeue(token.lsn);
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// A job by LSN, whoever owns it (for the coordinator's internal paths).
     pub(crate) fn job_row(&self, lsn: u64) -> Result<Option<JobRow>, NodeError> {
         self.job_any(lsn)

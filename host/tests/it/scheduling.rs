@@ -439,3 +439,40 @@ fn cancel_reaches_running_jobs_on_nodes() {
     wait_for_state(&coordinator, "a", "ready");
     wait_for_state(&coordinator, "b", "ready");
 }
+
+#[test]
+fn a_node_stopped_with_sigterm_finishes_its_work_and_leaves() {
+    let coordinator = Server::coordinator(CLUSTER);
+    let leaving = node(&coordinator, "leaving", &["--slots", "1"]);
+    let client = coordinator.client();
+    let worker = upload_test_guest(&client);
+    // Placed while only `leaving` exists: it runs one and holds none other (prefetch 0).
+    let lsns = submit_batch(
+        &client,
+        (0..4)
+            .map(|i| args_action(worker, &["sleep-then", "400", "args", &format!("s{i}")]))
+            .collect(),
+    );
+    eventually(WAIT, || {
+        (state_of(&client, lsns[0]) == "running").then_some(())
+    });
+    let _stays = node(&coordinator, "stays", &["--slots", "1"]);
+    assert!(leaving.terminate(), "the node exits 0 on SIGTERM");
+    for (i, lsn) in lsns.iter().enumerate() {
+        let result = client.wait(*lsn, WAIT).unwrap();
+        assert_eq!(result.state, "succeeded", "{result:?}");
+        assert_eq!(stdout_of(&client, &result), format!("s{i}\n"));
+        // Nothing was lost: no attempt was counted for work the node gave back.
+        assert_eq!(result.attempts, 1, "{result:?}");
+    }
+    assert!(
+        nodes(&coordinator, None)
+            .iter()
+            .all(|n| n["id"] != "leaving"),
+        "a node that left is deregistered"
+    );
+    assert_eq!(
+        metric(&coordinator, "wasmesh_leases_total{event=\"expired\"}"),
+        0.0
+    );
+}
