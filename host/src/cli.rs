@@ -193,6 +193,10 @@ pub struct CoordinatorArgs {
     /// An API key for clients (repeatable).
     #[arg(long = "api-key", env = "WASMESH_API_KEY", value_delimiter = ',')]
     pub api_keys: Vec<String>,
+    /// A TOML file of tenants and their keys (`name = ["key", ...]`); every tenant sees
+    /// only its own blobs, workers, queues and jobs, across the whole fleet.
+    #[arg(long, env = "WASMESH_TENANTS")]
+    pub tenants: Option<PathBuf>,
     /// The key nodes must present to register and heartbeat.
     #[arg(long, env = "WASMESH_NODE_KEY")]
     pub node_key: Option<String>,

@@ -105,35 +105,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         config.labels.insert(key.into(), value.into());
     }
 
-    let mut tenants: HashMap<String, Vec<String>> = HashMap::new();
     let keys: Vec<String> = args
         .api_keys
         .into_iter()
         .chain(file.api_keys.unwrap_or_default())
         .collect();
-    if !keys.is_empty() {
-        tenants.insert(crate::api::auth::DEFAULT_TENANT.into(), keys);
-    }
-    if let Some(path) = args.tenants.or(file.tenants) {
-        let TenantsFile(entries) = read_toml(&path)?;
-        for (tenant, entry) in entries {
-            let keys = match entry {
-                TenantEntry::Keys(keys) | TenantEntry::Table { keys } => keys,
-            };
-            if keys.iter().any(|k| k.len() < 16) {
-                bail!(
-                    "{}: tenant {tenant:?} has a key shorter than 16 characters",
-                    path.display()
-                );
-            }
-            tenants.entry(tenant).or_default().extend(keys);
-        }
-    }
-    let auth = if tenants.is_empty() {
-        Auth::open()
-    } else {
-        Auth::with_tenants(&tenants)
-    };
+    let auth = tenant_auth(keys, args.tenants.or(file.tenants).as_ref())?;
     let listen = args
         .listen
         .or(file.listen)
@@ -202,6 +179,35 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Client authentication from `--api-key`s (the default tenant) and a `--tenants`
+/// file (tenant -> keys); open when neither is given.
+fn tenant_auth(keys: Vec<String>, tenants_file: Option<&PathBuf>) -> anyhow::Result<Auth> {
+    let mut tenants: HashMap<String, Vec<String>> = HashMap::new();
+    if !keys.is_empty() {
+        tenants.insert(crate::api::auth::DEFAULT_TENANT.into(), keys);
+    }
+    if let Some(path) = tenants_file {
+        let TenantsFile(entries) = read_toml(path)?;
+        for (tenant, entry) in entries {
+            let keys = match entry {
+                TenantEntry::Keys(keys) | TenantEntry::Table { keys } => keys,
+            };
+            if keys.iter().any(|k| k.len() < 16) {
+                bail!(
+                    "{}: tenant {tenant:?} has a key shorter than 16 characters",
+                    path.display()
+                );
+            }
+            tenants.entry(tenant).or_default().extend(keys);
+        }
+    }
+    Ok(if tenants.is_empty() {
+        Auth::open()
+    } else {
+        Auth::with_tenants(&tenants)
+    })
+}
+
 /// A node id that survives restarts: generated once, kept in the data directory.
 fn stable_node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     std::fs::create_dir_all(data_dir)
@@ -267,7 +273,7 @@ pub fn coordinator(args: crate::cli::CoordinatorArgs) -> anyhow::Result<()> {
         config.max_blob_bytes = max;
         config.max_request_bytes = config.max_request_bytes.max(max + (16 << 20));
     }
-    let auth = Arc::new(keys(args.api_keys));
+    let auth = Arc::new(tenant_auth(args.api_keys, args.tenants.as_ref())?);
     let node_auth = Arc::new(keys(args.node_key.into_iter().collect()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

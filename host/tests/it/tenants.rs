@@ -117,3 +117,46 @@ fn tenants_are_isolated_and_keys_are_required() {
         json!([])
     );
 }
+
+#[test]
+fn tenants_sharing_a_fleet_do_not_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(
+        &tenants,
+        "acme = [\"acme-key-0123456789\"]\nglobex = [\"globex-key-0123456789\"]\n",
+    )
+    .unwrap();
+    let coordinator = Server::coordinator(&[
+        "--tenants",
+        tenants.to_str().unwrap(),
+        "--heartbeat-interval",
+        "100ms",
+    ]);
+    let _node = Server::start(&["--coordinator", &coordinator.url, "--node-id", "shared"]);
+    let acme = coordinator.client_with_key("acme-key-0123456789");
+    let globex = coordinator.client_with_key("globex-key-0123456789");
+    let worker = upload_test_guest(&acme);
+    let lsn = acme
+        .submit(
+            &action(&acme, worker, &["echo"], Some(b"acme's secret")),
+            None,
+            None,
+        )
+        .unwrap();
+    let result = acme.wait(lsn, WAIT).unwrap();
+    assert_eq!(result.node, "shared");
+    assert_eq!(acme.blob(&result.output).unwrap(), b"acme's secret");
+    // The other tenant on the same coordinator and node: nothing of acme's exists.
+    assert_eq!(status(globex.result(lsn).unwrap_err()), 404);
+    assert_eq!(status(globex.blob(&result.output).unwrap_err()), 404);
+    assert_eq!(
+        status(
+            globex
+                .submit(&json!({"worker": worker}), None, None)
+                .unwrap_err()
+        ),
+        404,
+        "acme's worker is not globex's"
+    );
+}
