@@ -80,6 +80,8 @@ struct Inner {
     index: HashMap<String, usize>,
     leases: HashMap<u64, Lease>,
     placer: Placer,
+    /// Actions to run on a given node when it can take them (event handlers).
+    pins: HashMap<crate::model::HashHex, String>,
 }
 
 impl Inner {
@@ -132,6 +134,7 @@ impl Fleet {
                 index: HashMap::new(),
                 leases: HashMap::new(),
                 placer,
+                pins: HashMap::new(),
             }),
             capacity: Notify::new(),
         }
@@ -250,12 +253,42 @@ impl Fleet {
             .any(|v| !v.draining && v.free() > 0 && !v.unhealthy(lease))
     }
 
-    /// Chooses a node for `demand` and takes one of its slots.
-    pub fn reserve(&self, demand: &Demand) -> Option<Reservation> {
+    /// Asks that the job of `action` run on `node` (when that node can take it; else
+    /// placement chooses as usual).
+    pub fn pin(&self, action: crate::model::HashHex, node: &str) {
+        self.inner().pins.insert(action, node.to_string());
+    }
+
+    /// Chooses a node for the job without taking a slot (where an event handler
+    /// would run): `preferred` when it is eligible, else placement's choice.
+    pub fn pick(&self, demand: &Demand, preferred: Option<&str>) -> Option<String> {
         let mut inner = self.inner();
         let Inner { views, placer, .. } = &mut *inner;
-        let decision = placer.choose(views, demand)?;
-        let view = &mut views[decision.index];
+        let decision = preferred
+            .and_then(|p| placer.choose_pinned(views, demand, p))
+            .or_else(|| placer.choose(views, demand))?;
+        Some(views[decision.index].id.clone())
+    }
+
+    /// Whether the node is registered, healthy and not draining.
+    pub fn available(&self, id: &str) -> bool {
+        let inner = self.inner();
+        inner.index.get(id).is_some_and(|&i| {
+            let view = &inner.views[i];
+            !view.draining && !view.unhealthy(self.config.lease)
+        })
+    }
+
+    /// Chooses a node for the job of `action` and takes one of its slots.
+    pub fn reserve(&self, action: &crate::model::HashHex, demand: &Demand) -> Option<Reservation> {
+        let mut inner = self.inner();
+        let pin = inner.pins.get(action).cloned();
+        let Inner { views, placer, .. } = &mut *inner;
+        let decision = pin
+            .and_then(|p| placer.choose_pinned(views, demand, &p))
+            .or_else(|| placer.choose(views, demand))?;
+        inner.pins.remove(action);
+        let view = &mut inner.views[decision.index];
         view.leased += 1;
         view.modules.insert(demand.module);
         for blob in &demand.inputs {

@@ -12,6 +12,7 @@
 //! jobs' leases are restored from it and renewed by their nodes' heartbeats.
 
 pub mod fleet;
+pub mod groups;
 pub mod placement;
 pub mod protocol;
 
@@ -63,6 +64,8 @@ pub struct CoordinatorState {
     pub auth: Arc<Auth>,
     /// Node keys (the node-facing routes).
     pub node_auth: Arc<Auth>,
+    /// Event-handler groups' logs.
+    pub groups: Arc<groups::Groups>,
 }
 
 async fn body<T: DeserializeOwned + Default>(
@@ -425,7 +428,7 @@ async fn topology(State(state): State<CoordinatorState>) -> Json<Value> {
             "leases": state.fleet.leases(),
         },
         "nodes": state.fleet.list(),
-        "groups": [],
+        "groups": groups::topology(&state.node),
     }))
 }
 
@@ -493,9 +496,18 @@ pub fn routes(state: CoordinatorState) -> Router {
             state.clone(),
             require_client_key,
         ));
+    let app_state = crate::api::AppState {
+        node: state.node.clone(),
+        auth: state.auth.clone(),
+    };
+    let group_routes = groups::routes().route_layer(axum::middleware::from_fn_with_state(
+        app_state,
+        crate::api::auth::require_tenant,
+    ));
     Router::new()
         .merge(node_routes)
         .merge(client_routes)
+        .merge(group_routes)
         .with_state(state)
 }
 
@@ -552,7 +564,7 @@ pub fn place_batch(node: &Node, fleet: &Fleet) {
             module: worker.module,
             inputs: action.chunks(),
         };
-        match fleet.reserve(&demand) {
+        match fleet.reserve(&job.action, &demand) {
             Some(reservation) => batch.push(Placed {
                 job,
                 cancel,

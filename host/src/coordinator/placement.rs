@@ -39,6 +39,9 @@ pub enum Strategy {
     RoundRobin,
     /// The eligible node with the smallest share of busy slots.
     LeastLoaded,
+    /// A job pinned to a node (an event handler runs where it was placed).
+    #[value(skip)]
+    Pinned,
 }
 
 impl Strategy {
@@ -48,6 +51,7 @@ impl Strategy {
             Strategy::Score => "score",
             Strategy::RoundRobin => "round-robin",
             Strategy::LeastLoaded => "least-loaded",
+            Strategy::Pinned => "pinned",
         }
     }
 }
@@ -360,6 +364,28 @@ impl Placer {
         }
     }
 
+    /// The pinned node when it can take the job (an event handler's placement).
+    pub fn choose_pinned(
+        &mut self,
+        nodes: &[NodeView],
+        demand: &Demand,
+        pin: &str,
+    ) -> Option<Decision> {
+        let now = Instant::now();
+        let index = nodes
+            .iter()
+            .position(|n| n.id == pin && self.eligible(n, demand, now))?;
+        let max_cost = nodes.iter().map(|n| n.cost).fold(0.0, f64::max);
+        let factors = Self::factors(&nodes[index], demand, max_cost);
+        Some(Decision {
+            index,
+            score: self.score(&factors),
+            factors,
+            considered: 1,
+            strategy: Strategy::Pinned,
+        })
+    }
+
     /// The weighted, normalised score of some factors.
     pub fn score(&self, f: &Factors) -> f64 {
         let w = &self.weights;
@@ -374,7 +400,7 @@ impl Placer {
     /// Picks a node for `demand` among `nodes`, or `None` when none is eligible.
     pub fn choose(&mut self, nodes: &[NodeView], demand: &Demand) -> Option<Decision> {
         let decision = match self.strategy {
-            Strategy::Score => self.by_score(nodes, demand),
+            Strategy::Score | Strategy::Pinned => self.by_score(nodes, demand),
             Strategy::RoundRobin => self.round_robin(nodes, demand),
             Strategy::LeastLoaded => self.least_loaded(nodes, demand),
         }?;

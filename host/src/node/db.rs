@@ -66,6 +66,13 @@ CREATE TABLE IF NOT EXISTS job_deps (
     after INTEGER NOT NULL,
     PRIMARY KEY (lsn, after)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    placements TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 "#;
 
 /// A job as stored.
@@ -586,6 +593,52 @@ impl Db {
                 queue_row,
             )
             .optional()
+    }
+
+    /// Stores (or replaces) an event-handler group: its spec and placements as JSON.
+    pub fn put_group(
+        &self,
+        tenant: &str,
+        id: &str,
+        spec: &str,
+        placements: &str,
+    ) -> rusqlite::Result<()> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO groups (id, tenant, spec, placements, created_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (id) DO UPDATE SET placements = excluded.placements",
+            )?
+            .execute(params![id, tenant, spec, placements, now_ms()])?;
+        Ok(())
+    }
+
+    /// A group's (spec, placements), when the tenant has it.
+    pub fn group(&self, tenant: &str, id: &str) -> rusqlite::Result<Option<(String, String)>> {
+        self.conn()
+            .prepare_cached("SELECT spec, placements FROM groups WHERE id = ?1 AND tenant = ?2")?
+            .query_row(params![id, tenant], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()
+    }
+
+    /// Every group: (id, tenant, spec, placements).
+    pub fn groups(&self) -> rusqlite::Result<Vec<(String, String, String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, tenant, spec, placements FROM groups ORDER BY created_ms",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?;
+        rows.collect()
+    }
+
+    /// Deletes a group; false when the tenant has no such group.
+    pub fn delete_group(&self, tenant: &str, id: &str) -> rusqlite::Result<bool> {
+        let changed = self
+            .conn()
+            .prepare_cached("DELETE FROM groups WHERE id = ?1 AND tenant = ?2")?
+            .execute(params![id, tenant])?;
+        Ok(changed == 1)
     }
 
     /// Every remote queue's (id, token), for constant-time token lookups.

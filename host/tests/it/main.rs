@@ -4,6 +4,7 @@ mod cas;
 mod cluster;
 mod demo;
 mod exec;
+mod groups;
 mod jobs;
 mod queues;
 mod scheduling;
