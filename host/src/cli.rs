@@ -173,6 +173,9 @@ pub struct NodeArgs {
     /// Idle queues expire after this long, e.g. `15m`.
     #[arg(long, env = "WASMESH_QUEUE_IDLE", value_parser = humantime::parse_duration)]
     pub queue_idle: Option<Duration>,
+    /// How long `Idempotency-Key`s and their stored responses are kept (default 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idempotency_retention: Option<Duration>,
     /// Join this coordinator: register, heartbeat, re-register after a 404.
     #[arg(long, env = "WASMESH_COORDINATOR")]
     pub coordinator: Option<String>,
@@ -226,6 +229,9 @@ pub struct CoordinatorArgs {
     /// Largest blob accepted by the store.
     #[arg(long)]
     pub max_blob_bytes: Option<u64>,
+    /// How long `Idempotency-Key`s and their stored responses are kept.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_retention: Duration,
 }
 
 /// Arguments of `wasmesh demo`.

@@ -97,6 +97,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     {
         config.queue_idle = idle;
     }
+    if let Some(retention) = args.idempotency_retention {
+        config.idempotency_retention = retention;
+    }
     config.labels = file.labels.unwrap_or_default();
     for label in &args.labels {
         let (key, value) = label
@@ -269,6 +272,7 @@ pub fn coordinator(args: crate::cli::CoordinatorArgs) -> anyhow::Result<()> {
     config.id = "coordinator".into();
     // The coordinator runs nothing itself; one slot's sandbox validates modules.
     config.slots = 1;
+    config.idempotency_retention = args.idempotency_retention;
     if let Some(max) = args.max_blob_bytes {
         config.max_blob_bytes = max;
         config.max_request_bytes = config.max_request_bytes.max(max + (16 << 20));

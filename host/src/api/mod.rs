@@ -5,6 +5,7 @@ pub mod auth;
 pub(crate) mod body;
 mod cas;
 pub mod error;
+pub mod idempotency;
 mod info;
 mod jobs;
 mod queues;
@@ -94,6 +95,11 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
         )
         .route("/compute/record/start", post(record::start))
         .route("/compute/record/stop", post(record::stop))
+        // Layers run bottom-up: the tenant is resolved before the key is looked up.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotency,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_tenant,

@@ -500,10 +500,15 @@ pub fn routes(state: CoordinatorState) -> Router {
         node: state.node.clone(),
         auth: state.auth.clone(),
     };
-    let group_routes = groups::routes().route_layer(axum::middleware::from_fn_with_state(
-        app_state,
-        crate::api::auth::require_tenant,
-    ));
+    let group_routes = groups::routes()
+        .route_layer(axum::middleware::from_fn_with_state(
+            app_state.clone(),
+            crate::api::idempotency::idempotency,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app_state,
+            crate::api::auth::require_tenant,
+        ));
     Router::new()
         .merge(node_routes)
         .merge(client_routes)

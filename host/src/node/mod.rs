@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub default_max_retries: u32,
     /// An active queue idle this long with nothing pending expires (is cancelled).
     pub queue_idle: Duration,
+    /// How long an `Idempotency-Key` and its stored response are kept.
+    pub idempotency_retention: Duration,
 }
 
 impl NodeConfig {
@@ -69,6 +71,7 @@ impl NodeConfig {
             labels: BTreeMap::new(),
             default_max_retries: 3,
             queue_idle: Duration::from_secs(15 * 60),
+            idempotency_retention: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -396,6 +399,10 @@ impl Node {
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = self.shutdown.cancelled() => return,
+            }
+            let retention = self.config.idempotency_retention.as_millis() as i64;
+            if let Err(e) = self.db.idempotency_expire(db::now_ms() - retention) {
+                tracing::warn!(error = %e, "expiring idempotency keys");
             }
             let before = db::now_ms() - self.config.queue_idle.as_millis() as i64;
             match self.db.idle_queues(before) {

@@ -5,6 +5,7 @@ mod cluster;
 mod demo;
 mod exec;
 mod groups;
+mod idempotency;
 mod jobs;
 mod queues;
 mod scheduling;
