@@ -376,6 +376,85 @@ pub fn cluster(
     Ok(())
 }
 
+/// `wasmesh bench events`: events routed through a group (sensor-alerts on 2 nodes),
+/// one inject at a time and in batches of 100, against the same handler submitted as
+/// plain jobs and waited for one at a time (the baseline).
+pub fn events(events: usize, module: &std::path::Path) -> anyhow::Result<()> {
+    let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+    let hash = HashHex::of(&wasm);
+    let mut cluster = crate::local::LocalCluster::start(&[])?;
+    cluster.add_node("node-1", 1)?;
+    cluster.add_node("node-2", 1)?;
+    let client = cluster.client();
+    let worker = client
+        .upload_worker(
+            &json!({"name": "sensor-alerts", "module": hash}),
+            &[(hash, &wasm)],
+        )?
+        .worker;
+    let group = client.call(
+        reqwest::Method::POST,
+        "/api/v1/cluster/groups",
+        Some(&json!({
+            "name": "bench",
+            "handlers": [{"name": "alerts", "worker": worker}],
+            "routes": [{"from": "_external", "to": "alerts", "event_types": ["Reading"]}],
+        })),
+    )?;
+    let inject = format!(
+        "/api/v1/cluster/groups/{}/inject",
+        group["id"].as_str().context("group id")?
+    );
+    let reading = |n: usize| json!({"event_type": "Reading", "fields": {"sensor": format!("s{n}"), "value": (n % 60) as u64}});
+    // Warm both nodes.
+    client.call(
+        reqwest::Method::POST,
+        &inject,
+        Some(&json!({"events": [reading(0), reading(1)]})),
+    )?;
+
+    let start = Instant::now();
+    for n in 0..events {
+        let input = client.put_blob(reading(n).to_string().into_bytes())?;
+        let lsn = client.submit(
+            &json!({"worker": worker, "input": input, "env": {"RUN": format!("job-{n}")}}),
+            None,
+            None,
+        )?;
+        wait_ok(&client, lsn)?;
+    }
+    let jobs = events as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for n in 0..events {
+        client.call(reqwest::Method::POST, &inject, Some(&reading(n)))?;
+    }
+    let single = events as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for chunk in (0..events).collect::<Vec<_>>().chunks(100) {
+        let batch: Vec<Value> = chunk.iter().map(|n| reading(*n)).collect();
+        client.call(
+            reqwest::Method::POST,
+            &inject,
+            Some(&json!({ "events": batch })),
+        )?;
+    }
+    let batched = events as f64 / start.elapsed().as_secs_f64();
+    cluster.shutdown()?;
+    println!(
+        "wasmesh bench events: sensor-alerts on 2 nodes (1 slot each), {events} events per scenario"
+    );
+    println!("  put input + submit + wait, one at a time (baseline) {jobs:>8.0} events/s");
+    println!(
+        "  inject, one at a time                              {single:>8.0} events/s   ({:.2}x baseline)",
+        single / jobs
+    );
+    println!(
+        "  inject, batches of 100                             {batched:>8.0} events/s   ({:.2}x baseline)",
+        batched / jobs
+    );
+    Ok(())
+}
+
 fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()

@@ -115,6 +115,19 @@ enum BenchScenario {
         #[arg(long, default_value_t = 0)]
         prefetch: u64,
     },
+    /// Events through an event-handler group on a coordinator and 2 nodes: inject one
+    /// at a time and in batches, against plain job submissions of the same handler.
+    Events {
+        /// Events per scenario.
+        #[arg(long, default_value_t = 500)]
+        events: usize,
+        /// The compiled sensor-alerts example.
+        #[arg(
+            long,
+            default_value = "examples/target/wasm32-wasip1/release/sensor-alerts.wasm"
+        )]
+        module: PathBuf,
+    },
     /// Placement in process: decisions/s with simulated nodes, memory per queued job,
     /// and the full placement path on a real journal.
     Placement {
@@ -299,6 +312,9 @@ pub fn main() -> ExitCode {
                 },
         } => crate::bench::cluster(jobs, &module, size, max_iter, prefetch)
             .map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            scenario: BenchScenario::Events { events, module },
+        } => crate::bench::events(events, &module).map(|()| ExitCode::SUCCESS),
         Command::Bench {
             scenario: BenchScenario::Placement { nodes, jobs },
         } => crate::bench::placement(nodes, jobs).map(|()| ExitCode::SUCCESS),
