@@ -277,6 +277,28 @@ fn trivial_throughput(client: &Client, jobs: usize, salt: &str) -> anyhow::Resul
     Ok(jobs as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Submits `count` trivial jobs one at a time, each waited for; (p50, p99) latency.
+fn sequential_latency(
+    client: &Client,
+    count: usize,
+    salt: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let worker = upload_trivial(client)?;
+    let mut latencies = Vec::with_capacity(count);
+    for n in 0..count {
+        let start = Instant::now();
+        let lsn = client.submit(
+            &json!({"worker": worker, "args": [format!("seq-{salt}-{n}")]}),
+            None,
+            None,
+        )?;
+        wait_ok(client, lsn)?;
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    Ok((percentile(&latencies, 0.5), percentile(&latencies, 0.99)))
+}
+
 /// Renders the 16 tiles through `client` (node or coordinator) and returns the time
 /// from submission to the last result.
 fn mandelbrot_round(
@@ -319,8 +341,10 @@ pub fn cluster(
     cluster.add_node("node-1", cores)?;
     let direct = Client::new(&cluster.nodes[0].url, None);
     let on_node = trivial_throughput(&direct, jobs, "direct")?;
+    let direct_latency = sequential_latency(&direct, 300, "direct")?;
     cluster.add_node("node-2", cores)?;
     let via = trivial_throughput(&cluster.client(), jobs, "cluster")?;
+    let via_latency = sequential_latency(&cluster.client(), 300, "cluster")?;
     println!(
         "trivial jobs, batches of 100, {jobs} jobs, {cores} slots per node, prefetch {prefetch}:"
     );
@@ -328,6 +352,18 @@ pub fn cluster(
     println!(
         "  coordinator + 2 nodes                 {via:>8.0} jobs/s   ({:.2}x the single node)",
         via / on_node
+    );
+    println!("trivial jobs one at a time, submit -> result:");
+    println!(
+        "  directly on one node (baseline)       p50 {:>8.1} us   p99 {:>8.1} us",
+        micros(direct_latency.0),
+        micros(direct_latency.1)
+    );
+    println!(
+        "  coordinator + 2 nodes                 p50 {:>8.1} us   p99 {:>8.1} us   ({:.2}x the baseline p50)",
+        micros(via_latency.0),
+        micros(via_latency.1),
+        via_latency.0.as_secs_f64() / direct_latency.0.as_secs_f64()
     );
     cluster.shutdown()?;
 
