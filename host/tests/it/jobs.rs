@@ -322,6 +322,17 @@ fn cancel_priority_reschedule_and_retire() {
         client.result(low).unwrap().is_none(),
         "low had to wait for high"
     );
+    // The slot `high` used passes to `low` just after high's result is written.
+    eventually(WAIT, || {
+        let status: serde_json::Value = server
+            .http()
+            .get(server.at(&format!("/compute/jobs/{low}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        (status["state"] == "running").then_some(())
+    });
     let err = client
         .call(
             reqwest::Method::POST,
