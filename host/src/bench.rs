@@ -246,8 +246,7 @@ fn upload(mib: usize) -> anyhow::Result<()> {
 #[path = "../../examples/mandelbrot/src/kernel.rs"]
 mod kernel;
 
-/// Tiles per image edge (the demo's grid).
-const GRID: u32 = 4;
+use crate::demo::GRID;
 
 /// Submits `jobs` trivial actions in batches of 100 and waits for every result;
 /// returns jobs per second. `salt` keeps the actions distinct from earlier runs.
@@ -308,14 +307,8 @@ fn mandelbrot_round(
     max_iter: u32,
     salt: &str,
 ) -> anyhow::Result<Duration> {
-    let tile = size / GRID;
     let actions: Vec<Value> = (0..GRID * GRID)
-        .map(|i| {
-            let input = json!({"x": (i % GRID) * tile, "y": (i / GRID) * tile, "size": tile,
-                "image_size": size, "max_iter": max_iter});
-            let hash = client.put_blob(input.to_string().into_bytes())?;
-            Ok(json!({"worker": worker, "input": hash, "env": {"BENCH_ROUND": salt}}))
-        })
+        .map(|i| crate::demo::tile_action(client, worker, i, size, max_iter, salt))
         .collect::<anyhow::Result<_>>()?;
     let start = Instant::now();
     for lsn in client.submit_batch(&actions, None)? {

@@ -17,7 +17,27 @@ use crate::local::LocalCluster;
 use crate::model::HashHex;
 
 /// Tiles per image edge: 4 x 4 = 16 tiles.
-const GRID: u32 = 4;
+pub(crate) const GRID: u32 = 4;
+
+/// The action rendering tile `index` (row by row) of an `image_size` image: its input
+/// put in the store, and `round` in its environment so that no round is answered from
+/// an earlier one's result cache.
+pub(crate) fn tile_action(
+    client: &Client,
+    worker: HashHex,
+    index: u32,
+    image_size: u32,
+    max_iter: u32,
+    round: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let size = image_size / GRID;
+    let input = json!({
+        "x": (index % GRID) * size, "y": (index / GRID) * size, "size": size,
+        "image_size": image_size, "max_iter": max_iter,
+    });
+    let hash = client.put_blob(input.to_string().into_bytes())?;
+    Ok(json!({"worker": worker, "input": hash, "env": {"WASMESH_ROUND": round}}))
+}
 
 /// One rendered tile: its grid position and its pixels.
 struct Tile {
@@ -128,7 +148,6 @@ fn render(
     nodes: usize,
     label: &str,
 ) -> anyhow::Result<Round> {
-    let tile_size = args.size / GRID;
     let queue = client.call(
         reqwest::Method::POST,
         "/compute/queues",
@@ -139,26 +158,26 @@ fn render(
         .context("no queue id in the answer")?
         .to_string();
     let round = format!("{nodes}-{}", uuid::Uuid::new_v4().simple());
-    let tile_action = |index: u32, size: u32, image: u32| -> anyhow::Result<serde_json::Value> {
-        let (column, row) = (index % GRID, index / GRID);
-        let input = json!({
-            "x": column * size, "y": row * size, "size": size,
-            "image_size": image, "max_iter": args.max_iter,
-        });
-        let hash = client.put_blob(input.to_string().into_bytes())?;
-        Ok(json!({"worker": worker, "input": hash, "env": {"DEMO_ROUND": round}}))
-    };
     // Warm-up: one small job per slot in the cluster, all at once, so every node
     // fetches and compiles the module.
     let warm: Vec<serde_json::Value> = (0..(nodes * args.slots_per_node) as u32)
-        .map(|i| tile_action(i % (GRID * GRID), 4, 4 * GRID))
+        .map(|i| {
+            tile_action(
+                client,
+                worker,
+                i % (GRID * GRID),
+                4 * GRID,
+                args.max_iter,
+                &round,
+            )
+        })
         .collect::<anyhow::Result<_>>()?;
     for lsn in client.submit_batch(&warm, Some(&q))? {
         client.wait(lsn, Duration::from_secs(300))?;
     }
 
     let actions: Vec<serde_json::Value> = (0..GRID * GRID)
-        .map(|i| tile_action(i, tile_size, args.size))
+        .map(|i| tile_action(client, worker, i, args.size, args.max_iter, &round))
         .collect::<anyhow::Result<_>>()?;
     let started = Instant::now();
     let lsns = client.submit_batch(&actions, Some(&q))?;

@@ -63,7 +63,8 @@ impl Auth {
     }
 }
 
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+/// The key a request presents: `x-api-key`, else `Authorization: Bearer`.
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(key.trim());
     }

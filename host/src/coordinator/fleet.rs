@@ -4,7 +4,7 @@
 //! on which attempt is current (`Db::finish_job_fenced`); the fleet is the in-memory
 //! view that decides who gets work, renews leases from heartbeats and expires them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -213,8 +213,10 @@ impl Fleet {
                 _ => cancel.push(*token),
             }
         }
-        for lease in inner.leases.values_mut() {
-            if lease.node == id && !lease.delivered {
+        // The leases not yet delivered are exactly those in its mailbox.
+        let waiting: Vec<u64> = inner.links[i].mailbox.iter().map(|a| a.lease.lsn).collect();
+        for lsn in waiting {
+            if let Some(lease) = inner.leases.get_mut(&lsn) {
                 lease.expires = renewed;
             }
         }
@@ -474,11 +476,6 @@ impl Fleet {
         LeaseCancel::Sent
     }
 
-    /// The current lease of job `lsn`.
-    pub fn lease(&self, lsn: u64) -> Option<Lease> {
-        self.inner().leases.get(&lsn).cloned()
-    }
-
     /// Leases outstanding.
     pub fn leases(&self) -> usize {
         self.inner().leases.len()
@@ -564,13 +561,5 @@ impl Fleet {
         let i = *inner.index.get(id)?;
         inner.views[i].draining = true;
         Some(self.describe(&inner, i))
-    }
-
-    /// Nodes as `{id: labels}` for the topology route.
-    pub fn topology(&self) -> BTreeMap<String, Value> {
-        let inner = self.inner();
-        (0..inner.views.len())
-            .map(|i| (inner.views[i].id.clone(), self.describe(&inner, i)))
-            .collect()
     }
 }

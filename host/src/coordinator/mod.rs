@@ -233,7 +233,7 @@ fn accept(node: &Node, fleet: &Fleet, id: &str, report: Report) -> bool {
         );
         return false;
     };
-    let job = match node.job_row(token.lsn) {
+    let job = match node.job_any(token.lsn) {
         Ok(Some(job)) => job,
         Ok(None) => return false,
         Err(e) => {
@@ -432,25 +432,12 @@ async fn topology(State(state): State<CoordinatorState>) -> Json<Value> {
     }))
 }
 
-fn presented_key(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        })
-        .map(|key| key.trim().to_string())
-}
-
 fn check(auth: &Auth, headers: &HeaderMap) -> ApiResult<()> {
     if !auth.required() {
         return Ok(());
     }
-    let key = presented_key(headers).ok_or(ApiError::Unauthorized)?;
-    auth.tenant(&key).map(|_| ()).ok_or(ApiError::Unauthorized)
+    let key = crate::api::auth::presented_key(headers).ok_or(ApiError::Unauthorized)?;
+    auth.tenant(key).map(|_| ()).ok_or(ApiError::Unauthorized)
 }
 
 async fn require_node_key(
@@ -597,7 +584,7 @@ pub fn place_batch(node: &Node, fleet: &Fleet) {
 type Prepared = (JobRow, Arc<WorkerDescriptor>, ActionDescriptor);
 
 fn prepare(node: &Node, lsn: u64) -> Result<Option<Prepared>, String> {
-    let Some(job) = node.job_row(lsn).map_err(|e| e.to_string())? else {
+    let Some(job) = node.job_any(lsn).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
     let action: ActionDescriptor = serde_json::from_str(&job.descriptor)
@@ -611,7 +598,7 @@ fn prepare(node: &Node, lsn: u64) -> Result<Option<Prepared>, String> {
 
 fn fail_unrunnable(node: &Node, lsn: u64, message: &str) {
     tracing::error!(lsn, message, "a job cannot be placed");
-    if let Ok(Some(job)) = node.job_row(lsn) {
+    if let Ok(Some(job)) = node.job_any(lsn) {
         let result = node.failure(&job, "failed", "trapped", message);
         if let Err(e) = node.complete(&job, result, false, None) {
             tracing::error!(lsn, error = %e, "failing an unplaceable job");
@@ -704,7 +691,7 @@ pub async fn expiry_loop(node: Arc<Node>, fleet: Arc<Fleet>) {
 
 fn lease_lost(node: &Node, lease: Lease) {
     let token = lease.token;
-    let job = match node.job_row(token.lsn) {
+    let job = match node.job_any(token.lsn) {
         Ok(Some(job)) => job,
         _ => return,
     };

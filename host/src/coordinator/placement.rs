@@ -375,7 +375,7 @@ impl Placer {
         let index = nodes
             .iter()
             .position(|n| n.id == pin && self.eligible(n, demand, now))?;
-        let max_cost = nodes.iter().map(|n| n.cost).fold(0.0, f64::max);
+        let max_cost = self.max_cost(nodes);
         let factors = Self::factors(&nodes[index], demand, max_cost);
         Some(Decision {
             index,
@@ -384,6 +384,13 @@ impl Placer {
             considered: 1,
             strategy: Strategy::Pinned,
         })
+    }
+
+    /// The fleet's highest cost (cached until [`Placer::nodes_changed`]).
+    fn max_cost(&mut self, nodes: &[NodeView]) -> f64 {
+        *self
+            .max_cost
+            .get_or_insert_with(|| nodes.iter().map(|n| n.cost).fold(0.0, f64::max))
     }
 
     /// The weighted, normalised score of some factors.
@@ -413,9 +420,7 @@ impl Placer {
 
     fn by_score(&mut self, nodes: &[NodeView], demand: &Demand) -> Option<Decision> {
         let now = Instant::now();
-        let max_cost = *self
-            .max_cost
-            .get_or_insert_with(|| nodes.iter().map(|n| n.cost).fold(0.0, f64::max));
+        let max_cost = self.max_cost(nodes);
         let mut candidates: Vec<usize> = Vec::with_capacity(4);
         if nodes.len() > SAMPLE_ABOVE {
             let mut rng = rand::rng();

@@ -436,7 +436,8 @@ impl Agent {
                     return;
                 }
             }
-            pause(backoff, &CancellationToken::new()).await;
+            // Not cut short by `stop`: at shutdown the reports are worth the wait.
+            tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }

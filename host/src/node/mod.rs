@@ -355,11 +355,6 @@ impl Node {
         Ok(())
     }
 
-    /// A job by LSN, whoever owns it (for the coordinator's internal paths).
-    pub(crate) fn job_row(&self, lsn: u64) -> Result<Option<JobRow>, NodeError> {
-        self.job_any(lsn)
-    }
-
     async fn dispatch(self: Arc<Self>) {
         loop {
             // Wait for work before taking a slot: an idle dispatcher holds none, so
@@ -659,7 +654,8 @@ impl Node {
         Ok(())
     }
 
-    fn job_any(&self, lsn: u64) -> Result<Option<JobRow>, NodeError> {
+    /// A job by LSN, whoever owns it (internal paths: the scheduler, the coordinator).
+    pub(crate) fn job_any(&self, lsn: u64) -> Result<Option<JobRow>, NodeError> {
         // Tenants are checked at the API; internal paths look jobs up by LSN alone.
         Ok(self.db.job_by_lsn(lsn)?)
     }

@@ -10,21 +10,11 @@ use wasmesh_test_support::guest_bytes;
 
 use crate::Server;
 use crate::cluster::wait_for_state;
+use crate::scheduling::CLUSTER;
 use crate::server::api_code;
 
-const CLUSTER: &[&str] = &["--heartbeat-interval", "100ms", "--lease", "1500ms"];
-
 fn node(coordinator: &Server, id: &str) -> Server {
-    let node = Server::start(&[
-        "--coordinator",
-        &coordinator.url,
-        "--node-id",
-        id,
-        "--slots",
-        "1",
-    ]);
-    wait_for_state(coordinator, id, "ready");
-    node
+    crate::scheduling::node(coordinator, id, &["--slots", "1"])
 }
 
 fn upload_alerts(client: &Client, env: Value) -> HashHex {

@@ -29,12 +29,7 @@ fn post(
 #[test]
 fn a_retried_post_with_the_same_key_creates_nothing_new() {
     let dir = tempfile::tempdir().unwrap();
-    let tenants = dir.path().join("tenants.toml");
-    std::fs::write(
-        &tenants,
-        "acme = [\"acme-key-0123456789\"]\nglobex = [\"globex-key-0123456789\"]\n",
-    )
-    .unwrap();
+    let tenants = crate::tenants::two_tenants(dir.path());
     let data = tempfile::tempdir().unwrap();
     let args = ["--tenants", tenants.to_str().unwrap()];
     let server = Server::start_in(data.path(), &args);

@@ -7,7 +7,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::Server;
-use crate::server::{WAIT, action, api_code, eventually, start_blocker, submit, upload_test_guest};
+use crate::server::{
+    WAIT, action, api_code, eventually, job_state, start_blocker, submit, upload_test_guest,
+};
 
 #[test]
 fn every_outcome_comes_back_through_http() {
@@ -290,7 +292,7 @@ fn cancel_priority_reschedule_and_retire() {
     let server = Server::start(&["--slots", "1"]);
     let client = server.client();
     let worker = upload_test_guest(&client);
-    let blocker = start_blocker(&server, &client, worker);
+    let blocker = start_blocker(&client, worker);
     // `low` would hold the only slot for a minute; `high`, submitted after it but
     // raised above it, must run first.
     let low = submit(&client, worker, &["progress-then", "sleep", "60000"]);
@@ -324,14 +326,7 @@ fn cancel_priority_reschedule_and_retire() {
     );
     // The slot `high` used passes to `low` just after high's result is written.
     eventually(WAIT, || {
-        let status: serde_json::Value = server
-            .http()
-            .get(server.at(&format!("/compute/jobs/{low}")))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        (status["state"] == "running").then_some(())
+        (job_state(&client, low) == "running").then_some(())
     });
     let err = client
         .call(
@@ -434,7 +429,7 @@ fn a_killed_node_loses_no_accepted_job() {
     let server = Server::start_in(dir.path(), &["--slots", "1"]);
     let client = server.client();
     let worker = upload_test_guest(&client);
-    let running = start_blocker(&server, &client, worker);
+    let running = start_blocker(&client, worker);
     let queued: Vec<u64> = (0..5)
         .map(|i| submit(&client, worker, &["args", &i.to_string()]))
         .collect();

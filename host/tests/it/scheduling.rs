@@ -13,13 +13,14 @@ use wasmesh_test_support::{TEST_GUEST, guest_bytes};
 
 use crate::Server;
 use crate::cluster::{node_state, nodes, signal, wait_for_state};
-use crate::server::{WAIT, action, eventually, upload_test_guest};
+use crate::server::{WAIT, action, eventually, job_state, upload_test_guest};
 
 /// Heartbeats every 100 ms and a 1.5 s lease: failures show within seconds, while a
 /// loaded CI machine does not miss a lease by accident.
-const CLUSTER: &[&str] = &["--heartbeat-interval", "100ms", "--lease", "1500ms"];
+pub const CLUSTER: &[&str] = &["--heartbeat-interval", "100ms", "--lease", "1500ms"];
 
-fn node(coordinator: &Server, id: &str, extra: &[&str]) -> Server {
+/// A node of `coordinator` with id `id`, once the coordinator lists it ready.
+pub fn node(coordinator: &Server, id: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--coordinator", &coordinator.url, "--node-id", id];
     args.extend_from_slice(extra);
     let node = Server::start(&args);
@@ -34,13 +35,6 @@ fn submit_batch(client: &Client, actions: Vec<Value>) -> Vec<u64> {
 
 fn args_action(worker: HashHex, args: &[&str]) -> Value {
     json!({"worker": worker, "args": args})
-}
-
-fn state_of(client: &Client, lsn: u64) -> String {
-    let body = client
-        .call(reqwest::Method::GET, &format!("/compute/jobs/{lsn}"), None)
-        .unwrap();
-    body["state"].as_str().unwrap_or_default().to_string()
 }
 
 fn metric(server: &Server, line_prefix: &str) -> f64 {
@@ -212,7 +206,9 @@ fn a_frozen_node_s_late_result_is_refused_by_fencing() {
             None,
         )
         .unwrap();
-    eventually(WAIT, || (state_of(&client, lsn) == "running").then_some(()));
+    eventually(WAIT, || {
+        (job_state(&client, lsn) == "running").then_some(())
+    });
     signal(&frozen, "STOP");
     wait_for_state(&coordinator, "frozen", "unhealthy");
     // The lease expires; a second node takes the job as attempt 2.
@@ -265,7 +261,7 @@ fn a_coordinator_killed_and_restarted_loses_no_job() {
     eventually(WAIT, || {
         let done = lsns
             .iter()
-            .filter(|l| !matches!(state_of(&client, **l).as_str(), "queued" | "running"))
+            .filter(|l| !matches!(job_state(&client, **l).as_str(), "queued" | "running"))
             .count();
         (done >= 1).then_some(())
     });
@@ -336,7 +332,7 @@ fn placement_honours_labels_capacity_drain_and_locality() {
         )
         .unwrap();
     eventually(WAIT, || {
-        (state_of(&client, blocker) == "running").then_some(())
+        (job_state(&client, blocker) == "running").then_some(())
     });
     let waiting = client
         .submit(&args_action(gpu_worker, &["args", "waited"]), None, None)
@@ -345,7 +341,7 @@ fn placement_honours_labels_capacity_drain_and_locality() {
         .submit(&args_action(plain_worker, &["args", "other"]), None, None)
         .unwrap();
     assert_eq!(client.wait(other, WAIT).unwrap().node, "plain");
-    assert_eq!(state_of(&client, waiting), "queued");
+    assert_eq!(job_state(&client, waiting), "queued");
     client.cancel(blocker).unwrap();
     let waited = client.wait(waiting, WAIT).unwrap();
     assert_eq!(
@@ -379,7 +375,7 @@ fn placement_honours_labels_capacity_drain_and_locality() {
         .submit(&args_action(plain_worker, &["args", "probe"]), None, None)
         .unwrap();
     client.wait(probe, WAIT).unwrap();
-    assert_eq!(state_of(&client, stuck), "queued");
+    assert_eq!(job_state(&client, stuck), "queued");
 }
 
 #[test]
@@ -396,7 +392,9 @@ fn cancel_reaches_running_jobs_on_nodes() {
             None,
         )
         .unwrap();
-    eventually(WAIT, || (state_of(&client, lsn) == "running").then_some(()));
+    eventually(WAIT, || {
+        (job_state(&client, lsn) == "running").then_some(())
+    });
     client.cancel(lsn).unwrap();
     let result = client.wait(lsn, Duration::from_secs(20)).unwrap();
     assert_eq!(
@@ -420,7 +418,7 @@ fn cancel_reaches_running_jobs_on_nodes() {
     eventually(WAIT, || {
         let running = lsns
             .iter()
-            .filter(|l| state_of(&client, **l) == "running")
+            .filter(|l| job_state(&client, **l) == "running")
             .count();
         (running == 2).then_some(())
     });
@@ -454,7 +452,7 @@ fn a_node_stopped_with_sigterm_finishes_its_work_and_leaves() {
             .collect(),
     );
     eventually(WAIT, || {
-        (state_of(&client, lsns[0]) == "running").then_some(())
+        (job_state(&client, lsns[0]) == "running").then_some(())
     });
     let _stays = node(&coordinator, "stays", &["--slots", "1"]);
     assert!(leaving.terminate(), "the node exits 0 on SIGTERM");

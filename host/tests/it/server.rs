@@ -174,7 +174,7 @@ pub fn submit(client: &Client, worker: HashHex, args: &[&str]) -> u64 {
 }
 
 /// Submits a job that holds a slot for a minute and returns once it is running.
-pub fn start_blocker(server: &Server, client: &Client, worker: HashHex) -> u64 {
+pub fn start_blocker(client: &Client, worker: HashHex) -> u64 {
     let lsn = client
         .submit(
             &action(client, worker, &["progress-then", "sleep", "60000"], None),
@@ -182,17 +182,16 @@ pub fn start_blocker(server: &Server, client: &Client, worker: HashHex) -> u64 {
             None,
         )
         .unwrap();
-    eventually(WAIT, || {
-        let status: Value = server
-            .http()
-            .get(server.at(&format!("/compute/jobs/{lsn}")))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        (status["state"] == "running").then_some(())
-    });
+    eventually(WAIT, || (job_state(client, lsn) == "running").then_some(()));
     lsn
+}
+
+/// A job's state: `queued`/`running` while pending, then its final state.
+pub fn job_state(client: &Client, lsn: u64) -> String {
+    let body = client
+        .call(reqwest::Method::GET, &format!("/compute/jobs/{lsn}"), None)
+        .unwrap();
+    body["state"].as_str().unwrap_or_default().to_string()
 }
 
 /// The status and error code of a client error.

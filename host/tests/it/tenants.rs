@@ -10,6 +10,17 @@ fn status(error: wasmesh_host::client::ClientError) -> u16 {
     crate::server::api_code(error).0
 }
 
+/// Writes a tenants file with `acme` and `globex` (keys `<name>-key-0123456789`).
+pub fn two_tenants(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("tenants.toml");
+    std::fs::write(
+        &path,
+        "acme = [\"acme-key-0123456789\"]\nglobex = [\"globex-key-0123456789\"]\n",
+    )
+    .unwrap();
+    path
+}
+
 #[test]
 fn tenants_are_isolated_and_keys_are_required() {
     let dir = tempfile::tempdir().unwrap();
@@ -121,12 +132,7 @@ fn tenants_are_isolated_and_keys_are_required() {
 #[test]
 fn tenants_sharing_a_fleet_do_not_see_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let tenants = dir.path().join("tenants.toml");
-    std::fs::write(
-        &tenants,
-        "acme = [\"acme-key-0123456789\"]\nglobex = [\"globex-key-0123456789\"]\n",
-    )
-    .unwrap();
+    let tenants = two_tenants(dir.path());
     let coordinator = Server::coordinator(&[
         "--tenants",
         tenants.to_str().unwrap(),
