@@ -163,10 +163,20 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             agent.leave(false).await;
         }
         stop_polling.cancel();
+        let report_task = match agent_tasks {
+            Some((poll, report)) => {
+                // The last poll may still bring leases: run them before the slots close.
+                let _ = poll.await;
+                if let Some(agent) = &agent_handle {
+                    agent.finish_held(Duration::from_secs(10)).await;
+                }
+                Some(report)
+            }
+            None => None,
+        };
         node.stop(Duration::from_secs(10)).await;
         stop_reporting.cancel();
-        if let Some((poll, report)) = agent_tasks {
-            let _ = poll.await;
+        if let Some(report) = report_task {
             let _ = report.await;
         }
         // Heartbeats stop first, or the next one would register the node again.

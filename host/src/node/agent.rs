@@ -47,6 +47,8 @@ pub struct Agent {
     held: Mutex<HashMap<u64, (u32, CancellationToken)>>,
     outbox: Mutex<Vec<Report>>,
     reported: Notify,
+    /// Notified whenever a held lease ends (for shutdown).
+    released: Notify,
     fetching: Mutex<HashMap<HashHex, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -75,6 +77,7 @@ impl Agent {
             held: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Vec::new()),
             reported: Notify::new(),
+            released: Notify::new(),
             fetching: Mutex::new(HashMap::new()),
         })
     }
@@ -98,6 +101,28 @@ impl Agent {
                 attempt: *attempt,
             })
             .collect()
+    }
+
+    /// Waits up to `grace` until every lease this node received has run and its report
+    /// is queued (at shutdown, after polling stopped: a lease that arrived just before
+    /// must not lose its slot to the node's own shutdown).
+    pub async fn finish_held(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if lock(&self.held).is_empty() {
+                return;
+            }
+            tokio::select! {
+                () = released => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("leases still running at shutdown expire on the coordinator");
+                    return;
+                }
+            }
+        }
     }
 
     /// Stops the runs of these leases (those this node holds).
@@ -210,6 +235,7 @@ impl Agent {
             }
             lock(&agent.outbox).push(report);
             agent.reported.notify_one();
+            agent.released.notify_waiters();
         });
     }
 
