@@ -586,14 +586,7 @@ pub fn placement(nodes: usize, jobs: usize) -> anyhow::Result<()> {
             .iter()
             .map(|n| {
                 let value = json!({"worker": worker_id, "args": [n.to_string()]});
-                let canonical = String::from_utf8(
-                    crate::model::canonical_json(&value).map_err(|e| anyhow::anyhow!(e.0))?,
-                )?;
-                Ok(ActionSubmission {
-                    id: HashHex::of(canonical.as_bytes()),
-                    action: serde_json::from_value(value)?,
-                    canonical,
-                })
+                ActionSubmission::parse(value).map_err(anyhow::Error::msg)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         node.submit("default", actions, None, None)

@@ -31,6 +31,8 @@ enum Command {
     Submit(crate::commands::SubmitArgs),
     /// Show a job's result.
     Result(crate::commands::ResultArgs),
+    /// Submit a workflow file (jobs and the outputs they pass on) as one queue.
+    Dag(crate::commands::DagArgs),
     /// Wait until a queue has nothing pending.
     Wait(crate::commands::WaitArgs),
     /// Resubmit a recording (from `POST /compute/record/stop`) to a server.
@@ -297,6 +299,7 @@ pub fn main() -> ExitCode {
         Command::Submit(args) => crate::commands::submit(args),
         Command::Result(args) => crate::commands::result(args),
         Command::Wait(args) => crate::commands::wait(args),
+        Command::Dag(args) => crate::commands::dag(args),
         Command::Replay(args) => crate::commands::replay(args),
         Command::Bench {
             scenario: BenchScenario::Node { jobs, upload_mib },

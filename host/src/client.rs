@@ -323,7 +323,8 @@ impl Client {
             .map(|(_, body)| body)
     }
 
-    /// Polls until the queue has nothing pending; returns its final status.
+    /// Waits until the queue has nothing pending (long-polls of up to a second, so
+    /// `progress` sees the counts about once a second); returns its final status.
     pub fn wait_queue(
         &self,
         q: &str,
@@ -331,18 +332,21 @@ impl Client {
         mut progress: impl FnMut(&Value),
     ) -> Result<Value, ClientError> {
         let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(5);
         loop {
-            let status = self.queue(q)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = left.min(Duration::from_secs(1)).as_millis();
+            let (_, status) = self.json(
+                reqwest::Method::GET,
+                &format!("/compute/queues/{q}?wait_ms={wait}"),
+                None,
+            )?;
             progress(&status);
             if status["is_complete"] == json!(true) {
                 return Ok(status);
             }
-            if Instant::now() >= deadline {
+            if left.is_zero() {
                 return Err(ClientError::Timeout(format!("queue {q}")));
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(250));
         }
     }
 

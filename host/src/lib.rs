@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod coordinator;
+pub mod dag;
 pub mod demo;
 pub mod exec;
 pub mod local;

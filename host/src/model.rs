@@ -164,6 +164,67 @@ impl ActionDescriptor {
     }
 }
 
+/// Where an action names the output of an earlier job instead of a hash:
+/// `{"output_of": LSN}` as its `input` or as the value of one of its `files`.
+const OUTPUT_OF: &str = "output_of";
+
+/// The values of an action descriptor that may hold an output reference.
+fn reference_slots(action: &mut serde_json::Value) -> Vec<&mut serde_json::Value> {
+    let Some(object) = action.as_object_mut() else {
+        return Vec::new();
+    };
+    let mut slots = Vec::new();
+    for (key, value) in object.iter_mut() {
+        match (key.as_str(), value) {
+            ("input", value) => slots.push(value),
+            ("files", serde_json::Value::Object(files)) => slots.extend(files.values_mut()),
+            _ => {}
+        }
+    }
+    slots
+}
+
+/// The LSNs an action's output references name, in order of appearance, each once.
+/// A reference is exactly `{"output_of": <job LSN>}`; anything else in its place is an
+/// error.
+pub fn output_refs(action: &serde_json::Value) -> Result<Vec<u64>, String> {
+    let mut action = action.clone();
+    let mut lsns = Vec::new();
+    for slot in reference_slots(&mut action) {
+        let serde_json::Value::Object(reference) = slot else {
+            continue;
+        };
+        let lsn = reference
+            .get(OUTPUT_OF)
+            .and_then(serde_json::Value::as_u64)
+            .filter(|_| reference.len() == 1)
+            .ok_or_else(|| {
+                format!(
+                    "an input is a hash or {{\"output_of\": LSN}}, not {}",
+                    serde_json::Value::Object(reference.clone())
+                )
+            })?;
+        if !lsns.contains(&lsn) {
+            lsns.push(lsn);
+        }
+    }
+    Ok(lsns)
+}
+
+/// Replaces every output reference in `action` with the hash `output` gives for its
+/// LSN.
+pub fn substitute_refs<E>(
+    action: &mut serde_json::Value,
+    mut output: impl FnMut(u64) -> Result<HashHex, E>,
+) -> Result<(), E> {
+    for slot in reference_slots(action) {
+        if let Some(lsn) = slot.get(OUTPUT_OF).and_then(serde_json::Value::as_u64) {
+            *slot = serde_json::Value::String(output(lsn)?.to_string());
+        }
+    }
+    Ok(())
+}
+
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
@@ -321,6 +382,38 @@ mod tests {
             content_id(&a).unwrap(),
             content_id(&json!({"name": "y", "module": "m"})).unwrap()
         );
+    }
+
+    #[test]
+    fn output_references_are_found_and_substituted() {
+        let hash = HashHex::of(b"x").to_string();
+        let mut action = json!({
+            "worker": hash,
+            "input": {"output_of": 7},
+            "files": {"a": {"output_of": 3}, "b": hash, "c": {"output_of": 7}},
+            "args": [{"output_of": 9}],
+        });
+        assert_eq!(output_refs(&action).unwrap(), vec![7, 3]);
+        substitute_refs(&mut action, |lsn| Ok::<_, ()>(HashHex::of(&[lsn as u8]))).unwrap();
+        assert_eq!(action["input"], json!(HashHex::of(&[7]).to_string()));
+        assert_eq!(action["files"]["a"], json!(HashHex::of(&[3]).to_string()));
+        assert_eq!(action["files"]["b"], json!(hash));
+        // Only inputs and files hold references; arguments are left as they are.
+        assert_eq!(action["args"], json!([{"output_of": 9}]));
+        assert!(output_refs(&action).unwrap().is_empty());
+    }
+
+    #[test]
+    fn malformed_output_references_are_refused() {
+        for bad in [
+            json!({"output_of": "7"}),
+            json!({"output_of": -1}),
+            json!({"output_of": 7, "extra": 1}),
+            json!({"lsn": 7}),
+        ] {
+            let err = output_refs(&json!({"input": bad})).unwrap_err();
+            assert!(err.contains("output_of"), "{err}");
+        }
     }
 
     #[test]

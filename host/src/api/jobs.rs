@@ -12,7 +12,7 @@ use crate::api::AppState;
 use crate::api::auth::Tenant;
 use crate::api::body::{descriptor, json_value, path_hash};
 use crate::api::error::{ApiError, ApiResult};
-use crate::model::{ActionDescriptor, HashHex, canonical_json};
+use crate::model::HashHex;
 use crate::node::{ActionSubmission, QueuePolicy, Submitted};
 
 /// `?priority=N`.
@@ -46,17 +46,7 @@ fn parse_action(mut value: Value, worker: Option<HashHex>) -> ApiResult<ActionSu
             }
         }
     }
-    let canonical =
-        canonical_json(&value).map_err(|e| ApiError::BadRequest("invalid_descriptor", e.0))?;
-    let action: ActionDescriptor = serde_json::from_value(value).map_err(|e| {
-        ApiError::BadRequest("invalid_descriptor", format!("action descriptor: {e}"))
-    })?;
-    let canonical = String::from_utf8(canonical).expect("canonical JSON is UTF-8");
-    Ok(ActionSubmission {
-        id: HashHex::of(canonical.as_bytes()),
-        action,
-        canonical,
-    })
+    ActionSubmission::parse(value).map_err(|e| ApiError::BadRequest("invalid_descriptor", e))
 }
 
 /// Splits a submission body into its actions; tells whether it was a batch.
@@ -148,6 +138,13 @@ pub struct WaitQuery {
     wait_ms: Option<u64>,
 }
 
+impl WaitQuery {
+    /// How long to wait, capped at the longest long-poll.
+    pub fn duration(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.wait_ms.unwrap_or(0)).min(MAX_WAIT)
+    }
+}
+
 /// Longest long-poll: a minute, well under common proxy idle timeouts' multiples and
 /// long enough that a waiting client makes one request per slow job.
 const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -161,8 +158,7 @@ pub async fn job_response_waiting(
     queue: Option<u64>,
     wait: WaitQuery,
 ) -> ApiResult<Response> {
-    let wait = std::time::Duration::from_millis(wait.wait_ms.unwrap_or(0)).min(MAX_WAIT);
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = tokio::time::Instant::now() + wait.duration();
     loop {
         // Registered before looking, so a result written in between still wakes us.
         let notified = state.node.finished.notified();

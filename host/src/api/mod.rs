@@ -88,6 +88,7 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
         )
         .route("/compute/queues/{q}/drain", post(queues::drain))
         .route("/compute/queues/{q}/completed", get(queues::completed))
+        .route("/compute/queues/{q}/events", get(queues::events))
         .route("/compute/queues/{q}/jobs", post(queues::submit))
         .route(
             "/compute/queues/{q}/jobs/{id}",

@@ -122,27 +122,109 @@ fn resolve(state: &AppState, tenant: &str, q: &str, peer: Peer) -> ApiResult<Que
     row.filter(|row| row.tenant == tenant).ok_or_else(not_found)
 }
 
-/// `GET /compute/queues/{q}`.
-pub async fn get(
-    State(state): State<AppState>,
-    Extension(Tenant(tenant)): Extension<Tenant>,
-    Path(q): Path<String>,
-    peer: Peer,
-) -> ApiResult<Response> {
-    let queue = resolve(&state, &tenant, &q, peer)?;
+/// A queue's status as `GET /compute/queues/{q}` answers it.
+fn status(state: &AppState, queue: &QueueRow) -> ApiResult<serde_json::Value> {
+    // The queue's own state may have changed (drain, cancel, expiry) since it was read.
+    let queue_state = state
+        .node
+        .db
+        .queue(queue.id)?
+        .map_or_else(|| queue.state.clone(), |row| row.state);
     let mut counts =
         json!({"queued": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0});
     for (job_state, n) in state.node.db.queue_counts(queue.id)? {
         counts[job_state] = json!(n);
     }
     let pending = counts["queued"].as_u64().unwrap_or(0) + counts["running"].as_u64().unwrap_or(0);
-    Ok(axum::Json(json!({
+    Ok(json!({
         "queue_id": queue.id,
-        "state": queue.state,
+        "state": queue_state,
         "counts": counts,
         "is_complete": pending == 0,
     }))
-    .into_response())
+}
+
+/// `GET /compute/queues/{q}`; `?wait_ms=N` long-polls (up to a minute) until the
+/// queue has nothing pending.
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(q): Path<String>,
+    Query(wait): Query<WaitQuery>,
+    peer: Peer,
+) -> ApiResult<Response> {
+    let queue = resolve(&state, &tenant, &q, peer)?;
+    let deadline = tokio::time::Instant::now() + wait.duration();
+    loop {
+        // Registered before looking, so a result written in between still wakes us.
+        let notified = state.node.finished.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let status = status(&state, &queue)?;
+        if status["is_complete"] == json!(true) || tokio::time::Instant::now() >= deadline {
+            return Ok(axum::Json(status).into_response());
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// `GET /compute/queues/{q}/events`: server-sent events. A `progress` event with the
+/// queue's status now and at every change, and a last `complete` event when nothing
+/// is pending; then the stream ends. A comment every 15 s keeps proxies from closing
+/// a quiet stream.
+pub async fn events(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(q): Path<String>,
+    peer: Peer,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let queue = resolve(&state, &tenant, &q, peer)?;
+    // (state, queue, last status sent, done)
+    let stream = futures_util::stream::unfold(
+        (state, queue, serde_json::Value::Null, false),
+        |(state, queue, last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let node = state.node.clone();
+                let notified = node.finished.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let status = match status(&state, &queue) {
+                    Ok(status) => status,
+                    Err(e) => {
+                        let event = Event::default().event("error").data(format!("{e:?}"));
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(event),
+                            (state, queue, last, true),
+                        ));
+                    }
+                };
+                if status["is_complete"] == json!(true) {
+                    let event = Event::default().event("complete").data(status.to_string());
+                    return Some((Ok(event), (state, queue, status, true)));
+                }
+                if status != last {
+                    let event = Event::default().event("progress").data(status.to_string());
+                    return Some((Ok(event), (state, queue, status, false)));
+                }
+                // Submissions change the counts too, not only results: look again
+                // at least every 250 ms.
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
 }
 
 /// `DELETE /compute/queues/{q}`: cancels every queued and running job.

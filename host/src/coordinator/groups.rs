@@ -24,7 +24,7 @@ use super::CoordinatorState;
 use super::placement::Demand;
 use crate::api::auth::Tenant;
 use crate::api::error::{ApiError, ApiResult};
-use crate::model::{HashHex, JobResult, canonical_json};
+use crate::model::{HashHex, JobResult};
 use crate::node::{ActionSubmission, Node};
 
 /// Handlers one injected event may run through, counting the first.
@@ -448,15 +448,7 @@ impl<'a> Running<'a> {
             "input": input,
             "env": {"WASMESH_EVENT_ID": uuid::Uuid::new_v4().simple().to_string(), "WASMESH_GROUP": self.id},
         });
-        let canonical =
-            String::from_utf8(canonical_json(&action).map_err(|e| ApiError::Internal(e.0))?)
-                .expect("canonical JSON is UTF-8");
-        let submission = ActionSubmission {
-            id: HashHex::of(canonical.as_bytes()),
-            action: serde_json::from_value(action)
-                .map_err(|e| ApiError::Internal(e.to_string()))?,
-            canonical,
-        };
+        let submission = ActionSubmission::parse(action).map_err(ApiError::Internal)?;
         state.fleet.pin(submission.id, &node_id);
         let node = state.node.clone();
         let tenant = self.tenant.to_string();

@@ -583,10 +583,15 @@ pub fn place_batch(node: &Node, fleet: &Fleet) {
 
 type Prepared = (JobRow, Arc<WorkerDescriptor>, ActionDescriptor);
 
+/// The job with its worker and concrete action; `None` when there is nothing to place
+/// (the job is gone, or the result cache answered it once its references resolved).
 fn prepare(node: &Node, lsn: u64) -> Result<Option<Prepared>, String> {
-    let Some(job) = node.job_any(lsn).map_err(|e| e.to_string())? else {
+    let Some(mut job) = node.job_any(lsn).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
+    if node.resolve_refs(&mut job).map_err(|e| e.to_string())? {
+        return Ok(None);
+    }
     let action: ActionDescriptor = serde_json::from_str(&job.descriptor)
         .map_err(|e| format!("stored action does not parse: {e}"))?;
     let worker = node

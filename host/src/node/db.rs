@@ -541,6 +541,20 @@ impl Db {
         Ok(())
     }
 
+    /// Records a job's descriptor with its output references substituted, and the
+    /// action id that descriptor has.
+    pub fn resolve_job(
+        &self,
+        lsn: u64,
+        descriptor: &str,
+        action: &HashHex,
+    ) -> rusqlite::Result<()> {
+        self.conn()
+            .prepare_cached("UPDATE jobs SET descriptor = ?2, action = ?3 WHERE lsn = ?1")?
+            .execute(params![lsn as i64, descriptor, action.to_string()])?;
+        Ok(())
+    }
+
     /// Puts a job back in the queue (a retry), keeping its attempt count.
     pub fn requeue_job(&self, lsn: u64) -> rusqlite::Result<()> {
         self.conn().prepare_cached(

@@ -24,7 +24,10 @@ use wasmesh_runtime::{
 
 use crate::coordinator::fleet::{Fleet, LeaseCancel};
 use crate::coordinator::protocol::Token;
-use crate::model::{ActionDescriptor, HashHex, JobResult, UsageJson, WorkerDescriptor};
+use crate::model::{
+    ActionDescriptor, HashHex, JobResult, UsageJson, WorkerDescriptor, canonical_json, content_id,
+    output_refs, substitute_refs,
+};
 use cas::Cas;
 use db::{Db, JobRow, NewJob};
 use metrics::Metrics;
@@ -137,6 +140,33 @@ pub struct ActionSubmission {
     pub id: HashHex,
     /// Its canonical JSON.
     pub canonical: String,
+    /// LSNs of the jobs whose outputs it names (`{"output_of": LSN}`); `action` then
+    /// holds the empty hash in their places until they are substituted.
+    pub refs: Vec<u64>,
+}
+
+impl ActionSubmission {
+    /// Parses an action descriptor as sent; the error says what is wrong with it.
+    pub fn parse(mut value: serde_json::Value) -> Result<Self, String> {
+        let canonical = canonical_json(&value).map_err(|e| e.0)?;
+        let refs = output_refs(&value)?;
+        if !refs.is_empty() {
+            // Checked for shape with the empty hash standing in for each reference;
+            // the stored descriptor keeps the references until the jobs they name
+            // succeed.
+            substitute_refs(&mut value, |_| Ok::<_, ()>(HashHex::empty()))
+                .expect("the stand-in never fails");
+        }
+        let action =
+            serde_json::from_value(value).map_err(|e| format!("action descriptor: {e}"))?;
+        let canonical = String::from_utf8(canonical).expect("canonical JSON is UTF-8");
+        Ok(ActionSubmission {
+            id: HashHex::of(canonical.as_bytes()),
+            action,
+            canonical,
+            refs,
+        })
+    }
 }
 
 /// What a job's queue says about retries and priority.
@@ -523,7 +553,21 @@ impl Node {
                     ));
                 }
             }
-            chunks.extend(action.chunks());
+            for lsn in &submission.refs {
+                if self.db.job(tenant, *lsn)?.is_none() {
+                    return Err(NodeError::Invalid(
+                        "invalid_dependency",
+                        format!("`output_of` names job {lsn}, which does not exist"),
+                    ));
+                }
+            }
+            let empty = HashHex::empty();
+            chunks.extend(
+                action
+                    .chunks()
+                    .into_iter()
+                    .filter(|hash| submission.refs.is_empty() || *hash != empty),
+            );
         }
         let needs = self.db.needs(tenant, &chunks)?;
         if !needs.is_empty() {
@@ -540,8 +584,21 @@ impl Node {
         }
         let priority = priority.or(queue.map(|q| q.priority)).unwrap_or(0);
         let mut rows = Vec::with_capacity(actions.len());
-        for submission in &actions {
-            let cached = if submission.action.after.is_empty() {
+        // A job waits for the jobs whose outputs it names as for its `after` ones.
+        let afters: Vec<Vec<u64>> = actions
+            .iter()
+            .map(|submission| {
+                let mut after = submission.action.after.clone();
+                for lsn in &submission.refs {
+                    if !after.contains(lsn) {
+                        after.push(*lsn);
+                    }
+                }
+                after
+            })
+            .collect();
+        for (submission, after) in actions.iter().zip(&afters) {
+            let cached = if after.is_empty() {
                 self.db
                     .cached_result(tenant, &submission.id)?
                     .map(|mut result| {
@@ -562,7 +619,7 @@ impl Node {
                     priority,
                     max_retries: queue.map_or(self.config.default_max_retries, |q| q.max_retries),
                     retry_guest_failures: queue.is_some_and(|q| q.retry_guest_failures),
-                    after: &submission.action.after,
+                    after,
                 },
                 cached,
             ));
@@ -654,6 +711,51 @@ impl Node {
         Ok(())
     }
 
+    /// Makes a runnable job's action concrete: every `{"output_of": LSN}` becomes the
+    /// output hash of that (succeeded) job and `after` is dropped, since it is met; the
+    /// job's action id becomes the id of that descriptor, so the result cache answers
+    /// work done before. Returns `true` when the cache did: the job is then finished.
+    pub(crate) fn resolve_refs(&self, job: &mut JobRow) -> Result<bool, NodeError> {
+        if !job.descriptor.contains("output_of") {
+            return Ok(false);
+        }
+        let mut value: serde_json::Value = serde_json::from_str(&job.descriptor)
+            .map_err(|e| NodeError::Internal(format!("stored action does not parse: {e}")))?;
+        if output_refs(&value).map_or(true, |refs| refs.is_empty()) {
+            return Ok(false);
+        }
+        substitute_refs(&mut value, |lsn| {
+            self.db
+                .job(&job.tenant, lsn)?
+                .and_then(|dependency| dependency.result)
+                .filter(|result| result.state == "succeeded")
+                .map(|result| result.output)
+                .ok_or_else(|| {
+                    NodeError::Internal(format!("job {lsn} has no output to substitute"))
+                })
+        })?;
+        if let Some(object) = value.as_object_mut() {
+            object.remove("after");
+        }
+        let canonical = canonical_json(&value).map_err(|e| NodeError::Internal(e.0))?;
+        let action = content_id(&value).map_err(|e| NodeError::Internal(e.0))?;
+        job.descriptor = String::from_utf8(canonical).expect("canonical JSON is UTF-8");
+        job.action = action;
+        self.db.resolve_job(job.lsn, &job.descriptor, &action)?;
+        let Some(mut cached) = self.db.cached_result(&job.tenant, &action)? else {
+            return Ok(false);
+        };
+        cached.lsn = job.lsn;
+        cached.cached = true;
+        cached.attempts = job.attempts;
+        cached.placement = None;
+        self.db.finish_job(&cached)?;
+        self.metrics.cache_answers.add(1);
+        self.metrics.finished(&cached.state);
+        self.settle(job.lsn, true);
+        Ok(true)
+    }
+
     /// A job by LSN, whoever owns it (internal paths: the scheduler, the coordinator).
     pub(crate) fn job_any(&self, lsn: u64) -> Result<Option<JobRow>, NodeError> {
         // Tenants are checked at the API; internal paths look jobs up by LSN alone.
@@ -712,6 +814,11 @@ impl Node {
     }
 
     fn try_execute(&self, lsn: u64, cancel: CancellationToken) -> Result<(), NodeError> {
+        if let Some(mut job) = self.job_any(lsn)?
+            && self.resolve_refs(&mut job)?
+        {
+            return Ok(());
+        }
         let attempts = self.db.start_job(lsn)?;
         let Some(mut job) = self.job_any(lsn)? else {
             return Ok(());

@@ -11,6 +11,7 @@ mod queues;
 mod scheduling;
 mod server;
 mod tenants;
+mod workflows;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
