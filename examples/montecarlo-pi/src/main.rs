@@ -33,6 +33,8 @@ struct Output {
     samples: u64,
     inside: u64,
     pi: f64,
+    /// The sample this run resumed from (0: it started fresh).
+    resumed_from: u64,
 }
 
 /// SplitMix64: tiny, fast and fully determined by its state, so a checkpoint of one
@@ -63,6 +65,7 @@ fn run(Json(input): Json<Input>) -> Result<Json<Output>, Error> {
         inside: 0,
         rng: input.seed,
     };
+    let mut resumed_from = 0;
     let mut state = match checkpoint::load_json::<State>()? {
         // A checkpoint of another job (other seed or size) is ignored, not trusted.
         Some(saved)
@@ -71,6 +74,7 @@ fn run(Json(input): Json<Input>) -> Result<Json<Output>, Error> {
                 && saved.done <= input.samples =>
         {
             log!("resuming from sample {}", saved.done);
+            resumed_from = saved.done;
             saved
         }
         _ => fresh,
@@ -91,5 +95,6 @@ fn run(Json(input): Json<Input>) -> Result<Json<Output>, Error> {
         samples: state.samples,
         inside: state.inside,
         pi: 4.0 * state.inside as f64 / state.samples as f64,
+        resumed_from,
     }))
 }

@@ -192,12 +192,21 @@ pub fn job_response(
         Some(result) if job.state != "queued" && job.state != "running" => {
             axum::Json(result).into_response()
         }
-        _ => (
-            StatusCode::ACCEPTED,
-            axum::Json(json!({"lsn": lsn, "state": job.state})),
-        )
-            .into_response(),
+        _ => (StatusCode::ACCEPTED, axum::Json(pending_status(&job))).into_response(),
     })
+}
+
+/// A pending job's status: its state, the node holding its lease (on a coordinator)
+/// and its latest checkpoint, when there are such.
+fn pending_status(job: &crate::node::db::JobRow) -> Value {
+    let mut status = json!({"lsn": job.lsn, "state": job.state});
+    if let Some(node) = &job.lease_node {
+        status["node"] = json!(node);
+    }
+    if let Some(checkpoint) = job.checkpoint {
+        status["checkpoint"] = json!(checkpoint);
+    }
+    status
 }
 
 /// `GET /compute/jobs/{lsn}`.

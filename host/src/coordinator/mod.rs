@@ -40,8 +40,8 @@ pub use fleet::{CoordinatorConfig, Fleet};
 use fleet::{Lease, Reservation};
 use placement::Demand;
 use protocol::{
-    Assignment, Heartbeat, Registration, Report, Results, ResultsAnswer, Token, WorkAnswer,
-    WorkRequest,
+    Assignment, CheckpointNote, Heartbeat, Registration, Report, Results, ResultsAnswer, Token,
+    WorkAnswer, WorkRequest,
 };
 
 /// The longest a work poll waits.
@@ -112,11 +112,67 @@ async fn heartbeat(
     Path(id): Path<String>,
     request: Request,
 ) -> ApiResult<Response> {
-    let beat: Heartbeat = body(request, 8 << 20, true).await?;
+    let beat: Heartbeat = body(request, 64 << 20, true).await?;
     let answer = state.fleet.heartbeat(&id, &beat).ok_or_else(|| {
         ApiError::NotFound(format!("node {id} is not registered; register again"))
     })?;
+    // Checkpoints of leases the heartbeat just renewed (not those it was told to stop).
+    let checkpoints: Vec<CheckpointNote> = beat
+        .checkpoints
+        .into_iter()
+        .filter(|note| !answer.cancel.contains(&note.lease))
+        .collect();
+    if !checkpoints.is_empty() {
+        let node = state.node.clone();
+        tokio::task::spawn_blocking(move || {
+            for note in checkpoints {
+                keep_checkpoint(&node, &id, note);
+            }
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
     Ok(Json(answer).into_response())
+}
+
+/// Records a leased run's checkpoint with its job, fenced by the lease's attempt, once
+/// its bytes are verified in the store.
+fn keep_checkpoint(node: &Node, id: &str, note: CheckpointNote) {
+    let lsn = note.lease.lsn;
+    if let Some(data) = &note.data {
+        let stored = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| node.cas.put_own(&bytes).map_err(|e| e.to_string()));
+        match stored {
+            Ok(actual) if actual == note.hash => {}
+            Ok(actual) => {
+                tracing::warn!(lsn, node = id, hash = %note.hash, %actual, "a checkpoint's bytes do not match its hash");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(lsn, node = id, error = %e, "storing a checkpoint");
+                return;
+            }
+        }
+    } else if !node.cas.contains(&note.hash) {
+        tracing::warn!(lsn, node = id, hash = %note.hash, "a checkpoint was announced but never sent");
+        return;
+    }
+    // The job's tenant owns its checkpoints, as it owns its outputs.
+    let recorded = node.job_any(lsn).and_then(|job| {
+        let Some(job) = job else { return Ok(false) };
+        let size = node.cas.size(&note.hash).unwrap_or(0);
+        node.db.own_blob(&job.tenant, &note.hash, size)?;
+        Ok(node
+            .db
+            .save_checkpoint(lsn, &note.hash, Some(note.lease.attempt))?)
+    });
+    match recorded {
+        Ok(true) => tracing::debug!(lsn, node = id, "checkpoint recorded"),
+        Ok(false) => tracing::debug!(lsn, node = id, "a stale checkpoint was ignored"),
+        Err(e) => tracing::warn!(lsn, error = %e, "recording a checkpoint"),
+    }
 }
 
 /// `POST /api/v1/cluster/nodes/{id}/work`: waits up to `wait_ms` for leases or
@@ -658,6 +714,7 @@ fn lease(node: &Node, fleet: &Fleet, batch: Vec<Placed>) {
                 worker: (*placed.worker).clone(),
                 action: placed.action,
                 blobs,
+                checkpoint: placed.job.checkpoint,
             },
         );
         // Cancelled while being placed: withdraw it now.

@@ -53,6 +53,23 @@ pub struct Heartbeat {
     /// The leases it holds; each is renewed for another lease period.
     #[serde(default)]
     pub leases: Vec<Token>,
+    /// Checkpoints saved by leased runs since the last heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<CheckpointNote>,
+}
+
+/// The latest checkpoint a leased run saved, sent with the heartbeat renewing its
+/// lease; the coordinator records it with the job when the lease is current.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointNote {
+    /// The run's lease.
+    pub lease: Token,
+    /// The checkpoint's hash.
+    pub hash: HashHex,
+    /// Its bytes in base64 when small; a large one is PUT to the blob route first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
 }
 
 /// The answer to a heartbeat.
@@ -90,6 +107,10 @@ pub struct Assignment {
     /// fetch and a disk write per job.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub blobs: BTreeMap<HashHex, String>,
+    /// The job's latest checkpoint from an earlier attempt: the run resumes from it
+    /// (the node fetches it like an input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<HashHex>,
 }
 
 /// The answer to a work poll.

@@ -28,8 +28,9 @@ struct ResultsRef<'a> {
 use crate::model::{HashHex, UsageJson};
 use crate::node::{Node, RunFailure, events_json, settle_outcome, usage_json};
 
-/// Outputs up to this size travel inside the results report.
-const INLINE_BYTES: usize = 256 << 10;
+/// Outputs (and checkpoints) up to this size travel inside the results report (the
+/// heartbeat).
+pub(crate) const INLINE_BYTES: usize = 256 << 10;
 
 /// How long one work poll waits at the coordinator.
 const POLL_WAIT: Duration = Duration::from_secs(5);
@@ -50,6 +51,37 @@ pub struct Agent {
     /// Notified whenever a held lease ends (for shutdown).
     released: Notify,
     fetching: Mutex<HashMap<HashHex, Arc<tokio::sync::Mutex<()>>>>,
+    /// The latest checkpoint of each held lease that saved one.
+    checkpoints: Arc<Mutex<HashMap<u64, SavedCheckpoint>>>,
+}
+
+/// A leased run's latest checkpoint, until the heartbeat has carried it.
+#[derive(Debug)]
+struct SavedCheckpoint {
+    attempt: u32,
+    hash: HashHex,
+    bytes: Arc<[u8]>,
+    sent: bool,
+}
+
+/// Puts each checkpoint a leased run saves on the agent's shelf for the next heartbeat.
+struct RemoteCheckpoints {
+    shelf: Arc<Mutex<HashMap<u64, SavedCheckpoint>>>,
+    token: Token,
+}
+
+impl wasmesh_runtime::RunObserver for RemoteCheckpoints {
+    fn checkpoint(&self, bytes: &[u8]) {
+        lock(&self.shelf).insert(
+            self.token.lsn,
+            SavedCheckpoint {
+                attempt: self.token.attempt,
+                hash: HashHex::of(bytes),
+                bytes: bytes.into(),
+                sent: false,
+            },
+        );
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,6 +111,7 @@ impl Agent {
             reported: Notify::new(),
             released: Notify::new(),
             fetching: Mutex::new(HashMap::new()),
+            checkpoints: Arc::default(),
         })
     }
 
@@ -121,6 +154,34 @@ impl Agent {
                     tracing::warn!("leases still running at shutdown expire on the coordinator");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Checkpoints saved since the last heartbeat carried them: (lease, hash, bytes).
+    pub fn unsent_checkpoints(&self) -> Vec<(Token, HashHex, Arc<[u8]>)> {
+        lock(&self.checkpoints)
+            .iter()
+            .filter(|(_, saved)| !saved.sent)
+            .map(|(lsn, saved)| {
+                let token = Token {
+                    lsn: *lsn,
+                    attempt: saved.attempt,
+                };
+                (token, saved.hash, saved.bytes.clone())
+            })
+            .collect()
+    }
+
+    /// The coordinator has these checkpoints (unless a newer one was saved since).
+    pub fn checkpoints_sent(&self, sent: &[(Token, HashHex)]) {
+        let mut shelf = lock(&self.checkpoints);
+        for (token, hash) in sent {
+            if let Some(saved) = shelf.get_mut(&token.lsn)
+                && saved.attempt == token.attempt
+                && saved.hash == *hash
+            {
+                saved.sent = true;
             }
         }
     }
@@ -231,6 +292,7 @@ impl Agent {
                     .is_some_and(|(a, _)| *a == token.attempt)
                 {
                     held.remove(&token.lsn);
+                    lock(&agent.checkpoints).remove(&token.lsn);
                 }
             }
             lock(&agent.outbox).push(report);
@@ -267,15 +329,37 @@ impl Agent {
             .chain(action.files.values().copied())
             .chain(action.input.filter(|_| stdin.is_none()))
             .collect();
-        for hash in blobs {
+        for hash in blobs.into_iter().chain(assignment.checkpoint) {
             if let Err(message) = self.fetch(hash).await {
                 return failed(token, "failed", "trapped", &message, true);
             }
         }
+        // An earlier attempt's checkpoint: this run resumes from it.
+        let resume = match assignment.checkpoint {
+            Some(hash) => match self.node.cas.read(&hash) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    let message = format!("reading checkpoint {hash}: {e}");
+                    return failed(token, "failed", "trapped", &message, true);
+                }
+            },
+            None => None,
+        };
+        let keeper: Arc<dyn wasmesh_runtime::RunObserver> = Arc::new(RemoteCheckpoints {
+            shelf: self.checkpoints.clone(),
+            token,
+        });
         let node = self.node.clone();
         let started = Instant::now();
         let run = tokio::task::spawn_blocking(move || {
-            let run = node.run_prepared(&assignment.worker, &assignment.action, stdin, cancel);
+            let run = node.run_prepared(
+                &assignment.worker,
+                &assignment.action,
+                stdin,
+                resume,
+                Some(keeper),
+                cancel,
+            );
             drop(permit);
             run
         })

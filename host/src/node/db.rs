@@ -114,6 +114,8 @@ pub struct JobRow {
     pub result: Option<JobResult>,
     /// On a coordinator: the node holding the lease of the running attempt.
     pub lease_node: Option<String>,
+    /// The latest checkpoint a run of it saved (retries resume from it).
+    pub checkpoint: Option<HashHex>,
     /// Jobs this one waits for.
     pub after: Vec<u64>,
 }
@@ -203,7 +205,7 @@ fn parse_hash(text: String) -> rusqlite::Result<HashHex> {
 }
 
 const JOB_COLUMNS: &str = "lsn, tenant, queue_id, action, worker, descriptor, priority, state, attempts, \
-                           max_retries, retry_guest_failures, result, lease_node";
+                           max_retries, retry_guest_failures, result, lease_node, checkpoint";
 
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let result: Option<String> = row.get(11)?;
@@ -221,6 +223,10 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         retry_guest_failures: row.get(10)?,
         result: result.and_then(|r| serde_json::from_str(&r).ok()),
         lease_node: row.get(12)?,
+        checkpoint: row
+            .get::<_, Option<String>>(13)?
+            .map(parse_hash)
+            .transpose()?,
         after: Vec::new(),
     })
 }
@@ -258,13 +264,17 @@ impl Db {
         // profiles); there are a few dozen distinct ones.
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)?;
-        let has_lease_node: bool = conn
-            .prepare_cached(
-                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'lease_node'",
-            )?
-            .query_row([], |row| row.get::<_, i64>(0).map(|n| n > 0))?;
-        if !has_lease_node {
-            conn.execute_batch("ALTER TABLE jobs ADD COLUMN lease_node TEXT")?;
+        // Columns added after the first release: data directories written by an
+        // older version get them here.
+        for column in ["lease_node", "checkpoint"] {
+            let present: bool = conn
+                .prepare(&format!(
+                    "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = '{column}'"
+                ))?
+                .query_row([], |row| row.get::<_, i64>(0).map(|n| n > 0))?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} TEXT"))?;
+            }
         }
         Ok(Self {
             conn: Mutex::new(conn),
@@ -539,6 +549,24 @@ impl Db {
             )?
             .execute(params![result.lsn as i64, result.state, json, now_ms()])?;
         Ok(())
+    }
+
+    /// Records the latest checkpoint of a running job; with `fence`, only while the
+    /// job runs that attempt. False when nothing was written.
+    pub fn save_checkpoint(
+        &self,
+        lsn: u64,
+        hash: &HashHex,
+        fence: Option<u32>,
+    ) -> rusqlite::Result<bool> {
+        let changed = self
+            .conn()
+            .prepare_cached(
+                "UPDATE jobs SET checkpoint = ?2 WHERE lsn = ?1 AND state = 'running' \
+                 AND (?3 IS NULL OR attempts = ?3)",
+            )?
+            .execute(params![lsn as i64, hash.to_string(), fence])?;
+        Ok(changed == 1)
     }
 
     /// Records a job's descriptor with its output references substituted, and the

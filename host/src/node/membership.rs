@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinator::protocol::{Heartbeat, HeartbeatAnswer, Registration};
+use crate::coordinator::protocol::{CheckpointNote, Heartbeat, HeartbeatAnswer, Registration};
 use crate::node::Node;
-use crate::node::agent::Agent;
+use crate::node::agent::{Agent, INLINE_BYTES};
 
 /// Where and how to join.
 #[derive(Clone, Debug)]
@@ -51,6 +52,44 @@ impl Membership {
             request = request.bearer_auth(key);
         }
         request.send()
+    }
+
+    /// The checkpoints leased runs saved since the last heartbeat: small ones inline,
+    /// large ones uploaded to the coordinator's blob route first.
+    fn checkpoint_notes(&self, http: &reqwest::blocking::Client) -> Vec<CheckpointNote> {
+        let Some(agent) = &self.agent else {
+            return Vec::new();
+        };
+        let mut notes = Vec::new();
+        for (lease, hash, bytes) in agent.unsent_checkpoints() {
+            let data = if bytes.len() <= INLINE_BYTES {
+                Some(base64::engine::general_purpose::STANDARD.encode(&bytes))
+            } else {
+                let mut request = http
+                    .put(format!(
+                        "{}/api/v1/cluster/blobs/{hash}",
+                        self.coordinator.trim_end_matches('/')
+                    ))
+                    .timeout(Duration::from_secs(300))
+                    .body(bytes.to_vec());
+                if let Some(key) = &self.node_key {
+                    request = request.bearer_auth(key);
+                }
+                match request.send() {
+                    Ok(response) if response.status().is_success() => None,
+                    Ok(response) => {
+                        tracing::warn!(status = %response.status(), "the coordinator refused a checkpoint");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sending a checkpoint failed");
+                        continue;
+                    }
+                }
+            };
+            notes.push(CheckpointNote { lease, hash, data });
+        }
+        notes
     }
 
     fn run(&self, node: &Node, stop: &CancellationToken) {
@@ -103,11 +142,13 @@ impl Membership {
                 continue;
             };
             let leases = self.agent.as_ref().map(|a| a.held()).unwrap_or_default();
+            let checkpoints = self.checkpoint_notes(&http);
             let beat = Heartbeat {
                 running: Some((running + leases.len()) as u64),
                 local: Some(running as u64),
                 slots: Some(node.config.slots as u64),
                 leases,
+                checkpoints,
             };
             let _ = queued;
             match self.post(
@@ -122,10 +163,13 @@ impl Membership {
                 }
                 Ok(response) if response.status().is_success() => {
                     backoff = MIN_BACKOFF;
-                    if let (Some(agent), Ok(answer)) =
-                        (&self.agent, response.json::<HeartbeatAnswer>())
-                    {
-                        agent.cancel(&answer.cancel);
+                    if let Some(agent) = &self.agent {
+                        let sent: Vec<_> =
+                            beat.checkpoints.iter().map(|c| (c.lease, c.hash)).collect();
+                        agent.checkpoints_sent(&sent);
+                        if let Ok(answer) = response.json::<HeartbeatAnswer>() {
+                            agent.cancel(&answer.cancel);
+                        }
                     }
                     wait(every);
                 }

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 use wasmesh_runtime::{
-    CancellationToken, Config as SandboxConfig, FileSource, Limits, Mount, Outcome, RunSpec,
-    RuntimeError, Sandbox,
+    CancellationToken, Config as SandboxConfig, FileSource, Limits, Mount, Outcome, RunObserver,
+    RunSpec, RuntimeError, Sandbox,
 };
 
 use crate::coordinator::fleet::{Fleet, LeaseCancel};
@@ -807,13 +807,13 @@ impl Node {
     }
 
     /// Runs one job on this (blocking) thread and records its result.
-    fn execute(&self, lsn: u64, cancel: CancellationToken) {
+    fn execute(self: &Arc<Self>, lsn: u64, cancel: CancellationToken) {
         if let Err(e) = self.try_execute(lsn, cancel) {
             tracing::error!(lsn, error = %e, "a job could not be recorded; it stays pending until restart");
         }
     }
 
-    fn try_execute(&self, lsn: u64, cancel: CancellationToken) -> Result<(), NodeError> {
+    fn try_execute(self: &Arc<Self>, lsn: u64, cancel: CancellationToken) -> Result<(), NodeError> {
         if let Some(mut job) = self.job_any(lsn)?
             && self.resolve_refs(&mut job)?
         {
@@ -887,7 +887,11 @@ impl Node {
         Ok(true)
     }
 
-    fn run_action(&self, job: &JobRow, cancel: CancellationToken) -> Result<JobResult, RunFailure> {
+    fn run_action(
+        self: &Arc<Self>,
+        job: &JobRow,
+        cancel: CancellationToken,
+    ) -> Result<JobResult, RunFailure> {
         let action: ActionDescriptor = serde_json::from_str(&job.descriptor)
             .map_err(|e| RunFailure::Final(format!("stored action does not parse: {e}")))?;
         let worker = self
@@ -896,7 +900,21 @@ impl Node {
             .ok_or_else(|| {
                 RunFailure::Final(format!("worker {} is not registered", action.worker))
             })?;
-        let report = self.run_prepared(&worker, &action, None, cancel)?;
+        // A retry resumes from the checkpoint an earlier attempt saved.
+        let resume = match job.checkpoint {
+            Some(hash) => Some(
+                self.cas
+                    .read(&hash)
+                    .map_err(|e| RunFailure::Host(format!("reading checkpoint {hash}: {e}")))?,
+            ),
+            None => None,
+        };
+        let keeper = Arc::new(LocalCheckpoints {
+            node: self.clone(),
+            tenant: job.tenant.clone(),
+            lsn: job.lsn,
+        });
+        let report = self.run_prepared(&worker, &action, None, resume, Some(keeper), cancel)?;
         let output = self.store_output(&job.tenant, &report.stdout)?;
         let stderr = self.store_output(&job.tenant, &report.stderr)?;
         let (state, exit_code, message) = settle_outcome(&report.outcome);
@@ -924,11 +942,15 @@ impl Node {
     /// node's store.
     ///
     /// `stdin`, when given, is the action's input already in memory.
+    /// `resume` is what the guest's `checkpoint::load` returns until it saves one;
+    /// `observer` sees its checkpoints as they are saved.
     pub(crate) fn run_prepared(
         &self,
         worker: &WorkerDescriptor,
         action: &ActionDescriptor,
         stdin: Option<Vec<u8>>,
+        resume: Option<Vec<u8>>,
+        observer: Option<Arc<dyn RunObserver>>,
         cancel: CancellationToken,
     ) -> Result<wasmesh_runtime::RunReport, RunFailure> {
         let module_hash = worker.module;
@@ -969,6 +991,12 @@ impl Node {
         for (key, value) in env {
             spec = spec.env(key, value);
         }
+        if let Some(bytes) = resume {
+            spec = spec.checkpoint(bytes);
+        }
+        if let Some(observer) = observer {
+            spec = spec.observer(observer);
+        }
         if !worker.files.is_empty() {
             spec = spec.mount(Mount::files("/worker", files(&worker.files)));
         }
@@ -978,7 +1006,7 @@ impl Node {
         self.sandbox.run(&module, spec).map_err(RunFailure::from)
     }
 
-    fn store_output(&self, tenant: &str, bytes: &[u8]) -> Result<HashHex, RunFailure> {
+    pub(crate) fn store_output(&self, tenant: &str, bytes: &[u8]) -> Result<HashHex, RunFailure> {
         let hash = self
             .cas
             .put_own(bytes)
@@ -1082,6 +1110,32 @@ impl Node {
 }
 
 /// The state, exit code and message of a result, from the run's outcome.
+/// Keeps a local run's checkpoints: each one the guest saves goes to the store and is
+/// recorded with the job, so an attempt after a crash resumes from it.
+struct LocalCheckpoints {
+    node: Arc<Node>,
+    tenant: String,
+    lsn: u64,
+}
+
+impl RunObserver for LocalCheckpoints {
+    fn checkpoint(&self, bytes: &[u8]) {
+        let saved = self
+            .node
+            .store_output(&self.tenant, bytes)
+            .map_err(|(RunFailure::Host(e) | RunFailure::Final(e))| e)
+            .and_then(|hash| {
+                self.node
+                    .db
+                    .save_checkpoint(self.lsn, &hash, None)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = saved {
+            tracing::warn!(lsn = self.lsn, error = %e, "a checkpoint could not be kept");
+        }
+    }
+}
+
 pub(crate) fn settle_outcome(outcome: &Outcome) -> (&'static str, Option<i32>, Option<String>) {
     match outcome {
         Outcome::Exited(0) => ("succeeded", Some(0), None),

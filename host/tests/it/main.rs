@@ -1,6 +1,7 @@
 //! End-to-end tests of the `wasmesh` binary (one test binary, a module per area).
 
 mod cas;
+mod checkpoints;
 mod cluster;
 mod demo;
 mod exec;

@@ -134,6 +134,7 @@ fn montecarlo_pi_estimates_pi_and_resumes_from_a_checkpoint_with_the_same_answer
     let whole = run("montecarlo-pi", RunSpec::new().stdin(input.clone()));
     let answer = json_out(&whole);
     let pi = answer["pi"].as_f64().unwrap();
+    assert_eq!(answer["resumed_from"], json!(0));
     assert!((pi - std::f64::consts::PI).abs() < 0.02, "{pi}");
     assert_eq!(whole.progress, Some(1.0));
 
@@ -159,7 +160,10 @@ fn montecarlo_pi_estimates_pi_and_resumes_from_a_checkpoint_with_the_same_answer
         "montecarlo-pi",
         RunSpec::new().stdin(input).checkpoint(checkpoint),
     );
-    assert_eq!(json_out(&resumed), answer);
+    let mut resumed_answer = json_out(&resumed);
+    assert_eq!(resumed_answer["resumed_from"], json!(done));
+    resumed_answer["resumed_from"] = json!(0);
+    assert_eq!(resumed_answer, answer);
     assert!(
         resumed.usage.fuel < whole.usage.fuel,
         "resuming skips the done samples"
