@@ -191,6 +191,8 @@ pub struct NodeArgs {
     /// How long `Idempotency-Key`s and their stored responses are kept (default 24h).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idempotency_retention: Option<Duration>,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
     /// Join this coordinator: register, heartbeat, re-register after a 404.
     #[arg(long, env = "WASMESH_COORDINATOR")]
     pub coordinator: Option<String>,
@@ -247,6 +249,35 @@ pub struct CoordinatorArgs {
     /// How long `Idempotency-Key`s and their stored responses are kept.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_retention: Duration,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+}
+
+/// How webhook deliveries are retried (node and coordinator).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookArgs {
+    /// The wait before a failed delivery's first retry; it doubles per attempt, with
+    /// jitter, up to an hour.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub webhook_retry_base: Duration,
+    /// Attempts per delivery before it fails.
+    #[arg(long, default_value_t = 8)]
+    pub webhook_attempts: u32,
+    /// Consecutive failed attempts after which an endpoint is disabled.
+    #[arg(long, default_value_t = 20)]
+    pub webhook_disable_after: u32,
+}
+
+impl WebhookArgs {
+    /// As the node's configuration.
+    pub fn config(&self) -> crate::node::webhooks::WebhookConfig {
+        crate::node::webhooks::WebhookConfig {
+            retry_base: self.webhook_retry_base,
+            max_attempts: self.webhook_attempts.max(1),
+            disable_after: self.webhook_disable_after.max(1),
+            ..Default::default()
+        }
+    }
 }
 
 /// Arguments of `wasmesh demo`.

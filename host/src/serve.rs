@@ -100,6 +100,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(retention) = args.idempotency_retention {
         config.idempotency_retention = retention;
     }
+    config.webhooks = args.webhooks.config();
     config.labels = file.labels.unwrap_or_default();
     for label in &args.labels {
         let (key, value) = label
@@ -283,6 +284,7 @@ pub fn coordinator(args: crate::cli::CoordinatorArgs) -> anyhow::Result<()> {
     // The coordinator runs nothing itself; one slot's sandbox validates modules.
     config.slots = 1;
     config.idempotency_retention = args.idempotency_retention;
+    config.webhooks = args.webhooks.config();
     if let Some(max) = args.max_blob_bytes {
         config.max_blob_bytes = max;
         config.max_request_bytes = config.max_request_bytes.max(max + (16 << 20));

@@ -10,6 +10,7 @@ mod info;
 mod jobs;
 mod queues;
 mod record;
+mod webhooks;
 mod workers;
 
 use std::net::SocketAddr;
@@ -96,6 +97,19 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
         )
         .route("/compute/record/start", post(record::start))
         .route("/compute/record/stop", post(record::stop))
+        .route(
+            "/api/v1/webhooks",
+            post(webhooks::create).get(webhooks::list),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
+        .route("/api/v1/webhooks/{id}/enable", post(webhooks::enable))
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
         // Layers run bottom-up: the tenant is resolved before the key is looked up.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -71,6 +71,8 @@ struct Link {
     wake: Arc<Notify>,
     /// The node is shutting down: work polls answer at once.
     leaving: bool,
+    /// Its health as last announced (`node.ready` / `node.unhealthy` webhooks).
+    announced: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -164,6 +166,7 @@ impl Fleet {
             cancels: Vec::new(),
             wake: Arc::new(Notify::new()),
             leaving: false,
+            announced: None,
         };
         inner.placer.nodes_changed();
         match inner.index.get(&registration.id).copied() {
@@ -178,6 +181,7 @@ impl Fleet {
                 inner.links[i].mailbox = old_link.mailbox;
                 inner.links[i].cancels = old_link.cancels;
                 inner.links[i].wake = old_link.wake;
+                inner.links[i].announced = old_link.announced;
                 inner.views[i] = view;
             }
             None => {
@@ -416,6 +420,23 @@ impl Fleet {
         drop(inner);
         self.capacity.notify_one();
         Some(lease)
+    }
+
+    /// Nodes whose health changed since the last call, as (id, healthy): a node seen
+    /// for the first time is announced ready.
+    pub fn health_changes(&self, now: Instant) -> Vec<(String, bool)> {
+        let lease = self.config.lease;
+        let mut inner = self.inner();
+        let Inner { views, links, .. } = &mut *inner;
+        let mut changes = Vec::new();
+        for (view, link) in views.iter().zip(links.iter_mut()) {
+            let healthy = !view.unhealthy_at(lease, now);
+            if link.announced != Some(healthy) {
+                link.announced = Some(healthy);
+                changes.push((view.id.clone(), healthy));
+            }
+        }
+        changes
     }
 
     /// Removes and returns the leases past their expiry; each counts as a failure of

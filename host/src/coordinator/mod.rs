@@ -736,7 +736,21 @@ pub async fn expiry_loop(node: Arc<Node>, fleet: Arc<Fleet>) {
             () = tokio::time::sleep(tick) => {}
             () = node.stopping().cancelled() => return,
         }
-        let lost = fleet.expire(Instant::now());
+        let now = Instant::now();
+        for (id, healthy) in fleet.health_changes(now) {
+            let event = if healthy {
+                "node.ready"
+            } else {
+                "node.unhealthy"
+            };
+            tracing::info!(node = %id, event, "node health changed");
+            if node.webhooks.wants(None, event) {
+                let data =
+                    json!({"node": id, "state": if healthy { "ready" } else { "unhealthy" }});
+                node.webhooks.emit(&node.db, None, event, data);
+            }
+        }
+        let lost = fleet.expire(now);
         if lost.is_empty() {
             continue;
         }

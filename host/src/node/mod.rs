@@ -10,6 +10,7 @@ pub mod membership;
 pub mod metrics;
 pub mod record;
 pub mod scheduler;
+pub mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -58,6 +59,8 @@ pub struct NodeConfig {
     pub queue_idle: Duration,
     /// How long an `Idempotency-Key` and its stored response are kept.
     pub idempotency_retention: Duration,
+    /// How webhook deliveries are retried.
+    pub webhooks: webhooks::WebhookConfig,
 }
 
 impl NodeConfig {
@@ -75,6 +78,7 @@ impl NodeConfig {
             default_max_retries: 3,
             queue_idle: Duration::from_secs(15 * 60),
             idempotency_retention: Duration::from_secs(24 * 60 * 60),
+            webhooks: webhooks::WebhookConfig::default(),
         }
     }
 }
@@ -197,6 +201,8 @@ pub struct Node {
     pub metrics: Metrics,
     /// Active recordings.
     pub recorder: record::Recorder,
+    /// Webhook subscriptions and deliveries.
+    pub webhooks: webhooks::Webhooks,
     scheduler: Mutex<Scheduler>,
     wake: Notify,
     /// Notified whenever a job's result is written (for long-polls).
@@ -233,6 +239,8 @@ impl Node {
             ..SandboxConfig::default()
         })
         .context("starting the sandbox")?;
+        let webhooks =
+            webhooks::Webhooks::open(&db, config.webhooks).context("loading webhooks")?;
         let node = Arc::new(Self {
             slots: Arc::new(Semaphore::new(config.slots.max(1))),
             config,
@@ -241,6 +249,7 @@ impl Node {
             sandbox,
             metrics: Metrics::default(),
             recorder: record::Recorder::default(),
+            webhooks,
             scheduler: Mutex::new(Scheduler::default()),
             wake: Notify::new(),
             finished: Notify::new(),
@@ -316,6 +325,7 @@ impl Node {
         }
         let node = self.clone();
         tokio::spawn(async move { node.expire_idle_queues().await });
+        tokio::spawn(webhooks::deliver_loop(self.clone()));
     }
 
     /// Stops handing out work and waits up to `grace` for running jobs to finish.
@@ -650,6 +660,7 @@ impl Node {
         for (lsn, (_, cached)) in lsns.iter().zip(&rows) {
             if cached.is_some() {
                 self.metrics.cache_answers.add(1);
+                self.announce(*lsn);
                 continue;
             }
             let job = self
@@ -765,6 +776,7 @@ impl Node {
     /// Removes a finished job from the scheduler and settles its dependents.
     fn settle(&self, lsn: u64, succeeded: bool) {
         let (runnable, doomed) = self.scheduler().finish(lsn, succeeded);
+        self.announce(lsn);
         // The result is in the database: wake every long-poll to look again.
         self.finished.notify_waiters();
         if !runnable.is_empty() {
@@ -774,6 +786,61 @@ impl Node {
             let message = format!("dependency {lsn} did not succeed; this job never ran");
             if let Err(e) = self.doom(dependent, &message) {
                 tracing::error!(lsn = dependent, error = %e, "failing a dependent job");
+            }
+        }
+    }
+
+    /// Queues the webhook deliveries a finished job means: `job.succeeded` or
+    /// `job.failed`, and `queue.completed` when it was the last pending job of its
+    /// queue. Costs nothing while no webhook wants such events.
+    fn announce(&self, lsn: u64) {
+        if !self.webhooks.wants_job_events() {
+            return;
+        }
+        let Ok(Some(job)) = self.db.job_by_lsn(lsn) else {
+            return;
+        };
+        let Some(result) = &job.result else {
+            return;
+        };
+        let tenant = Some(job.tenant.as_str());
+        let event = match result.state.as_str() {
+            "succeeded" => "job.succeeded",
+            "failed" => "job.failed",
+            _ => "",
+        };
+        if !event.is_empty() && self.webhooks.wants(tenant, event) {
+            let data = serde_json::json!({
+                "lsn": lsn,
+                "queue_id": job.queue_id,
+                "action": result.action,
+                "worker": result.worker,
+                "state": result.state,
+                "outcome": result.outcome,
+                "exit_code": result.exit_code,
+                "output": result.output,
+                "node": result.node,
+                "attempts": result.attempts,
+                "cached": result.cached,
+            });
+            self.webhooks.emit(&self.db, tenant, event, data);
+        }
+        if let Some(queue) = job.queue_id
+            && self.webhooks.wants(tenant, "queue.completed")
+            && let Ok(counts) = self.db.queue_counts(queue)
+        {
+            let pending = counts
+                .iter()
+                .any(|(state, n)| (state == "queued" || state == "running") && *n > 0);
+            let total = counts.iter().map(|(_, n)| n).sum();
+            if !pending && self.webhooks.queue_completed_once(queue, total) {
+                let counts: serde_json::Map<String, serde_json::Value> = counts
+                    .into_iter()
+                    .map(|(state, n)| (state, n.into()))
+                    .collect();
+                let data = serde_json::json!({"queue_id": queue, "counts": counts});
+                self.webhooks
+                    .emit(&self.db, tenant, "queue.completed", data);
             }
         }
     }

@@ -12,6 +12,7 @@ mod queues;
 mod scheduling;
 mod server;
 mod tenants;
+mod webhooks;
 mod workflows;
 
 use std::path::Path;
