@@ -130,6 +130,22 @@ enum BenchScenario {
         )]
         module: PathBuf,
     },
+    /// Fan-in latency on a coordinator and 2 nodes: last map end -> reduce start, with
+    /// `output_of` references vs the client submitting the reduce itself.
+    Fanin {
+        /// Map/reduce rounds per mode.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// Map jobs per round.
+        #[arg(long, default_value_t = 8)]
+        maps: usize,
+        /// The compiled wordcount example.
+        #[arg(
+            long,
+            default_value = "examples/target/wasm32-wasip1/release/wordcount.wasm"
+        )]
+        module: PathBuf,
+    },
     /// Placement in process: decisions/s with simulated nodes, memory per queued job,
     /// and the full placement path on a real journal.
     Placement {
@@ -349,6 +365,14 @@ pub fn main() -> ExitCode {
         Command::Bench {
             scenario: BenchScenario::Events { events, module },
         } => crate::bench::events(events, &module).map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            scenario:
+                BenchScenario::Fanin {
+                    rounds,
+                    maps,
+                    module,
+                },
+        } => crate::bench::fanin(rounds, maps, &module).map(|()| ExitCode::SUCCESS),
         Command::Bench {
             scenario: BenchScenario::Placement { nodes, jobs },
         } => crate::bench::placement(nodes, jobs).map(|()| ExitCode::SUCCESS),

@@ -351,6 +351,29 @@ pub struct JobResult {
     /// On a coordinator: where the job ran and why (`{node, strategy, score, factors}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<serde_json::Value>,
+    /// When the run behind this result started and ended (absent for cache answers
+    /// and jobs that never ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<RunTiming>,
+}
+
+/// When a run started and ended: Unix milliseconds on the clock of the node that ran
+/// it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunTiming {
+    /// The sandbox run began.
+    pub started_ms: i64,
+    /// It ended.
+    pub finished_ms: i64,
+}
+
+impl RunTiming {
+    /// Unix milliseconds now.
+    pub fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
 }
 
 #[cfg(test)]

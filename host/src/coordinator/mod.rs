@@ -50,8 +50,11 @@ const MAX_POLL: Duration = Duration::from_secs(10);
 /// Leases written to the journal in one transaction.
 const LEASE_BATCH: usize = 256;
 
-/// A job's stdin up to this size travels inside its assignment.
+/// An input or file up to this size may travel inside its assignment.
 const INLINE_INPUT: u64 = 64 << 10;
+
+/// Bytes of inputs and files one lease may carry inline.
+const INLINE_BUDGET: u64 = 1 << 20;
 
 /// What the cluster handlers reach.
 #[derive(Clone, Debug)]
@@ -370,6 +373,7 @@ fn accept(node: &Node, fleet: &Fleet, id: &str, report: Report) -> bool {
         node: id.to_string(),
         attempts: token.attempt,
         cached: false,
+        timing: report.timing,
         placement: Some(lease.placement),
     };
     match node.complete(&job, result, host_failure, Some(token.attempt)) {
@@ -694,18 +698,28 @@ fn lease(node: &Node, fleet: &Fleet, batch: Vec<Placed>) {
             lsn: placed.job.lsn,
             attempt,
         };
+        // Small inputs and files go inline (up to a budget per lease): a node would
+        // otherwise fetch and fsync each one before the run.
         let mut blobs = BTreeMap::new();
-        if let Some(input) = placed.action.input
-            && node
-                .cas
-                .size(&input)
-                .is_some_and(|size| size <= INLINE_INPUT)
-            && let Ok(bytes) = node.cas.read(&input)
+        let mut budget = INLINE_BUDGET;
+        for hash in placed
+            .action
+            .input
+            .iter()
+            .chain(placed.action.files.values())
         {
-            blobs.insert(
-                input,
-                base64::engine::general_purpose::STANDARD.encode(bytes),
-            );
+            if let Some(size) = node.cas.size(hash)
+                && size <= INLINE_INPUT
+                && size <= budget
+                && !blobs.contains_key(hash)
+                && let Ok(bytes) = node.cas.read(hash)
+            {
+                budget -= size;
+                blobs.insert(
+                    *hash,
+                    base64::engine::general_purpose::STANDARD.encode(bytes),
+                );
+            }
         }
         fleet.assign(
             placed.reservation,

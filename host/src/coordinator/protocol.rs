@@ -103,8 +103,9 @@ pub struct Assignment {
     pub worker: WorkerDescriptor,
     /// The action.
     pub action: ActionDescriptor,
-    /// A small stdin travels inline (base64), keyed by its hash, saving the node a
-    /// fetch and a disk write per job.
+    /// Small inputs and files (up to 64 KiB each, 1 MiB per lease) travel inline
+    /// (base64), keyed by hash, saving the node a fetch and a disk write each; the
+    /// run reads them from memory.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub blobs: BTreeMap<HashHex, String>,
     /// The job's latest checkpoint from an earlier attempt: the run resumes from it
@@ -157,6 +158,9 @@ pub struct Report {
     /// True when the attempt failed on the host (not the guest's fault): retried.
     #[serde(default)]
     pub host_failure: bool,
+    /// When the run started and ended on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<crate::model::RunTiming>,
 }
 
 /// `POST /api/v1/cluster/nodes/{id}/results`.

@@ -25,7 +25,7 @@ use crate::coordinator::protocol::{
 struct ResultsRef<'a> {
     results: &'a [Report],
 }
-use crate::model::{HashHex, UsageJson};
+use crate::model::{HashHex, RunTiming, UsageJson};
 use crate::node::{Node, RunFailure, events_json, settle_outcome, usage_json};
 
 /// Outputs (and checkpoints) up to this size travel inside the results report (the
@@ -307,27 +307,29 @@ impl Agent {
             permit = self.node.slots().clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
             () = cancel.cancelled() => return failed(token, "cancelled", "cancelled", "cancelled before it ran", false),
         };
-        let mut stdin = None;
-        if let Some(input) = assignment.action.input
-            && let Some(data) = assignment.blobs.get(&input)
-        {
+        // Small inputs and files ride inline: decoded and verified here, kept in memory.
+        let mut inline: HashMap<HashHex, Arc<[u8]>> = HashMap::new();
+        for (hash, data) in &assignment.blobs {
             match base64::engine::general_purpose::STANDARD.decode(data) {
-                Ok(bytes) if HashHex::of(&bytes) == input => stdin = Some(bytes),
+                Ok(bytes) if HashHex::of(&bytes) == *hash => {
+                    inline.insert(*hash, bytes.into());
+                }
                 _ => {
-                    let message = format!("the inline input does not hash to {input}");
+                    let message = format!("the inline blob does not hash to {hash}");
                     return failed(token, "failed", "trapped", &message, true);
                 }
             }
         }
-        // Everything the run reads from the store: the module, the worker's and the
-        // action's files, and the input unless it came inline.
+        // Everything else the run reads comes from the store: the module, the worker's
+        // files, and the action's input and files unless they came inline.
         let action = &assignment.action;
         let blobs: Vec<HashHex> = assignment
             .worker
             .chunks()
             .into_iter()
             .chain(action.files.values().copied())
-            .chain(action.input.filter(|_| stdin.is_none()))
+            .chain(action.input)
+            .filter(|hash| !inline.contains_key(hash))
             .collect();
         for hash in blobs.into_iter().chain(assignment.checkpoint) {
             if let Err(message) = self.fetch(hash).await {
@@ -351,11 +353,12 @@ impl Agent {
         });
         let node = self.node.clone();
         let started = Instant::now();
+        let started_ms = RunTiming::now_ms();
         let run = tokio::task::spawn_blocking(move || {
             let run = node.run_prepared(
                 &assignment.worker,
                 &assignment.action,
-                stdin,
+                &inline,
                 resume,
                 Some(keeper),
                 cancel,
@@ -404,6 +407,10 @@ impl Agent {
             events: events_json(&run),
             usage: usage_json(&run),
             host_failure: false,
+            timing: Some(RunTiming {
+                started_ms,
+                finished_ms: started_ms + started.elapsed().as_millis() as i64,
+            }),
         };
         for bytes in [run.stdout, run.stderr] {
             if let Err(message) = self.ship(&mut report, bytes).await {
@@ -568,5 +575,6 @@ fn failed(token: Token, state: &str, outcome: &str, message: &str, host: bool) -
         events: Vec::new(),
         usage: UsageJson::default(),
         host_failure: host,
+        timing: None,
     }
 }

@@ -26,8 +26,8 @@ use wasmesh_runtime::{
 use crate::coordinator::fleet::{Fleet, LeaseCancel};
 use crate::coordinator::protocol::Token;
 use crate::model::{
-    ActionDescriptor, HashHex, JobResult, UsageJson, WorkerDescriptor, canonical_json, content_id,
-    output_refs, substitute_refs,
+    ActionDescriptor, HashHex, JobResult, RunTiming, UsageJson, WorkerDescriptor, canonical_json,
+    content_id, output_refs, substitute_refs,
 };
 use cas::Cas;
 use db::{Db, JobRow, NewJob};
@@ -614,6 +614,7 @@ impl Node {
                     .map(|mut result| {
                         result.cached = true;
                         result.attempts = 0;
+                        result.timing = None;
                         result
                     })
             } else {
@@ -760,6 +761,7 @@ impl Node {
         cached.cached = true;
         cached.attempts = job.attempts;
         cached.placement = None;
+        cached.timing = None;
         self.db.finish_job(&cached)?;
         self.metrics.cache_answers.add(1);
         self.metrics.finished(&cached.state);
@@ -870,6 +872,7 @@ impl Node {
             attempts: job.attempts,
             cached: false,
             placement: None,
+            timing: None,
         }
     }
 
@@ -981,7 +984,19 @@ impl Node {
             tenant: job.tenant.clone(),
             lsn: job.lsn,
         });
-        let report = self.run_prepared(&worker, &action, None, resume, Some(keeper), cancel)?;
+        let started_ms = RunTiming::now_ms();
+        let report = self.run_prepared(
+            &worker,
+            &action,
+            &HashMap::new(),
+            resume,
+            Some(keeper),
+            cancel,
+        )?;
+        let timing = Some(RunTiming {
+            started_ms,
+            finished_ms: RunTiming::now_ms(),
+        });
         let output = self.store_output(&job.tenant, &report.stdout)?;
         let stderr = self.store_output(&job.tenant, &report.stderr)?;
         let (state, exit_code, message) = settle_outcome(&report.outcome);
@@ -1002,20 +1017,22 @@ impl Node {
             attempts: job.attempts,
             cached: false,
             placement: None,
+            timing,
         })
     }
 
     /// Runs an action of `worker` in the sandbox; every blob it names must be in this
     /// node's store.
     ///
-    /// `stdin`, when given, is the action's input already in memory.
+    /// `inline` holds blobs already in memory (small inputs and files that came with a
+    /// lease); the rest are read from the store.
     /// `resume` is what the guest's `checkpoint::load` returns until it saves one;
     /// `observer` sees its checkpoints as they are saved.
     pub(crate) fn run_prepared(
         &self,
         worker: &WorkerDescriptor,
         action: &ActionDescriptor,
-        stdin: Option<Vec<u8>>,
+        inline: &HashMap<HashHex, Arc<[u8]>>,
         resume: Option<Vec<u8>>,
         observer: Option<Arc<dyn RunObserver>>,
         cancel: CancellationToken,
@@ -1030,17 +1047,25 @@ impl Node {
                     .map_err(|e| RuntimeError::Host(format!("reading module {module_hash}: {e}")))
             })
             .map_err(RunFailure::from)?;
-        let stdin = match (stdin, action.input) {
-            (Some(bytes), _) => bytes,
-            (None, Some(hash)) => self
-                .cas
-                .read(&hash)
-                .map_err(|e| RunFailure::Host(format!("reading input {hash}: {e}")))?,
-            (None, None) => Vec::new(),
+        let stdin = match action.input {
+            Some(hash) => match inline.get(&hash) {
+                Some(bytes) => bytes.to_vec(),
+                None => self
+                    .cas
+                    .read(&hash)
+                    .map_err(|e| RunFailure::Host(format!("reading input {hash}: {e}")))?,
+            },
+            None => Vec::new(),
         };
         let files = |set: &BTreeMap<String, HashHex>| {
             set.iter()
-                .map(|(name, hash)| (name.clone(), FileSource::Path(self.cas.path(hash))))
+                .map(|(name, hash)| {
+                    let source = match inline.get(hash) {
+                        Some(bytes) => FileSource::Bytes(bytes.clone()),
+                        None => FileSource::Path(self.cas.path(hash)),
+                    };
+                    (name.clone(), source)
+                })
                 .collect()
         };
         let mut env: BTreeMap<&str, &str> = worker

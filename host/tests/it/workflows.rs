@@ -231,9 +231,21 @@ fn a_map_reduce_workflow_file_runs_across_the_cluster() {
         expected_counts(&["done done"])
     );
     assert_eq!(run["sinks"], json!(["reduce", "after-reduce"]));
-    // The reduce was submitted after the maps and ran after all of them.
-    let reduce = results["reduce"].lsn;
-    assert!((0..SHARDS.len()).all(|i| results[&format!("map-{i}")].lsn < reduce));
+    // The reduce was submitted after the maps and started after all of them ended.
+    let reduce = &results["reduce"];
+    let maps: Vec<&JobResult> = (0..SHARDS.len())
+        .map(|i| &results[&format!("map-{i}")])
+        .collect();
+    assert!(maps.iter().all(|m| m.lsn < reduce.lsn));
+    let last_map_end = maps
+        .iter()
+        .map(|m| m.timing.unwrap().finished_ms)
+        .max()
+        .unwrap();
+    assert!(
+        reduce.timing.unwrap().started_ms >= last_map_end,
+        "{results:?}"
+    );
     let queue = client
         .call(
             reqwest::Method::GET,
@@ -250,6 +262,8 @@ fn a_map_reduce_workflow_file_runs_across_the_cluster() {
         serde_json::from_value(again["results"].clone()).unwrap();
     for (name, result) in &results {
         assert_eq!(result.cached, name != "after-reduce", "{name}: {result:?}");
+        // A cache answer did not run: it has no timing of its own.
+        assert_eq!(result.timing.is_none(), result.cached, "{name}: {result:?}");
     }
     assert_eq!(
         counts_of(&client, &results["reduce"]),
