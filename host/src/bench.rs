@@ -405,12 +405,11 @@ pub fn cluster(
     Ok(())
 }
 
-/// `wasmesh bench fanin`: map/reduce rounds (wordcount, `maps` shards) on a
-/// coordinator and 2 nodes. Measures the gap from the last map's end to the reduce's
-/// start (both from the results' `timing`): with the reduce submitted up front naming
-/// the maps' outputs (`output_of`, fan-in on the coordinator), against the client
-/// waiting for every map and then submitting the reduce with the hashes (baseline).
-pub fn fanin(rounds: usize, maps: usize, module: &std::path::Path) -> anyhow::Result<()> {
+/// A coordinator and 2 one-slot nodes with `module` uploaded as worker `name`.
+fn two_nodes_with(
+    module: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<(crate::local::LocalCluster, Client, HashHex)> {
     let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
     let hash = HashHex::of(&wasm);
     let mut cluster = crate::local::LocalCluster::start(&[])?;
@@ -418,11 +417,18 @@ pub fn fanin(rounds: usize, maps: usize, module: &std::path::Path) -> anyhow::Re
     cluster.add_node("node-2", 1)?;
     let client = cluster.client();
     let worker = client
-        .upload_worker(
-            &json!({"name": "wordcount", "module": hash}),
-            &[(hash, &wasm)],
-        )?
+        .upload_worker(&json!({"name": name, "module": hash}), &[(hash, &wasm)])?
         .worker;
+    Ok((cluster, client, worker))
+}
+
+/// `wasmesh bench fanin`: map/reduce rounds (wordcount, `maps` shards) on a
+/// coordinator and 2 nodes. Measures the gap from the last map's end to the reduce's
+/// start (both from the results' `timing`): with the reduce submitted up front naming
+/// the maps' outputs (`output_of`, fan-in on the coordinator), against the client
+/// waiting for every map and then submitting the reduce with the hashes (baseline).
+pub fn fanin(rounds: usize, maps: usize, module: &std::path::Path) -> anyhow::Result<()> {
+    let (cluster, client, worker) = two_nodes_with(module, "wordcount")?;
     let gap = |reduce: &JobResult, maps: &[JobResult]| -> anyhow::Result<f64> {
         let last_map = maps
             .iter()
@@ -515,18 +521,7 @@ pub fn fanin(rounds: usize, maps: usize, module: &std::path::Path) -> anyhow::Re
 /// one inject at a time and in batches of 100, against the same handler submitted as
 /// plain jobs and waited for one at a time (the baseline).
 pub fn events(events: usize, module: &std::path::Path) -> anyhow::Result<()> {
-    let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
-    let hash = HashHex::of(&wasm);
-    let mut cluster = crate::local::LocalCluster::start(&[])?;
-    cluster.add_node("node-1", 1)?;
-    cluster.add_node("node-2", 1)?;
-    let client = cluster.client();
-    let worker = client
-        .upload_worker(
-            &json!({"name": "sensor-alerts", "module": hash}),
-            &[(hash, &wasm)],
-        )?
-        .worker;
+    let (cluster, client, worker) = two_nodes_with(module, "sensor-alerts")?;
     let group = client.call(
         reqwest::Method::POST,
         "/api/v1/cluster/groups",

@@ -155,18 +155,39 @@ pub async fn get(
 ) -> ApiResult<Response> {
     let queue = resolve(&state, &tenant, &q, peer)?;
     let deadline = tokio::time::Instant::now() + wait.duration();
+    let status = status_when(
+        &state,
+        &queue,
+        |s| s["is_complete"] == json!(true),
+        Some(deadline),
+    )
+    .await?;
+    Ok(axum::Json(status).into_response())
+}
+
+/// The queue's status as soon as `ready` holds for it (or `deadline` passes), looking
+/// again whenever a result is written and at least every 250 ms (submissions change
+/// the counts too).
+async fn status_when(
+    state: &AppState,
+    queue: &QueueRow,
+    ready: impl Fn(&serde_json::Value) -> bool,
+    deadline: Option<tokio::time::Instant>,
+) -> ApiResult<serde_json::Value> {
     loop {
         // Registered before looking, so a result written in between still wakes us.
         let notified = state.node.finished.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let status = status(&state, &queue)?;
-        if status["is_complete"] == json!(true) || tokio::time::Instant::now() >= deadline {
-            return Ok(axum::Json(status).into_response());
+        let status = status(state, queue)?;
+        let now = tokio::time::Instant::now();
+        if ready(&status) || deadline.is_some_and(|d| now >= d) {
+            return Ok(status);
         }
+        let recheck = now + std::time::Duration::from_millis(250);
         tokio::select! {
             () = notified => {}
-            () = tokio::time::sleep_until(deadline) => {}
+            () = tokio::time::sleep_until(deadline.map_or(recheck, |d| d.min(recheck))) => {}
         }
     }
 }
@@ -190,36 +211,25 @@ pub async fn events(
             if done {
                 return None;
             }
-            loop {
-                let node = state.node.clone();
-                let notified = node.finished.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let status = match status(&state, &queue) {
-                    Ok(status) => status,
-                    Err(e) => {
-                        let event = Event::default().event("error").data(format!("{e:?}"));
-                        return Some((
-                            Ok::<_, std::convert::Infallible>(event),
-                            (state, queue, last, true),
-                        ));
-                    }
-                };
-                if status["is_complete"] == json!(true) {
+            let event = match status_when(&state, &queue, |s| *s != last, None).await {
+                Ok(status) if status["is_complete"] == json!(true) => {
                     let event = Event::default().event("complete").data(status.to_string());
-                    return Some((Ok(event), (state, queue, status, true)));
+                    (event, status, true)
                 }
-                if status != last {
+                Ok(status) => {
                     let event = Event::default().event("progress").data(status.to_string());
-                    return Some((Ok(event), (state, queue, status, false)));
+                    (event, status, false)
                 }
-                // Submissions change the counts too, not only results: look again
-                // at least every 250 ms.
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                Err(e) => {
+                    let event = Event::default().event("error").data(format!("{e:?}"));
+                    (event, last, true)
                 }
-            }
+            };
+            let (event, sent, done) = event;
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (state, queue, sent, done),
+            ))
         },
     );
     Ok(Sse::new(stream)

@@ -8,8 +8,8 @@
 //! `/compute/jobs`, retried, fenced) pinned to the handler's node; a handler whose node
 //! is gone is placed again.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -25,6 +25,7 @@ use super::placement::Demand;
 use crate::api::auth::Tenant;
 use crate::api::error::{ApiError, ApiResult};
 use crate::model::{HashHex, JobResult};
+use crate::node::db::Db;
 use crate::node::{ActionSubmission, Node};
 
 /// Handlers one injected event may run through, counting the first.
@@ -143,24 +144,51 @@ fn validate(spec: &GroupSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// The groups' in-memory event logs (the groups themselves are in the journal).
+/// The groups' event logs, in the journal: the latest `LOG_ENTRIES` handler runs per
+/// group survive a coordinator restart.
 #[derive(Debug, Default)]
-pub struct Groups {
-    logs: Mutex<HashMap<String, VecDeque<Value>>>,
-}
+pub struct Groups;
 
 impl Groups {
-    fn logs(&self) -> MutexGuard<'_, HashMap<String, VecDeque<Value>>> {
-        self.logs.lock().unwrap_or_else(|e| e.into_inner())
+    fn record(&self, db: &Db, group: &str, entry: &Value) {
+        if let Err(e) = db.log_group_event(group, &entry.to_string()) {
+            tracing::error!(group, error = %e, "writing a group's event log");
+        }
+    }
+}
+
+impl Db {
+    fn log_group_event(&self, group: &str, entry: &str) -> rusqlite::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.prepare_cached("INSERT INTO group_events (group_id, entry) VALUES (?1, ?2)")?
+            .execute(rusqlite::params![group, entry])?;
+        let seq = tx.last_insert_rowid();
+        tx.prepare_cached("DELETE FROM group_events WHERE group_id = ?1 AND seq <= ?2")?
+            .execute(rusqlite::params![group, seq - LOG_ENTRIES as i64])?;
+        tx.commit()
     }
 
-    fn record(&self, group: &str, entry: Value) {
-        let mut logs = self.logs();
-        let log = logs.entry(group.to_string()).or_default();
-        if log.len() == LOG_ENTRIES {
-            log.pop_front();
-        }
-        log.push_back(entry);
+    fn group_events(&self, group: &str) -> rusqlite::Result<Vec<Value>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT entry FROM group_events WHERE group_id = ?1 ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let mut entries: Vec<Value> = stmt
+            .query_map(rusqlite::params![group, LOG_ENTRIES as i64], |row| {
+                row.get::<_, String>(0)
+            })?
+            .filter_map(|entry| entry.ok().and_then(|e| serde_json::from_str(&e).ok()))
+            .collect();
+        entries.reverse();
+        Ok(entries)
+    }
+
+    fn forget_group_events(&self, group: &str) -> rusqlite::Result<()> {
+        self.conn()
+            .prepare_cached("DELETE FROM group_events WHERE group_id = ?1")?
+            .execute(rusqlite::params![group])?;
+        Ok(())
     }
 }
 
@@ -258,7 +286,7 @@ async fn delete(
     if !state.node.db.delete_group(&tenant, &id)? {
         return Err(ApiError::NotFound(format!("group {id} not found")));
     }
-    state.groups.logs().remove(&id);
+    state.node.db.forget_group_events(&id)?;
     Ok(Json(json!({"id": id, "deleted": true})))
 }
 
@@ -269,11 +297,7 @@ async fn events(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     load(&state, &tenant, &id)?;
-    let logs = state.groups.logs();
-    let entries: Vec<&Value> = logs
-        .get(&id)
-        .map(|l| l.iter().collect())
-        .unwrap_or_default();
+    let entries = state.node.db.group_events(&id)?;
     Ok(Json(json!({"id": id, "events": entries})))
 }
 
@@ -367,8 +391,9 @@ impl<'a> Running<'a> {
         while let Some((handler, event, hop)) = pending.pop_front() {
             if hop > MAX_HOPS {
                 self.state.groups.record(
+                    &self.state.node.db,
                     self.id,
-                    json!({"handler": handler, "event": event, "dropped": format!("hop limit {MAX_HOPS} reached")}),
+                    &json!({"handler": handler, "event": event, "dropped": format!("hop limit {MAX_HOPS} reached")}),
                 );
                 chain.push(json!({"handler": handler, "event_type": event.event_type, "dropped": "hop_limit"}));
                 continue;
@@ -383,7 +408,9 @@ impl<'a> Running<'a> {
                 "handler": handler, "node": node, "lsn": result.lsn,
                 "event": event, "state": result.state, "output_events": result.events,
             });
-            self.state.groups.record(self.id, entry.clone());
+            self.state
+                .groups
+                .record(&self.state.node.db, self.id, &entry);
             if answer.is_null() {
                 answer = json!({
                     "routed_to": handler, "node": node, "lsn": result.lsn,

@@ -102,6 +102,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_ms) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_by_webhook ON deliveries (webhook, created_ms);
+CREATE TABLE IF NOT EXISTS group_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS group_events_by_group ON group_events (group_id, seq);
 CREATE TABLE IF NOT EXISTS groups (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,

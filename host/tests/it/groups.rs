@@ -199,7 +199,8 @@ fn events_are_routed_to_handlers_chained_and_logged() {
 
 #[test]
 fn a_routing_cycle_stops_at_the_hop_limit() {
-    let coordinator = Server::coordinator(CLUSTER);
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Server::coordinator_in(dir.path(), CLUSTER);
     let _n1 = node(&coordinator, "n1");
     let client = coordinator.client();
     let alerts = upload_alerts(&client, json!({}));
@@ -257,4 +258,20 @@ fn a_routing_cycle_stops_at_the_hop_limit() {
             .unwrap_err(),
     );
     assert_eq!(status, 404, "a handler's worker must be registered");
+
+    // The event log is in the journal: a restarted coordinator still shows the chain.
+    coordinator.kill();
+    let coordinator = Server::coordinator_in(dir.path(), CLUSTER);
+    let log = coordinator
+        .client()
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/cluster/groups/{id}/events"),
+            None,
+        )
+        .unwrap();
+    let events = log["events"].as_array().unwrap();
+    assert_eq!(events.len(), 9, "{log}");
+    assert!(events[8]["dropped"].as_str().unwrap().contains("hop limit"));
+    assert!(events[..8].iter().all(|e| e["handler"] == "loop"));
 }
