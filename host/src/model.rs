@@ -184,7 +184,7 @@ fn reference_slots(action: &mut serde_json::Value) -> Vec<&mut serde_json::Value
     slots
 }
 
-/// The LSNs an action's output references name, in order of appearance, each once.
+/// The LSNs an action's output references name, ascending, each once.
 /// A reference is exactly `{"output_of": <job LSN>}`; anything else in its place is an
 /// error.
 pub fn output_refs(action: &serde_json::Value) -> Result<Vec<u64>, String> {
@@ -204,10 +204,10 @@ pub fn output_refs(action: &serde_json::Value) -> Result<Vec<u64>, String> {
                     serde_json::Value::Object(reference.clone())
                 )
             })?;
-        if !lsns.contains(&lsn) {
-            lsns.push(lsn);
-        }
+        lsns.push(lsn);
     }
+    lsns.sort_unstable();
+    lsns.dedup();
     Ok(lsns)
 }
 
@@ -416,7 +416,7 @@ mod tests {
             "files": {"a": {"output_of": 3}, "b": hash, "c": {"output_of": 7}},
             "args": [{"output_of": 9}],
         });
-        assert_eq!(output_refs(&action).unwrap(), vec![7, 3]);
+        assert_eq!(output_refs(&action).unwrap(), vec![3, 7]);
         substitute_refs(&mut action, |lsn| Ok::<_, ()>(HashHex::of(&[lsn as u8]))).unwrap();
         assert_eq!(action["input"], json!(HashHex::of(&[7]).to_string()));
         assert_eq!(action["files"]["a"], json!(HashHex::of(&[3]).to_string()));
