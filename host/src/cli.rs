@@ -282,6 +282,11 @@ pub struct WebhookArgs {
     /// Consecutive failed attempts after which an endpoint is disabled.
     #[arg(long, default_value_t = 20)]
     pub webhook_disable_after: u32,
+    /// Let webhook endpoints be loopback, private or link-local addresses (for a
+    /// receiver on this machine or network; off, tenants cannot make the server call
+    /// into its own network).
+    #[arg(long)]
+    pub webhook_allow_private: bool,
 }
 
 impl WebhookArgs {
@@ -291,6 +296,7 @@ impl WebhookArgs {
             retry_base: self.webhook_retry_base,
             max_attempts: self.webhook_attempts.max(1),
             disable_after: self.webhook_disable_after.max(1),
+            allow_private: self.webhook_allow_private,
             ..Default::default()
         }
     }

@@ -34,6 +34,9 @@ pub const EVENTS: &[&str] = &[
 /// Deliveries sent at once.
 const CONCURRENCY: usize = 8;
 
+/// Queue completions remembered to announce each once.
+const COMPLETIONS_REMEMBERED: usize = 100_000;
+
 /// Longest wait between two attempts of one delivery.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -49,6 +52,10 @@ pub struct WebhookConfig {
     pub disable_after: u32,
     /// How long one attempt may take.
     pub timeout: Duration,
+    /// Whether endpoints may be loopback, private, link-local or other non-public
+    /// addresses. Off by default: a tenant must not be able to make the server call
+    /// services on its own network (SSRF).
+    pub allow_private: bool,
 }
 
 impl Default for WebhookConfig {
@@ -58,6 +65,7 @@ impl Default for WebhookConfig {
             max_attempts: 8,
             disable_after: 20,
             timeout: Duration::from_secs(10),
+            allow_private: false,
         }
     }
 }
@@ -390,6 +398,13 @@ impl Webhooks {
                 "url {url:?}: an http or https URL with a host"
             )));
         }
+        if !self.config.allow_private
+            && let Err(why) = public_host(&parsed)
+        {
+            return Err(WebhookError::Invalid(format!(
+                "url {url:?}: {why}; start the server with --webhook-allow-private to allow it"
+            )));
+        }
         if events.is_empty() {
             return Err(WebhookError::Invalid(format!(
                 "events: at least one of {EVENTS:?}"
@@ -509,12 +524,84 @@ impl Webhooks {
         }
     }
 
-    /// Announces a queue's completion once per (queue, number of jobs).
+    /// Announces a queue's completion once per (queue, number of jobs). The memory of
+    /// what was announced is bounded: past `COMPLETIONS_REMEMBERED` entries it starts
+    /// afresh (a queue completing again at the same size may then be announced twice).
     pub fn queue_completed_once(&self, queue: u64, jobs: u64) -> bool {
-        self.completed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((queue, jobs))
+        let mut completed = lock(&self.completed);
+        if completed.len() >= COMPLETIONS_REMEMBERED {
+            completed.clear();
+        }
+        completed.insert((queue, jobs))
+    }
+}
+
+/// Whether an address is on the public internet: not loopback, private, link-local,
+/// shared (CGNAT), documentation, unspecified, broadcast or multicast.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || v6.is_unique_local()
+                    || v6.is_unicast_link_local())
+            }
+        },
+    }
+}
+
+/// Refuses URLs whose host is a non-public address or a `localhost` name; other names
+/// are checked when they are resolved, at each attempt.
+fn public_host(url: &reqwest::Url) -> Result<(), String> {
+    let host = url.host_str().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return if is_public(ip) {
+            Ok(())
+        } else {
+            Err(format!("{ip} is not a public address"))
+        };
+    }
+    let name = bare.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return Err(format!("{host} is this machine"));
+    }
+    Ok(())
+}
+
+/// Resolves endpoint names to public addresses only, so a name that points at the
+/// server's own network (or is re-pointed there later) is refused at connect time.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let all: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<std::net::SocketAddr> =
+                all.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -546,12 +633,14 @@ fn backoff(base: Duration, attempts: u32) -> Duration {
 
 /// Sends due deliveries until the node stops.
 pub async fn deliver_loop(node: Arc<Node>) {
-    let http = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(node.webhooks.config.timeout)
         .connect_timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("building the webhook client");
+        .redirect(reqwest::redirect::Policy::none());
+    if !node.webhooks.config.allow_private {
+        builder = builder.dns_resolver(Arc::new(PublicOnly));
+    }
+    let http = builder.build().expect("building the webhook client");
     let sending = Arc::new(Semaphore::new(CONCURRENCY));
     // Endpoints with an attempt in flight: one at a time per endpoint, so they see
     // deliveries in order and a failing one is not hit by a burst.
@@ -627,19 +716,29 @@ async fn attempt(node: &Node, http: &reqwest::Client, delivery: Delivery) {
     }
     let body = delivery.payload.to_string();
     let timestamp = now_ms() / 1000;
-    let sent = http
-        .post(&hook.url)
-        .header("content-type", "application/json")
-        .header("user-agent", concat!("wasmesh/", env!("CARGO_PKG_VERSION")))
-        .header("webhook-id", &delivery.id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header(
-            "webhook-signature",
-            sign(&hook.secret, &delivery.id, timestamp, &body),
-        )
-        .body(body)
-        .send()
-        .await;
+    // Addresses in the URL itself are not resolved, so they are checked here.
+    let allowed = match reqwest::Url::parse(&hook.url) {
+        Ok(url) if !node.webhooks.config.allow_private => public_host(&url),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    let sent = match allowed {
+        Ok(()) => http
+            .post(&hook.url)
+            .header("content-type", "application/json")
+            .header("user-agent", concat!("wasmesh/", env!("CARGO_PKG_VERSION")))
+            .header("webhook-id", &delivery.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                sign(&hook.secret, &delivery.id, timestamp, &body),
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("sending: {e:#}")),
+        Err(why) => Err(format!("refused: {why}")),
+    };
     let attempts = delivery.attempts + 1;
     let (status, error) = match sent {
         Ok(response) if response.status().is_success() => {
@@ -657,7 +756,7 @@ async fn attempt(node: &Node, http: &reqwest::Client, delivery: Delivery) {
             Some(response.status().as_u16()),
             format!("the endpoint answered {}", response.status()),
         ),
-        Err(e) => (None, format!("sending: {e}")),
+        Err(error) => (None, error),
     };
     let config = node.webhooks.config;
     let failures = hook.failures + 1;
@@ -708,6 +807,54 @@ mod tests {
     }
 
     #[test]
+    fn only_public_endpoints_are_allowed_by_default() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fc00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        assert!(public_host(&url("http://127.0.0.1:9/hook")).is_err());
+        assert!(public_host(&url("http://[::1]:9/hook")).is_err());
+        assert!(public_host(&url("http://LocalHost./hook")).is_err());
+        assert!(public_host(&url("http://api.localhost/hook")).is_err());
+        assert!(public_host(&url("https://example.com/hook")).is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let hooks = Webhooks::open(&db, WebhookConfig::default()).unwrap();
+        let refused = hooks.create(&db, "a", "http://127.0.0.1:9/", vec!["job.failed".into()]);
+        assert!(
+            matches!(refused, Err(WebhookError::Invalid(ref m)) if m.contains("--webhook-allow-private")),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn names_resolving_only_to_private_addresses_are_refused() {
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let err = match PublicOnly.resolve(name).await {
+            Ok(addrs) => panic!("localhost resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("no public address"), "{err}");
+    }
+
+    #[test]
     fn backoff_grows_exponentially_with_bounded_jitter() {
         let base = Duration::from_millis(100);
         for attempts in 1..=6 {
@@ -724,7 +871,11 @@ mod tests {
     fn webhooks_are_validated_and_scoped_to_their_tenant() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("db")).unwrap();
-        let hooks = Webhooks::open(&db, WebhookConfig::default()).unwrap();
+        let config = WebhookConfig {
+            allow_private: true,
+            ..WebhookConfig::default()
+        };
+        let hooks = Webhooks::open(&db, config).unwrap();
         for (url, events) in [
             ("ftp://x", vec!["job.failed"]),
             ("not a url", vec!["job.failed"]),

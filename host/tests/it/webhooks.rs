@@ -159,6 +159,7 @@ fn job_and_queue_events_are_signed_retried_and_logged() {
         "20ms",
         "--webhook-attempts",
         "50",
+        "--webhook-allow-private",
     ]);
     let acme = server.client_with_key("acme-key-0123456789");
     let globex = server.client_with_key("globex-key-0123456789");
@@ -175,6 +176,21 @@ fn job_and_queue_events_are_signed_retried_and_logged() {
         );
         assert_eq!((status, code.as_str()), (400, "invalid_request"), "{bad}");
     }
+    // Without --webhook-allow-private a server refuses endpoints on its own network.
+    let strict = Server::start(&[]);
+    let (status, code) = crate::server::api_code(
+        strict
+            .client()
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/webhooks",
+                Some(&json!({"url": receiver.url, "events": ["job.failed"]})),
+            )
+            .unwrap_err(),
+    );
+    assert_eq!((status, code.as_str()), (400, "invalid_request"));
+    drop(strict);
+
     // Created with an Idempotency-Key: a retried request gets the same webhook back.
     let post = || {
         server
@@ -305,6 +321,7 @@ fn pending_deliveries_survive_a_restart_and_a_failing_endpoint_is_disabled() {
         "1000",
         "--webhook-disable-after",
         "1000",
+        "--webhook-allow-private",
     ];
     let server = Server::start_in(dir.path(), &args);
     let client = server.client();
@@ -378,7 +395,9 @@ fn pending_deliveries_survive_a_restart_and_a_failing_endpoint_is_disabled() {
 #[test]
 fn a_coordinator_announces_nodes_becoming_ready_and_unhealthy() {
     let receiver = Receiver::start(200);
-    let coordinator = Server::coordinator(CLUSTER);
+    let mut args = CLUSTER.to_vec();
+    args.push("--webhook-allow-private");
+    let coordinator = Server::coordinator(&args);
     let client = coordinator.client();
     let hook = create_webhook(&client, &receiver.url, &["node.ready", "node.unhealthy"]);
     let secret = hook["secret"].as_str().unwrap().to_string();
