@@ -235,17 +235,19 @@ pub fn submit(client: &Client, dag: &Dag, base: &Path) -> anyhow::Result<Submitt
         };
         workers.insert(name.as_str(), id);
     }
-    // Every local input, stored with one needs round trip.
+    // Every local input, read once and stored with one needs round trip; the files'
+    // hashes go into the actions.
     let mut blobs: Vec<Vec<u8>> = Vec::new();
+    let mut files: HashMap<&Path, HashHex> = HashMap::new();
     for job in &dag.jobs {
         for source in job.sources() {
             match source {
-                Source::Path { path } => {
-                    let path = base.join(path);
-                    blobs.push(
-                        std::fs::read(&path)
-                            .with_context(|| format!("job {:?}: {}", job.name, path.display()))?,
-                    );
+                Source::Path { path } if !files.contains_key(path.as_path()) => {
+                    let full = base.join(path);
+                    let bytes = std::fs::read(&full)
+                        .with_context(|| format!("job {:?}: {}", job.name, full.display()))?;
+                    files.insert(path, HashHex::of(&bytes));
+                    blobs.push(bytes);
                 }
                 Source::Text { text } => blobs.push(text.clone().into_bytes()),
                 _ => {}
@@ -268,7 +270,7 @@ pub fn submit(client: &Client, dag: &Dag, base: &Path) -> anyhow::Result<Submitt
     for wave in waves {
         let actions = wave
             .iter()
-            .map(|&i| action(&dag.jobs[i], base, &workers, &lsns))
+            .map(|&i| action(&dag.jobs[i], &files, &workers, &lsns))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let submitted = client.submit_batch(&actions, Some(&token))?;
         for (&i, lsn) in wave.iter().zip(submitted) {
@@ -293,10 +295,11 @@ pub fn submit(client: &Client, dag: &Dag, base: &Path) -> anyhow::Result<Submitt
     })
 }
 
-/// A job's action descriptor: local inputs by their hashes, references by LSN.
+/// A job's action descriptor: local files by their hashes (`local`, by path), text by
+/// its hash, references by LSN.
 fn action(
     job: &JobSpec,
-    base: &Path,
+    local: &HashMap<&Path, HashHex>,
     workers: &HashMap<&str, HashHex>,
     lsns: &BTreeMap<String, u64>,
 ) -> anyhow::Result<Value> {
@@ -307,7 +310,7 @@ fn action(
     let value = |source: &Source| -> anyhow::Result<Value> {
         Ok(match source {
             Source::Hash(hash) => json!(hash),
-            Source::Path { path } => json!(HashHex::of(&std::fs::read(base.join(path))?)),
+            Source::Path { path } => json!(local[path.as_path()]),
             Source::Text { text } => json!(HashHex::of(text.as_bytes())),
             Source::OutputOf { output_of } => json!({"output_of": lsns[output_of]}),
         })

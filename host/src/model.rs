@@ -212,17 +212,19 @@ pub fn output_refs(action: &serde_json::Value) -> Result<Vec<u64>, String> {
 }
 
 /// Replaces every output reference in `action` with the hash `output` gives for its
-/// LSN.
+/// LSN; answers how many it replaced.
 pub fn substitute_refs<E>(
     action: &mut serde_json::Value,
     mut output: impl FnMut(u64) -> Result<HashHex, E>,
-) -> Result<(), E> {
+) -> Result<usize, E> {
+    let mut replaced = 0;
     for slot in reference_slots(action) {
         if let Some(lsn) = slot.get(OUTPUT_OF).and_then(serde_json::Value::as_u64) {
             *slot = serde_json::Value::String(output(lsn)?.to_string());
+            replaced += 1;
         }
     }
-    Ok(())
+    Ok(replaced)
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -417,7 +419,9 @@ mod tests {
             "args": [{"output_of": 9}],
         });
         assert_eq!(output_refs(&action).unwrap(), vec![3, 7]);
-        substitute_refs(&mut action, |lsn| Ok::<_, ()>(HashHex::of(&[lsn as u8]))).unwrap();
+        let replaced =
+            substitute_refs(&mut action, |lsn| Ok::<_, ()>(HashHex::of(&[lsn as u8]))).unwrap();
+        assert_eq!(replaced, 3);
         assert_eq!(action["input"], json!(HashHex::of(&[7]).to_string()));
         assert_eq!(action["files"]["a"], json!(HashHex::of(&[3]).to_string()));
         assert_eq!(action["files"]["b"], json!(hash));

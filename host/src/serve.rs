@@ -306,7 +306,6 @@ pub fn coordinator(args: crate::cli::CoordinatorArgs) -> anyhow::Result<()> {
             fleet,
             auth: auth.clone(),
             node_auth,
-            groups: Default::default(),
         });
         let router = crate::api::app_with(
             AppState {

@@ -159,20 +159,15 @@ pub async fn job_response_waiting(
     wait: WaitQuery,
 ) -> ApiResult<Response> {
     let deadline = tokio::time::Instant::now() + wait.duration();
-    loop {
-        // Registered before looking, so a result written in between still wakes us.
-        let notified = state.node.finished.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let response = job_response(state, tenant, lsn, queue)?;
-        if response.status() != StatusCode::ACCEPTED || tokio::time::Instant::now() >= deadline {
-            return Ok(response);
-        }
-        tokio::select! {
-            () = notified => {}
-            () = tokio::time::sleep_until(deadline) => {}
-        }
-    }
+    state
+        .node
+        .when_finished(
+            || job_response(state, tenant, lsn, queue),
+            |response| response.status() != StatusCode::ACCEPTED,
+            Some(deadline),
+            None,
+        )
+        .await
 }
 
 /// The job's status or result; `queue` scopes it.

@@ -155,42 +155,21 @@ pub async fn get(
 ) -> ApiResult<Response> {
     let queue = resolve(&state, &tenant, &q, peer)?;
     let deadline = tokio::time::Instant::now() + wait.duration();
-    let status = status_when(
-        &state,
-        &queue,
-        |s| s["is_complete"] == json!(true),
-        Some(deadline),
-    )
-    .await?;
+    let status = state
+        .node
+        .when_finished(
+            || status(&state, &queue),
+            |s| s["is_complete"] == json!(true),
+            Some(deadline),
+            Some(RECHECK),
+        )
+        .await?;
     Ok(axum::Json(status).into_response())
 }
 
-/// The queue's status as soon as `ready` holds for it (or `deadline` passes), looking
-/// again whenever a result is written and at least every 250 ms (submissions change
-/// the counts too).
-async fn status_when(
-    state: &AppState,
-    queue: &QueueRow,
-    ready: impl Fn(&serde_json::Value) -> bool,
-    deadline: Option<tokio::time::Instant>,
-) -> ApiResult<serde_json::Value> {
-    loop {
-        // Registered before looking, so a result written in between still wakes us.
-        let notified = state.node.finished.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let status = status(state, queue)?;
-        let now = tokio::time::Instant::now();
-        if ready(&status) || deadline.is_some_and(|d| now >= d) {
-            return Ok(status);
-        }
-        let recheck = now + std::time::Duration::from_millis(250);
-        tokio::select! {
-            () = notified => {}
-            () = tokio::time::sleep_until(deadline.map_or(recheck, |d| d.min(recheck))) => {}
-        }
-    }
-}
+/// Submissions change a queue's counts without a result being written: a waiting
+/// look at a queue looks again at least this often.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// `GET /compute/queues/{q}/events`: server-sent events. A `progress` event with the
 /// queue's status now and at every change, and a last `complete` event when nothing
@@ -211,7 +190,16 @@ pub async fn events(
             if done {
                 return None;
             }
-            let event = match status_when(&state, &queue, |s| *s != last, None).await {
+            let changed = state
+                .node
+                .when_finished(
+                    || status(&state, &queue),
+                    |s| *s != last,
+                    None,
+                    Some(RECHECK),
+                )
+                .await;
+            let event = match changed {
                 Ok(status) if status["is_complete"] == json!(true) => {
                     let event = Event::default().event("complete").data(status.to_string());
                     (event, status, true)

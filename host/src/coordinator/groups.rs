@@ -144,19 +144,8 @@ fn validate(spec: &GroupSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// The groups' event logs, in the journal: the latest `LOG_ENTRIES` handler runs per
-/// group survive a coordinator restart.
-#[derive(Debug, Default)]
-pub struct Groups;
-
-impl Groups {
-    fn record(&self, db: &Db, group: &str, entry: &Value) {
-        if let Err(e) = db.log_group_event(group, &entry.to_string()) {
-            tracing::error!(group, error = %e, "writing a group's event log");
-        }
-    }
-}
-
+/// The groups' event logs are in the journal: the latest `LOG_ENTRIES` handler runs
+/// per group survive a coordinator restart.
 impl Db {
     fn log_group_event(&self, group: &str, entry: &str) -> rusqlite::Result<()> {
         let mut conn = self.conn();
@@ -371,6 +360,18 @@ struct Running<'a> {
 }
 
 impl<'a> Running<'a> {
+    /// Appends to the group's event log.
+    fn record(&self, entry: &Value) {
+        if let Err(e) = self
+            .state
+            .node
+            .db
+            .log_group_event(self.id, &entry.to_string())
+        {
+            tracing::error!(group = self.id, error = %e, "writing a group's event log");
+        }
+    }
+
     fn fork(&self) -> Running<'a> {
         Running {
             state: self.state,
@@ -390,11 +391,7 @@ impl<'a> Running<'a> {
         let mut pending = VecDeque::from([(first, event, 1usize)]);
         while let Some((handler, event, hop)) = pending.pop_front() {
             if hop > MAX_HOPS {
-                self.state.groups.record(
-                    &self.state.node.db,
-                    self.id,
-                    &json!({"handler": handler, "event": event, "dropped": format!("hop limit {MAX_HOPS} reached")}),
-                );
+                self.record(&json!({"handler": handler, "event": event, "dropped": format!("hop limit {MAX_HOPS} reached")}));
                 chain.push(json!({"handler": handler, "event_type": event.event_type, "dropped": "hop_limit"}));
                 continue;
             }
@@ -408,9 +405,7 @@ impl<'a> Running<'a> {
                 "handler": handler, "node": node, "lsn": result.lsn,
                 "event": event, "state": result.state, "output_events": result.events,
             });
-            self.state
-                .groups
-                .record(&self.state.node.db, self.id, &entry);
+            self.record(&entry);
             if answer.is_null() {
                 answer = json!({
                     "routed_to": handler, "node": node, "lsn": result.lsn,
@@ -499,20 +494,19 @@ impl<'a> Running<'a> {
 
 async fn wait_result(node: &Arc<Node>, tenant: &str, lsn: u64) -> ApiResult<JobResult> {
     let deadline = tokio::time::Instant::now() + HANDLER_WAIT;
-    loop {
-        let notified = node.finished.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if let Some(result) = node.db.job(tenant, lsn)?.and_then(|j| j.result) {
-            return Ok(result);
-        }
-        tokio::select! {
-            () = notified => {}
-            () = tokio::time::sleep_until(deadline) => {
-                return Err(ApiError::Unavailable(format!("handler job {lsn} did not finish within {HANDLER_WAIT:?}")));
-            }
-        }
-    }
+    let result = node
+        .when_finished(
+            || Ok::<_, ApiError>(node.db.job(tenant, lsn)?.and_then(|j| j.result)),
+            Option::is_some,
+            Some(deadline),
+            None,
+        )
+        .await?;
+    result.ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "handler job {lsn} did not finish within {HANDLER_WAIT:?}"
+        ))
+    })
 }
 
 /// Groups of every tenant with their placements, for the topology route.

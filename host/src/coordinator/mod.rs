@@ -67,8 +67,6 @@ pub struct CoordinatorState {
     pub auth: Arc<Auth>,
     /// Node keys (the node-facing routes).
     pub node_auth: Arc<Auth>,
-    /// Event-handler groups' logs.
-    pub groups: Arc<groups::Groups>,
 }
 
 async fn body<T: DeserializeOwned + Default>(
@@ -138,25 +136,29 @@ async fn heartbeat(
     Ok(Json(answer).into_response())
 }
 
+/// Stores a blob node `id` sent inline (base64) and checks it is the one it named.
+fn store_inline(node: &Node, id: &str, hash: &HashHex, data: &str) -> Result<(), String> {
+    let actual = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| node.cas.put_own(&bytes).map_err(|e| e.to_string()))
+        .map_err(|e| format!("storing blob {hash} from node {id}: {e}"))?;
+    if actual != *hash {
+        return Err(format!(
+            "node {id} sent blob {hash} whose bytes hash to {actual}"
+        ));
+    }
+    Ok(())
+}
+
 /// Records a leased run's checkpoint with its job, fenced by the lease's attempt, once
 /// its bytes are verified in the store.
 fn keep_checkpoint(node: &Node, id: &str, note: CheckpointNote) {
     let lsn = note.lease.lsn;
     if let Some(data) = &note.data {
-        let stored = base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| node.cas.put_own(&bytes).map_err(|e| e.to_string()));
-        match stored {
-            Ok(actual) if actual == note.hash => {}
-            Ok(actual) => {
-                tracing::warn!(lsn, node = id, hash = %note.hash, %actual, "a checkpoint's bytes do not match its hash");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(lsn, node = id, error = %e, "storing a checkpoint");
-                return;
-            }
+        if let Err(e) = store_inline(node, id, &note.hash, data) {
+            tracing::warn!(lsn, error = %e, "a checkpoint was not kept");
+            return;
         }
     } else if !node.cas.contains(&note.hash) {
         tracing::warn!(lsn, node = id, hash = %note.hash, "a checkpoint was announced but never sent");
@@ -303,22 +305,9 @@ fn accept(node: &Node, fleet: &Fleet, id: &str, report: Report) -> bool {
     let mut host_failure = report.host_failure;
     let mut message = report.message;
     for (hash, data) in &report.blobs {
-        let stored = base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| node.cas.put_own(&bytes).map_err(|e| e.to_string()));
-        match stored {
-            Ok(actual) if actual == *hash => {}
-            Ok(actual) => {
-                host_failure = true;
-                message = Some(format!(
-                    "node {id} sent blob {hash} whose bytes hash to {actual}"
-                ));
-            }
-            Err(e) => {
-                host_failure = true;
-                message = Some(format!("storing blob {hash} from node {id}: {e}"));
-            }
+        if let Err(e) = store_inline(node, id, hash, data) {
+            host_failure = true;
+            message = Some(e);
         }
     }
     let mut state = report.state;

@@ -555,19 +555,13 @@ impl Node {
                 wasmesh_runtime::check_file_name(name)
                     .map_err(|e| NodeError::Invalid("invalid_descriptor", format!("files: {e}")))?;
             }
-            for after in &action.after {
-                if self.db.job(tenant, *after)?.is_none() {
-                    return Err(NodeError::Invalid(
-                        "invalid_dependency",
-                        format!("`after` names job {after}, which does not exist"),
-                    ));
-                }
-            }
-            for lsn in &submission.refs {
+            let named = (action.after.iter().map(|lsn| ("after", lsn)))
+                .chain(submission.refs.iter().map(|lsn| ("output_of", lsn)));
+            for (field, lsn) in named {
                 if self.db.job(tenant, *lsn)?.is_none() {
                     return Err(NodeError::Invalid(
                         "invalid_dependency",
-                        format!("`output_of` names job {lsn}, which does not exist"),
+                        format!("`{field}` names job {lsn}, which does not exist"),
                     ));
                 }
             }
@@ -733,10 +727,7 @@ impl Node {
         }
         let mut value: serde_json::Value = serde_json::from_str(&job.descriptor)
             .map_err(|e| NodeError::Internal(format!("stored action does not parse: {e}")))?;
-        if output_refs(&value).map_or(true, |refs| refs.is_empty()) {
-            return Ok(false);
-        }
-        substitute_refs(&mut value, |lsn| {
+        let replaced = substitute_refs(&mut value, |lsn| {
             self.db
                 .job(&job.tenant, lsn)?
                 .and_then(|dependency| dependency.result)
@@ -746,6 +737,10 @@ impl Node {
                     NodeError::Internal(format!("job {lsn} has no output to substitute"))
                 })
         })?;
+        if replaced == 0 {
+            // "output_of" appeared only as text (an argument, say).
+            return Ok(false);
+        }
         if let Some(object) = value.as_object_mut() {
             object.remove("after");
         }
@@ -767,6 +762,45 @@ impl Node {
         self.metrics.finished(&cached.state);
         self.settle(job.lsn, true);
         Ok(true)
+    }
+
+    /// Looks with `look` until `ready` holds for its answer or `deadline` passes (then
+    /// answers the last look), looking again whenever a result is written and, with
+    /// `recheck`, at least that often (for what changes without a result, such as a
+    /// queue's counts after a submission).
+    pub async fn when_finished<T, E>(
+        &self,
+        mut look: impl FnMut() -> Result<T, E>,
+        ready: impl Fn(&T) -> bool,
+        deadline: Option<tokio::time::Instant>,
+        recheck: Option<Duration>,
+    ) -> Result<T, E> {
+        loop {
+            // Registered before looking, so a result written in between still wakes us.
+            let notified = self.finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let answer = look()?;
+            let now = tokio::time::Instant::now();
+            if ready(&answer) || deadline.is_some_and(|d| now >= d) {
+                return Ok(answer);
+            }
+            let wake = match (deadline, recheck) {
+                (Some(d), Some(r)) => Some(d.min(now + r)),
+                (Some(d), None) => Some(d),
+                (None, Some(r)) => Some(now + r),
+                (None, None) => None,
+            };
+            match wake {
+                Some(at) => {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
     }
 
     /// A job by LSN, whoever owns it (internal paths: the scheduler, the coordinator).

@@ -326,6 +326,13 @@ struct Subscription {
     events: Vec<String>,
 }
 
+impl Subscription {
+    /// Whether it wants `event` of `tenant` (of any tenant, when `None`).
+    fn wants(&self, tenant: Option<&str>, event: &str) -> bool {
+        tenant.is_none_or(|t| t == self.tenant) && self.events.iter().any(|e| e == event)
+    }
+}
+
 /// Why a webhook could not be created or changed.
 #[derive(Debug)]
 pub enum WebhookError {
@@ -367,7 +374,7 @@ impl Webhooks {
     }
 
     fn subscriptions(&self) -> MutexGuard<'_, Vec<Subscription>> {
-        self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.subscriptions)
     }
 
     fn reload(&self, db: &Db) -> rusqlite::Result<()> {
@@ -483,9 +490,7 @@ impl Webhooks {
 
     /// Whether an active webhook of `tenant` (any tenant, when `None`) wants `event`.
     pub fn wants(&self, tenant: Option<&str>, event: &str) -> bool {
-        self.subscriptions()
-            .iter()
-            .any(|s| tenant.is_none_or(|t| t == s.tenant) && s.events.iter().any(|e| e == event))
+        self.subscriptions().iter().any(|s| s.wants(tenant, event))
     }
 
     /// Whether any webhook wants events about jobs or queues.
@@ -503,7 +508,7 @@ impl Webhooks {
         let targets: Vec<String> = self
             .subscriptions()
             .iter()
-            .filter(|s| tenant.is_none_or(|t| t == s.tenant) && s.events.iter().any(|e| e == event))
+            .filter(|s| s.wants(tenant, event))
             .map(|s| s.id.clone())
             .collect();
         if targets.is_empty() {

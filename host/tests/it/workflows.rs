@@ -365,13 +365,16 @@ fn queue_completion_is_pushed_by_long_poll_and_server_sent_events() {
 
     // The long-poll answers at once for a complete queue, and holds a pending one
     // until it completes.
-    let status = client
-        .call(
-            reqwest::Method::GET,
-            &format!("/compute/queues/{token}?wait_ms=60000"),
-            None,
-        )
-        .unwrap();
+    let long_poll = || {
+        client
+            .call(
+                reqwest::Method::GET,
+                &format!("/compute/queues/{token}?wait_ms=60000"),
+                None,
+            )
+            .unwrap()
+    };
+    let status = long_poll();
     assert_eq!(status["is_complete"], json!(true));
     client
         .submit_batch(
@@ -384,13 +387,7 @@ fn queue_completion_is_pushed_by_long_poll_and_server_sent_events() {
             Some(&token),
         )
         .unwrap();
-    let status = client
-        .call(
-            reqwest::Method::GET,
-            &format!("/compute/queues/{token}?wait_ms=60000"),
-            None,
-        )
-        .unwrap();
+    let status = long_poll();
     assert_eq!(status["is_complete"], json!(true), "{status}");
     assert_eq!(status["counts"]["succeeded"], json!(5));
 }
