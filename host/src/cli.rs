@@ -35,6 +35,8 @@ enum Command {
     Dag(crate::commands::DagArgs),
     /// Wait until a queue has nothing pending.
     Wait(crate::commands::WaitArgs),
+    /// List a coordinator's nodes, or drain or deregister one (an operator key).
+    Nodes(crate::commands::NodesArgs),
     /// Resubmit a recording (from `POST /compute/record/stop`) to a server.
     Replay(crate::commands::ReplayArgs),
     /// Benchmark scenarios (see BENCHMARKS.md).
@@ -58,9 +60,14 @@ pub struct ExecArgs {
     /// through when it is not a terminal.
     #[arg(long, value_name = "FILE|-")]
     pub input: Option<String>,
-    /// Preopen a host directory read-write at a guest path, as `HOST::GUEST`.
-    #[arg(long = "dir", value_name = "HOST::GUEST")]
+    /// Preopen a host directory read-write at a guest path, as `HOST::GUEST` (`/` is
+    /// fine), or `HOST` alone at the same path, as `wasmtime run --dir` does.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     pub dirs: Vec<String>,
+    /// Give the guest an empty writable scratch `/tmp` (removed afterwards), as jobs on
+    /// a node have. Off by default: the guest sees only the `--dir`s it is given.
+    #[arg(long)]
+    pub tmp: bool,
     /// Set a guest environment variable, as `KEY=VALUE`.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub envs: Vec<String>,
@@ -233,9 +240,18 @@ pub struct CoordinatorArgs {
     /// only its own blobs, workers, queues and jobs, across the whole fleet.
     #[arg(long, env = "WASMESH_TENANTS")]
     pub tenants: Option<PathBuf>,
-    /// The key nodes must present to register and heartbeat.
+    /// Operator keys (repeatable): fleet administration (drain, deregister, the node
+    /// list, the whole topology); they act as tenant `operator` on the other routes.
+    #[arg(long = "admin-key", env = "WASMESH_ADMIN_KEYS", value_delimiter = ',')]
+    pub admin_keys: Vec<String>,
+    /// The key nodes must present to register and heartbeat (any node id). Required
+    /// (or `--node-keys`) when client keys are set.
     #[arg(long, env = "WASMESH_NODE_KEY")]
     pub node_key: Option<String>,
+    /// A TOML file of per-node keys (`node-id = "key"`): each key is good for the node
+    /// id it names only, so one node cannot register, report or heartbeat as another.
+    #[arg(long, env = "WASMESH_NODE_KEYS")]
+    pub node_keys: Option<PathBuf>,
     /// How often nodes heartbeat.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -259,6 +275,13 @@ pub struct CoordinatorArgs {
     /// Leases a node may hold beyond its slots (queued on the node).
     #[arg(long, default_value_t = 0)]
     pub prefetch: u64,
+    /// Handler runs one inject into a group may cause at most (a fan-out past it is
+    /// dropped and logged as `"dropped": "budget"`).
+    #[arg(long, default_value_t = 1000)]
+    pub inject_max_runs: u64,
+    /// Bytes of events one inject may route on to handlers at most, e.g. `16MiB`.
+    #[arg(long, default_value = "16MiB", value_parser = parse_bytes)]
+    pub inject_max_bytes: u64,
     /// Largest blob accepted by the store.
     #[arg(long)]
     pub max_blob_bytes: Option<u64>,
@@ -287,18 +310,35 @@ pub struct WebhookArgs {
     /// into its own network).
     #[arg(long)]
     pub webhook_allow_private: bool,
+    /// A PEM file of extra root certificates for https webhook endpoints (a private
+    /// CA); the built-in webpki roots are always trusted.
+    #[arg(long, value_name = "PEM")]
+    pub webhook_ca: Option<PathBuf>,
 }
 
 impl WebhookArgs {
-    /// As the node's configuration.
-    pub fn config(&self) -> crate::node::webhooks::WebhookConfig {
-        crate::node::webhooks::WebhookConfig {
+    /// As the node's configuration (reads `--webhook-ca`).
+    pub fn config(&self) -> anyhow::Result<crate::node::webhooks::WebhookConfig> {
+        use anyhow::Context;
+        let mut extra_roots = Vec::new();
+        if let Some(path) = &self.webhook_ca {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            extra_roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{}: not a PEM certificate bundle", path.display()))?;
+            anyhow::ensure!(
+                !extra_roots.is_empty(),
+                "{}: no certificate in it",
+                path.display()
+            );
+        }
+        Ok(crate::node::webhooks::WebhookConfig {
             retry_base: self.webhook_retry_base,
             max_attempts: self.webhook_attempts.max(1),
             disable_after: self.webhook_disable_after.max(1),
             allow_private: self.webhook_allow_private,
+            extra_roots,
             ..Default::default()
-        }
+        })
     }
 }
 
@@ -352,6 +392,7 @@ pub fn main() -> ExitCode {
         Command::Submit(args) => crate::commands::submit(args),
         Command::Result(args) => crate::commands::result(args),
         Command::Wait(args) => crate::commands::wait(args),
+        Command::Nodes(args) => crate::commands::nodes(args),
         Command::Dag(args) => crate::commands::dag(args),
         Command::Replay(args) => crate::commands::replay(args),
         Command::Bench {

@@ -73,7 +73,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.max_iter
     );
     let mut cluster = LocalCluster::start(&[])?;
-    println!("  coordinator  {}", cluster.coordinator.url);
+    println!(
+        "  coordinator  {} (fresh tenant, operator and node keys)",
+        cluster.coordinator.url
+    );
     cluster.add_node("node-1", args.slots_per_node)?;
     println!(
         "  node-1       {} ({} slot(s))",

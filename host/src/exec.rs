@@ -67,18 +67,16 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--env {pair:?}: expected KEY=VALUE"))?;
         spec = spec.env(key, value);
     }
-    let mut tmp_mounted = false;
+    // Like `wasmtime run`: the guest sees exactly the directories it is given (no
+    // preopen the user did not ask for), `/` included.
     for dir in &args.dirs {
-        let (host, guest) = dir
-            .split_once("::")
-            .with_context(|| format!("--dir {dir:?}: expected HOST::GUEST, e.g. ./data::/data"))?;
+        let (host, guest) = dir.split_once("::").unwrap_or((dir, dir));
         if !std::path::Path::new(host).is_dir() {
             bail!("--dir {dir:?}: {host} is not a directory");
         }
-        tmp_mounted |= guest == "/tmp";
         spec = spec.mount(Mount::dir(host, guest, true));
     }
-    if tmp_mounted {
+    if !args.tmp {
         spec = spec.without_tmp();
     }
 

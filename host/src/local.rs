@@ -1,6 +1,10 @@
 //! A local cluster of real processes on loopback: one coordinator and any number of
 //! nodes, each this same `wasmesh` binary, with their data in a temporary directory.
 //! The demo and the cluster benchmarks run on it; SIGTERM shuts it down cleanly.
+//!
+//! It runs as a real deployment should: with fresh random keys for the tenant, the
+//! operator and the nodes (the security model of docs/api.md), so a tenant key drives
+//! the jobs and only the operator key lists the fleet.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -91,6 +95,19 @@ pub struct LocalCluster {
     /// The nodes, in the order they were added.
     pub nodes: Vec<Process>,
     dir: tempfile::TempDir,
+    keys: Keys,
+}
+
+/// The cluster's keys, made fresh for each cluster.
+#[derive(Debug)]
+struct Keys {
+    tenant: String,
+    operator: String,
+    node: String,
+}
+
+fn fresh_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 impl LocalCluster {
@@ -112,18 +129,37 @@ impl LocalCluster {
         .map(|s| s.to_string())
         .collect();
         args.push(dir.path().join("coordinator").display().to_string());
+        let keys = Keys {
+            tenant: fresh_key(),
+            operator: fresh_key(),
+            node: fresh_key(),
+        };
+        for (flag, key) in [
+            ("--api-key", &keys.tenant),
+            ("--admin-key", &keys.operator),
+            ("--node-key", &keys.node),
+        ] {
+            args.push(flag.into());
+            args.push(key.clone());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let coordinator = Process::spawn("coordinator", &args)?;
         Ok(Self {
             coordinator,
             nodes: Vec::new(),
             dir,
+            keys,
         })
     }
 
-    /// A client of the coordinator.
+    /// A client of the coordinator with the tenant key.
     pub fn client(&self) -> Client {
-        Client::new(&self.coordinator.url, None)
+        Client::new(&self.coordinator.url, Some(self.keys.tenant.clone()))
+    }
+
+    /// A client of the coordinator with the operator key (fleet administration).
+    pub fn operator(&self) -> Client {
+        Client::new(&self.coordinator.url, Some(self.keys.operator.clone()))
     }
 
     /// Starts a node with `slots` slots and waits until the coordinator lists it ready.
@@ -140,9 +176,11 @@ impl LocalCluster {
             self.dir.path().join(id).display().to_string(),
             "--coordinator".into(),
             self.coordinator.url.clone(),
+            "--node-key".into(),
+            self.keys.node.clone(),
         ];
         self.nodes.push(Process::spawn(id, &args)?);
-        let client = self.client();
+        let client = self.operator();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let listed = client.call(reqwest::Method::GET, "/api/v1/cluster/nodes", None)?;

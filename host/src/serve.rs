@@ -35,7 +35,8 @@ struct ConfigFile {
     queue_idle_secs: Option<u64>,
 }
 
-/// The `--tenants` file: tenant name -> its keys.
+/// The `--tenants` file: tenant name -> its keys, or a table with its keys and role
+/// (`ops = { keys = ["..."], role = "operator" }`).
 #[derive(Debug, Deserialize)]
 struct TenantsFile(HashMap<String, TenantEntry>);
 
@@ -43,8 +44,15 @@ struct TenantsFile(HashMap<String, TenantEntry>);
 #[serde(untagged)]
 enum TenantEntry {
     Keys(Vec<String>),
-    Table { keys: Vec<String> },
+    Table {
+        keys: Vec<String>,
+        #[serde(default)]
+        role: Option<String>,
+    },
 }
+
+/// Keys shorter than this are refused: a key is a secret, not a password.
+const MIN_KEY: usize = 16;
 
 fn read_toml<T: for<'de> Deserialize<'de>>(path: &PathBuf) -> anyhow::Result<T> {
     let text =
@@ -100,7 +108,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(retention) = args.idempotency_retention {
         config.idempotency_retention = retention;
     }
-    config.webhooks = args.webhooks.config();
+    config.webhooks = args.webhooks.config()?;
     config.labels = file.labels.unwrap_or_default();
     for label in &args.labels {
         let (key, value) = label
@@ -114,7 +122,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .into_iter()
         .chain(file.api_keys.unwrap_or_default())
         .collect();
-    let auth = tenant_auth(keys, args.tenants.or(file.tenants).as_ref())?;
+    let auth = tenant_auth(keys, Vec::new(), args.tenants.or(file.tenants).as_ref())?;
     let listen = args
         .listen
         .or(file.listen)
@@ -193,33 +201,53 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Client authentication from `--api-key`s (the default tenant) and a `--tenants`
-/// file (tenant -> keys); open when neither is given.
-fn tenant_auth(keys: Vec<String>, tenants_file: Option<&PathBuf>) -> anyhow::Result<Auth> {
-    let mut tenants: HashMap<String, Vec<String>> = HashMap::new();
-    if !keys.is_empty() {
-        tenants.insert(crate::api::auth::DEFAULT_TENANT.into(), keys);
+/// Client authentication from `--api-key`s (the default tenant), `--admin-key`s (the
+/// operator role, acting as tenant `operator`) and a `--tenants` file (tenant -> keys
+/// and role); open when none is given.
+fn tenant_auth(
+    keys: Vec<String>,
+    admin_keys: Vec<String>,
+    tenants_file: Option<&PathBuf>,
+) -> anyhow::Result<Auth> {
+    use crate::api::auth::{DEFAULT_TENANT, OPERATOR_TENANT, Role};
+    let mut auth = Auth::open();
+    for key in &keys {
+        auth.add(DEFAULT_TENANT, key, Role::Tenant);
+    }
+    for key in &admin_keys {
+        if key.len() < MIN_KEY {
+            bail!("--admin-key: a key has at least {MIN_KEY} characters");
+        }
+        auth.add(OPERATOR_TENANT, key, Role::Operator);
     }
     if let Some(path) = tenants_file {
         let TenantsFile(entries) = read_toml(path)?;
         for (tenant, entry) in entries {
-            let keys = match entry {
-                TenantEntry::Keys(keys) | TenantEntry::Table { keys } => keys,
+            let (keys, role) = match entry {
+                TenantEntry::Keys(keys) => (keys, None),
+                TenantEntry::Table { keys, role } => (keys, role),
             };
-            if keys.iter().any(|k| k.len() < 16) {
+            let role = match role.as_deref() {
+                None => Role::Tenant,
+                Some(name) => Role::parse(name).with_context(|| {
+                    format!(
+                        "{}: tenant {tenant:?} has role {name:?}; roles are \"tenant\" and \"operator\"",
+                        path.display()
+                    )
+                })?,
+            };
+            if keys.iter().any(|k| k.len() < MIN_KEY) {
                 bail!(
-                    "{}: tenant {tenant:?} has a key shorter than 16 characters",
+                    "{}: tenant {tenant:?} has a key shorter than {MIN_KEY} characters",
                     path.display()
                 );
             }
-            tenants.entry(tenant).or_default().extend(keys);
+            for key in &keys {
+                auth.add(&tenant, key, role);
+            }
         }
     }
-    Ok(if tenants.is_empty() {
-        Auth::open()
-    } else {
-        Auth::with_tenants(&tenants)
-    })
+    Ok(auth)
 }
 
 /// A node id that survives restarts: generated once, kept in the data directory.
@@ -261,36 +289,43 @@ async fn shutdown_signal() {
 
 /// Runs `wasmesh coordinator` until SIGINT/SIGTERM.
 pub fn coordinator(args: crate::cli::CoordinatorArgs) -> anyhow::Result<()> {
+    use crate::coordinator::node_auth::NodeAuth;
     use crate::coordinator::{CoordinatorConfig, CoordinatorState, Fleet};
-    let keys = |keys: Vec<String>| {
-        if keys.is_empty() {
-            Auth::open()
-        } else {
-            Auth::with_tenants(&HashMap::from([(
-                crate::api::auth::DEFAULT_TENANT.to_string(),
-                keys,
-            )]))
-        }
-    };
     let fleet = Arc::new(Fleet::new(CoordinatorConfig {
         heartbeat_interval: args.heartbeat_interval,
         lease: args.lease,
         placement: args.placement,
         weights: args.placement_weights,
         prefetch: args.prefetch,
+        inject_budget: crate::coordinator::fleet::InjectBudget {
+            runs: args.inject_max_runs.max(1),
+            bytes: args.inject_max_bytes,
+        },
     }));
     let mut config = NodeConfig::new(args.data_dir.clone());
     config.id = "coordinator".into();
     // The coordinator runs nothing itself; one slot's sandbox validates modules.
     config.slots = 1;
     config.idempotency_retention = args.idempotency_retention;
-    config.webhooks = args.webhooks.config();
+    config.webhooks = args.webhooks.config()?;
     if let Some(max) = args.max_blob_bytes {
         config.max_blob_bytes = max;
         config.max_request_bytes = config.max_request_bytes.max(max + (16 << 20));
     }
-    let auth = Arc::new(tenant_auth(args.api_keys, args.tenants.as_ref())?);
-    let node_auth = Arc::new(keys(args.node_key.into_iter().collect()));
+    let auth = Arc::new(tenant_auth(
+        args.api_keys,
+        args.admin_keys,
+        args.tenants.as_ref(),
+    )?);
+    let node_auth = NodeAuth::new(args.node_key.as_deref(), args.node_keys.as_ref())?;
+    if auth.required() && node_auth.is_open() {
+        bail!(
+            "client keys are set (--api-key/--admin-key/--tenants) but nodes are not \
+             authenticated: pass --node-key KEY (or --node-keys FILE), or anyone could \
+             register as a node and receive every tenant's work"
+        );
+    }
+    let node_auth = Arc::new(node_auth);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

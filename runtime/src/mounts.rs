@@ -99,7 +99,7 @@ pub fn check_file_name(name: &str) -> Result<(), RuntimeError> {
     check_relative(name).map(|_| ())
 }
 
-/// Checks a guest mount point: absolute, normal, not the root.
+/// Checks where a file set is mounted: absolute, normal, not the root.
 pub(crate) fn check_guest_dir(guest: &str) -> Result<(), RuntimeError> {
     let rest = guest.strip_prefix('/').ok_or_else(|| {
         RuntimeError::InvalidMount(format!("guest path {guest:?} is not absolute"))
@@ -107,6 +107,16 @@ pub(crate) fn check_guest_dir(guest: &str) -> Result<(), RuntimeError> {
     check_relative(rest).map(|_| ()).map_err(|_| {
         RuntimeError::InvalidMount(format!("guest path {guest:?} is not a plain absolute path"))
     })
+}
+
+/// Checks the name a host directory is preopened under: not empty, no NUL.
+pub(crate) fn check_preopen_name(guest: &str) -> Result<(), RuntimeError> {
+    if guest.is_empty() || guest.contains('\0') {
+        return Err(RuntimeError::InvalidMount(format!(
+            "guest path {guest:?} is empty or contains a NUL"
+        )));
+    }
+    Ok(())
 }
 
 /// Lays `files` out below the fresh directory `root`, only through cap-std handles

@@ -226,13 +226,16 @@ pub(crate) struct Ctx {
     tmp: Option<TmpQuota>,
 }
 
-/// The `/tmp` size check: the directory is measured every `EVERY` epoch ticks (a walk
-/// of what the guest wrote), so a guest can overshoot the quota by at most what it
-/// writes between two checks, and a single write is bounded by its memory.
+/// The `/tmp` size check: the directory is measured through descriptors (exactly,
+/// whatever its depth) every `EVERY` epoch ticks, and at every tick once it holds half
+/// its quota, so a guest can overshoot by at most what it writes in one tick (a single
+/// write is bounded by its memory). Nesting past `MAX_TMP_DEPTH` levels or holding more
+/// than `MAX_TMP_ENTRIES` entries is a breach too.
 struct TmpQuota {
     path: std::path::PathBuf,
     limit: u64,
     ticks: u32,
+    near: bool,
 }
 
 impl TmpQuota {
@@ -240,10 +243,12 @@ impl TmpQuota {
 
     fn over_quota(&mut self) -> bool {
         self.ticks += 1;
-        if !self.ticks.is_multiple_of(Self::EVERY) {
+        if !self.near && !self.ticks.is_multiple_of(Self::EVERY) {
             return false;
         }
-        crate::scratch::usage(&self.path) > self.limit
+        let usage = crate::scratch::usage(&self.path);
+        self.near = usage.bytes > self.limit / 2;
+        usage.beyond || usage.bytes > self.limit
     }
 }
 
@@ -404,8 +409,15 @@ impl Sandbox {
         if spec.tmp {
             guests.push("/tmp");
         }
+        for mount in &spec.mounts {
+            match mount {
+                // A host directory may be preopened under any name, as with `wasmtime
+                // run --dir HOST::GUEST` (`/` and relative names included).
+                Mount::Dir { guest, .. } => mounts::check_preopen_name(guest)?,
+                Mount::Files { guest, .. } => mounts::check_guest_dir(guest)?,
+            }
+        }
         for (i, guest) in guests.iter().enumerate() {
-            mounts::check_guest_dir(guest)?;
             if guests[..i].contains(guest) {
                 return Err(RuntimeError::InvalidMount(format!(
                     "{guest} is mounted twice"
@@ -467,6 +479,7 @@ impl Sandbox {
                 path: lease.path().to_path_buf(),
                 limit: config.tmp_bytes,
                 ticks: 0,
+                near: false,
             });
             leases.push(lease);
         }

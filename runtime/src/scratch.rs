@@ -119,18 +119,107 @@ fn empty(dir: &Path) -> bool {
     true
 }
 
-/// Bytes of regular files below `dir` (links are not followed).
-pub(crate) fn usage(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+/// Directory levels a run's `/tmp` may have below it; deeper is a breach of the quota
+/// (each level the measuring walk descends holds one open descriptor).
+pub const MAX_TMP_DEPTH: usize = 64;
+
+/// Entries (files, directories, links) a run's `/tmp` may hold; more is a breach (each
+/// is one inode, and the walk that measures `/tmp` visits each).
+pub const MAX_TMP_ENTRIES: u64 = 100_000;
+
+/// What a run keeps in its `/tmp`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// Bytes of regular files (their length, so sparse files count in full).
+    pub bytes: u64,
+    /// Entries seen.
+    pub entries: u64,
+    /// Whether the walk stopped early: nesting deeper than [`MAX_TMP_DEPTH`], more than
+    /// [`MAX_TMP_ENTRIES`] entries, or an entry it could not measure.
+    pub beyond: bool,
+}
+
+/// Measures `dir` through descriptors (`openat`/`fstatat` via cap-std), never by path,
+/// so a tree nested past `PATH_MAX` is counted like any other; links are not followed.
+pub(crate) fn usage(dir: &Path) -> Usage {
+    let mut usage = Usage::default();
+    match cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()) {
+        Ok(root) => walk(&root, 0, &mut usage),
+        Err(_) => usage.beyond = true,
+    }
+    usage
+}
+
+fn walk(dir: &cap_std::fs::Dir, depth: usize, usage: &mut Usage) {
+    let Ok(entries) = dir.entries() else {
+        usage.beyond = true;
+        return;
     };
-    let mut total = 0;
-    for entry in entries.flatten() {
+    for entry in entries {
+        let Ok(entry) = entry else {
+            usage.beyond = true;
+            return;
+        };
+        usage.entries += 1;
+        if usage.entries > MAX_TMP_ENTRIES {
+            usage.beyond = true;
+            return;
+        }
         match entry.file_type() {
-            Ok(kind) if kind.is_dir() => total += usage(&entry.path()),
-            Ok(kind) if kind.is_file() => total += entry.metadata().map_or(0, |m| m.len()),
-            _ => {}
+            Ok(kind) if kind.is_dir() => {
+                if depth + 1 >= MAX_TMP_DEPTH {
+                    usage.beyond = true;
+                    return;
+                }
+                match entry.open_dir() {
+                    Ok(sub) => walk(&sub, depth + 1, usage),
+                    Err(_) => usage.beyond = true,
+                }
+            }
+            Ok(kind) if kind.is_file() => {
+                usage.bytes += entry.metadata().map_or(0, |m| m.len());
+            }
+            Ok(_) => {}
+            Err(_) => usage.beyond = true,
+        }
+        if usage.beyond {
+            return;
         }
     }
-    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 10, item 6): the walk went by path, so a subtree nested past
+    /// PATH_MAX counted as 0 bytes.
+    #[test]
+    fn usage_counts_trees_nested_past_path_max() {
+        let root = tempfile::tempdir().unwrap();
+        let top =
+            cap_std::fs::Dir::open_ambient_dir(root.path(), cap_std::ambient_authority()).unwrap();
+        // 40 levels of 200-byte names: 8,000 bytes of path, twice PATH_MAX.
+        let name = "d".repeat(200);
+        let mut dir = top.try_clone().unwrap();
+        for _ in 0..40 {
+            dir.create_dir(&name).unwrap();
+            dir = dir.open_dir(&name).unwrap();
+        }
+        dir.write("deep", vec![7u8; 5000]).unwrap();
+        top.write("shallow", vec![1u8; 300]).unwrap();
+        let found = usage(root.path());
+        assert_eq!(found.bytes, 5300);
+        assert_eq!(found.entries, 42);
+        assert!(!found.beyond);
+
+        for _ in 0..MAX_TMP_DEPTH {
+            dir.create_dir("x").unwrap();
+            dir = dir.open_dir("x").unwrap();
+        }
+        assert!(
+            usage(root.path()).beyond,
+            "nesting past MAX_TMP_DEPTH is a breach"
+        );
+    }
 }

@@ -1,4 +1,7 @@
-//! Tenants: API keys map to tenants; every request past `/health` carries one.
+//! Tenants and roles: API keys map to a tenant and a role; every request past
+//! `/health` carries one. A tenant key reaches that tenant's objects only; an operator
+//! key also administers the fleet (drain, deregister, the node list, the whole
+//! topology). Without keys every caller is the `default` tenant with the operator role.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +20,40 @@ use crate::api::error::ApiError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tenant(pub String);
 
+/// What a key may do beyond its tenant's own objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Its own objects only.
+    Tenant,
+    /// Also fleet administration.
+    Operator,
+}
+
+impl Role {
+    /// The role named in a tenants file (`role = "operator"`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "tenant" => Some(Role::Tenant),
+            "operator" => Some(Role::Operator),
+            _ => None,
+        }
+    }
+
+    /// 403 `forbidden` unless this is the operator role.
+    pub fn require_operator(self) -> Result<(), ApiError> {
+        match self {
+            Role::Operator => Ok(()),
+            Role::Tenant => Err(ApiError::Forbidden(
+                "forbidden",
+                "fleet administration needs an operator key (--admin-key)".into(),
+            )),
+        }
+    }
+}
+
+/// The tenant that operator keys given with `--admin-key` act as.
+pub const OPERATOR_TENANT: &str = "operator";
+
 /// The tenant used when the server runs without keys.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -24,7 +61,7 @@ pub const DEFAULT_TENANT: &str = "default";
 /// constant time, so neither their length nor a prefix leaks through timing.
 #[derive(Debug, Default, Clone)]
 pub struct Auth {
-    keys: Vec<([u8; 32], String)>,
+    keys: Vec<([u8; 32], String, Role)>,
 }
 
 impl Auth {
@@ -33,15 +70,24 @@ impl Auth {
         Self::default()
     }
 
-    /// Tenants and their keys.
+    /// Tenants and their keys, all with the tenant role.
     pub fn with_tenants(tenants: &HashMap<String, Vec<String>>) -> Self {
-        let mut keys = Vec::new();
+        let mut auth = Self::default();
         for (tenant, tenant_keys) in tenants {
             for key in tenant_keys {
-                keys.push((*blake3::hash(key.as_bytes()).as_bytes(), tenant.clone()));
+                auth.add(tenant, key, Role::Tenant);
             }
         }
-        Self { keys }
+        auth
+    }
+
+    /// Adds a key of `tenant` with `role`.
+    pub fn add(&mut self, tenant: &str, key: &str, role: Role) {
+        self.keys.push((
+            *blake3::hash(key.as_bytes()).as_bytes(),
+            tenant.to_string(),
+            role,
+        ));
     }
 
     /// Whether keys are required.
@@ -51,12 +97,17 @@ impl Auth {
 
     /// The tenant of a key, if any.
     pub fn tenant(&self, key: &str) -> Option<String> {
+        self.principal(key).map(|(tenant, _)| tenant)
+    }
+
+    /// The tenant and role of a key, if any.
+    pub fn principal(&self, key: &str) -> Option<(String, Role)> {
         let digest = blake3::hash(key.as_bytes());
         let mut found = None;
         // Every key is compared, so the time taken does not say which one matched.
-        for (known, tenant) in &self.keys {
+        for (known, tenant, role) in &self.keys {
             if bool::from(known.ct_eq(digest.as_bytes())) {
-                found = Some(tenant.clone());
+                found = Some((tenant.clone(), *role));
             }
         }
         found
@@ -81,13 +132,14 @@ pub async fn require_tenant(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let tenant = if state.auth.required() {
+    let (tenant, role) = if state.auth.required() {
         let key = presented_key(request.headers()).ok_or(ApiError::Unauthorized)?;
-        state.auth.tenant(key).ok_or(ApiError::Unauthorized)?
+        state.auth.principal(key).ok_or(ApiError::Unauthorized)?
     } else {
-        DEFAULT_TENANT.to_string()
+        (DEFAULT_TENANT.to_string(), Role::Operator)
     };
     request.extensions_mut().insert(Tenant(tenant));
+    request.extensions_mut().insert(role);
     Ok(next.run(request).await)
 }
 

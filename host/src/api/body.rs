@@ -9,6 +9,10 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::model::HashHex;
 use crate::node::cas::{CasError, Staged};
 
+/// Parts a package may have (the descriptor and its chunks). Each staged part is a
+/// file on disk until the package is complete (closed, so parts cost no descriptors).
+pub const MAX_PARTS: usize = 1024;
+
 /// A descriptor body: plain JSON, or a package whose chunks were stored.
 pub struct Descriptor {
     /// The descriptor JSON.
@@ -54,19 +58,37 @@ pub async fn descriptor(state: &AppState, tenant: &str, request: Request) -> Api
     let bad = |e: axum::extract::multipart::MultipartError| {
         ApiError::BadRequest("invalid_package", format!("malformed multipart body: {e}"))
     };
-    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+    let invalid = |message: String| ApiError::BadRequest("invalid_package", message);
+    let mut parts = 0;
+    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        parts += 1;
+        if parts > MAX_PARTS {
+            return Err(invalid(format!("a package has at most {MAX_PARTS} parts")));
+        }
         let name = field.name().unwrap_or_default().to_string();
         if name == "descriptor" {
-            let bytes = field.bytes().await.map_err(bad)?;
+            if value.is_some() {
+                return Err(invalid("the package has two `descriptor` parts".into()));
+            }
+            let limit = state.node.config.max_json_bytes;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                if bytes.len() + chunk.len() > limit {
+                    return Err(ApiError::TooLarge(format!(
+                        "a descriptor is limited to {limit} bytes"
+                    )));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
             value = Some(serde_json::from_slice(&bytes).map_err(ApiError::json)?);
             continue;
         }
-        let hash: HashHex = name.parse().map_err(|e| {
-            ApiError::BadRequest(
-                "invalid_package",
-                format!("part names are `descriptor` or a chunk hash: {e}"),
-            )
-        })?;
+        let hash: HashHex = name
+            .parse()
+            .map_err(|e| invalid(format!("part names are `descriptor` or a chunk hash: {e}")))?;
+        if staged.iter().any(|blob| blob.hash == hash) {
+            return Err(invalid(format!("the package has two parts named {hash}")));
+        }
         let chunks = stream::try_unfold(field, |mut field| async move {
             Ok::<_, axum::extract::multipart::MultipartError>(
                 field.chunk().await?.map(|chunk| (chunk, field)),

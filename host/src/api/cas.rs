@@ -29,7 +29,7 @@ pub async fn needs(
     let value = json_value(&state, request).await?;
     let body: NeedsRequest = serde_json::from_value(value)
         .map_err(|e| ApiError::BadRequest("invalid_request", e.to_string()))?;
-    let needs = state.node.db.needs(&tenant, &body.hashes)?;
+    let needs = state.node.needs(&tenant, &body.hashes)?;
     Ok(axum::Json(json!({ "needs": needs })).into_response())
 }
 

@@ -4,7 +4,15 @@
 //! the same key with the same request replays that response
 //! (`Idempotent-Replayed: true`); with a different request it is a 422
 //! `idempotency_key_mismatch`; while the first is still running, a 409
-//! `idempotency_key_in_flight`. A 5xx is not stored, so a retry runs again.
+//! `idempotency_key_in_flight`. A 5xx is not stored, so a retry runs again; nor is a
+//! `202` (a `needs` answer: the client uploads the chunks and retries with the same
+//! key, which must then run).
+//!
+//! The body is fingerprinted as it arrives: up to [`IN_MEMORY`] bytes stay in memory,
+//! a larger one (a package) is spooled to an unlinked file in the data directory, so
+//! a keyed request costs no more memory than an unkeyed one.
+
+use std::path::Path;
 
 use axum::Extension;
 use axum::body::Body;
@@ -12,6 +20,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::api::AppState;
 use crate::api::auth::Tenant;
@@ -23,6 +33,9 @@ const MAX_KEY: usize = 255;
 
 /// Responses are JSON answers; a stored one is at most this large.
 const MAX_RESPONSE: usize = 16 << 20;
+
+/// A keyed body larger than this is spooled to disk instead of held in memory.
+pub const IN_MEMORY: usize = 1 << 20;
 
 /// Releases the key if the request never completes (the client went away).
 struct Claim<'a> {
@@ -66,11 +79,7 @@ pub async fn idempotency(
                 format!("Idempotency-Key is 1 to {MAX_KEY} visible characters"),
             )
         })?;
-    let limit = usize::try_from(state.node.config.max_request_bytes).unwrap_or(usize::MAX);
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::TooLarge(format!("request larger than {limit} bytes")))?;
     let mut hasher = blake3::Hasher::new();
     hasher.update(parts.method.as_str().as_bytes());
     hasher.update(b" ");
@@ -82,7 +91,13 @@ pub async fn idempotency(
             .as_bytes(),
     );
     hasher.update(b"\n");
-    hasher.update(&bytes);
+    let body = spool(
+        body,
+        state.node.config.max_request_bytes,
+        &state.node.config.data_dir,
+        &mut hasher,
+    )
+    .await?;
     let fingerprint = hasher.finalize().to_hex().to_string();
     match state
         .node
@@ -122,14 +137,13 @@ pub async fn idempotency(
         key: &key,
         settled: false,
     };
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let response = next.run(Request::from_parts(parts, body)).await;
     let (parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_RESPONSE).await else {
         return Err(ApiError::Internal("a response too large to keep".into()));
     };
-    if !parts.status.is_server_error() {
+    // A 202 asks the client to send what is missing and try again with the same key.
+    if !parts.status.is_server_error() && parts.status != StatusCode::ACCEPTED {
         let content_type = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -145,4 +159,45 @@ pub async fn idempotency(
     }
     drop(claim);
     Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+/// Reads a keyed body into `hasher` and returns it to be read again: in memory up to
+/// [`IN_MEMORY`] bytes, else from an unlinked temporary file in `dir`. Over `limit`
+/// bytes it is a 413.
+async fn spool(body: Body, limit: u64, dir: &Path, hasher: &mut blake3::Hasher) -> ApiResult<Body> {
+    let mut stream = body.into_data_stream();
+    let mut memory = Vec::new();
+    let mut file: Option<tokio::fs::File> = None;
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest("invalid_body", format!("reading the body: {e}")))?;
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(ApiError::TooLarge(format!(
+                "request larger than {limit} bytes"
+            )));
+        }
+        hasher.update(&chunk);
+        match &mut file {
+            Some(file) => file.write_all(&chunk).await?,
+            None => {
+                memory.extend_from_slice(&chunk);
+                if memory.len() > IN_MEMORY {
+                    let mut spooled = tokio::fs::File::from_std(tempfile::tempfile_in(dir)?);
+                    spooled.write_all(&memory).await?;
+                    memory = Vec::new();
+                    file = Some(spooled);
+                }
+            }
+        }
+    }
+    Ok(match file {
+        None => Body::from(memory),
+        Some(mut file) => {
+            file.flush().await?;
+            file.seek(std::io::SeekFrom::Start(0)).await?;
+            Body::from_stream(tokio_util::io::ReaderStream::new(file))
+        }
+    })
 }

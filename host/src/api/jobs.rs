@@ -288,8 +288,8 @@ pub async fn priority(
     let lsn = path_lsn(&lsn)?;
     let body: PriorityBody = serde_json::from_value(json_value(&state, request).await?)
         .map_err(|e| ApiError::BadRequest("invalid_request", e.to_string()))?;
-    state.node.set_priority(&tenant, lsn, body.priority)?;
-    Ok(axum::Json(json!({"lsn": lsn, "priority": body.priority})).into_response())
+    let priority = state.node.set_priority(&tenant, lsn, body.priority)?;
+    Ok(axum::Json(json!({"lsn": lsn, "priority": priority})).into_response())
 }
 
 /// `POST /compute/jobs/{lsn}/reschedule`.

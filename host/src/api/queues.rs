@@ -52,7 +52,7 @@ fn create(
         body.name.as_deref(),
         body.max_retries.unwrap_or(3),
         body.retry_guest_failures.unwrap_or(false),
-        body.priority.unwrap_or(0),
+        crate::node::scheduler::clamp_priority(body.priority.unwrap_or(0)),
     )?)
 }
 

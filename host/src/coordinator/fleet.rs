@@ -28,6 +28,29 @@ pub struct CoordinatorConfig {
     /// Leases a node may hold beyond its slots (queued on the node, hiding the round
     /// trip between one job's end and the next one's hand-out).
     pub prefetch: u64,
+    /// What one inject into a handler group may cost at most: handler runs, and bytes
+    /// of events routed on (the hop limit bounds depth; this bounds breadth).
+    pub inject_budget: InjectBudget,
+}
+
+/// The most one inject (one event or one batch) may make a group do.
+#[derive(Clone, Copy, Debug)]
+pub struct InjectBudget {
+    /// Handler runs (the first ones included).
+    pub runs: u64,
+    /// Bytes of events (as JSON) routed to handlers after the injected ones.
+    pub bytes: u64,
+}
+
+impl Default for InjectBudget {
+    /// 1,000 runs (a full batch of injected events still gets its first hop) and
+    /// 16 MiB of routed events.
+    fn default() -> Self {
+        Self {
+            runs: 1000,
+            bytes: 16 << 20,
+        }
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -40,6 +63,7 @@ impl Default for CoordinatorConfig {
             placement: Strategy::Score,
             weights: Weights::default(),
             prefetch: 0,
+            inject_budget: InjectBudget::default(),
         }
     }
 }
@@ -59,7 +83,13 @@ pub struct Lease {
     pub cancel_requested: bool,
     /// Why the node was chosen (recorded in the result).
     pub placement: Value,
+    /// Blobs the node uploaded for this lease, bytes verified: the only ones besides
+    /// those inline in its report that the report may hand to the job's tenant.
+    pub uploaded: Vec<crate::model::HashHex>,
 }
+
+/// Blobs one lease may upload (outputs, stderr, checkpoints): more are refused.
+pub const MAX_UPLOADS_PER_LEASE: usize = 64;
 
 /// The I/O side of a member: where it is, what waits for it.
 #[derive(Debug)]
@@ -204,12 +234,15 @@ impl Fleet {
         let now = Instant::now();
         let renewed = now + self.config.lease;
         let mut cancel = Vec::new();
+        let mut kept = Vec::new();
         for token in &beat.leases {
             match inner.leases.get_mut(&token.lsn) {
                 Some(lease) if lease.token == *token && lease.node == id => {
                     lease.expires = renewed;
                     if lease.cancel_requested {
                         cancel.push(*token);
+                    } else {
+                        kept.push(*token);
                     }
                 }
                 // Not this node's current lease (expired and requeued, or finished
@@ -246,6 +279,7 @@ impl Fleet {
             id: id.to_string(),
             draining,
             cancel,
+            renewed: kept,
         })
     }
 
@@ -289,10 +323,25 @@ impl Fleet {
     pub fn reserve(&self, action: &crate::model::HashHex, demand: &Demand) -> Option<Reservation> {
         let mut inner = self.inner();
         let pin = inner.pins.get(action).cloned();
-        let Inner { views, placer, .. } = &mut *inner;
-        let decision = pin
-            .and_then(|p| placer.choose_pinned(views, demand, &p))
-            .or_else(|| placer.choose(views, demand))?;
+        let lease = self.config.lease;
+        let Inner {
+            views,
+            placer,
+            index,
+            ..
+        } = &mut *inner;
+        // A pinned job runs on its node while that node is up: when the node has no
+        // free slot the job waits for one. Only a node that is gone (unregistered,
+        // unhealthy, draining) lets placement choose another.
+        let pinned_up = pin.as_ref().is_some_and(|p| {
+            index
+                .get(p)
+                .is_some_and(|&i| !views[i].draining && !views[i].unhealthy(lease))
+        });
+        let decision = match pin {
+            Some(p) if pinned_up => placer.choose_pinned(views, demand, &p)?,
+            _ => placer.choose(views, demand)?,
+        };
         inner.pins.remove(action);
         let view = &mut inner.views[decision.index];
         view.leased += 1;
@@ -330,6 +379,7 @@ impl Fleet {
                 delivered: false,
                 cancel_requested: false,
                 placement,
+                uploaded: Vec::new(),
             },
         );
         match inner.index.get(&reservation.node).copied() {
@@ -357,6 +407,7 @@ impl Fleet {
                 delivered: true,
                 cancel_requested: false,
                 placement: json!({"node": node, "restored": true}),
+                uploaded: Vec::new(),
             },
         );
     }
@@ -401,6 +452,39 @@ impl Fleet {
             }
         }
         Some((assignments, cancels, wake))
+    }
+
+    /// Whether `token` is a current lease of node `id`.
+    pub fn holds(&self, id: &str, token: Token) -> bool {
+        self.inner()
+            .leases
+            .get(&token.lsn)
+            .is_some_and(|lease| lease.token == token && lease.node == id)
+    }
+
+    /// Records that node `id` delivered (verified) blob `hash` for its lease `token`;
+    /// false when that is not a current lease of the node, or it uploaded too many.
+    pub fn note_upload(&self, id: &str, token: Token, hash: crate::model::HashHex) -> bool {
+        let mut inner = self.inner();
+        match inner.leases.get_mut(&token.lsn) {
+            Some(lease) if lease.token == token && lease.node == id => {
+                if !lease.uploaded.contains(&hash) {
+                    if lease.uploaded.len() >= MAX_UPLOADS_PER_LEASE {
+                        return false;
+                    }
+                    lease.uploaded.push(hash);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether node `id` uploaded `hash` for its current lease `token`.
+    pub fn uploaded(&self, id: &str, token: Token, hash: &crate::model::HashHex) -> bool {
+        self.inner().leases.get(&token.lsn).is_some_and(|lease| {
+            lease.token == token && lease.node == id && lease.uploaded.contains(hash)
+        })
     }
 
     /// Ends the lease `token` of node `id` because its result came back. `None` when

@@ -7,9 +7,17 @@
 //! Every handler run is an ordinary job of the group's tenant (visible in
 //! `/compute/jobs`, retried, fenced) pinned to the handler's node; a handler whose node
 //! is gone is placed again.
+//!
+//! One inject (one event or one batch) has a budget of handler runs and of bytes of
+//! events routed on ([`crate::coordinator::fleet::InjectBudget`]): the hop limit
+//! bounds how deep a chain goes, the budget how wide. What is over it is dropped and
+//! logged once as `"dropped": "budget"`. The event log stores each event once: the
+//! injected ones in their entry, emitted ones as a reference to the run that emitted
+//! them (its job's result has them), expanded when the log is read.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Extension;
@@ -286,8 +294,61 @@ async fn events(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     load(&state, &tenant, &id)?;
-    let entries = state.node.db.group_events(&id)?;
+    let mut entries = state.node.db.group_events(&id)?;
+    // Events are stored once, in the results of the runs that emitted them.
+    let events_of = |lsn: &Value| -> Vec<Value> {
+        lsn.as_u64()
+            .and_then(|lsn| state.node.db.job(&tenant, lsn).ok().flatten())
+            .and_then(|job| job.result)
+            .map(|result| result.events)
+            .unwrap_or_default()
+    };
+    for entry in &mut entries {
+        if entry.get("lsn").is_none() {
+            continue;
+        }
+        if let Some(source) = entry.get("source").cloned() {
+            let index = source["index"].as_u64().unwrap_or(0) as usize;
+            entry["event"] = events_of(&source["lsn"])
+                .get(index)
+                .cloned()
+                .unwrap_or(Value::Null);
+        }
+        entry["output_events"] = Value::Array(events_of(&entry["lsn"]));
+    }
     Ok(Json(json!({"id": id, "events": entries})))
+}
+
+/// What is left of one inject's budget (shared by the events of a batch).
+#[derive(Debug)]
+struct Budget {
+    runs: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Budget {
+    fn new(budget: super::fleet::InjectBudget) -> Arc<Self> {
+        Arc::new(Self {
+            runs: AtomicU64::new(budget.runs),
+            bytes: AtomicU64::new(budget.bytes),
+        })
+    }
+
+    /// Takes `n` from `left` if that much is left.
+    fn take(left: &AtomicU64, n: u64) -> bool {
+        left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |have| {
+            have.checked_sub(n)
+        })
+        .is_ok()
+    }
+
+    fn take_run(&self) -> bool {
+        Self::take(&self.runs, 1)
+    }
+
+    fn take_bytes(&self, n: u64) -> bool {
+        Self::take(&self.bytes, n)
+    }
 }
 
 #[derive(Deserialize)]
@@ -318,6 +379,7 @@ async fn inject(
         id: &id,
         spec,
         placements,
+        budget: Budget::new(state.fleet.config.inject_budget),
     };
     match injection {
         Injection::One(event) => Ok(Json(group.inject(event).await?).into_response()),
@@ -357,7 +419,12 @@ struct Running<'a> {
     id: &'a str,
     spec: GroupSpec,
     placements: BTreeMap<String, String>,
+    budget: Arc<Budget>,
 }
+
+/// An event waiting for its handler: the handler, the event, its hop, and the run
+/// that emitted it (its job's LSN and the event's index there), none when injected.
+type Hop = (String, EventIn, usize, Option<(u64, usize)>);
 
 impl<'a> Running<'a> {
     /// Appends to the group's event log.
@@ -379,6 +446,7 @@ impl<'a> Running<'a> {
             id: self.id,
             spec: self.spec.clone(),
             placements: self.placements.clone(),
+            budget: self.budget.clone(),
         }
     }
 
@@ -388,23 +456,27 @@ impl<'a> Running<'a> {
             .to_string();
         let mut answer = Value::Null;
         let mut chain = Vec::new();
-        let mut pending = VecDeque::from([(first, event, 1usize)]);
-        while let Some((handler, event, hop)) = pending.pop_front() {
+        let mut over_budget = 0u64;
+        let mut pending: VecDeque<Hop> = VecDeque::from([(first, event, 1usize, None)]);
+        while let Some((handler, event, hop, source)) = pending.pop_front() {
             if hop > MAX_HOPS {
-                self.record(&json!({"handler": handler, "event": event, "dropped": format!("hop limit {MAX_HOPS} reached")}));
+                self.record(&json!({"handler": handler, "event_type": event.event_type, "source": source_json(source), "dropped": format!("hop limit {MAX_HOPS} reached")}));
                 chain.push(json!({"handler": handler, "event_type": event.event_type, "dropped": "hop_limit"}));
                 continue;
             }
+            if !self.budget.take_run() {
+                over_budget += 1 + pending.len() as u64;
+                pending.clear();
+                break;
+            }
             let (node, result) = self.run(&handler, &event).await?;
-            let emitted: Vec<EventIn> = result
-                .events
-                .iter()
-                .filter_map(|e| serde_json::from_value(e.clone()).ok())
-                .collect();
-            let entry = json!({
-                "handler": handler, "node": node, "lsn": result.lsn,
-                "event": event, "state": result.state, "output_events": result.events,
+            let mut entry = json!({
+                "handler": handler, "node": node, "lsn": result.lsn, "state": result.state,
             });
+            match source {
+                Some(source) => entry["source"] = source_json(Some(source)),
+                None => entry["event"] = json!(event),
+            }
             self.record(&entry);
             if answer.is_null() {
                 answer = json!({
@@ -414,11 +486,26 @@ impl<'a> Running<'a> {
                 });
             }
             chain.push(json!({"handler": handler, "node": node, "lsn": result.lsn, "event_type": event.event_type}));
-            for out in emitted {
-                if let Some(next) = route(&self.spec.routes, &handler, &out.event_type) {
-                    pending.push_back((next.to_string(), out, hop + 1));
+            for (index, raw) in result.events.iter().enumerate() {
+                let Ok(out) = serde_json::from_value::<EventIn>(raw.clone()) else {
+                    continue;
+                };
+                let Some(next) = route(&self.spec.routes, &handler, &out.event_type) else {
+                    continue;
+                };
+                let size = serde_json::to_vec(raw).map_or(0, |b| b.len() as u64);
+                if !self.budget.take_bytes(size) {
+                    over_budget += 1;
+                    continue;
                 }
+                pending.push_back((next.to_string(), out, hop + 1, Some((result.lsn, index))));
             }
+        }
+        if over_budget > 0 {
+            let budget = self.state.fleet.config.inject_budget;
+            self.record(&json!({"dropped": "budget", "events": over_budget,
+                "budget": {"runs": budget.runs, "bytes": budget.bytes}}));
+            chain.push(json!({"dropped": "budget", "events": over_budget}));
         }
         answer["chain"] = Value::Array(chain);
         Ok(answer)
@@ -475,7 +562,12 @@ impl<'a> Running<'a> {
         let node = state.node.clone();
         let tenant = self.tenant.to_string();
         let submitted = tokio::task::spawn_blocking(move || {
-            node.submit(&tenant, vec![submission], Some(i64::MAX / 2), None)
+            node.submit(
+                &tenant,
+                vec![submission],
+                Some(crate::node::scheduler::PRIORITY_MAX),
+                None,
+            )
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
@@ -488,8 +580,29 @@ impl<'a> Running<'a> {
             }
         };
         let result = wait_result(&state.node, self.tenant, lsn).await?;
+        // A run leaves its pinned node only when that node went away meanwhile: the
+        // handler now lives where it ran.
+        if !result.node.is_empty() && result.node != node_id && result.state != "cancelled" {
+            tracing::info!(group = %self.id, handler, from = %node_id, to = %result.node, "handler moved with its run");
+            self.placements
+                .insert(handler.to_string(), result.node.clone());
+            let spec_json = serde_json::to_string(&self.spec).expect("specs serialize");
+            let placements = serde_json::to_string(&self.placements).expect("serialize");
+            state
+                .node
+                .db
+                .put_group(self.tenant, self.id, &spec_json, &placements)?;
+        }
         Ok((result.node.clone(), result))
     }
+}
+
+/// A log entry's reference to the run that emitted its event.
+fn source_json(source: Option<(u64, usize)>) -> Value {
+    source.map_or(
+        Value::Null,
+        |(lsn, index)| json!({"lsn": lsn, "index": index}),
+    )
 }
 
 async fn wait_result(node: &Arc<Node>, tenant: &str, lsn: u64) -> ApiResult<JobResult> {
@@ -510,11 +623,14 @@ async fn wait_result(node: &Arc<Node>, tenant: &str, lsn: u64) -> ApiResult<JobR
 }
 
 /// Groups of every tenant with their placements, for the topology route.
-pub fn topology(node: &Node) -> Vec<Value> {
+/// The groups of the topology: every tenant's (`tenant: None`, for the operator) or
+/// one tenant's own.
+pub fn topology(node: &Node, tenant: Option<&str>) -> Vec<Value> {
     node.db
         .groups()
         .unwrap_or_default()
         .into_iter()
+        .filter(|(_, owner, _, _)| tenant.is_none_or(|t| t == owner))
         .filter_map(|(id, tenant, spec, placements)| {
             let spec: GroupSpec = serde_json::from_str(&spec).ok()?;
             let placements: BTreeMap<String, String> = serde_json::from_str(&placements).ok()?;

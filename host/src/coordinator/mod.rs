@@ -13,6 +13,7 @@
 
 pub mod fleet;
 pub mod groups;
+pub mod node_auth;
 pub mod placement;
 pub mod protocol;
 
@@ -23,7 +24,6 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -31,13 +31,14 @@ use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::api::auth::Auth;
+use crate::api::auth::{Auth, Role, Tenant};
 use crate::api::error::{ApiError, ApiResult};
 use crate::model::{ActionDescriptor, HashHex, JobResult, WorkerDescriptor};
 use crate::node::Node;
 use crate::node::db::JobRow;
 pub use fleet::{CoordinatorConfig, Fleet};
 use fleet::{Lease, Reservation};
+use node_auth::NodeIdentity;
 use placement::Demand;
 use protocol::{
     Assignment, CheckpointNote, Heartbeat, Registration, Report, Results, ResultsAnswer, Token,
@@ -66,7 +67,7 @@ pub struct CoordinatorState {
     /// Client keys (the cluster's client routes).
     pub auth: Arc<Auth>,
     /// Node keys (the node-facing routes).
-    pub node_auth: Arc<Auth>,
+    pub node_auth: Arc<node_auth::NodeAuth>,
 }
 
 async fn body<T: DeserializeOwned + Default>(
@@ -83,8 +84,13 @@ async fn body<T: DeserializeOwned + Default>(
     serde_json::from_slice(&bytes).map_err(ApiError::json)
 }
 
-async fn register(State(state): State<CoordinatorState>, request: Request) -> ApiResult<Response> {
+async fn register(
+    State(state): State<CoordinatorState>,
+    axum::Extension(identity): axum::Extension<NodeIdentity>,
+    request: Request,
+) -> ApiResult<Response> {
     let registration: Registration = body(request, 1 << 20, false).await?;
+    identity.may_act_as(&registration.id)?;
     if registration.id.is_empty() || registration.id.len() > 128 {
         return Err(ApiError::BadRequest(
             "invalid_request",
@@ -117,18 +123,20 @@ async fn heartbeat(
     let answer = state.fleet.heartbeat(&id, &beat).ok_or_else(|| {
         ApiError::NotFound(format!("node {id} is not registered; register again"))
     })?;
-    // Checkpoints of leases the heartbeat just renewed (not those it was told to stop).
+    // Checkpoints of leases the heartbeat just renewed only: a note for any other
+    // lease (expired, finished, another node's, cancelled) is dropped.
     let checkpoints: Vec<CheckpointNote> = beat
         .checkpoints
         .into_iter()
-        .filter(|note| !answer.cancel.contains(&note.lease))
+        .filter(|note| answer.renewed.contains(&note.lease))
         .collect();
     if !checkpoints.is_empty() {
-        let node = state.node.clone();
+        let (node, fleet) = (state.node.clone(), state.fleet.clone());
         tokio::task::spawn_blocking(move || {
             for note in checkpoints {
-                keep_checkpoint(&node, &id, note);
+                keep_checkpoint(&node, &fleet, &id, note);
             }
+            node.sweep_checkpoints();
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -152,27 +160,23 @@ fn store_inline(node: &Node, id: &str, hash: &HashHex, data: &str) -> Result<(),
 }
 
 /// Records a leased run's checkpoint with its job, fenced by the lease's attempt, once
-/// its bytes are verified in the store.
-fn keep_checkpoint(node: &Node, id: &str, note: CheckpointNote) {
+/// its bytes are verified in the store: sent inline with the note, or uploaded by this
+/// node for this very lease. A checkpoint is an internal blob (no tenant holds it);
+/// the one it replaces is deleted.
+fn keep_checkpoint(node: &Node, fleet: &Fleet, id: &str, note: CheckpointNote) {
     let lsn = note.lease.lsn;
     if let Some(data) = &note.data {
         if let Err(e) = store_inline(node, id, &note.hash, data) {
             tracing::warn!(lsn, error = %e, "a checkpoint was not kept");
             return;
         }
-    } else if !node.cas.contains(&note.hash) {
-        tracing::warn!(lsn, node = id, hash = %note.hash, "a checkpoint was announced but never sent");
+    } else if !fleet.uploaded(id, note.lease, &note.hash) {
+        tracing::warn!(lsn, node = id, hash = %note.hash, "a checkpoint was announced but never sent for its lease");
         return;
     }
-    // The job's tenant owns its checkpoints, as it owns its outputs.
-    let recorded = node.job_any(lsn).and_then(|job| {
-        let Some(job) = job else { return Ok(false) };
-        let size = node.cas.size(&note.hash).unwrap_or(0);
-        node.db.own_blob(&job.tenant, &note.hash, size)?;
-        Ok(node
-            .db
-            .save_checkpoint(lsn, &note.hash, Some(note.lease.attempt))?)
-    });
+    let recorded = node
+        .db
+        .save_checkpoint(lsn, &note.hash, Some(note.lease.attempt));
     match recorded {
         Ok(true) => tracing::debug!(lsn, node = id, "checkpoint recorded"),
         Ok(false) => tracing::debug!(lsn, node = id, "a stale checkpoint was ignored"),
@@ -319,7 +323,15 @@ fn accept(node: &Node, fleet: &Fleet, id: &str, report: Report) -> bool {
         if host_failure {
             break;
         }
-        match node.cas.size(&hash) {
+        // A report hands the job's tenant only bytes this node delivered for this
+        // lease (inline above, or uploaded under it), or ones the tenant already
+        // holds: naming any other hash in the store would give away another
+        // tenant's data.
+        let delivered = hash == HashHex::empty()
+            || report.blobs.contains_key(&hash)
+            || lease.uploaded.contains(&hash)
+            || node.db.owns_blob(&job.tenant, &hash).unwrap_or(false);
+        match node.cas.size(&hash).filter(|_| delivered) {
             Some(actual) => {
                 if let Err(e) = node.db.own_blob(&job.tenant, &hash, size.unwrap_or(actual)) {
                     host_failure = true;
@@ -328,7 +340,10 @@ fn accept(node: &Node, fleet: &Fleet, id: &str, report: Report) -> bool {
             }
             None => {
                 host_failure = true;
-                message = Some(format!("node {id} reported blob {hash} but never sent it"));
+                message = Some(format!(
+                    "node {id} reported blob {hash} but never delivered it for lease {}/{}",
+                    token.lsn, token.attempt
+                ));
             }
         }
     }
@@ -398,15 +413,34 @@ async fn get_blob(
         .into_response())
 }
 
-/// `PUT /api/v1/cluster/blobs/{hash}`: a node's large output, verified and stored; it
-/// becomes visible to a tenant only when a result naming it is accepted.
+/// `PUT /api/v1/cluster/blobs/{hash}?node=ID&lsn=N&attempt=A`: a node's large output
+/// or checkpoint for one of its current leases, verified and stored (its bytes are
+/// read and checked even when the store has them, since the upload is the node's proof
+/// that it has them); it becomes visible to a tenant only when a result of that lease
+/// naming it is accepted.
 async fn put_blob(
     State(state): State<CoordinatorState>,
+    axum::Extension(identity): axum::Extension<NodeIdentity>,
     Path(hash): Path<String>,
+    axum::extract::Query(upload): axum::extract::Query<protocol::UploadFor>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let hash = crate::api::body::path_hash(&hash)?;
+    identity.may_act_as(&upload.node)?;
+    let token = Token {
+        lsn: upload.lsn,
+        attempt: upload.attempt,
+    };
+    if !state.fleet.holds(&upload.node, token) {
+        return Err(ApiError::Conflict(
+            "stale_lease",
+            format!(
+                "lease {}/{} is not a current lease of node {}",
+                token.lsn, token.attempt, upload.node
+            ),
+        ));
+    }
     let max = state.node.cas.max_blob_bytes();
     if headers
         .get(header::CONTENT_LENGTH)
@@ -416,27 +450,47 @@ async fn put_blob(
     {
         return Err(ApiError::TooLarge(format!("blob larger than {max} bytes")));
     }
-    if state.node.cas.contains(&hash) {
-        return Ok(StatusCode::OK.into_response());
-    }
+    let present = state.node.cas.contains(&hash);
     let staged = state
         .node
         .cas
         .stage_stream(hash, body.into_data_stream())
         .await
         .map_err(crate::api::body::cas_error)?;
-    state.node.cas.commit(staged)?;
-    Ok(StatusCode::CREATED.into_response())
+    if !present {
+        state.node.cas.commit(staged)?;
+    }
+    if !state.fleet.note_upload(&upload.node, token, hash) {
+        return Err(ApiError::Conflict(
+            "stale_lease",
+            format!(
+                "lease {}/{} of node {} ended or uploaded too many blobs",
+                token.lsn, token.attempt, upload.node
+            ),
+        ));
+    }
+    Ok(if present {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    }
+    .into_response())
 }
 
-async fn list(State(state): State<CoordinatorState>) -> Json<Value> {
-    Json(json!({"nodes": state.fleet.list()}))
+async fn list(
+    State(state): State<CoordinatorState>,
+    axum::Extension(role): axum::Extension<Role>,
+) -> ApiResult<Json<Value>> {
+    role.require_operator()?;
+    Ok(Json(json!({"nodes": state.fleet.list()})))
 }
 
 async fn details(
     State(state): State<CoordinatorState>,
+    axum::Extension(role): axum::Extension<Role>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    role.require_operator()?;
     state
         .fleet
         .details(&id)
@@ -446,8 +500,10 @@ async fn details(
 
 async fn deregister(
     State(state): State<CoordinatorState>,
+    axum::Extension(role): axum::Extension<Role>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    role.require_operator()?;
     if !state.fleet.deregister(&id) {
         return Err(ApiError::NotFound(format!("node {id} not found")));
     }
@@ -457,8 +513,10 @@ async fn deregister(
 
 async fn drain(
     State(state): State<CoordinatorState>,
+    axum::Extension(role): axum::Extension<Role>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    role.require_operator()?;
     let described = state
         .fleet
         .drain(&id)
@@ -467,44 +525,31 @@ async fn drain(
     Ok(Json(described))
 }
 
-async fn topology(State(state): State<CoordinatorState>) -> Json<Value> {
+/// `GET /api/v1/cluster/topology`: the operator sees the nodes and every tenant's
+/// groups; a tenant sees its own groups only.
+async fn topology(
+    State(state): State<CoordinatorState>,
+    axum::Extension(role): axum::Extension<Role>,
+    axum::Extension(Tenant(tenant)): axum::Extension<Tenant>,
+) -> Json<Value> {
     let config = &state.fleet.config;
-    Json(json!({
-        "coordinator": {
-            "placement": config.placement.name(),
-            "heartbeat_interval_ms": config.heartbeat_interval.as_millis() as u64,
-            "lease_ms": config.lease.as_millis() as u64,
-            "leases": state.fleet.leases(),
-        },
-        "nodes": state.fleet.list(),
-        "groups": groups::topology(&state.node),
-    }))
-}
-
-fn check(auth: &Auth, headers: &HeaderMap) -> ApiResult<()> {
-    if !auth.required() {
-        return Ok(());
+    let mut coordinator = json!({
+        "placement": config.placement.name(),
+        "heartbeat_interval_ms": config.heartbeat_interval.as_millis() as u64,
+        "lease_ms": config.lease.as_millis() as u64,
+    });
+    if role == Role::Operator {
+        coordinator["leases"] = json!(state.fleet.leases());
+        return Json(json!({
+            "coordinator": coordinator,
+            "nodes": state.fleet.list(),
+            "groups": groups::topology(&state.node, None),
+        }));
     }
-    let key = crate::api::auth::presented_key(headers).ok_or(ApiError::Unauthorized)?;
-    auth.tenant(key).map(|_| ()).ok_or(ApiError::Unauthorized)
-}
-
-async fn require_node_key(
-    State(state): State<CoordinatorState>,
-    request: Request,
-    next: Next,
-) -> ApiResult<Response> {
-    check(&state.node_auth, request.headers())?;
-    Ok(next.run(request).await)
-}
-
-async fn require_client_key(
-    State(state): State<CoordinatorState>,
-    request: Request,
-    next: Next,
-) -> ApiResult<Response> {
-    check(&state.auth, request.headers())?;
-    Ok(next.run(request).await)
+    Json(json!({
+        "coordinator": coordinator,
+        "groups": groups::topology(&state.node, Some(&tenant)),
+    }))
 }
 
 /// The cluster routes (merged by [`crate::api::app_with`] into the node's router).
@@ -518,8 +563,12 @@ pub fn routes(state: CoordinatorState) -> Router {
         .route("/api/v1/cluster/blobs/{hash}", get(get_blob).put(put_blob))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            require_node_key,
+            node_auth::require_node_key,
         ));
+    let app_state = crate::api::AppState {
+        node: state.node.clone(),
+        auth: state.auth.clone(),
+    };
     let client_routes = Router::new()
         .route("/api/v1/cluster/nodes", get(list))
         .route(
@@ -529,13 +578,13 @@ pub fn routes(state: CoordinatorState) -> Router {
         .route("/api/v1/cluster/nodes/{id}/drain", post(drain))
         .route("/api/v1/cluster/topology", get(topology))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_client_key,
+            app_state.clone(),
+            crate::api::idempotency::idempotency,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app_state.clone(),
+            crate::api::auth::require_tenant,
         ));
-    let app_state = crate::api::AppState {
-        node: state.node.clone(),
-        auth: state.auth.clone(),
-    };
     let group_routes = groups::routes()
         .route_layer(axum::middleware::from_fn_with_state(
             app_state.clone(),

@@ -82,6 +82,10 @@ pub struct HeartbeatAnswer {
     /// Leases to stop: cancelled jobs, and leases the coordinator no longer honours.
     #[serde(default)]
     pub cancel: Vec<Token>,
+    /// The listed leases this heartbeat renewed (current, not cancelled): only their
+    /// checkpoint notes are recorded. Not sent.
+    #[serde(skip)]
+    pub renewed: Vec<Token>,
 }
 
 /// `POST /api/v1/cluster/nodes/{id}/work`: a long-poll for leases and cancellations.
@@ -161,6 +165,18 @@ pub struct Report {
     /// When the run started and ended on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timing: Option<crate::model::RunTiming>,
+}
+
+/// The query of `PUT /api/v1/cluster/blobs/{hash}`: the lease the blob is for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadFor {
+    /// The uploading node.
+    pub node: String,
+    /// The lease's job.
+    pub lsn: u64,
+    /// The lease's attempt.
+    pub attempt: u32,
 }
 
 /// `POST /api/v1/cluster/nodes/{id}/results`.

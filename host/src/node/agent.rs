@@ -97,6 +97,11 @@ async fn pause(duration: Duration, stop: &CancellationToken) {
 
 impl Agent {
     /// An agent of `node` for the coordinator at `coordinator`.
+    /// This node's id.
+    pub fn node_id(&self) -> String {
+        self.node.config.id.clone()
+    }
+
     pub fn new(node: Arc<Node>, coordinator: String, node_key: Option<String>) -> Arc<Self> {
         Arc::new(Self {
             node,
@@ -437,7 +442,7 @@ impl Agent {
         let response = self
             .request(
                 reqwest::Method::PUT,
-                &format!("/api/v1/cluster/blobs/{hash}"),
+                &upload_path(&self.node.config.id, report.lease, &hash),
             )
             .timeout(Duration::from_secs(300))
             .body(bytes)
@@ -577,4 +582,21 @@ fn failed(token: Token, state: &str, outcome: &str, message: &str, host: bool) -
         host_failure: host,
         timing: None,
     }
+}
+
+/// Where a blob produced under `lease` is uploaded (the coordinator accepts it only
+/// for a current lease of this node).
+pub(crate) fn upload_path(node: &str, lease: Token, hash: &HashHex) -> String {
+    let query: String = reqwest::Url::parse_with_params(
+        "http://upload/",
+        [
+            ("node", node.to_string()),
+            ("lsn", lease.lsn.to_string()),
+            ("attempt", lease.attempt.to_string()),
+        ],
+    )
+    .ok()
+    .and_then(|url| url.query().map(str::to_string))
+    .unwrap_or_default();
+    format!("/api/v1/cluster/blobs/{hash}?{query}")
 }

@@ -34,10 +34,12 @@ pub enum CasError {
     Io(#[from] std::io::Error),
 }
 
-/// A blob written and verified but not yet visible under its name.
+/// A blob written, verified and synced but not yet visible under its name. Its file
+/// is closed (a package of many parts holds no descriptor per part); the path is
+/// removed if the blob is dropped uncommitted.
 #[derive(Debug)]
 pub struct Staged {
-    file: tempfile::NamedTempFile,
+    path: tempfile::TempPath,
     /// Its hash.
     pub hash: HashHex,
     /// Its size.
@@ -118,8 +120,9 @@ impl Cas {
         }
         let mut file = self.temp()?;
         file.write_all(bytes)?;
+        file.as_file().sync_all()?;
         Ok(Staged {
-            file,
+            path: file.into_temp_path(),
             hash: actual,
             size: bytes.len() as u64,
         })
@@ -155,27 +158,48 @@ impl Cas {
         if actual != expected {
             return Err(CasError::Mismatch { expected, actual });
         }
-        let file = tempfile::NamedTempFile::from_parts(out.into_std().await, path);
+        out.sync_all().await?;
+        // Closed here: the path alone waits for the commit.
+        drop(out);
         Ok(Staged {
-            file,
+            path,
             hash: actual,
             size,
         })
     }
 
-    /// Makes a staged blob visible under its name: fsync, then rename into place. A
-    /// blob already present is left as it is.
+    /// Makes a staged (already synced) blob visible under its name: rename into place,
+    /// then fsync the directories that changed, so that once this returns the blob
+    /// survives a power loss and ownership may be recorded. A blob already present is
+    /// left as it is.
     pub fn commit(&self, staged: Staged) -> std::io::Result<()> {
         let target = self.path(&staged.hash);
         if target.is_file() {
             return Ok(());
         }
-        staged.file.as_file().sync_all()?;
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
+        let shard = target.parent().expect("blobs live in shard folders");
+        let mut created = Vec::new();
+        let mut dir = shard;
+        while dir != self.root && !dir.is_dir() {
+            created.push(dir);
+            dir = dir.parent().expect("shards are inside the root");
         }
-        staged.file.persist(&target).map_err(|e| e.error)?;
+        std::fs::create_dir_all(shard)?;
+        staged.path.persist(&target).map_err(|e| e.error)?;
+        sync_dir(shard)?;
+        // A folder made just now is only durable once its parent's entry is.
+        for made in created {
+            sync_dir(made.parent().expect("inside the root"))?;
+        }
         Ok(())
+    }
+
+    /// Deletes a blob (one nothing refers to any more); a missing one is no error.
+    pub fn remove(&self, hash: &HashHex) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(hash)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Stores bytes whose hash the caller computed itself (outputs of runs).
@@ -189,6 +213,11 @@ impl Cas {
         }
         Ok(hash)
     }
+}
+
+/// fsyncs a directory, making the entries renamed into it durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -221,6 +221,9 @@ const IDEMPOTENCY_ABANDONED_MS: i64 = 5 * 60 * 1000;
 #[derive(Debug)]
 pub struct Db {
     conn: Mutex<Connection>,
+    /// Checkpoints no job refers to any more (replaced by a newer save, or their job
+    /// finished): the node deletes their blobs unless something else holds them.
+    garbage: Mutex<Vec<HashHex>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -298,7 +301,7 @@ impl Db {
         conn.execute_batch(SCHEMA)?;
         // Columns added after the first release: data directories written by an
         // older version get them here.
-        for column in ["lease_node", "checkpoint"] {
+        for column in ["lease_node", "checkpoint", "cancel_requested"] {
             let present: bool = conn
                 .prepare(&format!(
                     "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = '{column}'"
@@ -308,9 +311,52 @@ impl Db {
                 conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} TEXT"))?;
             }
         }
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS jobs_by_checkpoint ON jobs (checkpoint) \
+             WHERE checkpoint IS NOT NULL",
+        )?;
         Ok(Self {
             conn: Mutex::new(conn),
+            garbage: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Checkpoints that stopped being referenced since the last call.
+    pub fn take_garbage(&self) -> Vec<HashHex> {
+        std::mem::take(&mut *self.garbage.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn discard_checkpoint(&self, conn: &Connection, lsn: u64) -> rusqlite::Result<()> {
+        let old: Option<String> = conn
+            .prepare_cached("SELECT checkpoint FROM jobs WHERE lsn = ?1")?
+            .query_row(params![lsn as i64], |row| row.get(0))
+            .optional()?
+            .flatten();
+        if let Some(hash) = old.and_then(|h| h.parse().ok()) {
+            self.garbage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(hash);
+        }
+        Ok(())
+    }
+
+    /// Whether nothing refers to a blob: no tenant holds it and no job has it as its
+    /// checkpoint (so it may be deleted).
+    pub fn unreferenced(&self, hash: &HashHex) -> rusqlite::Result<bool> {
+        let hex = hash.to_string();
+        let conn = self.conn();
+        let held = conn
+            .prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1 LIMIT 1")?
+            .query_row(params![hex], |_| Ok(()))
+            .optional()?
+            .is_some();
+        let checkpoint = conn
+            .prepare_cached("SELECT 1 FROM jobs WHERE checkpoint = ?1 LIMIT 1")?
+            .query_row(params![hex], |_| Ok(()))
+            .optional()?
+            .is_some();
+        Ok(!held && !checkpoint)
     }
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -338,17 +384,6 @@ impl Db {
             .prepare_cached("INSERT OR IGNORE INTO blobs (tenant, hash, size) VALUES (?1, ?2, ?3)")?
             .execute(params![tenant, hash.to_string(), size as i64])
             .map(|n| n == 1)
-    }
-
-    /// The subset of `hashes` that `tenant` does not hold, in order, without repeats.
-    pub fn needs(&self, tenant: &str, hashes: &[HashHex]) -> rusqlite::Result<Vec<HashHex>> {
-        let mut missing = Vec::new();
-        for hash in hashes {
-            if !missing.contains(hash) && !self.owns_blob(tenant, hash)? {
-                missing.push(*hash);
-            }
-        }
-        Ok(missing)
     }
 
     /// A worker's descriptor JSON.
@@ -531,11 +566,22 @@ impl Db {
     /// token); false when the attempt is stale and nothing was written.
     pub fn finish_job_fenced(&self, result: &JobResult, attempt: u32) -> rusqlite::Result<bool> {
         let json = serde_json::to_string(result).expect("results serialize");
-        let changed = self
-            .conn()
+        let conn = self.conn();
+        let current = conn
             .prepare_cached(
-                "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4, lease_node = NULL \
-             WHERE lsn = ?1 AND state = 'running' AND attempts = ?5",
+                "SELECT 1 FROM jobs WHERE lsn = ?1 AND state = 'running' AND attempts = ?2",
+            )?
+            .query_row(params![result.lsn as i64, attempt], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !current {
+            return Ok(false);
+        }
+        self.discard_checkpoint(&conn, result.lsn)?;
+        let changed = conn
+            .prepare_cached(
+                "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4, lease_node = NULL, \
+             checkpoint = NULL WHERE lsn = ?1 AND state = 'running' AND attempts = ?5",
             )?
             .execute(params![
                 result.lsn as i64,
@@ -573,13 +619,34 @@ impl Db {
     }
 
     /// Stores a finished job's result.
+    /// Records that a cancel was asked for while the job runs (or is being placed),
+    /// so no later attempt of it starts.
+    pub fn request_cancel(&self, lsn: u64) -> rusqlite::Result<()> {
+        self.conn()
+            .prepare_cached("UPDATE jobs SET cancel_requested = '1' WHERE lsn = ?1")?
+            .execute(params![lsn as i64])?;
+        Ok(())
+    }
+
+    /// Whether a cancel was asked for while the job ran.
+    pub fn cancel_requested(&self, lsn: u64) -> rusqlite::Result<bool> {
+        self.conn()
+            .prepare_cached("SELECT cancel_requested IS NOT NULL FROM jobs WHERE lsn = ?1")?
+            .query_row(params![lsn as i64], |row| row.get(0))
+            .optional()
+            .map(|found| found.unwrap_or(false))
+    }
+
     pub fn finish_job(&self, result: &JobResult) -> rusqlite::Result<()> {
         let json = serde_json::to_string(result).expect("results serialize");
-        self.conn()
-            .prepare_cached(
-                "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4 WHERE lsn = ?1",
-            )?
-            .execute(params![result.lsn as i64, result.state, json, now_ms()])?;
+        let conn = self.conn();
+        // A finished job resumes from nothing: its checkpoint goes.
+        self.discard_checkpoint(&conn, result.lsn)?;
+        conn.prepare_cached(
+            "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4, checkpoint = NULL \
+                 WHERE lsn = ?1",
+        )?
+        .execute(params![result.lsn as i64, result.state, json, now_ms()])?;
         Ok(())
     }
 
@@ -591,14 +658,29 @@ impl Db {
         hash: &HashHex,
         fence: Option<u32>,
     ) -> rusqlite::Result<bool> {
-        let changed = self
-            .conn()
+        let conn = self.conn();
+        let old: Option<Option<String>> = conn
             .prepare_cached(
-                "UPDATE jobs SET checkpoint = ?2 WHERE lsn = ?1 AND state = 'running' \
-                 AND (?3 IS NULL OR attempts = ?3)",
+                "SELECT checkpoint FROM jobs WHERE lsn = ?1 AND state = 'running' \
+                 AND (?2 IS NULL OR attempts = ?2)",
             )?
-            .execute(params![lsn as i64, hash.to_string(), fence])?;
-        Ok(changed == 1)
+            .query_row(params![lsn as i64, fence], |row| row.get(0))
+            .optional()?;
+        let Some(old) = old else {
+            return Ok(false);
+        };
+        conn.prepare_cached("UPDATE jobs SET checkpoint = ?2 WHERE lsn = ?1")?
+            .execute(params![lsn as i64, hash.to_string()])?;
+        // Only the latest checkpoint is kept: the one it replaces is garbage.
+        if let Some(old) = old.and_then(|h| h.parse::<HashHex>().ok())
+            && old != *hash
+        {
+            self.garbage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(old);
+        }
+        Ok(true)
     }
 
     /// Records a job's descriptor with its output references substituted, and the
@@ -615,12 +697,15 @@ impl Db {
         Ok(())
     }
 
-    /// Puts a job back in the queue (a retry), keeping its attempt count.
+    /// Puts a job back in the queue (a retry, a reschedule, a restart), keeping its
+    /// attempt count; a cancel asked for earlier is forgotten, so callers check it first.
     pub fn requeue_job(&self, lsn: u64) -> rusqlite::Result<()> {
-        self.conn().prepare_cached(
-            "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, retired = 0 WHERE lsn = ?1")?.execute(
-            params![lsn as i64],
-        )?;
+        self.conn()
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, retired = 0, \
+             cancel_requested = NULL WHERE lsn = ?1",
+            )?
+            .execute(params![lsn as i64])?;
         Ok(())
     }
 

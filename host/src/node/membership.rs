@@ -67,8 +67,9 @@ impl Membership {
             } else {
                 let mut request = http
                     .put(format!(
-                        "{}/api/v1/cluster/blobs/{hash}",
-                        self.coordinator.trim_end_matches('/')
+                        "{}{}",
+                        self.coordinator.trim_end_matches('/'),
+                        super::agent::upload_path(&agent.node_id(), lease, &hash)
                     ))
                     .timeout(Duration::from_secs(300))
                     .body(bytes.to_vec());

@@ -3,6 +3,7 @@
 //!
 //! The HTTP layer (`crate::api`) only translates; every rule lives here.
 
+pub mod address;
 pub mod agent;
 pub mod cas;
 pub mod db;
@@ -240,7 +241,7 @@ impl Node {
         })
         .context("starting the sandbox")?;
         let webhooks =
-            webhooks::Webhooks::open(&db, config.webhooks).context("loading webhooks")?;
+            webhooks::Webhooks::open(&db, config.webhooks.clone()).context("loading webhooks")?;
         let node = Arc::new(Self {
             slots: Arc::new(Semaphore::new(config.slots.max(1))),
             config,
@@ -284,10 +285,18 @@ impl Node {
                     attempt: job.attempts,
                 };
                 fleet.restore(token, node, fleet.config.lease * 2);
-                self.scheduler().add_running(job.lsn, job.priority);
+                self.scheduler()
+                    .add_running(job.lsn, &job.tenant, job.priority);
+                if self.db.cancel_requested(job.lsn)? {
+                    // Cancelled before the restart: the node is told again.
+                    self.scheduler().cancel(job.lsn);
+                    fleet.cancel(job.lsn);
+                }
                 continue;
             }
-            if job.attempts > job.max_retries {
+            if self.db.cancel_requested(job.lsn)? {
+                self.end_cancelled(job.lsn)?;
+            } else if job.attempts > job.max_retries {
                 let message = "the node stopped while running it and no retries are left";
                 self.db
                     .finish_job(&self.failure(&job, "failed", "node_lost", message))?;
@@ -298,7 +307,13 @@ impl Node {
         }
         // In LSN order, so every dependency is scheduled before its dependents.
         for job in self.db.pending_jobs()? {
-            if job.state == "queued" {
+            if job.state != "queued" {
+                continue;
+            }
+            if self.db.cancel_requested(job.lsn)? {
+                // Cancelled while it was being placed or retried: it never runs.
+                self.end_cancelled(job.lsn)?;
+            } else {
                 self.schedule(&job)?;
             }
         }
@@ -378,20 +393,43 @@ impl Node {
         self.scheduler().pop()
     }
 
-    /// Puts popped jobs back in the queue (no node could take them now).
+    /// Puts popped jobs back in the queue (no node could take them now); those
+    /// cancelled meanwhile end as cancelled instead.
     pub(crate) fn unpop(&self, lsns: &[u64]) {
-        let mut scheduler = self.scheduler();
-        for lsn in lsns {
-            scheduler.requeue(*lsn);
+        let cancelled: Vec<u64> = {
+            let mut scheduler = self.scheduler();
+            lsns.iter()
+                .copied()
+                .filter(|lsn| !scheduler.requeue(*lsn))
+                .collect()
+        };
+        for lsn in cancelled {
+            if let Err(e) = self.end_cancelled(lsn) {
+                tracing::error!(lsn, error = %e, "ending a cancelled job");
+            }
         }
     }
 
     /// Queues again a job whose lease was withdrawn before its node received it.
     pub(crate) fn withdraw(&self, token: Token) -> Result<(), NodeError> {
         if self.db.unlease_job(token.lsn, token.attempt)? {
-            self.scheduler().requeue(token.lsn);
+            if !self.scheduler().requeue(token.lsn) {
+                return self.end_cancelled(token.lsn);
+            }
             self.wake.notify_one();
         }
+        Ok(())
+    }
+
+    /// Ends a job that was cancelled before (another attempt of) it ran.
+    fn end_cancelled(&self, lsn: u64) -> Result<(), NodeError> {
+        let Some(job) = self.job_any(lsn)? else {
+            return Ok(());
+        };
+        let result = self.failure(&job, "cancelled", "cancelled", "cancelled before it ran");
+        self.db.finish_job(&result)?;
+        self.metrics.finished("cancelled");
+        self.settle(lsn, false);
         Ok(())
     }
 
@@ -454,6 +492,23 @@ impl Node {
         }
     }
 
+    /// The subset of `hashes` that `tenant` does not hold, in order, without repeats.
+    /// A blob the journal says the tenant holds but whose file is missing (a crash
+    /// between the write and its reaching the disk) is asked for again.
+    pub fn needs(&self, tenant: &str, hashes: &[HashHex]) -> rusqlite::Result<Vec<HashHex>> {
+        let mut missing = Vec::new();
+        for hash in hashes {
+            if missing.contains(hash) {
+                continue;
+            }
+            let held = self.db.owns_blob(tenant, hash)? && self.cas.contains(hash);
+            if !held {
+                missing.push(*hash);
+            }
+        }
+        Ok(missing)
+    }
+
     /// A worker's descriptor (cached in memory once read).
     pub fn worker(
         &self,
@@ -497,7 +552,7 @@ impl Node {
             wasmesh_runtime::check_file_name(name)
                 .map_err(|e| NodeError::Invalid("invalid_descriptor", format!("files: {e}")))?;
         }
-        let needs = self.db.needs(tenant, &descriptor.chunks())?;
+        let needs = self.needs(tenant, &descriptor.chunks())?;
         if !needs.is_empty() {
             return Ok(Registered::Needs(needs));
         }
@@ -573,7 +628,7 @@ impl Node {
                     .filter(|hash| submission.refs.is_empty() || *hash != empty),
             );
         }
-        let needs = self.db.needs(tenant, &chunks)?;
+        let needs = self.needs(tenant, &chunks)?;
         if !needs.is_empty() {
             return Ok(Submitted::Needs(needs));
         }
@@ -586,7 +641,8 @@ impl Node {
                 format!("queue {} is {}", q.id, row.state),
             ));
         }
-        let priority = priority.or(queue.map(|q| q.priority)).unwrap_or(0);
+        let priority =
+            scheduler::clamp_priority(priority.or(queue.map(|q| q.priority)).unwrap_or(0));
         let mut rows = Vec::with_capacity(actions.len());
         // A job waits for the jobs whose outputs it names as for its `after` ones.
         let afters: Vec<Vec<u64>> = actions
@@ -699,7 +755,7 @@ impl Node {
                 return self.doom(job.lsn, &message);
             }
         }
-        scheduler.add(job.lsn, job.priority, waiting);
+        scheduler.add(job.lsn, &job.tenant, job.priority, waiting);
         drop(scheduler);
         self.wake.notify_one();
         Ok(())
@@ -812,6 +868,7 @@ impl Node {
     /// Removes a finished job from the scheduler and settles its dependents.
     fn settle(&self, lsn: u64, succeeded: bool) {
         let (runnable, doomed) = self.scheduler().finish(lsn, succeeded);
+        self.sweep_checkpoints();
         self.announce(lsn);
         // The result is in the database: wake every long-poll to look again.
         self.finished.notify_waiters();
@@ -822,6 +879,30 @@ impl Node {
             let message = format!("dependency {lsn} did not succeed; this job never ran");
             if let Err(e) = self.doom(dependent, &message) {
                 tracing::error!(lsn = dependent, error = %e, "failing a dependent job");
+            }
+        }
+    }
+
+    /// Deletes the blobs of checkpoints that were replaced or whose job finished,
+    /// unless a tenant holds the same bytes or another job has them as its checkpoint.
+    pub(crate) fn sweep_checkpoints(&self) {
+        for hash in self.db.take_garbage() {
+            if hash == HashHex::empty() {
+                continue;
+            }
+            let removed = self
+                .db
+                .unreferenced(&hash)
+                .map_err(|e| e.to_string())
+                .and_then(|free| {
+                    if free {
+                        self.cas.remove(&hash).map_err(|e| e.to_string())
+                    } else {
+                        Ok(())
+                    }
+                });
+            if let Err(e) = removed {
+                tracing::warn!(%hash, error = %e, "deleting an old checkpoint");
             }
         }
     }
@@ -959,8 +1040,28 @@ impl Node {
     ) -> Result<bool, NodeError> {
         let lsn = job.lsn;
         let attempts = fence.unwrap_or(job.attempts);
+        let mut result = result;
+        // A cancel asked for while this attempt ran is honoured: no retry, and an
+        // attempt that failed on the host ends as cancelled.
+        let cancelled = self.scheduler().cancel_requested(lsn);
+        if cancelled && host_failure {
+            let message = result.message.take().unwrap_or_default();
+            result = JobResult {
+                node: result.node,
+                attempts: result.attempts,
+                placement: result.placement,
+                timing: result.timing,
+                ..self.failure(
+                    job,
+                    "cancelled",
+                    "cancelled",
+                    &format!("cancelled ({message})"),
+                )
+            };
+        }
         let guest_failure = result.state == "failed" && !host_failure;
         let retry = (host_failure || (guest_failure && job.retry_guest_failures))
+            && !cancelled
             && attempts <= job.max_retries
             && !self.shutdown.is_cancelled();
         if retry {
@@ -973,7 +1074,11 @@ impl Node {
                 }
                 None => self.db.requeue_job(lsn)?,
             }
-            self.scheduler().requeue(lsn);
+            if !self.scheduler().requeue(lsn) {
+                // Cancelled in the instant between the check above and now.
+                self.end_cancelled(lsn)?;
+                return Ok(true);
+            }
             self.wake.notify_one();
             return Ok(true);
         }
@@ -1015,8 +1120,8 @@ impl Node {
         };
         let keeper = Arc::new(LocalCheckpoints {
             node: self.clone(),
-            tenant: job.tenant.clone(),
             lsn: job.lsn,
+            written: Mutex::new((None, 0)),
         });
         let started_ms = RunTiming::now_ms();
         let report = self.run_prepared(
@@ -1154,6 +1259,9 @@ impl Node {
         match cancelled {
             Cancelled::NotStarted => {}
             Cancelled::Running => {
+                // Kept in the journal, so a requeue (a host failure, no node able to
+                // take it, a restart) can never run it again.
+                self.db.request_cancel(lsn)?;
                 if let Some(fleet) = &self.fleet
                     && let LeaseCancel::Withdrawn(token) = fleet.cancel(lsn)
                 {
@@ -1174,10 +1282,12 @@ impl Node {
     }
 
     /// Changes the priority of a queued job.
-    pub fn set_priority(&self, tenant: &str, lsn: u64, priority: i64) -> Result<(), NodeError> {
+    /// The priority is clamped to `PRIORITY_MIN..=PRIORITY_MAX`; returns the one set.
+    pub fn set_priority(&self, tenant: &str, lsn: u64, priority: i64) -> Result<i64, NodeError> {
         self.db
             .job(tenant, lsn)?
             .ok_or_else(|| NodeError::NotFound(format!("job {lsn} not found")))?;
+        let priority = scheduler::clamp_priority(priority);
         let mut scheduler = self.scheduler();
         if !scheduler.set_priority(lsn, priority) {
             return Err(NodeError::Conflict(
@@ -1188,7 +1298,7 @@ impl Node {
         self.db.set_priority(lsn, priority)?;
         drop(scheduler);
         self.wake.notify_one();
-        Ok(())
+        Ok(priority)
     }
 
     /// Runs a failed or cancelled job again; returns its attempts so far.
@@ -1235,33 +1345,57 @@ impl Node {
     }
 }
 
-/// The state, exit code and message of a result, from the run's outcome.
-/// Keeps a local run's checkpoints: each one the guest saves goes to the store and is
-/// recorded with the job, so an attempt after a crash resumes from it.
+/// A run's checkpoints are written to the store at most this often; a save that comes
+/// sooner is kept in the guest (its `checkpoint::load` returns it) but not stored, so a
+/// guest saving in a loop cannot fill the disk or hog the journal.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checkpoints one run writes at most (an hour of one a second); later saves are not
+/// stored.
+pub const MAX_CHECKPOINT_WRITES: u32 = 3600;
+
+/// Keeps a local run's checkpoints: a save goes to the store (an internal blob, not one
+/// of the tenant's) and is recorded with the job, so an attempt after a crash resumes
+/// from it. Only the latest is kept; the one it replaces is deleted.
 struct LocalCheckpoints {
     node: Arc<Node>,
-    tenant: String,
     lsn: u64,
+    /// When the last checkpoint was written, and how many were.
+    written: Mutex<(Option<Instant>, u32)>,
 }
 
 impl RunObserver for LocalCheckpoints {
     fn checkpoint(&self, bytes: &[u8]) {
+        {
+            let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            let (last, count) = &mut *written;
+            if *count >= MAX_CHECKPOINT_WRITES
+                || last.is_some_and(|at| at.elapsed() < CHECKPOINT_INTERVAL)
+            {
+                return;
+            }
+            *last = Some(Instant::now());
+            *count += 1;
+        }
         let saved = self
             .node
-            .store_output(&self.tenant, bytes)
-            .map_err(|(RunFailure::Host(e) | RunFailure::Final(e))| e)
+            .cas
+            .put_own(bytes)
+            .map_err(|e| e.to_string())
             .and_then(|hash| {
                 self.node
                     .db
                     .save_checkpoint(self.lsn, &hash, None)
                     .map_err(|e| e.to_string())
             });
+        self.node.sweep_checkpoints();
         if let Err(e) = saved {
             tracing::warn!(lsn = self.lsn, error = %e, "a checkpoint could not be kept");
         }
     }
 }
 
+/// The state, exit code and message of a result, from the run's outcome.
 pub(crate) fn settle_outcome(outcome: &Outcome) -> (&'static str, Option<i32>, Option<String>) {
     match outcome {
         Outcome::Exited(0) => ("succeeded", Some(0), None),

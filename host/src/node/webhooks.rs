@@ -20,6 +20,7 @@ use sha2::Sha256;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::node::Node;
+use crate::node::address::is_public;
 use crate::node::db::{Db, now_ms};
 
 /// The events a webhook may subscribe to.
@@ -41,7 +42,7 @@ const COMPLETIONS_REMEMBERED: usize = 100_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// How deliveries are retried and when an endpoint is given up on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct WebhookConfig {
     /// The wait before the first retry; it doubles with each attempt (with jitter).
     pub retry_base: Duration,
@@ -56,6 +57,9 @@ pub struct WebhookConfig {
     /// addresses. Off by default: a tenant must not be able to make the server call
     /// services on its own network (SSRF).
     pub allow_private: bool,
+    /// Extra root certificates (PEM) trusted for https endpoints besides the built-in
+    /// webpki roots: a receiver behind a private CA.
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for WebhookConfig {
@@ -66,6 +70,7 @@ impl Default for WebhookConfig {
             disable_after: 20,
             timeout: Duration::from_secs(10),
             allow_private: false,
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -541,36 +546,6 @@ impl Webhooks {
     }
 }
 
-/// Whether an address is on the public internet: not loopback, private, link-local,
-/// shared (CGNAT), documentation, unspecified, broadcast or multicast.
-pub fn is_public(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)))
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public(IpAddr::V4(v4)),
-            None => {
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || v6.is_unique_local()
-                    || v6.is_unicast_link_local())
-            }
-        },
-    }
-}
-
 /// Refuses URLs whose host is a non-public address or a `localhost` name; other names
 /// are checked when they are resolved, at each attempt.
 fn public_host(url: &reqwest::Url) -> Result<(), String> {
@@ -638,10 +613,16 @@ fn backoff(base: Duration, attempts: u32) -> Duration {
 
 /// Sends due deliveries until the node stops.
 pub async fn deliver_loop(node: Arc<Node>) {
+    // No proxy from the environment: a proxy would connect for us, skipping the
+    // public-address check of the resolver below.
     let mut builder = reqwest::Client::builder()
+        .no_proxy()
         .timeout(node.webhooks.config.timeout)
         .connect_timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none());
+    for root in &node.webhooks.config.extra_roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
     if !node.webhooks.config.allow_private {
         builder = builder.dns_resolver(Arc::new(PublicOnly));
     }
@@ -763,7 +744,7 @@ async fn attempt(node: &Node, http: &reqwest::Client, delivery: Delivery) {
         ),
         Err(error) => (None, error),
     };
-    let config = node.webhooks.config;
+    let config = &node.webhooks.config;
     let failures = hook.failures + 1;
     let recorded = if failures >= config.disable_after {
         let reason = format!("disabled after {failures} consecutive failed attempts");

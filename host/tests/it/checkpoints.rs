@@ -81,11 +81,27 @@ fn a_node_killed_mid_run_resumes_its_job_from_the_checkpoint_after_restart() {
     let client = server.client();
     let worker = upload_montecarlo(&client);
     let lsn = submit_pi(&client, worker, EVERY);
-    let status = wait_for_checkpoint(&client, lsn);
-    let checkpoint: HashHex = serde_json::from_value(status["checkpoint"].clone()).unwrap();
-    // The checkpoint is a blob of the job's tenant, like an output.
-    let saved: Value = serde_json::from_slice(&client.blob(&checkpoint).unwrap()).unwrap();
+    // The checkpoint is an internal blob (no tenant's): read it from the store, where
+    // a newer save may replace (and delete) it at any moment.
+    let (checkpoint, saved) = eventually(WAIT, || {
+        let status = wait_for_checkpoint(&client, lsn);
+        let checkpoint: HashHex = serde_json::from_value(status["checkpoint"].clone()).unwrap();
+        let hex = checkpoint.to_string();
+        let path = dir
+            .path()
+            .join("cas")
+            .join(&hex[..2])
+            .join(&hex[2..4])
+            .join(&hex);
+        let saved: Value = serde_json::from_slice(&std::fs::read(path).ok()?).unwrap();
+        Some((checkpoint, saved))
+    });
     assert!(saved["done"].as_u64().unwrap() > 0, "{saved}");
+    assert_eq!(
+        crate::server::api_code(client.blob(&checkpoint).unwrap_err()).0,
+        404,
+        "a checkpoint is not a tenant's blob"
+    );
     server.kill();
 
     let server = Server::start_in(dir.path(), &args);

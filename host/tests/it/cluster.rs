@@ -135,6 +135,8 @@ fn node_and_client_keys_are_enforced() {
         "node-secret-0123456789",
         "--api-key",
         "client-key-0123456789",
+        "--admin-key",
+        "admin-key-0123456789",
         "--heartbeat-interval",
         "100ms",
     ]);
@@ -154,7 +156,7 @@ fn node_and_client_keys_are_enforced() {
         .unwrap();
     assert_eq!(unauthorized.status(), 401);
     let listed = eventually(WAIT, || {
-        let listed = nodes(&coordinator, Some("client-key-0123456789"));
+        let listed = nodes(&coordinator, Some("admin-key-0123456789"));
         (!listed.is_empty()).then_some(listed)
     });
     assert_eq!(listed.len(), 1);

@@ -67,9 +67,57 @@ fn dir_preopens_a_host_directory_read_write() {
         "written by the guest"
     );
 
-    let bad = wasmesh(&["exec", &guest(), "--dir", "no-separator", "noop"], b"");
+    let bad = wasmesh(&["exec", &guest(), "--dir", "no-such-dir", "noop"], b"");
     assert_eq!(bad.status.code(), Some(2));
-    assert!(err(&bad).contains("HOST::GUEST"), "{}", err(&bad));
+    assert!(err(&bad).contains("not a directory"), "{}", err(&bad));
+}
+
+/// Regression (issue 10, WASI conformance): `--dir HOST::/` was refused ("not a plain
+/// absolute path"), which is how conformance suites mount a test's directory.
+#[test]
+fn a_directory_can_be_preopened_at_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), b"at the root").unwrap();
+    let mapping = format!("{}::/", dir.path().display());
+    let read = wasmesh(
+        &["exec", &guest(), "--dir", &mapping, "read-file", "/a.txt"],
+        b"",
+    );
+    assert_eq!(read.status.code(), Some(0), "{}", err(&read));
+    assert_eq!(out(&read), "at the root");
+    let listed = wasmesh(&["exec", &guest(), "--dir", &mapping, "list-dir", "/"], b"");
+    assert_eq!(out(&listed).trim(), "a.txt", "{}", err(&listed));
+    // `--dir HOST` alone mounts it under its own name, as `wasmtime run` does.
+    let same = dir.path().display().to_string();
+    let plain = wasmesh(
+        &[
+            "exec",
+            &guest(),
+            "--dir",
+            &same,
+            "read-file",
+            &format!("{same}/a.txt"),
+        ],
+        b"",
+    );
+    assert_eq!(out(&plain), "at the root", "{}", err(&plain));
+}
+
+/// Regression (issue 10, WASI conformance): `exec` always preopened a scratch `/tmp`
+/// as descriptor 3, so a program probing descriptor 3 found a directory there.
+#[test]
+fn no_preopen_is_added_that_was_not_asked_for() {
+    let bare = wasmesh(&["exec", &guest(), "probe-fd", "3"], b"");
+    assert_eq!(out(&bare).trim(), "8", "fd 3 must be EBADF: {}", err(&bare));
+    let with_tmp = wasmesh(&["exec", &guest(), "--tmp", "probe-fd", "3"], b"");
+    assert_eq!(out(&with_tmp).trim(), "0", "--tmp preopens /tmp as fd 3");
+    let written = wasmesh(
+        &["exec", &guest(), "--tmp", "write-file", "/tmp/x", "y"],
+        b"",
+    );
+    assert_eq!(written.status.code(), Some(0), "{}", err(&written));
+    let refused = wasmesh(&["exec", &guest(), "write-file", "/tmp/x", "y"], b"");
+    assert_ne!(refused.status.code(), Some(0), "no /tmp without --tmp");
 }
 
 #[test]

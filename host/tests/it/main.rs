@@ -10,6 +10,7 @@ mod idempotency;
 mod jobs;
 mod queues;
 mod scheduling;
+mod security;
 mod server;
 mod tenants;
 mod webhooks;

@@ -256,22 +256,14 @@ async fn local_queues_and_integer_ids_are_for_loopback_callers_only() {
 
 #[test]
 fn host_side_failures_are_retried_automatically_up_to_the_limit() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--slots", "1"]);
     let client = server.client();
     let worker = upload_test_guest(&client);
-    // An input the store has recorded but whose file is gone: reading it fails on the
-    // host, which is retried (unlike a guest failure in a plain queue).
+    // An input whose file goes away after the job was accepted (while a blocker holds
+    // the slot): reading it fails on the host, which is retried (unlike a guest
+    // failure in a plain queue).
     let input = client.ensure_blobs(&[b"vanishing input"]).unwrap()[0];
-    let hex = input.to_string();
-    std::fs::remove_file(
-        server
-            .data_dir
-            .join("cas")
-            .join(&hex[..2])
-            .join(&hex[2..4])
-            .join(&hex),
-    )
-    .unwrap();
+    let blocker = crate::server::start_blocker(&client, worker);
     let q = client
         .call(
             reqwest::Method::POST,
@@ -287,6 +279,17 @@ fn host_side_failures_are_retried_automatically_up_to_the_limit() {
             None,
         )
         .unwrap();
+    let hex = input.to_string();
+    std::fs::remove_file(
+        server
+            .data_dir
+            .join("cas")
+            .join(&hex[..2])
+            .join(&hex[2..4])
+            .join(&hex),
+    )
+    .unwrap();
+    client.cancel(blocker).unwrap();
     let result = client.wait(lsn, WAIT).unwrap();
     assert_eq!((result.state.as_str(), result.attempts), ("failed", 2));
     assert!(result.message.unwrap().starts_with("host error:"));

@@ -30,6 +30,22 @@ impl Server {
         server
     }
 
+    /// A node on a fresh data directory with these extra environment variables.
+    pub fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let mut full = vec![
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            temp.path().to_str().expect("UTF-8 path"),
+        ];
+        full.extend_from_slice(args);
+        let mut server = Self::spawn_env(&full, temp.path(), envs);
+        server._temp = Some(temp);
+        server
+    }
+
     /// A node on `data_dir` (which outlives it, for restarts).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Self {
         let mut full = vec![
@@ -71,9 +87,14 @@ impl Server {
     }
 
     fn spawn(args: &[&str], data_dir: &Path) -> Self {
+        Self::spawn_env(args, data_dir, &[])
+    }
+
+    fn spawn_env(args: &[&str], data_dir: &Path, envs: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
             .args(args)
             .env("RUST_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -136,10 +136,19 @@ fn tenants_sharing_a_fleet_do_not_see_each_other() {
     let coordinator = Server::coordinator(&[
         "--tenants",
         tenants.to_str().unwrap(),
+        "--node-key",
+        "node-secret-0123456789",
         "--heartbeat-interval",
         "100ms",
     ]);
-    let _node = Server::start(&["--coordinator", &coordinator.url, "--node-id", "shared"]);
+    let _node = Server::start(&[
+        "--coordinator",
+        &coordinator.url,
+        "--node-id",
+        "shared",
+        "--node-key",
+        "node-secret-0123456789",
+    ]);
     let acme = coordinator.client_with_key("acme-key-0123456789");
     let globex = coordinator.client_with_key("globex-key-0123456789");
     let worker = upload_test_guest(&acme);

@@ -292,3 +292,32 @@ fn filling_tmp_past_its_quota_is_output_exceeded() {
     let listing = crate::roomy_guest(&["list-dir", "/tmp"], RunSpec::new());
     assert_eq!(stdout(&listing), "\n", "the filled /tmp was emptied");
 }
+
+/// Regression (issue 10, item 6): the `/tmp` walk went by path, so a subtree nested
+/// past PATH_MAX counted as 0 bytes and a guest wrote past its quota unhindered.
+#[test]
+fn a_tree_nested_past_path_max_counts_against_the_tmp_quota() {
+    let unlimited_fuel = wasmesh_runtime::LimitsRequest {
+        fuel: Some(u64::MAX),
+        timeout_ms: Some(5_000),
+        ..Default::default()
+    };
+    // 30 levels of 200-byte names (6,000 bytes of path) and 8 MiB at the bottom.
+    let over = crate::roomy_guest(
+        &["deep-tmp", "30", &(8u64 << 20).to_string()],
+        RunSpec::new().limits(unlimited_fuel),
+    );
+    assert_eq!(over.outcome, Outcome::OutputExceeded, "{}", stderr(&over));
+    assert!(
+        over.usage.wall < std::time::Duration::from_secs(5),
+        "stopped by the quota, not the clock"
+    );
+    // Nesting deeper than the walk goes is itself a breach, whatever the bytes.
+    let deep = crate::roomy_guest(
+        &["deep-tmp", "100", "1"],
+        RunSpec::new().limits(unlimited_fuel),
+    );
+    assert_eq!(deep.outcome, Outcome::OutputExceeded, "{}", stderr(&deep));
+    let listing = crate::roomy_guest(&["list-dir", "/tmp"], RunSpec::new());
+    assert_eq!(stdout(&listing), "\n", "the deep /tmp was emptied");
+}

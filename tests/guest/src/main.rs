@@ -8,6 +8,13 @@ use wasmesh_guest::{Level, checkpoint, emit, log_at, progress};
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // A job without arguments (an event handler's) takes them from its worker's
+    // environment.
+    if args.is_empty()
+        && let Ok(from_env) = std::env::var("TEST_GUEST_ARGS")
+    {
+        args = from_env.split_whitespace().map(String::from).collect();
+    }
     // `progress-then SUBCOMMAND ...` reports progress 0.5 first, so a test can react once
     // the guest is surely running (e.g. cancel it) without sleeping.
     if args.first().map(String::as_str) == Some("progress-then") {
@@ -77,6 +84,18 @@ fn main() {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
         }
+        "deep-tmp" => {
+            // Nests LEVELS directories with 200-byte names below /tmp, each opened
+            // relative to the one above (past PATH_MAX), writes N bytes at the bottom,
+            // then keeps computing like `fill-tmp`.
+            let file = nested_file("/tmp", number(1));
+            let mut file = file;
+            write_n(&mut file, number(2));
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
         "big-stderr" => write_n(&mut std::io::stderr(), number(1)),
         "read-file" => match std::fs::read(arg(1)) {
             Ok(bytes) => std::io::stdout().write_all(&bytes).expect("stdout"),
@@ -128,6 +147,40 @@ fn main() {
             None => print!("none"),
         },
         "checkpoint-big" => checkpoint::save(&vec![7u8; number(1) as usize]),
+        "checkpoint-spam" => {
+            // Saves N distinct checkpoints of BYTES each as fast as it can, then sleeps
+            // SLEEP_MS (so a test can look at the store while the job still runs).
+            let mut block = vec![0u8; number(2) as usize];
+            for i in 0..number(1) {
+                block[..8].copy_from_slice(&i.to_le_bytes());
+                checkpoint::save(&block);
+            }
+            println!("saved {}", number(1));
+            std::thread::sleep(std::time::Duration::from_millis(
+                arg(3).parse().unwrap_or(0),
+            ));
+        }
+        "fanout" => {
+            // Emits N events of type `Spam`, each with a BYTES-long field: a handler
+            // that floods its group.
+            let payload = "s".repeat(number(2) as usize);
+            for i in 0..number(1) {
+                emit("Spam", &serde_json::json!({"i": i, "payload": payload}))
+                    .unwrap_or_else(|e| fail(&e.to_string()));
+            }
+        }
+        "probe-fd" => {
+            // The WASI errno of fd_prestat_get on descriptor N (0: a preopened
+            // directory; 8: EBADF, no such descriptor).
+            #[link(wasm_import_module = "wasi_snapshot_preview1")]
+            unsafe extern "C" {
+                fn fd_prestat_get(fd: u32, out: *mut u64) -> u16;
+            }
+            let mut prestat = [0u64; 2];
+            // SAFETY: `prestat` is larger than the 8-byte prestat record.
+            let errno = unsafe { fd_prestat_get(number(1) as u32, prestat.as_mut_ptr()) };
+            println!("{errno}");
+        }
         "panic" => panic!("{}", arg(1)),
         "exit" => exit(number(1) as i32),
         "trap" => core::arch::wasm32::unreachable(),
@@ -150,6 +203,81 @@ fn symlink_in_first_preopen(target: &str, name: &str) -> u16 {
     }
     // SAFETY: both strings are valid for their lengths during the call.
     unsafe { path_symlink(target.as_ptr(), target.len(), 3, name.as_ptr(), name.len()) }
+}
+
+/// Makes `levels` nested directories below `top`, each created and opened relative to
+/// the one above through WASI directly (no path ever names more than one level), and
+/// creates a file at the bottom.
+fn nested_file(top: &str, levels: u64) -> std::fs::File {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    unsafe extern "C" {
+        fn path_create_directory(fd: u32, path: *const u8, len: usize) -> u16;
+        #[allow(clippy::too_many_arguments)]
+        fn path_open(
+            fd: u32,
+            dirflags: u32,
+            path: *const u8,
+            len: usize,
+            oflags: u32,
+            rights_base: u64,
+            rights_inheriting: u64,
+            fdflags: u32,
+            opened: *mut u32,
+        ) -> u16;
+    }
+    const ALL_RIGHTS: u64 = 0x1FFF_FFFF;
+    // A directory opened with `fd_write` rights is EISDIR.
+    const DIR_RIGHTS: u64 = ALL_RIGHTS & !(1 << 6);
+    const O_CREAT: u32 = 1;
+    const O_DIRECTORY: u32 = 2;
+    let dir = std::fs::File::open(top).unwrap_or_else(|e| fail(&format!("open {top}: {e}")));
+    let mut fd = dir.as_raw_fd() as u32;
+    std::mem::forget(dir);
+    let name = "d".repeat(200);
+    for level in 0..levels {
+        let mut next = 0u32;
+        // SAFETY: the name is valid for its length and `next` outlives the call.
+        let errno = unsafe {
+            path_create_directory(fd, name.as_ptr(), name.len());
+            path_open(
+                fd,
+                0,
+                name.as_ptr(),
+                name.len(),
+                O_DIRECTORY,
+                DIR_RIGHTS,
+                DIR_RIGHTS,
+                0,
+                &mut next,
+            )
+        };
+        if errno != 0 {
+            fail(&format!("level {level}: errno {errno}"));
+        }
+        fd = next;
+    }
+    let mut file = 0u32;
+    let leaf = "fill";
+    // SAFETY: as above.
+    let errno = unsafe {
+        path_open(
+            fd,
+            0,
+            leaf.as_ptr(),
+            leaf.len(),
+            O_CREAT,
+            ALL_RIGHTS,
+            ALL_RIGHTS,
+            0,
+            &mut file,
+        )
+    };
+    if errno != 0 {
+        fail(&format!("creating the file: errno {errno}"));
+    }
+    // SAFETY: `file` is a descriptor this process just opened and owns alone.
+    unsafe { std::fs::File::from_raw_fd(file as i32) }
 }
 
 #[allow(unconditional_recursion)]
