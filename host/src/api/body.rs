@@ -14,6 +14,7 @@ use crate::node::cas::{CasError, Staged};
 pub const MAX_PARTS: usize = 1024;
 
 /// A descriptor body: plain JSON, or a package whose chunks were stored.
+#[derive(Debug)]
 pub struct Descriptor {
     /// The descriptor JSON.
     pub value: serde_json::Value,

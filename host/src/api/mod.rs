@@ -2,7 +2,7 @@
 //! One module per resource; handlers translate and delegate to [`crate::node::Node`].
 
 pub mod auth;
-pub(crate) mod body;
+pub mod body;
 mod cas;
 pub mod error;
 pub mod idempotency;

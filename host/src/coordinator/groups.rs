@@ -534,13 +534,7 @@ impl<'a> Running<'a> {
                         ApiError::Unavailable(format!("no node can run handler {handler:?} now"))
                     })?;
                 tracing::info!(group = %self.id, handler, node = %node, "handler placed again");
-                self.placements.insert(handler.to_string(), node.clone());
-                let spec_json = serde_json::to_string(&self.spec).expect("specs serialize");
-                let placements = serde_json::to_string(&self.placements).expect("serialize");
-                state
-                    .node
-                    .db
-                    .put_group(self.tenant, self.id, &spec_json, &placements)?;
+                self.place(handler, &node)?;
                 node
             }
         };
@@ -584,16 +578,22 @@ impl<'a> Running<'a> {
         // handler now lives where it ran.
         if !result.node.is_empty() && result.node != node_id && result.state != "cancelled" {
             tracing::info!(group = %self.id, handler, from = %node_id, to = %result.node, "handler moved with its run");
-            self.placements
-                .insert(handler.to_string(), result.node.clone());
-            let spec_json = serde_json::to_string(&self.spec).expect("specs serialize");
-            let placements = serde_json::to_string(&self.placements).expect("serialize");
-            state
-                .node
-                .db
-                .put_group(self.tenant, self.id, &spec_json, &placements)?;
+            self.place(handler, &result.node)?;
         }
         Ok((result.node.clone(), result))
+    }
+
+    /// Records that `handler` now lives on `node`, in memory and in the journal.
+    fn place(&mut self, handler: &str, node: &str) -> ApiResult<()> {
+        self.placements
+            .insert(handler.to_string(), node.to_string());
+        let spec_json = serde_json::to_string(&self.spec).expect("specs serialize");
+        let placements = serde_json::to_string(&self.placements).expect("serialize");
+        self.state
+            .node
+            .db
+            .put_group(self.tenant, self.id, &spec_json, &placements)?;
+        Ok(())
     }
 }
 

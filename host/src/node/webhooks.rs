@@ -600,6 +600,20 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
     )
 }
 
+/// Checks a `webhook-signature` header (space-separated `v1,<base64>` entries, any of
+/// which may match) against the signature of `id.timestamp.body` under `secret`, in
+/// constant time per entry: what a receiver does.
+pub fn verify(secret: &str, id: &str, timestamp: i64, body: &str, header: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let expected = sign(secret, id, timestamp, body);
+    header
+        .split(' ')
+        .filter(|entry| entry.starts_with("v1,"))
+        .fold(false, |found, entry| {
+            found | bool::from(entry.as_bytes().ct_eq(expected.as_bytes()))
+        })
+}
+
 /// The wait before attempt `attempts + 1`: `base * 2^(attempts-1)`, capped, with
 /// "equal jitter" (half fixed, half random) so endpoints that recover are not hit by
 /// every sender at once.
@@ -781,6 +795,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn signatures_verify_and_tampering_does_not() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let signature = sign(secret, "msg_1", 1614265330, "{}");
+        assert!(verify(secret, "msg_1", 1614265330, "{}", &signature));
+        let rotated = format!("v1,bm90IGl0 {signature}");
+        assert!(verify(secret, "msg_1", 1614265330, "{}", &rotated));
+        assert!(!verify(secret, "msg_1", 1614265330, "{ }", &signature));
+        assert!(!verify(secret, "msg_2", 1614265330, "{}", &signature));
+        assert!(!verify(secret, "msg_1", 1614265331, "{}", &signature));
+        assert!(!verify(secret, "msg_1", 1614265330, "{}", ""));
+    }
+
+    #[test]
     fn signatures_follow_the_standard_webhooks_example() {
         // The example in the Standard Webhooks specification.
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -794,24 +821,8 @@ mod tests {
 
     #[test]
     fn only_public_endpoints_are_allowed_by_default() {
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fc00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
-        }
-        for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
-        }
+        // Which addresses are public is `address.rs`'s business (and its tests').
+        assert!(!is_public("169.254.169.254".parse().unwrap()));
         let url = |u: &str| reqwest::Url::parse(u).unwrap();
         assert!(public_host(&url("http://127.0.0.1:9/hook")).is_err());
         assert!(public_host(&url("http://[::1]:9/hook")).is_err());

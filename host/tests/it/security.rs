@@ -32,6 +32,14 @@ fn tenants(dir: &std::path::Path) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// A coordinator with the tenants of [`tenants`] and [`NODE_KEY`].
+fn keyed_coordinator(dir: &std::path::Path, extra: &[&str]) -> Server {
+    let tenants = tenants(dir);
+    let mut args = vec!["--tenants", &tenants, "--node-key", NODE_KEY];
+    args.extend_from_slice(extra);
+    Server::coordinator(&args)
+}
+
 /// A POST with a key; the status and JSON body.
 fn post(server: &Server, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
     let mut request = Http::new().post(server.at(path)).json(body);
@@ -212,14 +220,7 @@ fn node_routes_are_never_open_when_clients_need_keys() {
 #[test]
 fn a_node_cannot_hand_a_tenant_bytes_it_never_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = Server::coordinator(&[
-        "--tenants",
-        &tenants(dir.path()),
-        "--node-key",
-        NODE_KEY,
-        "--lease",
-        "60s",
-    ]);
+    let coordinator = keyed_coordinator(dir.path(), &["--lease", "60s"]);
     let acme = coordinator.client_with_key(ACME);
     let globex = coordinator.client_with_key(GLOBEX);
     let secret = acme.put_blob(b"acme's secret".to_vec()).unwrap();
@@ -293,14 +294,7 @@ fn a_node_cannot_hand_a_tenant_bytes_it_never_delivered() {
 #[test]
 fn fleet_administration_is_for_the_operator_only() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = Server::coordinator(&[
-        "--tenants",
-        &tenants(dir.path()),
-        "--node-key",
-        NODE_KEY,
-        "--heartbeat-interval",
-        "100ms",
-    ]);
+    let coordinator = keyed_coordinator(dir.path(), &["--heartbeat-interval", "100ms"]);
     let _node = Server::start(&[
         "--coordinator",
         &coordinator.url,
