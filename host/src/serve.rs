@@ -297,7 +297,7 @@ pub fn coordinator(args: crate::cli::CoordinatorArgs) -> anyhow::Result<()> {
         placement: args.placement,
         weights: args.placement_weights,
         prefetch: args.prefetch,
-        inject_budget: crate::coordinator::fleet::InjectBudget {
+        inject_budget: crate::coordinator::budget::InjectBudget {
             runs: args.inject_max_runs.max(1),
             bytes: args.inject_max_bytes,
         },

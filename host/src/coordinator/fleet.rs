@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use super::budget::InjectBudget;
 use super::placement::{Decision, Demand, NodeView, Placer, Strategy, Weights};
 use super::protocol::{Assignment, Heartbeat, HeartbeatAnswer, Registration, Token};
 
@@ -31,26 +32,6 @@ pub struct CoordinatorConfig {
     /// What one inject into a handler group may cost at most: handler runs, and bytes
     /// of events routed on (the hop limit bounds depth; this bounds breadth).
     pub inject_budget: InjectBudget,
-}
-
-/// The most one inject (one event or one batch) may make a group do.
-#[derive(Clone, Copy, Debug)]
-pub struct InjectBudget {
-    /// Handler runs (the first ones included).
-    pub runs: u64,
-    /// Bytes of events (as JSON) routed to handlers after the injected ones.
-    pub bytes: u64,
-}
-
-impl Default for InjectBudget {
-    /// 1,000 runs (a full batch of injected events still gets its first hop) and
-    /// 16 MiB of routed events.
-    fn default() -> Self {
-        Self {
-            runs: 1000,
-            bytes: 16 << 20,
-        }
-    }
 }
 
 impl Default for CoordinatorConfig {

@@ -9,7 +9,7 @@
 //! is gone is placed again.
 //!
 //! One inject (one event or one batch) has a budget of handler runs and of bytes of
-//! events routed on ([`crate::coordinator::fleet::InjectBudget`]): the hop limit
+//! events routed on ([`crate::coordinator::budget::InjectBudget`]): the hop limit
 //! bounds how deep a chain goes, the budget how wide. What is over it is dropped and
 //! logged once as `"dropped": "budget"`. The event log stores each event once: the
 //! injected ones in their entry, emitted ones as a reference to the run that emitted
@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Extension;
@@ -29,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::CoordinatorState;
+use super::budget::Budget;
 use super::placement::Demand;
 use crate::api::auth::Tenant;
 use crate::api::error::{ApiError, ApiResult};
@@ -317,38 +317,6 @@ async fn events(
         entry["output_events"] = Value::Array(events_of(&entry["lsn"]));
     }
     Ok(Json(json!({"id": id, "events": entries})))
-}
-
-/// What is left of one inject's budget (shared by the events of a batch).
-#[derive(Debug)]
-struct Budget {
-    runs: AtomicU64,
-    bytes: AtomicU64,
-}
-
-impl Budget {
-    fn new(budget: super::fleet::InjectBudget) -> Arc<Self> {
-        Arc::new(Self {
-            runs: AtomicU64::new(budget.runs),
-            bytes: AtomicU64::new(budget.bytes),
-        })
-    }
-
-    /// Takes `n` from `left` if that much is left.
-    fn take(left: &AtomicU64, n: u64) -> bool {
-        left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |have| {
-            have.checked_sub(n)
-        })
-        .is_ok()
-    }
-
-    fn take_run(&self) -> bool {
-        Self::take(&self.runs, 1)
-    }
-
-    fn take_bytes(&self, n: u64) -> bool {
-        Self::take(&self.bytes, n)
-    }
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,7 @@
 //! coordinator killed at any point and restarted loses nothing accepted; running
 //! jobs' leases are restored from it and renewed by their nodes' heartbeats.
 
+pub mod budget;
 pub mod fleet;
 pub mod groups;
 pub mod node_auth;
