@@ -1,18 +1,17 @@
-//! wasmesh host: the node host (`wasmesh node`: store, workers, jobs, queues over
-//! HTTP), the coordinator (`wasmesh coordinator`: the same API in front of a fleet of
-//! nodes), the `wasmesh` command line, local execution (`wasmesh exec`), a local
-//! cluster of processes, and the demo.
+//! wasmesh host: the node host (store, workers, jobs, queues over HTTP), the
+//! coordinator (the same API in front of a fleet of nodes), and the blocking client.
+//! The `wasmesh` binary's commands (`src/cmd/`) are a thin shell over this library.
+//!
+//! Layers, each importing only the ones after it (see ARCHITECTURE.md):
+//! `api` -> `cluster` -> `run` -> `engine` -> {`webhooks`, `store`, `cas`} -> `model`.
 
 pub mod api;
-pub mod bench;
-pub mod cli;
+pub mod cas;
 pub mod client;
-pub mod commands;
-pub mod coordinator;
+pub mod cluster;
 pub mod dag;
-pub mod demo;
-pub mod exec;
-pub mod local;
+pub mod engine;
 pub mod model;
-pub mod node;
-pub mod serve;
+pub mod run;
+pub mod store;
+pub mod webhooks;

@@ -1,5 +1,7 @@
-//! The `wasmesh` command-line tool.
+//! The `wasmesh` command-line tool: a thin shell over the `wasmesh_host` library.
+
+mod cmd;
 
 fn main() -> std::process::ExitCode {
-    wasmesh_host::cli::main()
+    cmd::main()
 }

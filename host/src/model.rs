@@ -304,6 +304,127 @@ pub fn content_id(value: &serde_json::Value) -> Result<HashHex, NotCanonical> {
     canonical_json(value).map(|bytes| HashHex::of(&bytes))
 }
 
+/// Defines a state enum: serde names on the wire (snake_case), `as_str` for people and
+/// the database, `FromStr` back, and comparison with the names (`state == "queued"`).
+macro_rules! state_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every state, in order.
+            pub const ALL: &[$name] = &[$($name::$variant,)+];
+
+            /// Its name on the wire and in the database.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(text: &str) -> Result<Self, String> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(concat!("{:?} is not a ", stringify!($name)), other)),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+/// Outcome names the host gives results of attempts that did not end a run of their
+/// own (the runtime's `Outcome::name` gives the rest).
+pub mod outcome {
+    /// Cancelled before or while it ran.
+    pub const CANCELLED: &str = "cancelled";
+    /// It could not run, or failed on the host.
+    pub const TRAPPED: &str = "trapped";
+    /// Its node stopped renewing its lease.
+    pub const NODE_LOST: &str = "node_lost";
+}
+
+state_enum! {
+    /// Where a job is: pending (`Queued`, `Running`) or finished with a result.
+    JobState {
+        /// Waiting for a slot (or for the jobs it depends on).
+        Queued => "queued",
+        /// An attempt is running (on a coordinator: leased to a node).
+        Running => "running",
+        /// Finished: the guest exited 0.
+        Succeeded => "succeeded",
+        /// Finished: the guest failed, a limit stopped it, or it could not run.
+        Failed => "failed",
+        /// Finished: cancelled before or while it ran.
+        Cancelled => "cancelled",
+    }
+}
+
+impl JobState {
+    /// Whether the job has its final result.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::Running)
+    }
+}
+
+state_enum! {
+    /// Whether a webhook endpoint gets deliveries.
+    WebhookState {
+        /// Deliveries are sent.
+        Active => "active",
+        /// Too many failed attempts (or by hand): nothing is sent until it is enabled.
+        Disabled => "disabled",
+    }
+}
+
+state_enum! {
+    /// Where one webhook delivery is.
+    DeliveryState {
+        /// Waiting for its (next) attempt.
+        Pending => "pending",
+        /// The endpoint answered 2xx.
+        Delivered => "delivered",
+        /// Attempts ran out, or the endpoint was disabled.
+        Failed => "failed",
+    }
+}
+
+state_enum! {
+    /// Whether a queue takes submissions.
+    QueueState {
+        /// Takes submissions.
+        Active => "active",
+        /// Takes none; its jobs finish.
+        Draining => "draining",
+        /// Takes none; its jobs were cancelled (or it expired idle).
+        Cancelled => "cancelled",
+    }
+}
+
 /// Usage of one run, as results report it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageJson {
@@ -315,17 +436,23 @@ pub struct UsageJson {
     pub peak_memory_bytes: u64,
 }
 
-/// A finished job's result, exactly as `GET /compute/jobs/{lsn}` returns it.
+/// A finished job's result, exactly as `GET /compute/jobs/{lsn}` returns it. It is
+/// also what the journal stores and the body of a node's report (`cluster::protocol::
+/// Report`), where the coordinator fills in the job's identity, node, attempt and
+/// placement from the lease: those fields may be absent there.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     /// The job.
+    #[serde(default)]
     pub lsn: u64,
     /// Its action id.
+    #[serde(default = "HashHex::empty")]
     pub action: HashHex,
     /// Its worker id.
+    #[serde(default = "HashHex::empty")]
     pub worker: HashHex,
     /// `succeeded`, `failed` or `cancelled`.
-    pub state: String,
+    pub state: JobState,
     /// How the run ended (see the contract's list).
     pub outcome: String,
     /// The guest's exit code, when it exited.
@@ -341,14 +468,19 @@ pub struct JobResult {
     /// Hash of stderr.
     pub stderr: HashHex,
     /// Events the guest emitted.
+    #[serde(default)]
     pub events: Vec<serde_json::Value>,
     /// What it used.
+    #[serde(default)]
     pub usage: UsageJson,
     /// The node that ran it.
+    #[serde(default)]
     pub node: String,
     /// Attempts made so far.
+    #[serde(default)]
     pub attempts: u32,
     /// Whether it was answered from the result cache.
+    #[serde(default)]
     pub cached: bool,
     /// On a coordinator: where the job ran and why (`{node, strategy, score, factors}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -357,6 +489,33 @@ pub struct JobResult {
     /// and jobs that never ran).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timing: Option<RunTiming>,
+}
+
+impl JobResult {
+    /// The result of an attempt that ended without a run of its own (cancelled,
+    /// doomed by a dependency, lost with its node, unrunnable, failed on the host):
+    /// the one builder of such results, on nodes and coordinators alike.
+    pub fn without_run(state: JobState, outcome: &str, message: &str) -> Self {
+        Self {
+            lsn: 0,
+            action: HashHex::empty(),
+            worker: HashHex::empty(),
+            state,
+            outcome: outcome.into(),
+            exit_code: None,
+            message: Some(message.into()),
+            output: HashHex::empty(),
+            output_size: 0,
+            stderr: HashHex::empty(),
+            events: Vec::new(),
+            usage: UsageJson::default(),
+            node: String::new(),
+            attempts: 0,
+            cached: false,
+            placement: None,
+            timing: None,
+        }
+    }
 }
 
 /// When a run started and ended: Unix milliseconds on the clock of the node that ran

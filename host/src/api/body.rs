@@ -1,13 +1,13 @@
-//! Request bodies: JSON read with a size limit (malformed JSON gets the contract's
-//! error shape), and multipart packages whose chunks are verified before any is stored.
+//! Descriptor bodies: JSON (read by `api::json`), or multipart packages whose chunks
+//! are verified before any is stored.
 
 use axum::extract::{FromRequest, Multipart, Request};
 use futures_util::stream;
 
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult};
+use crate::cas::{CasError, Staged};
 use crate::model::HashHex;
-use crate::node::cas::{CasError, Staged};
 
 /// Parts a package may have (the descriptor and its chunks). Each staged part is a
 /// file on disk until the package is complete (closed, so parts cost no descriptors).
@@ -28,27 +28,13 @@ fn is_multipart(request: &Request) -> bool {
         .is_some_and(|v| v.starts_with("multipart/form-data"))
 }
 
-/// Reads a JSON body (any content type: curl's default form type included).
-pub async fn json_value(state: &AppState, request: Request) -> ApiResult<serde_json::Value> {
-    let limit = state.node.config.max_json_bytes;
-    let bytes = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| ApiError::TooLarge(format!("JSON bodies are limited to {limit} bytes")))?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadRequest(
-            "invalid_json",
-            "the body is empty; a JSON document was expected".into(),
-        ));
-    }
-    serde_json::from_slice(&bytes).map_err(ApiError::json)
-}
-
 /// Reads a descriptor: JSON, or a package (multipart) whose chunks are verified
 /// against their names, all of them before any is stored, and recorded for `tenant`.
 pub async fn descriptor(state: &AppState, tenant: &str, request: Request) -> ApiResult<Descriptor> {
     if !is_multipart(&request) {
+        let limit = state.engine.config().max_json_bytes;
         return Ok(Descriptor {
-            value: json_value(state, request).await?,
+            value: crate::api::json::read(request.into_body(), limit).await?,
         });
     }
     let mut multipart = Multipart::from_request(request, state).await.map_err(|e| {
@@ -71,7 +57,7 @@ pub async fn descriptor(state: &AppState, tenant: &str, request: Request) -> Api
             if value.is_some() {
                 return Err(invalid("the package has two `descriptor` parts".into()));
             }
-            let limit = state.node.config.max_json_bytes;
+            let limit = state.engine.config().max_json_bytes;
             let mut bytes = Vec::new();
             while let Some(chunk) = field.chunk().await.map_err(bad)? {
                 if bytes.len() + chunk.len() > limit {
@@ -98,8 +84,8 @@ pub async fn descriptor(state: &AppState, tenant: &str, request: Request) -> Api
         let chunks = Box::pin(chunks);
         staged.push(
             state
-                .node
-                .cas
+                .engine
+                .cas()
                 .stage_stream(hash, chunks)
                 .await
                 .map_err(cas_error)?,
@@ -114,9 +100,9 @@ pub async fn descriptor(state: &AppState, tenant: &str, request: Request) -> Api
     // Every chunk verified: now store them.
     for blob in staged {
         let (hash, size) = (blob.hash, blob.size);
-        state.node.cas.commit(blob)?;
-        state.node.db.own_blob(tenant, &hash, size)?;
-        state.node.metrics.cas_bytes_written.add(size);
+        state.engine.cas().commit(blob)?;
+        state.engine.store().tenant(tenant).own_blob(&hash, size)?;
+        state.engine.metrics().cas_bytes_written.add(size);
     }
     Ok(Descriptor { value })
 }

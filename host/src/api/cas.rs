@@ -2,7 +2,7 @@
 
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -10,26 +10,26 @@ use serde_json::json;
 
 use crate::api::AppState;
 use crate::api::auth::Tenant;
-use crate::api::body::{cas_error, json_value, path_hash};
+use crate::api::body::{cas_error, path_hash};
 use crate::api::error::{ApiError, ApiResult};
+use crate::api::json::{Json, JsonBody};
 use crate::model::HashHex;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NeedsRequest {
+pub(crate) struct NeedsRequest {
     hashes: Vec<HashHex>,
 }
+
+impl JsonBody for NeedsRequest {}
 
 /// `POST /cas/needs`: the subset of the hashes this tenant's store lacks.
 pub async fn needs(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
-    request: Request,
+    Json(body): Json<NeedsRequest>,
 ) -> ApiResult<Response> {
-    let value = json_value(&state, request).await?;
-    let body: NeedsRequest = serde_json::from_value(value)
-        .map_err(|e| ApiError::BadRequest("invalid_request", e.to_string()))?;
-    let needs = state.node.needs(&tenant, &body.hashes)?;
+    let needs = state.engine.needs(&tenant, &body.hashes)?;
     Ok(axum::Json(json!({ "needs": needs })).into_response())
 }
 
@@ -42,7 +42,7 @@ pub async fn put_blob(
     body: Body,
 ) -> ApiResult<Response> {
     let hash = path_hash(&hash)?;
-    let max = state.node.cas.max_blob_bytes();
+    let max = state.engine.cas().max_blob_bytes();
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -50,12 +50,13 @@ pub async fn put_blob(
     if declared.is_some_and(|len| len > max) {
         return Err(ApiError::TooLarge(format!("blob larger than {max} bytes")));
     }
-    let held = state.node.db.owns_blob(&tenant, &hash)? && state.node.cas.contains(&hash);
+    let held = state.engine.store().tenant(&tenant).owns_blob(&hash)?
+        && state.engine.cas().contains(&hash);
     // The body is verified even when the blob is already held, so that a client with
     // wrong bytes learns about it.
     let staged = state
-        .node
-        .cas
+        .engine
+        .cas()
         .stage_stream(hash, body.into_data_stream())
         .await
         .map_err(cas_error)?;
@@ -67,9 +68,9 @@ pub async fn put_blob(
             .into_response());
     }
     let size = staged.size;
-    state.node.cas.commit(staged)?;
-    state.node.db.own_blob(&tenant, &hash, size)?;
-    state.node.metrics.cas_bytes_written.add(size);
+    state.engine.cas().commit(staged)?;
+    state.engine.store().tenant(&tenant).own_blob(&hash, size)?;
+    state.engine.metrics().cas_bytes_written.add(size);
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "hash": hash, "stored": true })),
@@ -78,12 +79,12 @@ pub async fn put_blob(
 }
 
 fn visible(state: &AppState, tenant: &str, hash: &HashHex) -> ApiResult<u64> {
-    if !state.node.db.owns_blob(tenant, hash)? {
+    if !state.engine.store().tenant(tenant).owns_blob(hash)? {
         return Err(ApiError::NotFound(format!("blob {hash} not found")));
     }
     state
-        .node
-        .cas
+        .engine
+        .cas()
         .size(hash)
         .ok_or_else(|| ApiError::NotFound(format!("blob {hash} not found")))
 }
@@ -105,7 +106,7 @@ pub async fn get_blob(
 ) -> ApiResult<Response> {
     let hash = path_hash(&hash)?;
     let size = visible(&state, &tenant, &hash)?;
-    let file = tokio::fs::File::open(state.node.cas.path(&hash)).await?;
+    let file = tokio::fs::File::open(state.engine.cas().path(&hash)).await?;
     Ok(blob_response(
         size,
         Body::from_stream(tokio_util::io::ReaderStream::new(file)),

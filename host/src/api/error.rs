@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::node::NodeError;
+use crate::engine::EngineError;
 
 /// An API error.
 #[derive(Debug)]
@@ -85,20 +85,20 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<NodeError> for ApiError {
-    fn from(e: NodeError) -> Self {
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
         match e {
-            NodeError::Invalid(code, m) => ApiError::BadRequest(code, m),
-            NodeError::NotFound(m) => ApiError::NotFound(m),
-            NodeError::Conflict(code, m) => ApiError::Conflict(code, m),
-            NodeError::InvalidModule(m) => ApiError::Unprocessable("invalid_module", m),
-            NodeError::Internal(m) => ApiError::Internal(m),
+            EngineError::Invalid(code, m) => ApiError::BadRequest(code, m),
+            EngineError::NotFound(m) => ApiError::NotFound(m),
+            EngineError::Conflict(code, m) => ApiError::Conflict(code, m),
+            EngineError::InvalidModule(m) => ApiError::Unprocessable("invalid_module", m),
+            EngineError::Internal(m) => ApiError::Internal(m),
         }
     }
 }
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
         ApiError::Internal(format!("database: {e}"))
     }
 }

@@ -26,7 +26,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use crate::api::AppState;
 use crate::api::auth::Tenant;
 use crate::api::error::{ApiError, ApiResult};
-use crate::node::db::IdempotencyBegin;
+use crate::store::IdempotencyBegin;
 
 /// Longest key accepted.
 const MAX_KEY: usize = 255;
@@ -48,7 +48,12 @@ struct Claim<'a> {
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if !self.settled
-            && let Err(e) = self.state.node.db.idempotency_forget(self.tenant, self.key)
+            && let Err(e) = self
+                .state
+                .engine
+                .store()
+                .tenant(self.tenant)
+                .idempotency_forget(self.key)
         {
             tracing::warn!(error = %e, "releasing an idempotency key");
         }
@@ -93,16 +98,17 @@ pub async fn idempotency(
     hasher.update(b"\n");
     let body = spool(
         body,
-        state.node.config.max_request_bytes,
-        &state.node.config.data_dir,
+        state.engine.config().max_request_bytes,
+        &state.engine.config().data_dir,
         &mut hasher,
     )
     .await?;
     let fingerprint = hasher.finalize().to_hex().to_string();
     match state
-        .node
-        .db
-        .idempotency_begin(&tenant, &key, &fingerprint)?
+        .engine
+        .store()
+        .tenant(&tenant)
+        .idempotency_begin(&key, &fingerprint)?
     {
         IdempotencyBegin::New => {}
         IdempotencyBegin::InFlight => {
@@ -148,8 +154,7 @@ pub async fn idempotency(
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        state.node.db.idempotency_finish(
-            &tenant,
+        state.engine.store().tenant(&tenant).idempotency_finish(
             &key,
             parts.status.as_u16(),
             content_type,

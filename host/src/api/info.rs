@@ -8,13 +8,13 @@ use serde_json::json;
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
-use crate::node::metrics::Gauges;
+use crate::engine::metrics::Gauges;
 
 /// The version every node and coordinator reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn role(state: &AppState) -> &'static str {
-    if state.node.fleet.is_some() {
+    if state.fleet.is_some() {
         "coordinator"
     } else {
         "node"
@@ -28,7 +28,7 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 /// `GET /compute/ready`: 200 when accepting work, else 503.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    if state.node.ready() {
+    if state.engine.ready() {
         Json(json!({"ready": true})).into_response()
     } else {
         (
@@ -58,17 +58,17 @@ fn memory_bytes() -> u64 {
 
 /// `GET /compute/sysinfo`.
 pub async fn sysinfo(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let node = &state.node;
-    let (queued, mut running) = node.load();
-    let mut slots = node.config.slots as u64;
-    if let Some(fleet) = &node.fleet {
+    let (queued, mut running) = state.engine.load();
+    let config = state.engine.config();
+    let mut slots = config.slots as u64;
+    if let Some(fleet) = &state.fleet {
         // A coordinator's capacity is its healthy nodes'; its running jobs are leased.
         slots = fleet.slots();
         running = fleet.leases();
     }
-    let limits = node.config.limits;
+    let limits = config.limits;
     Json(json!({
-        "id": node.config.id,
+        "id": config.id,
         "role": role(&state),
         "version": VERSION,
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -77,29 +77,29 @@ pub async fn sysinfo(State(state): State<AppState>) -> Json<serde_json::Value> {
         "running": running,
         "queued": queued,
         "limits": {
-            "max_blob_bytes": node.config.max_blob_bytes,
-            "max_request_bytes": node.config.max_request_bytes,
+            "max_blob_bytes": config.max_blob_bytes,
+            "max_request_bytes": config.max_request_bytes,
             "fuel": limits.fuel,
             "memory_bytes": limits.memory_bytes,
             "timeout_ms": limits.timeout_ms,
             "output_bytes": limits.output_bytes,
         },
-        "labels": node.config.labels,
+        "labels": config.labels,
     }))
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let (queued, running) = state.node.load();
+    let (queued, running) = state.engine.load();
     let gauges = Gauges {
         queued,
         running,
-        slots: state.node.config.slots,
-        cache: state.node.sandbox.cache().stats(),
+        slots: state.engine.config().slots,
+        cache: state.engine.sandbox().cache().stats(),
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.node.metrics.render(&gauges),
+        state.engine.metrics().render(&gauges),
     )
         .into_response()
 }

@@ -10,10 +10,11 @@ use serde_json::{Value, json};
 
 use crate::api::AppState;
 use crate::api::auth::Tenant;
-use crate::api::body::{descriptor, json_value, path_hash};
+use crate::api::body::{descriptor, path_hash};
 use crate::api::error::{ApiError, ApiResult};
+use crate::api::json::{Json, JsonBody};
+use crate::engine::{ActionSubmission, QueuePolicy, Submitted};
 use crate::model::HashHex;
-use crate::node::{ActionSubmission, QueuePolicy, Submitted};
 
 /// `?priority=N`.
 #[derive(Debug, Default, Deserialize)]
@@ -79,7 +80,7 @@ pub async fn submit_into(
 ) -> ApiResult<Response> {
     let body = descriptor(state, &tenant, request).await?;
     let (submissions, batch) = actions(body.value, worker)?;
-    let node = state.node.clone();
+    let node = state.engine.clone();
     let submitted =
         tokio::task::spawn_blocking(move || node.submit(&tenant, submissions, priority, queue))
             .await
@@ -160,7 +161,7 @@ pub async fn job_response_waiting(
 ) -> ApiResult<Response> {
     let deadline = tokio::time::Instant::now() + wait.duration();
     state
-        .node
+        .engine
         .when_finished(
             || job_response(state, tenant, lsn, queue),
             |response| response.status() != StatusCode::ACCEPTED,
@@ -178,22 +179,21 @@ pub fn job_response(
     queue: Option<u64>,
 ) -> ApiResult<Response> {
     let job = state
-        .node
-        .db
-        .job(tenant, lsn)?
+        .engine
+        .store()
+        .tenant(tenant)
+        .job(lsn)?
         .filter(|job| queue.is_none() || job.queue_id == queue)
         .ok_or_else(|| ApiError::NotFound(format!("job {lsn} not found")))?;
     Ok(match job.result {
-        Some(result) if job.state != "queued" && job.state != "running" => {
-            axum::Json(result).into_response()
-        }
+        Some(result) if job.state.is_finished() => axum::Json(result).into_response(),
         _ => (StatusCode::ACCEPTED, axum::Json(pending_status(&job))).into_response(),
     })
 }
 
 /// A pending job's status: its state, the node holding its lease (on a coordinator)
 /// and its latest checkpoint, when there are such.
-fn pending_status(job: &crate::node::db::JobRow) -> Value {
+fn pending_status(job: &crate::store::JobRow) -> Value {
     let mut status = json!({"lsn": job.lsn, "state": job.state});
     if let Some(node) = &job.lease_node {
         status["node"] = json!(node);
@@ -222,9 +222,10 @@ pub async fn cached(
 ) -> ApiResult<Response> {
     let (worker, action) = (path_hash(&worker)?, path_hash(&action)?);
     let result = state
-        .node
-        .db
-        .cached_result(&tenant, &action)?
+        .engine
+        .store()
+        .tenant(&tenant)
+        .cached_result(&action)?
         .filter(|result| result.worker == worker)
         .ok_or_else(|| {
             ApiError::NotFound(format!("no result for action {action} of worker {worker}"))
@@ -237,7 +238,10 @@ pub async fn completed(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
 ) -> ApiResult<Response> {
-    Ok(axum::Json(json!({"completed": state.node.db.completed(&tenant, None)?})).into_response())
+    Ok(
+        axum::Json(json!({"completed": state.engine.store().tenant(&tenant).completed(None)?}))
+            .into_response(),
+    )
 }
 
 /// `DELETE /compute/jobs/{lsn}`: retire a finished result from the completed list.
@@ -248,11 +252,12 @@ pub async fn retire(
 ) -> ApiResult<Response> {
     let lsn = path_lsn(&lsn)?;
     let job = state
-        .node
-        .db
-        .job(&tenant, lsn)?
+        .engine
+        .store()
+        .tenant(&tenant)
+        .job(lsn)?
         .ok_or_else(|| ApiError::NotFound(format!("job {lsn} not found")))?;
-    if !state.node.db.retire(&tenant, lsn)? {
+    if !state.engine.store().tenant(&tenant).retire(lsn)? {
         return Err(ApiError::Conflict(
             "not_finished",
             format!("job {lsn} is {}; only finished jobs retire", job.state),
@@ -268,27 +273,27 @@ pub async fn cancel(
     Path(lsn): Path<String>,
 ) -> ApiResult<Response> {
     let lsn = path_lsn(&lsn)?;
-    state.node.cancel(&tenant, lsn)?;
+    state.engine.cancel(&tenant, lsn)?;
     Ok(axum::Json(json!({"lsn": lsn, "cancelled": true})).into_response())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PriorityBody {
+pub(crate) struct PriorityBody {
     priority: i64,
 }
+
+impl JsonBody for PriorityBody {}
 
 /// `POST /compute/jobs/{lsn}/priority`.
 pub async fn priority(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(lsn): Path<String>,
-    request: Request,
+    Json(body): Json<PriorityBody>,
 ) -> ApiResult<Response> {
     let lsn = path_lsn(&lsn)?;
-    let body: PriorityBody = serde_json::from_value(json_value(&state, request).await?)
-        .map_err(|e| ApiError::BadRequest("invalid_request", e.to_string()))?;
-    let priority = state.node.set_priority(&tenant, lsn, body.priority)?;
+    let priority = state.engine.set_priority(&tenant, lsn, body.priority)?;
     Ok(axum::Json(json!({"lsn": lsn, "priority": priority})).into_response())
 }
 
@@ -299,6 +304,6 @@ pub async fn reschedule(
     Path(lsn): Path<String>,
 ) -> ApiResult<Response> {
     let lsn = path_lsn(&lsn)?;
-    let attempts = state.node.reschedule(&tenant, lsn)?;
+    let attempts = state.engine.reschedule(&tenant, lsn)?;
     Ok(axum::Json(json!({"lsn": lsn, "attempts": attempts})).into_response())
 }

@@ -1,13 +1,17 @@
 //! The HTTP API of `../shared/design/API.md`: `fn app(state) -> Router` and `serve`.
-//! One module per resource; handlers translate and delegate to [`crate::node::Node`].
+//! One module per resource; handlers translate and delegate to [`crate::engine::Engine`]
+//! (with the caller's tenant). `cluster/` holds a coordinator's routes. This is the only
+//! module that knows axum.
 
 pub mod auth;
 pub mod body;
 mod cas;
+pub mod cluster;
 pub mod error;
 pub mod idempotency;
 mod info;
 mod jobs;
+pub mod json;
 mod queues;
 mod record;
 mod webhooks;
@@ -21,7 +25,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 
-use crate::node::Node;
+use crate::cluster::Fleet;
+use crate::engine::Engine;
 use auth::Auth;
 
 /// The version every node and coordinator reports.
@@ -37,10 +42,33 @@ pub async fn not_found() -> error::ApiError {
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    /// The node.
-    pub node: Arc<Node>,
+    /// The engine requests are served by.
+    pub engine: Arc<Engine>,
     /// API keys.
     pub auth: Arc<Auth>,
+    /// On a coordinator, the fleet its jobs run on (sysinfo reports its capacity).
+    pub fleet: Option<Arc<Fleet>>,
+}
+
+impl axum::extract::FromRef<AppState> for json::JsonLimits {
+    fn from_ref(state: &AppState) -> Self {
+        let config = state.engine.config();
+        json::JsonLimits {
+            json: config.max_json_bytes,
+            request: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl AppState {
+    /// The state of a node serving `engine` with `auth`.
+    pub fn new(engine: Arc<Engine>, auth: Arc<Auth>) -> Self {
+        Self {
+            engine,
+            auth,
+            fleet: None,
+        }
+    }
 }
 
 /// The router with every route of the node.
@@ -51,7 +79,7 @@ pub fn app(state: AppState) -> Router {
 /// The node's routes plus `extra` (a coordinator's cluster routes), sharing the body
 /// limit and the JSON 404.
 pub fn app_with(state: AppState, extra: Router) -> Router {
-    let limit = usize::try_from(state.node.config.max_request_bytes).unwrap_or(usize::MAX);
+    let limit = usize::try_from(state.engine.config().max_request_bytes).unwrap_or(usize::MAX);
     let protected = Router::new()
         .route("/compute/ready", get(info::ready))
         .route("/compute/sysinfo", get(info::sysinfo))

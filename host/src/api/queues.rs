@@ -7,37 +7,38 @@ use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use crate::api::AppState;
 use crate::api::auth::{Peer, Tenant};
 use crate::api::body::path_hash;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::jobs::{PriorityQuery, WaitQuery, job_response_waiting, path_lsn, submit_into};
-use crate::node::QueuePolicy;
-use crate::node::db::QueueRow;
+use crate::api::json::{self, Json, JsonBody};
+use crate::engine::QueuePolicy;
+use crate::model::{JobState, QueueState};
+use crate::store::QueueRow;
 
 /// Length of a remote queue token: 12 random bytes (96 bits) in hex.
 const TOKEN_HEX: usize = 24;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct QueueBody {
+pub(crate) struct QueueBody {
     name: Option<String>,
     max_retries: Option<u32>,
     priority: Option<i64>,
     retry_guest_failures: Option<bool>,
 }
 
-async fn queue_body(state: &AppState, request: Request) -> ApiResult<QueueBody> {
-    let limit = state.node.config.max_json_bytes;
-    let bytes = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| ApiError::TooLarge(format!("JSON bodies are limited to {limit} bytes")))?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(QueueBody::default());
+impl JsonBody for QueueBody {
+    /// No body is a queue with the defaults.
+    fn empty() -> Option<Self> {
+        Some(Self::default())
     }
-    serde_json::from_slice(&bytes).map_err(ApiError::json)
+
+    fn shape_error(e: serde_json::Error) -> ApiError {
+        ApiError::json(e)
+    }
 }
 
 fn create(
@@ -46,13 +47,12 @@ fn create(
     body: &QueueBody,
     token_digest: Option<&str>,
 ) -> ApiResult<u64> {
-    Ok(state.node.db.create_queue(
-        tenant,
+    Ok(state.engine.store().tenant(tenant).create_queue(
         token_digest,
         body.name.as_deref(),
         body.max_retries.unwrap_or(3),
         body.retry_guest_failures.unwrap_or(false),
-        crate::node::scheduler::clamp_priority(body.priority.unwrap_or(0)),
+        crate::engine::scheduler::clamp_priority(body.priority.unwrap_or(0)),
     )?)
 }
 
@@ -74,7 +74,9 @@ pub async fn create_local(
     if !peer.is_loopback() {
         return Err(remote_forbidden());
     }
-    let body = queue_body(&state, request).await?;
+    // Read after the loopback check: a remote caller learns nothing from its body.
+    let limit = state.engine.config().max_json_bytes;
+    let body: QueueBody = json::read(request.into_body(), limit).await?;
     let id = create(&state, &tenant, &body, None)?;
     Ok((StatusCode::CREATED, axum::Json(json!({"queue_id": id}))).into_response())
 }
@@ -84,9 +86,8 @@ pub async fn create_local(
 pub async fn create_remote(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
-    request: Request,
+    Json(body): Json<QueueBody>,
 ) -> ApiResult<Response> {
-    let body = queue_body(&state, request).await?;
     let mut bytes = [0u8; TOKEN_HEX / 2];
     rand::rng().fill_bytes(&mut bytes);
     let token = hex::encode(bytes);
@@ -103,39 +104,37 @@ pub async fn create_remote(
 /// Another tenant's queue is not found (404, not 403: no existence leak).
 fn resolve(state: &AppState, tenant: &str, q: &str, peer: Peer) -> ApiResult<QueueRow> {
     let not_found = || ApiError::NotFound(format!("queue {q} not found"));
+    let store = state.engine.store().tenant(tenant);
     let row = if q.len() == TOKEN_HEX && q.bytes().all(|b| b.is_ascii_hexdigit()) {
         let digest = blake3::hash(q.to_ascii_lowercase().as_bytes());
-        let mut found = None;
-        for (id, stored) in state.node.db.queue_tokens()? {
-            if bool::from(stored.as_bytes().ct_eq(digest.to_hex().as_bytes())) {
-                found = Some(id);
-            }
-        }
-        state.node.db.queue(found.ok_or_else(not_found)?)?
+        store.queue_by_token(digest.to_hex().as_str())?
     } else {
         let id: u64 = q.parse().map_err(|_| not_found())?;
         if !peer.is_loopback() {
             return Err(remote_forbidden());
         }
-        state.node.db.queue(id)?
+        store.queue(id)?
     };
-    row.filter(|row| row.tenant == tenant).ok_or_else(not_found)
+    row.ok_or_else(not_found)
 }
 
 /// A queue's status as `GET /compute/queues/{q}` answers it.
 fn status(state: &AppState, queue: &QueueRow) -> ApiResult<serde_json::Value> {
     // The queue's own state may have changed (drain, cancel, expiry) since it was read.
-    let queue_state = state
-        .node
-        .db
-        .queue(queue.id)?
-        .map_or_else(|| queue.state.clone(), |row| row.state);
-    let mut counts =
-        json!({"queued": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0});
-    for (job_state, n) in state.node.db.queue_counts(queue.id)? {
-        counts[job_state] = json!(n);
+    let store = state.engine.store().tenant(&queue.tenant);
+    let queue_state = store.queue(queue.id)?.map_or(queue.state, |row| row.state);
+    let mut counts = serde_json::Map::new();
+    for job_state in JobState::ALL {
+        counts.insert(job_state.as_str().into(), json!(0));
     }
-    let pending = counts["queued"].as_u64().unwrap_or(0) + counts["running"].as_u64().unwrap_or(0);
+    let mut counts = serde_json::Value::Object(counts);
+    let mut pending = 0;
+    for (job_state, n) in store.queue_counts(queue.id)? {
+        counts[job_state.as_str()] = json!(n);
+        if !job_state.is_finished() {
+            pending += n;
+        }
+    }
     Ok(json!({
         "queue_id": queue.id,
         "state": queue_state,
@@ -156,7 +155,7 @@ pub async fn get(
     let queue = resolve(&state, &tenant, &q, peer)?;
     let deadline = tokio::time::Instant::now() + wait.duration();
     let status = state
-        .node
+        .engine
         .when_finished(
             || status(&state, &queue),
             |s| s["is_complete"] == json!(true),
@@ -191,7 +190,7 @@ pub async fn events(
                 return None;
             }
             let changed = state
-                .node
+                .engine
                 .when_finished(
                     || status(&state, &queue),
                     |s| *s != last,
@@ -233,12 +232,12 @@ pub async fn cancel(
     peer: Peer,
 ) -> ApiResult<Response> {
     let queue = resolve(&state, &tenant, &q, peer)?;
-    let node = state.node.clone();
+    let node = state.engine.clone();
     let id = queue.id;
     tokio::task::spawn_blocking(move || node.cancel_queue(&tenant, id))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(axum::Json(json!({"queue_id": id, "state": "cancelled"})).into_response())
+    Ok(axum::Json(json!({"queue_id": id, "state": QueueState::Cancelled})).into_response())
 }
 
 /// `POST /compute/queues/{q}/drain`: no new jobs; the rest finish.
@@ -249,13 +248,17 @@ pub async fn drain(
     peer: Peer,
 ) -> ApiResult<Response> {
     let queue = resolve(&state, &tenant, &q, peer)?;
-    if queue.state == "active" {
-        state.node.db.set_queue_state(queue.id, "draining")?;
+    if queue.state == QueueState::Active {
+        state
+            .engine
+            .store()
+            .tenant(&tenant)
+            .set_queue_state(queue.id, QueueState::Draining)?;
     }
-    let now = if queue.state == "active" {
-        "draining"
+    let now = if queue.state == QueueState::Active {
+        QueueState::Draining
     } else {
-        queue.state.as_str()
+        queue.state
     };
     Ok(axum::Json(json!({"queue_id": queue.id, "state": now})).into_response())
 }
@@ -268,10 +271,10 @@ pub async fn completed(
     peer: Peer,
 ) -> ApiResult<Response> {
     let queue = resolve(&state, &tenant, &q, peer)?;
-    Ok(
-        axum::Json(json!({"completed": state.node.db.completed(&tenant, Some(queue.id))?}))
-            .into_response(),
+    Ok(axum::Json(
+        json!({"completed": state.engine.store().tenant(&tenant).completed(Some(queue.id))?}),
     )
+    .into_response())
 }
 
 fn policy(queue: &QueueRow) -> QueuePolicy {

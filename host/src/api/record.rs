@@ -14,8 +14,8 @@ pub async fn start(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
 ) -> ApiResult<Response> {
-    let root = state.node.config.data_dir.join("recordings");
-    let id = state.node.recorder.start(&root, &tenant)?;
+    let root = state.engine.config().data_dir.join("recordings");
+    let id = state.engine.recorder().start(&root, &tenant)?;
     Ok(axum::Json(json!({"recording": id})).into_response())
 }
 
@@ -25,8 +25,8 @@ pub async fn stop(
     Extension(Tenant(tenant)): Extension<Tenant>,
 ) -> ApiResult<Response> {
     let stopped = state
-        .node
-        .recorder
+        .engine
+        .recorder()
         .stop(&tenant)?
         .ok_or_else(|| ApiError::Conflict("not_recording", "no recording is running".into()))?;
     Ok(axum::Json(

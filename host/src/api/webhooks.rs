@@ -2,7 +2,7 @@
 //! logs (see `node::webhooks` for delivery, signing and retries).
 
 use axum::Extension;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -10,9 +10,9 @@ use serde_json::json;
 
 use crate::api::AppState;
 use crate::api::auth::Tenant;
-use crate::api::body::json_value;
 use crate::api::error::{ApiError, ApiResult};
-use crate::node::webhooks::WebhookError;
+use crate::api::json::{Json, JsonBody};
+use crate::webhooks::WebhookError;
 
 impl From<WebhookError> for ApiError {
     fn from(e: WebhookError) -> Self {
@@ -26,9 +26,15 @@ impl From<WebhookError> for ApiError {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(crate) struct CreateBody {
     url: String,
     events: Vec<String>,
+}
+
+impl JsonBody for CreateBody {
+    fn shape_error(e: serde_json::Error) -> ApiError {
+        ApiError::BadRequest("invalid_request", format!("webhook: {e}"))
+    }
 }
 
 /// `POST /api/v1/webhooks` `{"url","events":[...]}` -> 201 with the id and, this once,
@@ -36,14 +42,12 @@ struct CreateBody {
 pub async fn create(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
-    request: Request,
+    Json(body): Json<CreateBody>,
 ) -> ApiResult<Response> {
-    let body: CreateBody = serde_json::from_value(json_value(&state, request).await?)
-        .map_err(|e| ApiError::BadRequest("invalid_request", format!("webhook: {e}")))?;
     let created = state
-        .node
-        .webhooks
-        .create(&state.node.db, &tenant, &body.url, body.events)?;
+        .engine
+        .webhooks()
+        .create(&tenant, &body.url, body.events)?;
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
@@ -52,7 +56,7 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
 ) -> ApiResult<Response> {
-    let hooks = state.node.webhooks.list(&state.node.db, &tenant)?;
+    let hooks = state.engine.webhooks().list(&tenant)?;
     Ok(axum::Json(json!({ "webhooks": hooks })).into_response())
 }
 
@@ -62,7 +66,7 @@ pub async fn get(
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let hook = state.node.webhooks.get(&state.node.db, &tenant, &id)?;
+    let hook = state.engine.webhooks().get(&tenant, &id)?;
     Ok(axum::Json(hook).into_response())
 }
 
@@ -72,7 +76,7 @@ pub async fn delete(
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    state.node.webhooks.delete(&state.node.db, &tenant, &id)?;
+    state.engine.webhooks().delete(&tenant, &id)?;
     Ok(axum::Json(json!({"id": id, "deleted": true})).into_response())
 }
 
@@ -82,7 +86,7 @@ pub async fn enable(
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let hook = state.node.webhooks.enable(&state.node.db, &tenant, &id)?;
+    let hook = state.engine.webhooks().enable(&tenant, &id)?;
     Ok(axum::Json(hook).into_response())
 }
 
@@ -100,9 +104,6 @@ pub async fn deliveries(
     Query(query): Query<LimitQuery>,
 ) -> ApiResult<Response> {
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let deliveries = state
-        .node
-        .webhooks
-        .deliveries(&state.node.db, &tenant, &id, limit)?;
+    let deliveries = state.engine.webhooks().deliveries(&tenant, &id, limit)?;
     Ok(axum::Json(json!({ "deliveries": deliveries })).into_response())
 }

@@ -10,8 +10,8 @@ use crate::api::AppState;
 use crate::api::auth::Tenant;
 use crate::api::body::{descriptor, path_hash};
 use crate::api::error::{ApiError, ApiResult};
+use crate::engine::Registered;
 use crate::model::{HashHex, WorkerDescriptor, canonical_json};
-use crate::node::Registered;
 
 /// Parses a worker descriptor and computes its id.
 fn parse(value: serde_json::Value) -> ApiResult<(HashHex, WorkerDescriptor, String)> {
@@ -40,7 +40,7 @@ async fn register_inner(
             format!("the descriptor's id is {id}, not {expected}"),
         ));
     }
-    let node = state.node.clone();
+    let node = state.engine.clone();
     let registered =
         tokio::task::spawn_blocking(move || node.register_worker(&tenant, id, &parsed, &canonical))
             .await
@@ -84,9 +84,10 @@ pub async fn list(
     Extension(Tenant(tenant)): Extension<Tenant>,
 ) -> ApiResult<Response> {
     let workers: Vec<_> = state
-        .node
-        .db
-        .workers(&tenant)?
+        .engine
+        .store()
+        .tenant(&tenant)
+        .workers()?
         .into_iter()
         .map(|(id, name, version)| json!({"worker": id, "name": name, "version": version}))
         .collect();
@@ -101,9 +102,10 @@ pub async fn get(
 ) -> ApiResult<Response> {
     let id = path_hash(&id)?;
     let json = state
-        .node
-        .db
-        .worker(&tenant, &id)?
+        .engine
+        .store()
+        .tenant(&tenant)
+        .worker(&id)?
         .ok_or_else(|| ApiError::NotFound(format!("worker {id} not found")))?;
     let value: serde_json::Value =
         serde_json::from_str(&json).map_err(|e| ApiError::Internal(e.to_string()))?;

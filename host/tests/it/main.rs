@@ -2,12 +2,14 @@
 
 mod cas;
 mod checkpoints;
+mod cli;
 mod cluster;
 mod demo;
 mod exec;
 mod groups;
 mod idempotency;
 mod jobs;
+mod layers;
 mod queues;
 mod scheduling;
 mod security;

@@ -8,7 +8,7 @@ use axum::http::Request;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use wasmesh_host::api::{AppState, app, auth::Auth};
-use wasmesh_host::node::{Node, NodeConfig};
+use wasmesh_host::engine::{Engine, NodeConfig};
 
 use crate::Server;
 use crate::server::{WAIT, action, api_code, submit, upload_test_guest};
@@ -224,11 +224,8 @@ async fn call(app: axum::Router, method: &str, uri: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn local_queues_and_integer_ids_are_for_loopback_callers_only() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::open(NodeConfig::new(dir.path().to_path_buf())).unwrap();
-    let state = AppState {
-        node,
-        auth: std::sync::Arc::new(Auth::open()),
-    };
+    let engine = Engine::open(NodeConfig::new(dir.path().to_path_buf())).unwrap();
+    let state = AppState::new(engine, std::sync::Arc::new(Auth::open()));
     let remote: SocketAddr = "203.0.113.9:4000".parse().unwrap();
     let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
     let from_remote = app(state.clone()).layer(MockConnectInfo(remote));

@@ -12,10 +12,10 @@ use axum::http::{Method, Request, header};
 use serde_json::Value;
 use wasmesh_host::api::AppState;
 use wasmesh_host::api::auth::Auth;
-use wasmesh_host::coordinator::groups::{RouteSpec, matches, route as first_route};
+use wasmesh_host::cluster::groups::{RouteSpec, matches, route as first_route};
+use wasmesh_host::engine::{ActionSubmission, Engine, NodeConfig};
 use wasmesh_host::model::{HashHex, WorkerDescriptor, canonical_json, content_id, output_refs};
-use wasmesh_host::node::webhooks::{sign, verify};
-use wasmesh_host::node::{ActionSubmission, Node, NodeConfig};
+use wasmesh_host::webhooks::{sign, verify};
 use wasmesh_runtime::{Config, Limits, Outcome, RunSpec, RuntimeError, Sandbox};
 
 /// A harness: arbitrary bytes in, a panic only on a finding.
@@ -47,16 +47,13 @@ fn harness() -> &'static NodeUnderTest {
         config.max_blob_bytes = 1 << 20;
         config.max_request_bytes = 4 << 20;
         config.max_json_bytes = 64 << 10;
-        let node = Node::open(config).expect("opening a node");
+        let engine = Engine::open(config).expect("opening a node");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime");
         NodeUnderTest {
-            state: AppState {
-                node,
-                auth: std::sync::Arc::new(Auth::open()),
-            },
+            state: AppState::new(engine, std::sync::Arc::new(Auth::open())),
             runtime,
             _dir: dir,
         }
@@ -88,7 +85,7 @@ pub fn package(data: &[u8]) {
     for part in data.split(|&b| b == b'"') {
         if let Ok(text) = std::str::from_utf8(part)
             && let Ok(hash) = text.parse::<HashHex>()
-            && let Ok(bytes) = h.state.node.cas.read(&hash)
+            && let Ok(bytes) = h.state.engine.cas().read(&hash)
         {
             assert_eq!(
                 HashHex::of(&bytes),

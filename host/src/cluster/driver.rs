@@ -1,0 +1,456 @@
+//! The placement driver: a coordinator's engine runs its jobs by leasing them to the
+//! fleet's nodes. `place_loop` takes runnable jobs from the engine, reserves a node
+//! for each (`Fleet::reserve`, scored by `placement`), writes a batch's leases in one
+//! transaction and fills the nodes' mailboxes; `expiry_loop` turns leases nobody
+//! renewed into `node_lost` retries and node health changes into webhooks; `accept`
+//! turns a node's report into a fenced result.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::json;
+
+use super::fleet::{Fleet, Lease, Reservation};
+use super::placement::Demand;
+use super::protocol::{Assignment, CheckpointNote, Report, Token};
+use crate::engine::{Engine, Fence, Runnable};
+use crate::model::{HashHex, JobResult, JobState, outcome};
+
+/// Leases written to the journal in one transaction.
+const LEASE_BATCH: usize = 256;
+
+/// An input or file up to this size may travel inside its assignment.
+const INLINE_INPUT: u64 = 64 << 10;
+
+/// Bytes of inputs and files one lease may carry inline.
+const INLINE_BUDGET: u64 = 1 << 20;
+
+/// Stores a blob node `id` sent inline (base64) and checks it is the one it named.
+pub fn store_inline(engine: &Engine, id: &str, hash: &HashHex, data: &str) -> Result<(), String> {
+    let actual = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| engine.cas().put_own(&bytes).map_err(|e| e.to_string()))
+        .map_err(|e| format!("storing blob {hash} from node {id}: {e}"))?;
+    if actual != *hash {
+        return Err(format!(
+            "node {id} sent blob {hash} whose bytes hash to {actual}"
+        ));
+    }
+    Ok(())
+}
+
+/// Records a leased run's checkpoint with its job, fenced by the lease's attempt, once
+/// its bytes are verified in the store: sent inline with the note, or uploaded by this
+/// node for this very lease. A checkpoint is an internal blob (no tenant holds it);
+/// the one it replaces is deleted.
+pub fn keep_checkpoint(engine: &Engine, fleet: &Fleet, id: &str, note: CheckpointNote) {
+    let lsn = note.lease.lsn;
+    if let Some(data) = &note.data {
+        if let Err(e) = store_inline(engine, id, &note.hash, data) {
+            tracing::warn!(lsn, error = %e, "a checkpoint was not kept");
+            return;
+        }
+    } else if !fleet.uploaded(id, note.lease, &note.hash) {
+        tracing::warn!(lsn, node = id, hash = %note.hash, "a checkpoint was announced but never sent for its lease");
+        return;
+    }
+    let recorded = engine.save_checkpoint(lsn, &note.hash, Fence::Lease(note.lease.attempt));
+    match recorded {
+        Ok(true) => tracing::debug!(lsn, node = id, "checkpoint recorded"),
+        Ok(false) => tracing::debug!(lsn, node = id, "a stale checkpoint was ignored"),
+        Err(e) => tracing::warn!(lsn, error = %e, "recording a checkpoint"),
+    }
+}
+
+/// Records one report if its lease is current; false when refused.
+pub fn accept(engine: &Engine, fleet: &Fleet, id: &str, report: Report) -> bool {
+    let token = report.lease;
+    let Some(lease) = fleet.finish(id, token, report.host_failure) else {
+        tracing::debug!(
+            lsn = token.lsn,
+            attempt = token.attempt,
+            node = id,
+            "no such lease"
+        );
+        return false;
+    };
+    let job = match engine.job_any(token.lsn) {
+        Ok(Some(job)) => job,
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::error!(lsn = token.lsn, error = %e, "reading a reported job");
+            return false;
+        }
+    };
+    let tenant = engine.store().tenant(&job.tenant);
+    let Report {
+        mut result,
+        blobs,
+        mut host_failure,
+        ..
+    } = report;
+    for (hash, data) in &blobs {
+        if let Err(e) = store_inline(engine, id, hash, data) {
+            host_failure = true;
+            result.message = Some(e);
+        }
+    }
+    for (hash, size) in [
+        (result.output, Some(result.output_size)),
+        (result.stderr, None),
+    ] {
+        if host_failure {
+            break;
+        }
+        // A report hands the job's tenant only bytes this node delivered for this
+        // lease (inline above, or uploaded under it), or ones the tenant already
+        // holds: naming any other hash in the store would give away another
+        // tenant's data.
+        let delivered = hash == HashHex::empty()
+            || blobs.contains_key(&hash)
+            || lease.uploaded.contains(&hash)
+            || tenant.owns_blob(&hash).unwrap_or(false);
+        match engine.cas().size(&hash).filter(|_| delivered) {
+            Some(actual) => {
+                if let Err(e) = tenant.own_blob(&hash, size.unwrap_or(actual)) {
+                    host_failure = true;
+                    result.message = Some(format!("recording output: {e}"));
+                }
+            }
+            None => {
+                host_failure = true;
+                result.message = Some(format!(
+                    "node {id} reported blob {hash} but never delivered it for lease {}/{}",
+                    token.lsn, token.attempt
+                ));
+            }
+        }
+    }
+    if host_failure {
+        // Nothing of a failed attempt reaches the tenant.
+        result.state = JobState::Failed;
+        if result.outcome != outcome::NODE_LOST {
+            result.outcome = outcome::TRAPPED.into();
+        }
+        result.exit_code = None;
+        result.output = HashHex::empty();
+        result.output_size = 0;
+        result.stderr = HashHex::empty();
+    }
+    // Who and what the result is about comes from the lease, never from the node.
+    let result = JobResult {
+        lsn: job.lsn,
+        action: job.action,
+        worker: job.worker,
+        node: id.to_string(),
+        attempts: token.attempt,
+        cached: false,
+        placement: Some(lease.placement),
+        ..result
+    };
+    match engine.record(&job, result, host_failure, Fence::Lease(token.attempt)) {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::error!(lsn = job.lsn, error = %e, "recording a result");
+            false
+        }
+    }
+}
+
+/// Hands runnable jobs to nodes whenever jobs become runnable or capacity appears.
+pub async fn place_loop(engine: Arc<Engine>, fleet: Arc<Fleet>) {
+    loop {
+        let runnable = engine.runnable().notified();
+        let capacity = fleet.capacity.notified();
+        tokio::pin!(runnable, capacity);
+        runnable.as_mut().enable();
+        capacity.as_mut().enable();
+        let (e, f) = (engine.clone(), fleet.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || place_batch(&e, &f)).await {
+            tracing::error!(error = %e, "placement failed");
+        }
+        tokio::select! {
+            () = runnable => {}
+            () = capacity => {}
+            () = engine.stopping().cancelled() => return,
+        }
+    }
+}
+
+struct Placed {
+    runnable: Runnable,
+    reservation: Reservation,
+}
+
+/// Places as many runnable jobs as the fleet has room for.
+pub fn place_batch(engine: &Engine, fleet: &Fleet) {
+    let mut deferred = Vec::new();
+    let mut batch = Vec::new();
+    let now = Instant::now();
+    if !fleet.has_capacity(now) {
+        return;
+    }
+    while let Some(runnable) = engine.next_runnable() {
+        let demand = Demand {
+            requires: runnable.worker.requires.clone(),
+            limits: runnable.worker.limits.narrow(&runnable.action.limits),
+            module: runnable.worker.module,
+            inputs: runnable.action.chunks(),
+        };
+        match fleet.reserve(&runnable.job.action, &demand, now) {
+            Some(reservation) => batch.push(Placed {
+                runnable,
+                reservation,
+            }),
+            None => {
+                deferred.push(runnable.job.lsn);
+                // Only when a job finds no node: is there room anywhere at all? (A
+                // scan of the fleet, so not once per job.)
+                if !fleet.has_capacity(now) {
+                    break;
+                }
+            }
+        }
+        if batch.len() >= LEASE_BATCH {
+            lease(engine, fleet, std::mem::take(&mut batch));
+        }
+    }
+    lease(engine, fleet, batch);
+    engine.requeue(&deferred);
+}
+
+/// Writes the attempts of a batch of placed jobs and hands them to their nodes.
+fn lease(engine: &Engine, fleet: &Fleet, batch: Vec<Placed>) {
+    if batch.is_empty() {
+        return;
+    }
+    let pairs: Vec<(u64, &str)> = batch
+        .iter()
+        .map(|p| (p.runnable.job.lsn, p.reservation.node.as_str()))
+        .collect();
+    let attempts = match engine.lease(&pairs) {
+        Ok(attempts) => attempts,
+        Err(e) => {
+            tracing::error!(error = %e, "writing leases; the jobs stay queued");
+            let lsns: Vec<u64> = batch.iter().map(|p| p.runnable.job.lsn).collect();
+            for placed in &batch {
+                fleet.release(&placed.reservation);
+            }
+            engine.requeue(&lsns);
+            return;
+        }
+    };
+    for (placed, attempt) in batch.into_iter().zip(attempts) {
+        let Placed {
+            runnable,
+            reservation,
+        } = placed;
+        let token = Token {
+            lsn: runnable.job.lsn,
+            attempt,
+        };
+        // Small inputs and files go inline (up to a budget per lease): a node would
+        // otherwise fetch and fsync each one before the run.
+        let mut blobs = BTreeMap::new();
+        let mut budget = INLINE_BUDGET;
+        for hash in runnable
+            .action
+            .input
+            .iter()
+            .chain(runnable.action.files.values())
+        {
+            if let Some(size) = engine.cas().size(hash)
+                && size <= INLINE_INPUT
+                && size <= budget
+                && !blobs.contains_key(hash)
+                && let Ok(bytes) = engine.cas().read(hash)
+            {
+                budget -= size;
+                blobs.insert(
+                    *hash,
+                    base64::engine::general_purpose::STANDARD.encode(bytes),
+                );
+            }
+        }
+        fleet.assign(
+            reservation,
+            Assignment {
+                lease: token,
+                worker: (*runnable.worker).clone(),
+                action: runnable.action,
+                blobs,
+                checkpoint: runnable.job.checkpoint,
+            },
+            Instant::now(),
+        );
+        // Cancelled while being placed: withdraw it now.
+        if runnable.cancel.is_cancelled()
+            && let Err(e) = engine.cancel(&runnable.job.tenant, runnable.job.lsn)
+        {
+            tracing::error!(lsn = runnable.job.lsn, error = %e, "cancelling a job being placed");
+        }
+    }
+}
+
+/// Expires leases that were not renewed: the job is requeued (`node_lost`, counting an
+/// attempt) or, with no retries left, fails as `node_lost`.
+pub async fn expiry_loop(engine: Arc<Engine>, fleet: Arc<Fleet>) {
+    let tick =
+        (fleet.config.lease / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            () = engine.stopping().cancelled() => return,
+        }
+        let now = Instant::now();
+        for (id, healthy) in fleet.health_changes(now) {
+            let event = if healthy {
+                "node.ready"
+            } else {
+                "node.unhealthy"
+            };
+            tracing::info!(node = %id, event, "node health changed");
+            if engine.webhooks().wants(None, event) {
+                let data =
+                    json!({"node": id, "state": if healthy { "ready" } else { "unhealthy" }});
+                engine.webhooks().emit(None, event, data);
+            }
+        }
+        let lost = fleet.expire(now);
+        if lost.is_empty() {
+            continue;
+        }
+        engine.metrics().leases_expired.add(lost.len() as u64);
+        let e = engine.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for lease in lost {
+                lease_lost(&e, lease);
+            }
+        })
+        .await;
+    }
+}
+
+fn lease_lost(engine: &Engine, lease: Lease) {
+    let token = lease.token;
+    let job = match engine.job_any(token.lsn) {
+        Ok(Some(job)) => job,
+        _ => return,
+    };
+    tracing::warn!(lsn = token.lsn, attempt = token.attempt, node = %lease.node, "lease expired");
+    let (mut result, host_failure) = if lease.cancel_requested {
+        let message = format!("cancelled; node {} stopped answering", lease.node);
+        (
+            engine.failure(&job, JobState::Cancelled, outcome::CANCELLED, &message),
+            false,
+        )
+    } else {
+        let message = format!(
+            "node {} stopped renewing its lease (attempt {})",
+            lease.node, token.attempt
+        );
+        (
+            engine.failure(&job, JobState::Failed, outcome::NODE_LOST, &message),
+            true,
+        )
+    };
+    result.node = lease.node;
+    result.attempts = token.attempt;
+    result.placement = Some(lease.placement);
+    if let Err(e) = engine.record(&job, result, host_failure, Fence::Lease(token.attempt)) {
+        tracing::error!(lsn = token.lsn, error = %e, "requeueing a lost job");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::fleet::CoordinatorConfig;
+    use crate::cluster::protocol::Registration;
+    use crate::engine::testing::{engine_with, submit};
+
+    fn report(token: Token) -> Report {
+        let mut result = JobResult::without_run(JobState::Succeeded, "exited", "");
+        result.exit_code = Some(0);
+        result.message = None;
+        // What a hostile node might claim: another job, node and attempt.
+        result.lsn = 999;
+        result.node = "elsewhere".into();
+        result.attempts = 7;
+        Report {
+            lease: token,
+            result,
+            blobs: BTreeMap::new(),
+            host_failure: false,
+        }
+    }
+
+    #[test]
+    fn placement_leases_what_fits_and_puts_the_rest_back() {
+        let fleet = Arc::new(Fleet::new(CoordinatorConfig::default()));
+        let (_dir, engine, worker) = engine_with(fleet.clone());
+        let registration = Registration {
+            id: "n1".into(),
+            address: "http://n1.invalid".into(),
+            slots: 1,
+            ..Registration::default()
+        };
+        fleet.register(registration, Instant::now());
+        let first = submit(&engine, worker, &["noop"], None);
+        let second = submit(&engine, worker, &["args", "two"], None);
+
+        place_batch(&engine, &fleet);
+        assert_eq!(fleet.leases(), 1, "one slot, one lease");
+        let job = engine.job_any(first).unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.attempts, job.lease_node.as_deref()),
+            (JobState::Running, 1, Some("n1"))
+        );
+        assert_eq!(
+            engine.job_any(second).unwrap().unwrap().state,
+            JobState::Queued
+        );
+        assert!(
+            engine.has_runnable(),
+            "the job that did not fit is back in the queue"
+        );
+        let (leases, _, _) = fleet.take("n1", Instant::now()).unwrap();
+        let token = leases[0].lease;
+        assert_eq!(
+            token,
+            Token {
+                lsn: first,
+                attempt: 1
+            }
+        );
+
+        // Only the current lease's holder settles the job.
+        let stale = Token {
+            lsn: first,
+            attempt: 2,
+        };
+        assert!(!accept(&engine, &fleet, "n1", report(stale)));
+        assert!(!accept(&engine, &fleet, "n2", report(token)));
+        assert!(accept(&engine, &fleet, "n1", report(token)));
+        let result = engine.job_any(first).unwrap().unwrap().result.unwrap();
+        assert_eq!(
+            (result.state, result.node.as_str()),
+            (JobState::Succeeded, "n1")
+        );
+        assert!(
+            result.placement.is_some(),
+            "the result says why it ran there"
+        );
+
+        // The freed slot takes the other job.
+        place_batch(&engine, &fleet);
+        assert_eq!(
+            engine.job_any(second).unwrap().unwrap().state,
+            JobState::Running
+        );
+        assert!(!engine.has_runnable());
+    }
+}

@@ -1,0 +1,830 @@
+//! The fleet: registered nodes (soft state) and the leases of the jobs they run.
+//!
+//! Every lease carries a fencing token (job, attempt). The database is the authority
+//! on which attempt is current (`Db::finish_job_fenced`); the fleet is the in-memory
+//! view that decides who gets work, renews leases from heartbeats and expires them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use super::budget::InjectBudget;
+use super::placement::{Decision, Demand, NodeView, Placer, Strategy, Weights};
+use super::protocol::{Assignment, Heartbeat, HeartbeatAnswer, Registration, Token};
+use crate::engine::{Driver, Fence};
+use crate::store::JobRow;
+
+/// Coordinator settings.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// How often nodes heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A node silent this long is unhealthy, and a lease not renewed this long expires.
+    pub lease: Duration,
+    /// How placement chooses.
+    pub placement: Strategy,
+    /// The score's weights.
+    pub weights: Weights,
+    /// Leases a node may hold beyond its slots (queued on the node, hiding the round
+    /// trip between one job's end and the next one's hand-out).
+    pub prefetch: u64,
+    /// What one inject into a handler group may cost at most: handler runs, and bytes
+    /// of events routed on (the hop limit bounds depth; this bounds breadth).
+    pub inject_budget: InjectBudget,
+}
+
+impl Default for CoordinatorConfig {
+    /// One heartbeat a second; five missed seconds make a node unhealthy, long enough
+    /// to ride out a hiccup, short enough to requeue its work promptly.
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(5),
+            placement: Strategy::Score,
+            weights: Weights::default(),
+            prefetch: 0,
+            inject_budget: InjectBudget::default(),
+        }
+    }
+}
+
+/// A lease: a job attempt handed to a node.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    /// The fencing token.
+    pub token: Token,
+    /// The node holding it.
+    pub node: String,
+    /// When it expires unless renewed.
+    pub expires: Instant,
+    /// Whether the node has received it (a work poll returned it).
+    pub delivered: bool,
+    /// Whether the job was cancelled while leased.
+    pub cancel_requested: bool,
+    /// Why the node was chosen (recorded in the result).
+    pub placement: Value,
+    /// Blobs the node uploaded for this lease, bytes verified: the only ones besides
+    /// those inline in its report that the report may hand to the job's tenant.
+    pub uploaded: Vec<crate::model::HashHex>,
+}
+
+/// Blobs one lease may upload (outputs, stderr, checkpoints): more are refused.
+pub const MAX_UPLOADS_PER_LEASE: usize = 64;
+
+/// The I/O side of a member: where it is, what waits for it.
+#[derive(Debug)]
+struct Link {
+    address: String,
+    running: u64,
+    mailbox: Vec<Assignment>,
+    cancels: Vec<Token>,
+    wake: Arc<Notify>,
+    /// The node is shutting down: work polls answer at once.
+    leaving: bool,
+    /// Its health as last announced (`node.ready` / `node.unhealthy` webhooks).
+    announced: Option<bool>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    views: Vec<NodeView>,
+    links: Vec<Link>,
+    index: HashMap<String, usize>,
+    leases: HashMap<u64, Lease>,
+    placer: Placer,
+    /// Actions to run on a given node when it can take them (event handlers).
+    pins: HashMap<crate::model::HashHex, String>,
+}
+
+impl Inner {
+    fn leased_by(&self, node: &str) -> u64 {
+        self.leases.values().filter(|l| l.node == node).count() as u64
+    }
+}
+
+/// A reserved slot on a node, to be turned into a lease once the database has the
+/// attempt (or released).
+#[derive(Debug)]
+pub struct Reservation {
+    /// The node.
+    pub node: String,
+    /// Why.
+    pub decision: Decision,
+}
+
+/// What cancelling a leased job did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LeaseCancel {
+    /// The node had not received it: the lease is gone, the job never ran.
+    Withdrawn(Token),
+    /// The node was told to stop it; its result (cancelled) will come back.
+    Sent,
+    /// No lease for that job.
+    None,
+}
+
+/// Registered nodes and leases.
+#[derive(Debug)]
+pub struct Fleet {
+    /// Settings.
+    pub config: CoordinatorConfig,
+    inner: Mutex<Inner>,
+    /// Notified when capacity may have appeared (a lease ended, a node joined,
+    /// recovered or changed); the placement loop waits on it.
+    pub capacity: Notify,
+}
+
+impl Fleet {
+    /// An empty fleet.
+    pub fn new(config: CoordinatorConfig) -> Self {
+        let placer = Placer::new(config.placement, config.weights, config.lease);
+        Self {
+            config,
+            inner: Mutex::new(Inner {
+                views: Vec::new(),
+                links: Vec::new(),
+                index: HashMap::new(),
+                leases: HashMap::new(),
+                placer,
+                pins: HashMap::new(),
+            }),
+            capacity: Notify::new(),
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers (or re-registers) a node. Leases it held are kept: they are renewed by
+    /// its heartbeats or expire.
+    pub fn register(&self, registration: Registration, now: Instant) {
+        let mut inner = self.inner();
+        let leased = inner.leased_by(&registration.id);
+        let mut view = NodeView::new(
+            registration.id.clone(),
+            registration.slots,
+            registration.labels,
+        );
+        view.prefetch = self.config.prefetch;
+        view.last_heartbeat = now;
+        view.limits = registration.limits;
+        view.leased = leased;
+        let link = Link {
+            address: registration.address,
+            running: 0,
+            mailbox: Vec::new(),
+            cancels: Vec::new(),
+            wake: Arc::new(Notify::new()),
+            leaving: false,
+            announced: None,
+        };
+        inner.placer.nodes_changed();
+        match inner.index.get(&registration.id).copied() {
+            Some(i) => {
+                // Keep what was learned about the node (and its drain) across a
+                // re-registration; work waiting in its mailbox stays there.
+                let old = &inner.views[i];
+                view.draining = old.draining;
+                view.modules = old.modules.clone();
+                view.failure_rate = old.failure_rate;
+                let old_link = std::mem::replace(&mut inner.links[i], link);
+                inner.links[i].mailbox = old_link.mailbox;
+                inner.links[i].cancels = old_link.cancels;
+                inner.links[i].wake = old_link.wake;
+                inner.links[i].announced = old_link.announced;
+                inner.views[i] = view;
+            }
+            None => {
+                let i = inner.views.len();
+                inner.views.push(view);
+                inner.links.push(link);
+                inner.index.insert(registration.id, i);
+            }
+        }
+        drop(inner);
+        self.capacity.notify_one();
+    }
+
+    /// A heartbeat: renews the node's listed leases (and those not yet delivered to
+    /// it), records its load. `None` for an unknown node.
+    pub fn heartbeat(&self, id: &str, beat: &Heartbeat, now: Instant) -> Option<HeartbeatAnswer> {
+        let mut inner = self.inner();
+        let i = *inner.index.get(id)?;
+        let was_unhealthy = inner.views[i].unhealthy_at(self.config.lease, now);
+        let renewed = now + self.config.lease;
+        let mut cancel = Vec::new();
+        let mut kept = Vec::new();
+        for token in &beat.leases {
+            match inner.leases.get_mut(&token.lsn) {
+                Some(lease) if lease.token == *token && lease.node == id => {
+                    lease.expires = renewed;
+                    if lease.cancel_requested {
+                        cancel.push(*token);
+                    } else {
+                        kept.push(*token);
+                    }
+                }
+                // Not this node's current lease (expired and requeued, or finished
+                // elsewhere): tell it to stop wasting the slot.
+                _ => cancel.push(*token),
+            }
+        }
+        // The leases not yet delivered are exactly those in its mailbox.
+        let waiting: Vec<u64> = inner.links[i].mailbox.iter().map(|a| a.lease.lsn).collect();
+        for lsn in waiting {
+            if let Some(lease) = inner.leases.get_mut(&lsn) {
+                lease.expires = renewed;
+            }
+        }
+        let view = &mut inner.views[i];
+        view.last_heartbeat = now;
+        let old_free = view.free();
+        if let Some(local) = beat.local {
+            view.local = local;
+        }
+        if let Some(slots) = beat.slots {
+            view.slots = slots;
+        }
+        let freed = view.free() > old_free;
+        let draining = view.draining;
+        if let Some(running) = beat.running {
+            inner.links[i].running = running;
+        }
+        drop(inner);
+        if was_unhealthy || freed {
+            self.capacity.notify_one();
+        }
+        Some(HeartbeatAnswer {
+            id: id.to_string(),
+            draining,
+            cancel,
+            renewed: kept,
+        })
+    }
+
+    /// Whether some node has a free slot (placement is worth trying).
+    pub fn has_capacity(&self, now: Instant) -> bool {
+        let inner = self.inner();
+        let lease = self.config.lease;
+        inner
+            .views
+            .iter()
+            .any(|v| !v.draining && v.free() > 0 && !v.unhealthy_at(lease, now))
+    }
+
+    /// Asks that the job of `action` run on `node` (when that node can take it; else
+    /// placement chooses as usual).
+    pub fn pin(&self, action: crate::model::HashHex, node: &str) {
+        self.inner().pins.insert(action, node.to_string());
+    }
+
+    /// Chooses a node for the job without taking a slot (where an event handler
+    /// would run): `preferred` when it is eligible, else placement's choice.
+    pub fn pick(&self, demand: &Demand, preferred: Option<&str>, now: Instant) -> Option<String> {
+        let mut inner = self.inner();
+        let Inner { views, placer, .. } = &mut *inner;
+        let decision = preferred
+            .and_then(|p| placer.choose_pinned(views, demand, p, now))
+            .or_else(|| placer.choose(views, demand, now))?;
+        Some(views[decision.index].id.clone())
+    }
+
+    /// Whether the node is registered, healthy and not draining.
+    pub fn available(&self, id: &str, now: Instant) -> bool {
+        let inner = self.inner();
+        inner.index.get(id).is_some_and(|&i| {
+            let view = &inner.views[i];
+            !view.draining && !view.unhealthy_at(self.config.lease, now)
+        })
+    }
+
+    /// Chooses a node for the job of `action` and takes one of its slots.
+    pub fn reserve(
+        &self,
+        action: &crate::model::HashHex,
+        demand: &Demand,
+        now: Instant,
+    ) -> Option<Reservation> {
+        let mut inner = self.inner();
+        let pin = inner.pins.get(action).cloned();
+        let lease = self.config.lease;
+        let Inner {
+            views,
+            placer,
+            index,
+            ..
+        } = &mut *inner;
+        // A pinned job runs on its node while that node is up: when the node has no
+        // free slot the job waits for one. Only a node that is gone (unregistered,
+        // unhealthy, draining) lets placement choose another.
+        let pinned_up = pin.as_ref().is_some_and(|p| {
+            index
+                .get(p)
+                .is_some_and(|&i| !views[i].draining && !views[i].unhealthy_at(lease, now))
+        });
+        let decision = match pin {
+            Some(p) if pinned_up => placer.choose_pinned(views, demand, &p, now)?,
+            _ => placer.choose(views, demand, now)?,
+        };
+        inner.pins.remove(action);
+        let view = &mut inner.views[decision.index];
+        view.leased += 1;
+        view.modules.insert(demand.module);
+        for blob in &demand.inputs {
+            view.blobs.put(*blob, ());
+        }
+        Some(Reservation {
+            node: view.id.clone(),
+            decision,
+        })
+    }
+
+    /// Gives back a reservation that did not become a lease.
+    pub fn release(&self, reservation: &Reservation) {
+        let mut inner = self.inner();
+        if let Some(&i) = inner.index.get(&reservation.node) {
+            inner.views[i].leased = inner.views[i].leased.saturating_sub(1);
+        }
+        drop(inner);
+        self.capacity.notify_one();
+    }
+
+    /// Turns a reservation into a lease and puts the assignment in the node's mailbox.
+    pub fn assign(&self, reservation: Reservation, assignment: Assignment, now: Instant) {
+        let mut inner = self.inner();
+        let token = assignment.lease;
+        let placement = reservation.decision.explain(&reservation.node);
+        inner.leases.insert(
+            token.lsn,
+            Lease {
+                token,
+                node: reservation.node.clone(),
+                expires: now + self.config.lease,
+                delivered: false,
+                cancel_requested: false,
+                placement,
+                uploaded: Vec::new(),
+            },
+        );
+        match inner.index.get(&reservation.node).copied() {
+            Some(i) => {
+                inner.links[i].mailbox.push(assignment);
+                inner.links[i].wake.notify_one();
+            }
+            // Deregistered in between: the lease expires and the job is requeued.
+            None => {
+                tracing::warn!(node = %reservation.node, lsn = token.lsn, "node left before its lease was handed out")
+            }
+        }
+    }
+
+    /// A lease restored from the journal after a coordinator restart: the node gets
+    /// `grace` to register again and renew it.
+    pub fn restore(&self, token: Token, node: &str, grace: Duration, now: Instant) {
+        let mut inner = self.inner();
+        inner.leases.insert(
+            token.lsn,
+            Lease {
+                token,
+                node: node.to_string(),
+                expires: now + grace,
+                delivered: true,
+                cancel_requested: false,
+                placement: json!({"node": node, "restored": true}),
+                uploaded: Vec::new(),
+            },
+        );
+    }
+
+    /// A node shutting down: it gets no new work (it is draining), the leases it has
+    /// not received are withdrawn and returned (for the caller to requeue), and its work
+    /// polls answer at once from now on.
+    pub fn leave(&self, id: &str) -> Option<Vec<Token>> {
+        let mut inner = self.inner();
+        let i = *inner.index.get(id)?;
+        inner.views[i].draining = true;
+        inner.links[i].leaving = true;
+        let withdrawn: Vec<Token> = std::mem::take(&mut inner.links[i].mailbox)
+            .into_iter()
+            .map(|a| a.lease)
+            .collect();
+        for token in &withdrawn {
+            inner.leases.remove(&token.lsn);
+        }
+        let view = &mut inner.views[i];
+        view.leased = view.leased.saturating_sub(withdrawn.len() as u64);
+        inner.links[i].wake.notify_one();
+        Some(withdrawn)
+    }
+
+    /// What is waiting for the node: assignments (now delivered) and cancellations.
+    /// `None` for an unknown node; the `Notify` is what to wait on when both are empty
+    /// (`None` instead when the node is leaving: answer at once).
+    #[allow(clippy::type_complexity)]
+    pub fn take(
+        &self,
+        id: &str,
+        now: Instant,
+    ) -> Option<(Vec<Assignment>, Vec<Token>, Option<Arc<Notify>>)> {
+        let mut inner = self.inner();
+        let i = *inner.index.get(id)?;
+        let assignments = std::mem::take(&mut inner.links[i].mailbox);
+        let cancels = std::mem::take(&mut inner.links[i].cancels);
+        let wake = (!inner.links[i].leaving).then(|| inner.links[i].wake.clone());
+        let renewed = now + self.config.lease;
+        inner.views[i].last_heartbeat = now;
+        for assignment in &assignments {
+            if let Some(lease) = inner.leases.get_mut(&assignment.lease.lsn) {
+                lease.delivered = true;
+                lease.expires = renewed;
+            }
+        }
+        Some((assignments, cancels, wake))
+    }
+
+    /// Whether `token` is a current lease of node `id`.
+    pub fn holds(&self, id: &str, token: Token) -> bool {
+        self.inner()
+            .leases
+            .get(&token.lsn)
+            .is_some_and(|lease| lease.token == token && lease.node == id)
+    }
+
+    /// Records that node `id` delivered (verified) blob `hash` for its lease `token`;
+    /// false when that is not a current lease of the node, or it uploaded too many.
+    pub fn note_upload(&self, id: &str, token: Token, hash: crate::model::HashHex) -> bool {
+        let mut inner = self.inner();
+        match inner.leases.get_mut(&token.lsn) {
+            Some(lease) if lease.token == token && lease.node == id => {
+                if !lease.uploaded.contains(&hash) {
+                    if lease.uploaded.len() >= MAX_UPLOADS_PER_LEASE {
+                        return false;
+                    }
+                    lease.uploaded.push(hash);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether node `id` uploaded `hash` for its current lease `token`.
+    pub fn uploaded(&self, id: &str, token: Token, hash: &crate::model::HashHex) -> bool {
+        self.inner().leases.get(&token.lsn).is_some_and(|lease| {
+            lease.token == token && lease.node == id && lease.uploaded.contains(hash)
+        })
+    }
+
+    /// Ends the lease `token` of node `id` because its result came back. `None` when
+    /// that is not a current lease (fencing: the result must be refused).
+    pub fn finish(&self, id: &str, token: Token, failed: bool) -> Option<Lease> {
+        let mut inner = self.inner();
+        match inner.leases.get(&token.lsn) {
+            Some(lease) if lease.token == token && lease.node == id => {}
+            _ => return None,
+        }
+        let lease = inner.leases.remove(&token.lsn)?;
+        if let Some(&i) = inner.index.get(id) {
+            let view = &mut inner.views[i];
+            view.leased = view.leased.saturating_sub(1);
+            view.record(failed);
+        }
+        drop(inner);
+        self.capacity.notify_one();
+        Some(lease)
+    }
+
+    /// Nodes whose health changed since the last call, as (id, healthy): a node seen
+    /// for the first time is announced ready.
+    pub fn health_changes(&self, now: Instant) -> Vec<(String, bool)> {
+        let lease = self.config.lease;
+        let mut inner = self.inner();
+        let Inner { views, links, .. } = &mut *inner;
+        let mut changes = Vec::new();
+        for (view, link) in views.iter().zip(links.iter_mut()) {
+            let healthy = !view.unhealthy_at(lease, now);
+            if link.announced != Some(healthy) {
+                link.announced = Some(healthy);
+                changes.push((view.id.clone(), healthy));
+            }
+        }
+        changes
+    }
+
+    /// Removes and returns the leases past their expiry; each counts as a failure of
+    /// its node.
+    pub fn expire(&self, now: Instant) -> Vec<Lease> {
+        let mut inner = self.inner();
+        let expired: Vec<u64> = inner
+            .leases
+            .values()
+            .filter(|l| l.expires <= now)
+            .map(|l| l.token.lsn)
+            .collect();
+        let mut lost = Vec::with_capacity(expired.len());
+        for lsn in expired {
+            let Some(lease) = inner.leases.remove(&lsn) else {
+                continue;
+            };
+            if let Some(&i) = inner.index.get(&lease.node) {
+                let view = &mut inner.views[i];
+                view.leased = view.leased.saturating_sub(1);
+                view.record(true);
+                inner.links[i]
+                    .mailbox
+                    .retain(|a| a.lease.lsn != lease.token.lsn);
+            }
+            lost.push(lease);
+        }
+        drop(inner);
+        if !lost.is_empty() {
+            self.capacity.notify_one();
+        }
+        lost
+    }
+
+    /// Cancels the lease of job `lsn`, if any.
+    pub fn cancel(&self, lsn: u64) -> LeaseCancel {
+        let mut inner = self.inner();
+        let Some(lease) = inner.leases.get_mut(&lsn) else {
+            return LeaseCancel::None;
+        };
+        let token = lease.token;
+        let node = lease.node.clone();
+        if !lease.delivered {
+            inner.leases.remove(&lsn);
+            if let Some(&i) = inner.index.get(&node) {
+                inner.links[i].mailbox.retain(|a| a.lease.lsn != lsn);
+                inner.views[i].leased = inner.views[i].leased.saturating_sub(1);
+            }
+            drop(inner);
+            self.capacity.notify_one();
+            return LeaseCancel::Withdrawn(token);
+        }
+        lease.cancel_requested = true;
+        if let Some(&i) = inner.index.get(&node) {
+            inner.links[i].cancels.push(token);
+            inner.links[i].wake.notify_one();
+        }
+        LeaseCancel::Sent
+    }
+
+    /// Leases outstanding.
+    pub fn leases(&self) -> usize {
+        self.inner().leases.len()
+    }
+
+    /// Total slots of healthy nodes.
+    pub fn slots(&self) -> u64 {
+        let inner = self.inner();
+        inner
+            .views
+            .iter()
+            .filter(|v| !v.unhealthy(self.config.lease))
+            .map(|v| v.slots)
+            .sum()
+    }
+
+    fn state(&self, view: &NodeView) -> &'static str {
+        if view.unhealthy(self.config.lease) {
+            "unhealthy"
+        } else if view.draining {
+            "draining"
+        } else if view.leased + view.local >= view.slots {
+            "busy"
+        } else {
+            "ready"
+        }
+    }
+
+    fn describe(&self, inner: &Inner, i: usize) -> Value {
+        let (view, link) = (&inner.views[i], &inner.links[i]);
+        json!({
+            "id": view.id,
+            "address": link.address,
+            "state": self.state(view),
+            "slots": view.slots,
+            "running": link.running.max(view.leased.min(view.slots)),
+            "leased": view.leased,
+            "labels": view.labels,
+            "last_heartbeat_ms_ago": view.last_heartbeat.elapsed().as_millis() as u64,
+            "failure_rate": (view.failure_rate * 1000.0).round() / 1000.0,
+            "modules": view.modules.len(),
+        })
+    }
+
+    /// Every node, by id.
+    pub fn list(&self) -> Vec<Value> {
+        let inner = self.inner();
+        let mut order: Vec<usize> = (0..inner.views.len()).collect();
+        order.sort_by(|a, b| inner.views[*a].id.cmp(&inner.views[*b].id));
+        order
+            .into_iter()
+            .map(|i| self.describe(&inner, i))
+            .collect()
+    }
+
+    /// One node.
+    pub fn details(&self, id: &str) -> Option<Value> {
+        let inner = self.inner();
+        let i = *inner.index.get(id)?;
+        Some(self.describe(&inner, i))
+    }
+
+    /// Removes a node; its leases expire unless it registers again and renews them.
+    pub fn deregister(&self, id: &str) -> bool {
+        let mut inner = self.inner();
+        let Some(i) = inner.index.remove(id) else {
+            return false;
+        };
+        inner.placer.nodes_changed();
+        inner.views.swap_remove(i);
+        let link = inner.links.swap_remove(i);
+        link.wake.notify_waiters();
+        if i < inner.views.len() {
+            let moved = inner.views[i].id.clone();
+            inner.index.insert(moved, i);
+        }
+        true
+    }
+
+    /// Marks a node draining: no new work; what it runs finishes.
+    pub fn drain(&self, id: &str) -> Option<Value> {
+        let mut inner = self.inner();
+        let i = *inner.index.get(id)?;
+        inner.views[i].draining = true;
+        Some(self.describe(&inner, i))
+    }
+}
+/// The fleet is a coordinator engine's driver: a running job's lease is restored at
+/// start-up (its node gets two lease periods to renew it), and a cancelled job whose
+/// lease never reached its node ends at once.
+impl Driver for Fleet {
+    fn restore(&self, job: &JobRow) -> bool {
+        let Some(node) = &job.lease_node else {
+            return false;
+        };
+        let token = Token {
+            lsn: job.lsn,
+            attempt: job.attempts,
+        };
+        Fleet::restore(self, token, node, self.config.lease * 2, Instant::now());
+        true
+    }
+
+    fn cancel(&self, lsn: u64) -> Option<Fence> {
+        match Fleet::cancel(self, lsn) {
+            LeaseCancel::Withdrawn(token) => Some(Fence::Lease(token.attempt)),
+            LeaseCancel::Sent | LeaseCancel::None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ActionDescriptor, HashHex, WorkerDescriptor};
+
+    const LEASE: Duration = Duration::from_secs(5);
+
+    fn fleet() -> Fleet {
+        Fleet::new(CoordinatorConfig {
+            lease: LEASE,
+            ..CoordinatorConfig::default()
+        })
+    }
+
+    fn register(fleet: &Fleet, id: &str, slots: u64, now: Instant) {
+        let registration = Registration {
+            id: id.into(),
+            address: format!("http://{id}.invalid"),
+            slots,
+            ..Registration::default()
+        };
+        fleet.register(registration, now);
+    }
+
+    fn demand() -> Demand {
+        Demand {
+            requires: Default::default(),
+            limits: Default::default(),
+            module: HashHex([7; 32]),
+            inputs: Vec::new(),
+        }
+    }
+
+    fn assignment(lsn: u64, attempt: u32) -> Assignment {
+        let worker: WorkerDescriptor =
+            serde_json::from_value(json!({"name": "w", "module": HashHex([7; 32])})).unwrap();
+        let action: ActionDescriptor =
+            serde_json::from_value(json!({"worker": HashHex([8; 32])})).unwrap();
+        Assignment {
+            lease: Token { lsn, attempt },
+            worker,
+            action,
+            blobs: Default::default(),
+            checkpoint: None,
+        }
+    }
+
+    /// Reserves a slot for job `lsn` and leases it, at `now`.
+    fn lease(fleet: &Fleet, lsn: u64, now: Instant) -> Option<Token> {
+        let reservation = fleet.reserve(&HashHex([lsn as u8; 32]), &demand(), now)?;
+        fleet.assign(reservation, assignment(lsn, 1), now);
+        Some(Token { lsn, attempt: 1 })
+    }
+
+    fn beat(tokens: &[Token]) -> Heartbeat {
+        Heartbeat {
+            leases: tokens.to_vec(),
+            ..Heartbeat::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_renewed_by_heartbeats_expires_only_when_they_stop() {
+        let fleet = fleet();
+        let t0 = Instant::now();
+        register(&fleet, "n1", 1, t0);
+        let token = lease(&fleet, 1, t0).unwrap();
+        assert!(fleet.expire(t0 + LEASE / 2).is_empty());
+        // Delivered, then renewed half-way through.
+        fleet.take("n1", t0 + LEASE / 4).unwrap();
+        let renewed_at = t0 + LEASE / 2;
+        let answer = fleet.heartbeat("n1", &beat(&[token]), renewed_at).unwrap();
+        assert_eq!(answer.renewed, [token]);
+        assert!(
+            fleet.expire(t0 + LEASE + LEASE / 4).is_empty(),
+            "renewed past its first expiry"
+        );
+        let lost = fleet.expire(renewed_at + LEASE);
+        assert_eq!(lost.len(), 1);
+        assert_eq!((lost[0].token, lost[0].node.as_str()), (token, "n1"));
+        assert_eq!(fleet.leases(), 0);
+        // A stale holder's heartbeat is told to stop the run.
+        let stale = fleet
+            .heartbeat("n1", &beat(&[token]), renewed_at + LEASE)
+            .unwrap();
+        assert_eq!((stale.cancel, stale.renewed), (vec![token], vec![]));
+    }
+
+    #[test]
+    fn health_is_announced_once_per_change() {
+        let fleet = fleet();
+        let t0 = Instant::now();
+        register(&fleet, "n1", 1, t0);
+        assert_eq!(fleet.health_changes(t0), [("n1".to_string(), true)]);
+        assert!(fleet.health_changes(t0 + LEASE / 2).is_empty());
+        let silent = t0 + LEASE + Duration::from_millis(1);
+        assert_eq!(fleet.health_changes(silent), [("n1".to_string(), false)]);
+        assert!(fleet.health_changes(silent).is_empty());
+        assert!(!fleet.available("n1", silent));
+        assert!(
+            !fleet.has_capacity(silent),
+            "an unhealthy node takes no work"
+        );
+        fleet.heartbeat("n1", &beat(&[]), silent).unwrap();
+        assert_eq!(fleet.health_changes(silent), [("n1".to_string(), true)]);
+        assert!(fleet.available("n1", silent));
+    }
+
+    #[test]
+    fn capacity_counts_reservations_leases_and_what_frees_them() {
+        let fleet = fleet();
+        let now = Instant::now();
+        register(&fleet, "n1", 2, now);
+        assert!(fleet.has_capacity(now));
+        let first = lease(&fleet, 1, now).unwrap();
+        let reservation = fleet.reserve(&HashHex([2; 32]), &demand(), now).unwrap();
+        assert!(!fleet.has_capacity(now), "two slots, two taken");
+        assert!(fleet.reserve(&HashHex([3; 32]), &demand(), now).is_none());
+        // A reservation given back frees its slot.
+        fleet.release(&reservation);
+        assert!(fleet.has_capacity(now));
+        // A cancel before the node received the lease withdraws it.
+        let second = lease(&fleet, 2, now).unwrap();
+        assert_eq!(fleet.cancel(2), LeaseCancel::Withdrawn(second));
+        assert!(fleet.has_capacity(now));
+        // A delivered lease is cancelled by telling the node; its slot frees when the
+        // result comes back, and only for the holder of the current token.
+        fleet.take("n1", now).unwrap();
+        assert_eq!(fleet.cancel(1), LeaseCancel::Sent);
+        assert!(fleet.finish("n2", first, false).is_none(), "not n2's lease");
+        let stale = Token { lsn: 1, attempt: 2 };
+        assert!(
+            fleet.finish("n1", stale, false).is_none(),
+            "not this attempt"
+        );
+        assert!(fleet.finish("n1", first, false).is_some());
+        assert_eq!(fleet.leases(), 0);
+        // Leaving withdraws what the node has not received and takes no more work.
+        let third = lease(&fleet, 3, now).unwrap();
+        assert_eq!(fleet.leave("n1").unwrap(), [third]);
+        assert!(!fleet.has_capacity(now));
+        assert_eq!(fleet.leases(), 0);
+    }
+}

@@ -1,0 +1,36 @@
+//! The cluster: a coordinator's engine runs its jobs on a fleet of nodes.
+//!
+//! - `protocol`: the node <-> coordinator messages (leaf wire types).
+//! - `fleet`: registered nodes (soft state: a restarted coordinator learns them again
+//!   from their next heartbeat) and leases with fencing tokens; the engine's
+//!   `Driver` on a coordinator.
+//! - `placement`: which node gets a job, and why (pure, unit-tested).
+//! - `driver`: the placement and lease-expiry loops, and a report turned into a fenced
+//!   result.
+//! - `groups`: event-handler groups (routing and the hop engine), `budget` their
+//!   per-inject limits.
+//! - `member`: a node's side (its agent for leased work, and its membership).
+//!
+//! Jobs, queues, workers and results live in the engine's journal, so a coordinator
+//! killed at any point and restarted loses nothing accepted; running jobs' leases are
+//! restored from it and renewed by their nodes' heartbeats.
+
+pub mod budget;
+pub mod driver;
+pub mod fleet;
+pub mod groups;
+pub mod member;
+pub mod placement;
+pub mod protocol;
+
+use std::sync::Arc;
+
+use crate::engine::Engine;
+pub use fleet::{CoordinatorConfig, Fleet};
+
+/// Starts a coordinator's loops: placement and lease expiry (the engine's own loops
+/// are started by `Engine::start`).
+pub fn start(engine: &Arc<Engine>, fleet: &Arc<Fleet>) {
+    tokio::spawn(driver::place_loop(engine.clone(), fleet.clone()));
+    tokio::spawn(driver::expiry_loop(engine.clone(), fleet.clone()));
+}

@@ -1,0 +1,359 @@
+//! `wasmesh bench cluster|fanin|events`: a coordinator and node processes on loopback
+//! (a `LocalCluster`), against the same work sent directly to one node, the kernel
+//! compiled natively, or the client doing the fan-in itself.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+use wasmesh_host::client::Client;
+use wasmesh_host::model::{HashHex, JobResult, JobState};
+
+use super::{micros, percentile, upload_trivial, wait_ok};
+use crate::cmd::local::LocalCluster;
+
+/// The Mandelbrot kernel the wasm job runs, compiled natively for the baseline.
+#[path = "../../../../examples/mandelbrot/src/kernel.rs"]
+mod kernel;
+
+use crate::cmd::demo::GRID;
+
+/// Submits `jobs` trivial actions in batches of 100 and waits for every result;
+/// returns jobs per second. `salt` keeps the actions distinct from earlier runs.
+fn trivial_throughput(client: &Client, jobs: usize, salt: &str) -> anyhow::Result<f64> {
+    let worker = upload_trivial(client)?;
+    // Warm: the module reaches (and compiles on) every node before the clock starts.
+    for n in 0..8 {
+        let lsn = client.submit(
+            &json!({"worker": worker, "args": [format!("warm-{salt}-{n}")]}),
+            None,
+            None,
+        )?;
+        wait_ok(client, lsn)?;
+    }
+    let start = Instant::now();
+    let mut lsns = Vec::with_capacity(jobs);
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(100) {
+        let actions: Vec<Value> = chunk
+            .iter()
+            .map(|n| json!({"worker": worker, "args": [format!("{salt}-{n}")]}))
+            .collect();
+        lsns.extend(client.submit_batch(&actions, None)?);
+    }
+    for lsn in &lsns {
+        wait_ok(client, *lsn)?;
+    }
+    Ok(jobs as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Submits `count` trivial jobs one at a time, each waited for; (p50, p99) latency.
+fn sequential_latency(
+    client: &Client,
+    count: usize,
+    salt: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let worker = upload_trivial(client)?;
+    let mut latencies = Vec::with_capacity(count);
+    for n in 0..count {
+        let start = Instant::now();
+        let lsn = client.submit(
+            &json!({"worker": worker, "args": [format!("seq-{salt}-{n}")]}),
+            None,
+            None,
+        )?;
+        wait_ok(client, lsn)?;
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    Ok((percentile(&latencies, 0.5), percentile(&latencies, 0.99)))
+}
+
+/// Renders the 16 tiles through `client` (node or coordinator) and returns the time
+/// from submission to the last result.
+fn mandelbrot_round(
+    client: &Client,
+    worker: HashHex,
+    size: u32,
+    max_iter: u32,
+    salt: &str,
+) -> anyhow::Result<Duration> {
+    let actions: Vec<Value> = (0..GRID * GRID)
+        .map(|i| crate::cmd::demo::tile_action(client, worker, i, size, max_iter, salt))
+        .collect::<anyhow::Result<_>>()?;
+    let start = Instant::now();
+    for lsn in client.submit_batch(&actions, None)? {
+        wait_ok(client, lsn)?;
+    }
+    Ok(start.elapsed())
+}
+
+/// `wasmesh bench cluster`: trivial jobs through a coordinator and 2 nodes vs directly
+/// on one node; the Mandelbrot tiles natively, on one node and on two.
+pub fn cluster(
+    jobs: usize,
+    module: &std::path::Path,
+    size: u32,
+    max_iter: u32,
+    prefetch: u64,
+) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("wasmesh bench cluster: real processes on loopback, {cores} cores");
+
+    let prefetch_arg = prefetch.to_string();
+    let mut cluster = LocalCluster::start(&["--prefetch", &prefetch_arg])?;
+    cluster.add_node("node-1", cores)?;
+    let direct = Client::new(&cluster.nodes[0].url, None);
+    let on_node = trivial_throughput(&direct, jobs, "direct")?;
+    let direct_latency = sequential_latency(&direct, 300, "direct")?;
+    cluster.add_node("node-2", cores)?;
+    let via = trivial_throughput(&cluster.client(), jobs, "cluster")?;
+    let via_latency = sequential_latency(&cluster.client(), 300, "cluster")?;
+    println!(
+        "trivial jobs, batches of 100, {jobs} jobs, {cores} slots per node, prefetch {prefetch}:"
+    );
+    println!("  directly on one node (baseline)       {on_node:>8.0} jobs/s");
+    println!(
+        "  coordinator + 2 nodes                 {via:>8.0} jobs/s   ({:.2}x the single node)",
+        via / on_node
+    );
+    println!("trivial jobs one at a time, submit -> result:");
+    println!(
+        "  directly on one node (baseline)       p50 {:>8.1} us   p99 {:>8.1} us",
+        micros(direct_latency.0),
+        micros(direct_latency.1)
+    );
+    println!(
+        "  coordinator + 2 nodes                 p50 {:>8.1} us   p99 {:>8.1} us   ({:.2}x the baseline p50)",
+        micros(via_latency.0),
+        micros(via_latency.1),
+        via_latency.0.as_secs_f64() / direct_latency.0.as_secs_f64()
+    );
+    cluster.shutdown()?;
+
+    let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+    let hash = HashHex::of(&wasm);
+    let descriptor = json!({"name": "mandelbrot", "module": hash});
+    let tile = size / GRID;
+    let start = Instant::now();
+    for i in 0..GRID * GRID {
+        std::hint::black_box(kernel::render_tile(
+            (i % GRID) * tile,
+            (i / GRID) * tile,
+            tile,
+            size,
+            max_iter,
+        ));
+    }
+    let native = start.elapsed();
+    let mut cluster = LocalCluster::start(&[])?;
+    cluster.add_node("node-1", 1)?;
+    let client = cluster.client();
+    let worker = client.upload_worker(&descriptor, &[(hash, &wasm)])?.worker;
+    mandelbrot_round(&client, worker, 64, 10, "warm-1")?;
+    let one = mandelbrot_round(&client, worker, size, max_iter, "one")?;
+    cluster.add_node("node-2", 1)?;
+    // Two warm-up tiles at once: the new node fetches and compiles the module.
+    mandelbrot_round(&client, worker, 64, 10, "warm-2")?;
+    let two = mandelbrot_round(&client, worker, size, max_iter, "two")?;
+    cluster.shutdown()?;
+    println!("mandelbrot {size}x{size}, 16 tiles, max_iter {max_iter}, nodes with 1 slot each:");
+    println!(
+        "  native kernel, one thread (baseline)  {:>8.1} ms",
+        native.as_secs_f64() * 1e3
+    );
+    println!(
+        "  1 node                                {:>8.1} ms   ({:.2}x native)",
+        one.as_secs_f64() * 1e3,
+        one.as_secs_f64() / native.as_secs_f64()
+    );
+    println!(
+        "  2 nodes                               {:>8.1} ms   ({:.2}x native, {:.2}x faster than 1 node)",
+        two.as_secs_f64() * 1e3,
+        two.as_secs_f64() / native.as_secs_f64(),
+        one.as_secs_f64() / two.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A coordinator and 2 one-slot nodes with `module` uploaded as worker `name`.
+fn two_nodes_with(
+    module: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<(LocalCluster, Client, HashHex)> {
+    let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+    let hash = HashHex::of(&wasm);
+    let mut cluster = LocalCluster::start(&[])?;
+    cluster.add_node("node-1", 1)?;
+    cluster.add_node("node-2", 1)?;
+    let client = cluster.client();
+    let worker = client
+        .upload_worker(&json!({"name": name, "module": hash}), &[(hash, &wasm)])?
+        .worker;
+    Ok((cluster, client, worker))
+}
+
+/// `wasmesh bench fanin`: map/reduce rounds (wordcount, `maps` shards) on a
+/// coordinator and 2 nodes. Measures the gap from the last map's end to the reduce's
+/// start (both from the results' `timing`): with the reduce submitted up front naming
+/// the maps' outputs (`output_of`, fan-in on the coordinator), against the client
+/// waiting for every map and then submitting the reduce with the hashes (baseline).
+pub fn fanin(rounds: usize, maps: usize, module: &std::path::Path) -> anyhow::Result<()> {
+    let (cluster, client, worker) = two_nodes_with(module, "wordcount")?;
+    let gap = |reduce: &JobResult, maps: &[JobResult]| -> anyhow::Result<f64> {
+        let last_map = maps
+            .iter()
+            .map(|m| m.timing.map(|t| t.finished_ms))
+            .max()
+            .flatten()
+            .context("a map result without timing")?;
+        let start = reduce.timing.context("a reduce without timing")?.started_ms;
+        Ok((start - last_map) as f64)
+    };
+    let mut by_reference = Vec::with_capacity(rounds);
+    let mut by_client = Vec::with_capacity(rounds);
+    for round in 0..=rounds {
+        for (mode, gaps) in [("ref", &mut by_reference), ("client", &mut by_client)] {
+            // Distinct texts every round and mode: nothing comes from the cache.
+            let texts: Vec<Vec<u8>> = (0..maps)
+                .map(|i| {
+                    format!("{mode} round {round} shard {i} the cat sat on the mat").into_bytes()
+                })
+                .collect();
+            let borrowed: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
+            let inputs = client.ensure_blobs(&borrowed)?;
+            let actions: Vec<Value> = inputs
+                .iter()
+                .map(|input| json!({"worker": worker, "args": ["map"], "input": input}))
+                .collect();
+            let lsns = client.submit_batch(&actions, None)?;
+            let reduce_lsn = if mode == "ref" {
+                let files: serde_json::Map<String, Value> = lsns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, lsn)| (format!("{i}.json"), json!({"output_of": lsn})))
+                    .collect();
+                client.submit(
+                    &json!({"worker": worker, "args": ["reduce"], "files": files}),
+                    None,
+                    None,
+                )?
+            } else {
+                let mut files = serde_json::Map::new();
+                for (i, lsn) in lsns.iter().enumerate() {
+                    let result = client.wait(*lsn, Duration::from_secs(60))?;
+                    files.insert(format!("{i}.json"), json!(result.output));
+                }
+                client.submit(
+                    &json!({"worker": worker, "args": ["reduce"], "files": files}),
+                    None,
+                    None,
+                )?
+            };
+            let reduce = client.wait(reduce_lsn, Duration::from_secs(60))?;
+            ensure!(
+                reduce.state == JobState::Succeeded,
+                "the reduce failed: {reduce:?}"
+            );
+            let map_results = lsns
+                .iter()
+                .map(|lsn| client.wait(*lsn, Duration::from_secs(60)))
+                .collect::<Result<Vec<_>, _>>()?;
+            // Round 0 warms both nodes up (fetch and compile); it is not counted.
+            if round > 0 {
+                gaps.push(gap(&reduce, &map_results)?);
+            }
+        }
+    }
+    cluster.shutdown()?;
+    let stats = |gaps: &mut Vec<f64>| {
+        gaps.sort_by(f64::total_cmp);
+        let at = |p: f64| gaps[((gaps.len() - 1) as f64 * p).round() as usize];
+        (
+            at(0.5),
+            at(0.9),
+            gaps.iter().sum::<f64>() / gaps.len() as f64,
+        )
+    };
+    let (client_p50, client_p90, client_mean) = stats(&mut by_client);
+    let (ref_p50, ref_p90, ref_mean) = stats(&mut by_reference);
+    println!(
+        "wasmesh bench fanin: {rounds} rounds of {maps} wordcount maps + 1 reduce, coordinator + 2 nodes (1 slot each)"
+    );
+    println!("last map end -> reduce start (node clocks, ms resolution):");
+    println!(
+        "  client waits, then submits the reduce (baseline)  p50 {client_p50:>6.1} ms   p90 {client_p90:>6.1} ms   mean {client_mean:>6.2} ms"
+    );
+    println!(
+        "  reduce submitted up front with output_of          p50 {ref_p50:>6.1} ms   p90 {ref_p90:>6.1} ms   mean {ref_mean:>6.2} ms   ({:.2}x the baseline mean)",
+        ref_mean / client_mean
+    );
+    Ok(())
+}
+
+/// `wasmesh bench events`: events routed through a group (sensor-alerts on 2 nodes),
+/// one inject at a time and in batches of 100, against the same handler submitted as
+/// plain jobs and waited for one at a time (the baseline).
+pub fn events(events: usize, module: &std::path::Path) -> anyhow::Result<()> {
+    let (cluster, client, worker) = two_nodes_with(module, "sensor-alerts")?;
+    let group = client.call(
+        reqwest::Method::POST,
+        "/api/v1/cluster/groups",
+        Some(&json!({
+            "name": "bench",
+            "handlers": [{"name": "alerts", "worker": worker}],
+            "routes": [{"from": "_external", "to": "alerts", "event_types": ["Reading"]}],
+        })),
+    )?;
+    let inject = format!(
+        "/api/v1/cluster/groups/{}/inject",
+        group["id"].as_str().context("group id")?
+    );
+    let reading = |n: usize| json!({"event_type": "Reading", "fields": {"sensor": format!("s{n}"), "value": (n % 60) as u64}});
+    // Warm both nodes.
+    client.call(
+        reqwest::Method::POST,
+        &inject,
+        Some(&json!({"events": [reading(0), reading(1)]})),
+    )?;
+
+    let start = Instant::now();
+    for n in 0..events {
+        let input = client.put_blob(reading(n).to_string().into_bytes())?;
+        let lsn = client.submit(
+            &json!({"worker": worker, "input": input, "env": {"RUN": format!("job-{n}")}}),
+            None,
+            None,
+        )?;
+        wait_ok(&client, lsn)?;
+    }
+    let jobs = events as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for n in 0..events {
+        client.call(reqwest::Method::POST, &inject, Some(&reading(n)))?;
+    }
+    let single = events as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for chunk in (0..events).collect::<Vec<_>>().chunks(100) {
+        let batch: Vec<Value> = chunk.iter().map(|n| reading(*n)).collect();
+        client.call(
+            reqwest::Method::POST,
+            &inject,
+            Some(&json!({ "events": batch })),
+        )?;
+    }
+    let batched = events as f64 / start.elapsed().as_secs_f64();
+    cluster.shutdown()?;
+    println!(
+        "wasmesh bench events: sensor-alerts on 2 nodes (1 slot each), {events} events per scenario"
+    );
+    println!("  put input + submit + wait, one at a time (baseline) {jobs:>8.0} events/s");
+    println!(
+        "  inject, one at a time                              {single:>8.0} events/s   ({:.2}x baseline)",
+        single / jobs
+    );
+    println!(
+        "  inject, batches of 100                             {batched:>8.0} events/s   ({:.2}x baseline)",
+        batched / jobs
+    );
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! A local cluster of real processes on loopback: one coordinator and any number of
+//! nodes, each this same `wasmesh` binary, with their data in a temporary directory.
+//! The demo and the cluster benchmarks run on it; SIGTERM shuts it down cleanly.
+//!
+//! It runs as a real deployment should: with fresh random keys for the tenant, the
+//! operator and the nodes (the security model of docs/api.md), so a tenant key drives
+//! the jobs and only the operator key lists the fleet.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use wasmesh_host::client::Client;
+
+/// One child process and the URL it printed.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    /// Its base URL.
+    pub url: String,
+    /// Its node id (`coordinator` for the coordinator).
+    pub id: String,
+}
+
+impl Process {
+    fn spawn(id: &str, args: &[String]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding the wasmesh binary")?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {id}"))?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .with_context(|| format!("reading {id}'s address"))?;
+        let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) else {
+            let _ = child.kill();
+            bail!("{id} did not start: {line:?}");
+        };
+        let url = url.to_string();
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        Ok(Self {
+            child,
+            url,
+            id: id.to_string(),
+        })
+    }
+
+    /// SIGTERM, then waits for a graceful exit (SIGKILL after `grace`).
+    pub fn stop(mut self, grace: Duration) -> anyhow::Result<()> {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32)
+            .context("a child process has a positive pid")?;
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("{} exited with {status}", self.id);
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        bail!("{} did not stop within {grace:?}", self.id)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A coordinator and its nodes.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The coordinator.
+    pub coordinator: Process,
+    /// The nodes, in the order they were added.
+    pub nodes: Vec<Process>,
+    dir: tempfile::TempDir,
+    keys: Keys,
+}
+
+/// The cluster's keys, made fresh for each cluster.
+#[derive(Debug)]
+struct Keys {
+    tenant: String,
+    operator: String,
+    node: String,
+}
+
+fn fresh_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl LocalCluster {
+    /// Starts a coordinator (with `extra` arguments) on 127.0.0.1.
+    pub fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("wasmesh-cluster-")
+            .tempdir()
+            .context("creating the cluster's data directory")?;
+        let mut args: Vec<String> = [
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat-interval",
+            "200ms",
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(dir.path().join("coordinator").display().to_string());
+        let keys = Keys {
+            tenant: fresh_key(),
+            operator: fresh_key(),
+            node: fresh_key(),
+        };
+        for (flag, key) in [
+            ("--api-key", &keys.tenant),
+            ("--admin-key", &keys.operator),
+            ("--node-key", &keys.node),
+        ] {
+            args.push(flag.into());
+            args.push(key.clone());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let coordinator = Process::spawn("coordinator", &args)?;
+        Ok(Self {
+            coordinator,
+            nodes: Vec::new(),
+            dir,
+            keys,
+        })
+    }
+
+    /// A client of the coordinator with the tenant key.
+    pub fn client(&self) -> Client {
+        Client::new(&self.coordinator.url, Some(self.keys.tenant.clone()))
+    }
+
+    /// A client of the coordinator with the operator key (fleet administration).
+    pub fn operator(&self) -> Client {
+        Client::new(&self.coordinator.url, Some(self.keys.operator.clone()))
+    }
+
+    /// Starts a node with `slots` slots and waits until the coordinator lists it ready.
+    pub fn add_node(&mut self, id: &str, slots: usize) -> anyhow::Result<()> {
+        let args: Vec<String> = vec![
+            "node".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--node-id".into(),
+            id.into(),
+            "--slots".into(),
+            slots.to_string(),
+            "--data-dir".into(),
+            self.dir.path().join(id).display().to_string(),
+            "--coordinator".into(),
+            self.coordinator.url.clone(),
+            "--node-key".into(),
+            self.keys.node.clone(),
+        ];
+        self.nodes.push(Process::spawn(id, &args)?);
+        let client = self.operator();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed = client.call(reqwest::Method::GET, "/api/v1/cluster/nodes", None)?;
+            let ready = listed["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["id"] == Value::String(id.into()) && n["state"] == "ready");
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} did not register within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the nodes, then the coordinator, each with SIGTERM.
+    pub fn shutdown(self) -> anyhow::Result<()> {
+        for node in self.nodes {
+            node.stop(Duration::from_secs(15))?;
+        }
+        self.coordinator.stop(Duration::from_secs(15))?;
+        drop(self.dir);
+        Ok(())
+    }
+}

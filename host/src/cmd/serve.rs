@@ -1,0 +1,156 @@
+//! What `wasmesh node` and `wasmesh coordinator` share: webhook settings, client keys
+//! from flags and the tenants file, and the shutdown signal.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use wasmesh_host::api::auth::Auth;
+
+/// How webhook deliveries are retried (node and coordinator).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookArgs {
+    /// The wait before a failed delivery's first retry; it doubles per attempt, with
+    /// jitter, up to an hour.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub webhook_retry_base: Duration,
+    /// Attempts per delivery before it fails.
+    #[arg(long, default_value_t = 8)]
+    pub webhook_attempts: u32,
+    /// Consecutive failed attempts after which an endpoint is disabled.
+    #[arg(long, default_value_t = 20)]
+    pub webhook_disable_after: u32,
+    /// Let webhook endpoints be loopback, private or link-local addresses (for a
+    /// receiver on this machine or network; off, tenants cannot make the server call
+    /// into its own network).
+    #[arg(long)]
+    pub webhook_allow_private: bool,
+    /// A PEM file of extra root certificates for https webhook endpoints (a private
+    /// CA); the built-in webpki roots are always trusted.
+    #[arg(long, value_name = "PEM")]
+    pub webhook_ca: Option<PathBuf>,
+}
+
+impl WebhookArgs {
+    /// As the node's configuration (reads `--webhook-ca`).
+    pub fn config(&self) -> anyhow::Result<wasmesh_host::webhooks::WebhookConfig> {
+        use anyhow::Context;
+        let mut extra_roots = Vec::new();
+        if let Some(path) = &self.webhook_ca {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            extra_roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{}: not a PEM certificate bundle", path.display()))?;
+            anyhow::ensure!(
+                !extra_roots.is_empty(),
+                "{}: no certificate in it",
+                path.display()
+            );
+        }
+        Ok(wasmesh_host::webhooks::WebhookConfig {
+            retry_base: self.webhook_retry_base,
+            max_attempts: self.webhook_attempts.max(1),
+            disable_after: self.webhook_disable_after.max(1),
+            allow_private: self.webhook_allow_private,
+            extra_roots,
+            ..Default::default()
+        })
+    }
+}
+
+/// The `--tenants` file: tenant name -> its keys, or a table with its keys and role
+/// (`ops = { keys = ["..."], role = "operator" }`).
+#[derive(Debug, Deserialize)]
+struct TenantsFile(HashMap<String, TenantEntry>);
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TenantEntry {
+    Keys(Vec<String>),
+    Table {
+        keys: Vec<String>,
+        #[serde(default)]
+        role: Option<String>,
+    },
+}
+
+/// Keys shorter than this are refused: a key is a secret, not a password.
+const MIN_KEY: usize = 16;
+
+pub fn read_toml<T: for<'de> Deserialize<'de>>(path: &PathBuf) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Client authentication from `--api-key`s (the default tenant), `--admin-key`s (the
+/// operator role, acting as tenant `operator`) and a `--tenants` file (tenant -> keys
+/// and role); open when none is given.
+pub fn tenant_auth(
+    keys: Vec<String>,
+    admin_keys: Vec<String>,
+    tenants_file: Option<&PathBuf>,
+) -> anyhow::Result<Auth> {
+    use wasmesh_host::api::auth::{DEFAULT_TENANT, OPERATOR_TENANT, Role};
+    let mut auth = Auth::open();
+    for key in &keys {
+        auth.add(DEFAULT_TENANT, key, Role::Tenant);
+    }
+    for key in &admin_keys {
+        if key.len() < MIN_KEY {
+            bail!("--admin-key: a key has at least {MIN_KEY} characters");
+        }
+        auth.add(OPERATOR_TENANT, key, Role::Operator);
+    }
+    if let Some(path) = tenants_file {
+        let TenantsFile(entries) = read_toml(path)?;
+        for (tenant, entry) in entries {
+            let (keys, role) = match entry {
+                TenantEntry::Keys(keys) => (keys, None),
+                TenantEntry::Table { keys, role } => (keys, role),
+            };
+            let role = match role.as_deref() {
+                None => Role::Tenant,
+                Some(name) => Role::parse(name).with_context(|| {
+                    format!(
+                        "{}: tenant {tenant:?} has role {name:?}; roles are \"tenant\" and \"operator\"",
+                        path.display()
+                    )
+                })?,
+            };
+            if keys.iter().any(|k| k.len() < MIN_KEY) {
+                bail!(
+                    "{}: tenant {tenant:?} has a key shorter than {MIN_KEY} characters",
+                    path.display()
+                );
+            }
+            for key in &keys {
+                auth.add(&tenant, key, role);
+            }
+        }
+    }
+    Ok(auth)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,58 @@
+//! How a node (or a coordinator's engine) is set up.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wasmesh_runtime::Limits;
+
+use crate::webhooks::WebhookConfig;
+
+/// How a node is set up.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The node's id (reported in results and sysinfo).
+    pub id: String,
+    /// Where the store, the database and the module cache live.
+    pub data_dir: PathBuf,
+    /// Actions run at once.
+    pub slots: usize,
+    /// Ceilings for every action.
+    pub limits: Limits,
+    /// Largest blob accepted by the store.
+    pub max_blob_bytes: u64,
+    /// Largest request body (a package with its chunks).
+    pub max_request_bytes: u64,
+    /// Largest JSON body.
+    pub max_json_bytes: usize,
+    /// Labels placement can match.
+    pub labels: BTreeMap<String, String>,
+    /// Retries of a job outside any queue after a host-side failure.
+    pub default_max_retries: u32,
+    /// An active queue idle this long with nothing pending expires (is cancelled).
+    pub queue_idle: Duration,
+    /// How long an `Idempotency-Key` and its stored response are kept.
+    pub idempotency_retention: Duration,
+    /// How webhook deliveries are retried.
+    pub webhooks: WebhookConfig,
+}
+
+impl NodeConfig {
+    /// Defaults for a node keeping its data in `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            id: "node-1".into(),
+            data_dir,
+            slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            limits: Limits::default(),
+            max_blob_bytes: 1 << 30,
+            max_request_bytes: 1 << 30,
+            max_json_bytes: 16 << 20,
+            labels: BTreeMap::new(),
+            default_max_retries: 3,
+            queue_idle: Duration::from_secs(15 * 60),
+            idempotency_retention: Duration::from_secs(24 * 60 * 60),
+            webhooks: WebhookConfig::default(),
+        }
+    }
+}

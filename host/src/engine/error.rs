@@ -1,0 +1,33 @@
+//! Why a request the engine serves was refused; the API maps each to a status.
+
+/// Why a request about jobs or workers was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Malformed input; the code is the API's error code.
+    #[error("{1}")]
+    Invalid(&'static str, String),
+    /// Not found (or another tenant's).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state.
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    /// The module does not validate or compile.
+    #[error("{0}")]
+    InvalidModule(String),
+    /// Something failed on the host.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<crate::store::StoreError> for EngineError {
+    fn from(e: crate::store::StoreError) -> Self {
+        EngineError::Internal(format!("database: {e}"))
+    }
+}
+
+impl From<std::io::Error> for EngineError {
+    fn from(e: std::io::Error) -> Self {
+        EngineError::Internal(format!("store: {e}"))
+    }
+}

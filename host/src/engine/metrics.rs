@@ -1,0 +1,202 @@
+//! Counters behind `/metrics`, rendered in the Prometheus text format. A handful of
+//! atomics does not justify a metrics framework; the format is written out directly.
+
+use crate::model::JobState;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the run latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
+];
+
+/// The node's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Jobs accepted.
+    pub jobs_submitted: Counter,
+    /// Jobs answered from the result cache.
+    pub cache_answers: Counter,
+    /// Jobs finished as succeeded.
+    pub succeeded: Counter,
+    /// Jobs finished as failed.
+    pub failed: Counter,
+    /// Jobs finished as cancelled.
+    pub cancelled: Counter,
+    /// Fuel consumed by finished runs.
+    pub fuel: Counter,
+    /// Bytes written to the store (uploads and outputs).
+    pub cas_bytes_written: Counter,
+    /// Coordinator: jobs leased to nodes (attempts handed out).
+    pub leases_granted: Counter,
+    /// Coordinator: leases that expired (their jobs requeued or failed as node_lost).
+    pub leases_expired: Counter,
+    /// Coordinator: results refused by fencing (stale attempts).
+    pub results_rejected: Counter,
+    run_buckets: [Counter; BUCKETS.len()],
+    run_count: Counter,
+    run_micros: Counter,
+}
+
+impl Metrics {
+    /// Counts a finished job by its final state.
+    pub fn finished(&self, state: JobState) {
+        match state {
+            JobState::Succeeded => self.succeeded.add(1),
+            JobState::Cancelled => self.cancelled.add(1),
+            _ => self.failed.add(1),
+        }
+    }
+
+    /// Records one run's latency.
+    pub fn observe_run(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.run_buckets) {
+            if seconds <= *bound {
+                bucket.add(1);
+            }
+        }
+        self.run_count.add(1);
+        self.run_micros.add(took.as_micros() as u64);
+    }
+
+    /// The Prometheus exposition, with the gauges passed in.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in lines {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "wasmesh_jobs_submitted_total",
+            "counter",
+            "Jobs accepted.",
+            &[(String::new(), self.jobs_submitted.get() as f64)],
+        );
+        metric(
+            "wasmesh_leases_total",
+            "counter",
+            "Coordinator: leases by how they ended or began.",
+            &[
+                (
+                    "{event=\"granted\"}".into(),
+                    self.leases_granted.get() as f64,
+                ),
+                (
+                    "{event=\"expired\"}".into(),
+                    self.leases_expired.get() as f64,
+                ),
+                (
+                    "{event=\"rejected_result\"}".into(),
+                    self.results_rejected.get() as f64,
+                ),
+            ],
+        );
+        metric(
+            "wasmesh_jobs_cached_total",
+            "counter",
+            "Jobs answered from the result cache without running.",
+            &[(String::new(), self.cache_answers.get() as f64)],
+        );
+        metric(
+            "wasmesh_jobs_finished_total",
+            "counter",
+            "Jobs finished, by final state.",
+            &[
+                ("{state=\"succeeded\"}".into(), self.succeeded.get() as f64),
+                ("{state=\"failed\"}".into(), self.failed.get() as f64),
+                ("{state=\"cancelled\"}".into(), self.cancelled.get() as f64),
+            ],
+        );
+        metric(
+            "wasmesh_jobs",
+            "gauge",
+            "Jobs pending on this node, by state.",
+            &[
+                ("{state=\"queued\"}".into(), gauges.queued as f64),
+                ("{state=\"running\"}".into(), gauges.running as f64),
+            ],
+        );
+        metric(
+            "wasmesh_slots",
+            "gauge",
+            "Execution slots.",
+            &[(String::new(), gauges.slots as f64)],
+        );
+        metric(
+            "wasmesh_fuel_consumed_total",
+            "counter",
+            "Fuel consumed by runs.",
+            &[(String::new(), self.fuel.get() as f64)],
+        );
+        metric(
+            "wasmesh_cas_bytes_written_total",
+            "counter",
+            "Bytes written to the content-addressed store.",
+            &[(String::new(), self.cas_bytes_written.get() as f64)],
+        );
+        metric(
+            "wasmesh_module_cache_total",
+            "counter",
+            "Compiled-module cache lookups by result.",
+            &[
+                (
+                    "{result=\"memory_hit\"}".into(),
+                    gauges.cache.memory_hits as f64,
+                ),
+                (
+                    "{result=\"disk_hit\"}".into(),
+                    gauges.cache.disk_hits as f64,
+                ),
+                ("{result=\"compile\"}".into(), gauges.cache.compiles as f64),
+            ],
+        );
+        let mut buckets: Vec<(String, f64)> = BUCKETS
+            .iter()
+            .zip(&self.run_buckets)
+            .map(|(bound, count)| (format!("_bucket{{le=\"{bound}\"}}"), count.get() as f64))
+            .collect();
+        buckets.push(("_bucket{le=\"+Inf\"}".into(), self.run_count.get() as f64));
+        buckets.push(("_sum".into(), self.run_micros.get() as f64 / 1e6));
+        buckets.push(("_count".into(), self.run_count.get() as f64));
+        metric(
+            "wasmesh_run_seconds",
+            "histogram",
+            "Time from a job's start to its result.",
+            &buckets,
+        );
+        out
+    }
+}
+
+/// Point-in-time values rendered next to the counters.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Jobs waiting or queued.
+    pub queued: usize,
+    /// Jobs running.
+    pub running: usize,
+    /// Slots.
+    pub slots: usize,
+    /// Module cache counters.
+    pub cache: wasmesh_runtime::CacheStats,
+}

@@ -1,0 +1,404 @@
+//! The engine: jobs' rules, whoever runs them. It owns the journal ([`Store`]), the
+//! blob files ([`Cas`]), the in-memory scheduler (a cache of the journal), the
+//! sandbox that validates modules, webhooks, metrics and recordings.
+//!
+//! Requests reach it through entry points that take the caller's tenant (`submit`,
+//! `cancel`, `set_priority`, `reschedule`, `register_worker`, ...). Drivers run its jobs
+//! through a narrow seam: [`Engine::next_runnable`] (already resolved, cache answers
+//! and unrunnable jobs settled inside), [`Engine::record`] / [`Engine::record_many`]
+//! (a result under a [`Fence`]), [`Engine::requeue`] and [`Engine::withdraw`]. The
+//! local driver is `crate::run`; a coordinator's is `crate::cluster::driver`. The
+//! engine knows neither: what it needs of a driver is the [`Driver`] trait.
+
+mod checkpoints;
+mod config;
+mod error;
+pub mod metrics;
+pub mod record;
+mod runnable;
+pub mod scheduler;
+mod settle;
+mod submit;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use wasmesh_runtime::{CancellationToken, Config as SandboxConfig, Sandbox};
+
+use crate::cas::Cas;
+use crate::model::{HashHex, JobState, WorkerDescriptor, outcome};
+pub use crate::store::Fence;
+use crate::store::{JobRow, Store, now_ms};
+use crate::webhooks::Webhooks;
+pub use checkpoints::{CHECKPOINT_INTERVAL, MAX_CHECKPOINT_WRITES};
+pub use config::NodeConfig;
+pub use error::EngineError;
+use metrics::Metrics;
+pub use runnable::Runnable;
+use scheduler::Scheduler;
+pub use submit::{ActionSubmission, QueuePolicy, Registered, Submitted};
+
+/// What the engine needs of whoever runs its jobs.
+pub trait Driver: Send + Sync + std::fmt::Debug {
+    /// At start-up, a job the journal says was running (on `job.lease_node`, for a
+    /// coordinator): true when the driver keeps it running (a coordinator restores its
+    /// lease and waits for the node to renew it); false and the engine requeues it.
+    fn restore(&self, job: &JobRow) -> bool;
+
+    /// A running job was cancelled (its cancellation token is already cancelled).
+    /// `Some(fence)` when it never reached a runner and ends now, under that fence.
+    fn cancel(&self, lsn: u64) -> Option<Fence>;
+}
+
+/// The driver of a node's own slots: nothing survives a restart, and a cancelled run
+/// stops through its cancellation token.
+#[derive(Debug)]
+pub struct LocalDriver;
+
+impl Driver for LocalDriver {
+    fn restore(&self, _job: &JobRow) -> bool {
+        false
+    }
+
+    fn cancel(&self, _lsn: u64) -> Option<Fence> {
+        None
+    }
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Engine {
+    config: NodeConfig,
+    store: Arc<Store>,
+    cas: Cas,
+    sandbox: Sandbox,
+    metrics: Metrics,
+    recorder: record::Recorder,
+    webhooks: Arc<Webhooks>,
+    scheduler: Mutex<Scheduler>,
+    /// Notified when a job becomes runnable.
+    wake: Notify,
+    /// Notified whenever a job's result is written (for long-polls).
+    finished: Notify,
+    workers: Mutex<HashMap<(String, HashHex), Arc<WorkerDescriptor>>>,
+    driver: Arc<dyn Driver>,
+    shutdown: CancellationToken,
+    started: Instant,
+}
+
+impl Engine {
+    /// Opens the data directory, recovers pending jobs and returns the engine of a
+    /// node running its jobs on its own slots. Call [`Engine::start`] to begin.
+    pub fn open(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
+        Self::open_with(config, Arc::new(LocalDriver))
+    }
+
+    /// Opens the engine for `driver` (a coordinator passes its fleet).
+    pub fn open_with(config: NodeConfig, driver: Arc<dyn Driver>) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let store = Arc::new(
+            Store::open(&config.data_dir.join("wasmesh.db")).context("opening the database")?,
+        );
+        let cas = Cas::open(&config.data_dir.join("cas"), config.max_blob_bytes)
+            .context("opening the store")?;
+        let sandbox = Sandbox::new(SandboxConfig {
+            limits: config.limits,
+            max_instances: (config.slots as u32 * 2).max(8),
+            cache_dir: Some(config.data_dir.join("modules")),
+            scratch_dir: Some(config.data_dir.join("scratch")),
+            ..SandboxConfig::default()
+        })
+        .context("starting the sandbox")?;
+        let webhooks = Arc::new(
+            Webhooks::open(store.clone(), config.webhooks.clone()).context("loading webhooks")?,
+        );
+        let engine = Arc::new(Self {
+            config,
+            store,
+            cas,
+            sandbox,
+            metrics: Metrics::default(),
+            recorder: record::Recorder::default(),
+            webhooks,
+            scheduler: Mutex::new(Scheduler::default()),
+            wake: Notify::new(),
+            finished: Notify::new(),
+            workers: Mutex::new(HashMap::new()),
+            driver,
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+        });
+        engine.recover().context("recovering pending jobs")?;
+        Ok(engine)
+    }
+
+    fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
+        self.scheduler.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rebuilds the scheduler from the journal. A job that was running when the
+    /// process stopped had its attempt counted when it started; it is queued again, or
+    /// failed as `node_lost` once its retries are used up, unless the driver keeps it
+    /// running (a coordinator's restored lease).
+    fn recover(&self) -> Result<(), EngineError> {
+        let mut requeued = 0;
+        for job in self.store.unscoped().pending_jobs()? {
+            if job.state != JobState::Running {
+                continue;
+            }
+            if self.driver.restore(&job) {
+                self.scheduler()
+                    .add_running(job.lsn, &job.tenant, job.priority);
+                if self.store.cancel_requested(job.lsn)? {
+                    // Cancelled before the restart: the runner is told again.
+                    self.scheduler().cancel(job.lsn);
+                    self.driver.cancel(job.lsn);
+                }
+                continue;
+            }
+            if self.store.cancel_requested(job.lsn)? {
+                self.end_cancelled(job.lsn)?;
+            } else if job.attempts > job.max_retries {
+                let message = "the node stopped while running it and no retries are left";
+                let result = self.failure(&job, JobState::Failed, outcome::NODE_LOST, message);
+                self.store.finish_job(&result, Fence::Local)?;
+            } else {
+                self.store.requeue_job(job.lsn)?;
+                requeued += 1;
+            }
+        }
+        // In LSN order, so every dependency is scheduled before its dependents.
+        for job in self.store.unscoped().pending_jobs()? {
+            if job.state != JobState::Queued {
+                continue;
+            }
+            if self.store.cancel_requested(job.lsn)? {
+                // Cancelled while it was being placed or retried: it never runs.
+                self.end_cancelled(job.lsn)?;
+            } else {
+                self.schedule(&job)?;
+            }
+        }
+        if requeued > 0 {
+            tracing::info!(
+                requeued,
+                "requeued jobs that were running when the node stopped"
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts the engine's own loops: idle queues and idempotency keys expire, webhook
+    /// deliveries go out. Drivers start their own.
+    pub fn start(self: &Arc<Self>) {
+        let engine = self.clone();
+        tokio::spawn(async move { engine.expire_idle_queues().await });
+        self.webhooks.start(self.shutdown.clone());
+    }
+
+    /// Stops handing out work: every loop watching [`Engine::stopping`] ends.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The journal.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The blob files.
+    pub fn cas(&self) -> &Cas {
+        &self.cas
+    }
+
+    /// The sandbox modules are compiled and run in.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Counters for /metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Active recordings.
+    pub fn recorder(&self) -> &record::Recorder {
+        &self.recorder
+    }
+
+    /// Webhook subscriptions and deliveries.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
+    }
+
+    /// How long since the engine started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// (queued, running) job counts.
+    pub fn load(&self) -> (usize, usize) {
+        let s = self.scheduler();
+        (s.queued(), s.running())
+    }
+
+    /// Whether it accepts work.
+    pub fn ready(&self) -> bool {
+        !self.shutdown.is_cancelled()
+    }
+
+    /// Cancelled when the engine stops.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Notified when a job becomes runnable (drivers wait on it).
+    pub fn runnable(&self) -> &Notify {
+        &self.wake
+    }
+
+    /// Whether a job is waiting to run (without taking it).
+    pub fn has_runnable(&self) -> bool {
+        self.scheduler().has_runnable()
+    }
+
+    async fn expire_idle_queues(self: Arc<Self>) {
+        let every =
+            (self.config.queue_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            let retention = self.config.idempotency_retention.as_millis() as i64;
+            if let Err(e) = self.store.idempotency_expire(now_ms() - retention) {
+                tracing::warn!(error = %e, "expiring idempotency keys");
+            }
+            let before = now_ms() - self.config.queue_idle.as_millis() as i64;
+            match self.store.unscoped().idle_queues(before) {
+                Ok(ids) => {
+                    for id in ids {
+                        tracing::info!(queue = id, "expiring an idle queue");
+                        if let Err(e) = self.store.unscoped().expire_queue(id) {
+                            tracing::warn!(error = %e, "expiring a queue");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for idle queues"),
+            }
+        }
+    }
+
+    /// Looks with `look` until `ready` holds for its answer or `deadline` passes (then
+    /// answers the last look), looking again whenever a result is written and, with
+    /// `recheck`, at least that often (for what changes without a result, such as a
+    /// queue's counts after a submission).
+    pub async fn when_finished<T, E>(
+        &self,
+        mut look: impl FnMut() -> Result<T, E>,
+        ready: impl Fn(&T) -> bool,
+        deadline: Option<tokio::time::Instant>,
+        recheck: Option<Duration>,
+    ) -> Result<T, E> {
+        loop {
+            // Registered before looking, so a result written in between still wakes us.
+            let notified = self.finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let answer = look()?;
+            let now = tokio::time::Instant::now();
+            if ready(&answer) || deadline.is_some_and(|d| now >= d) {
+                return Ok(answer);
+            }
+            let wake = match (deadline, recheck) {
+                (Some(d), Some(r)) => Some(d.min(now + r)),
+                (Some(d), None) => Some(d),
+                (None, Some(r)) => Some(now + r),
+                (None, None) => None,
+            };
+            match wake {
+                Some(at) => {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// A job by LSN, whoever owns it: the engine's own loops and its drivers, which
+    /// hold LSNs the scheduler or a lease gave them.
+    pub fn job_any(&self, lsn: u64) -> Result<Option<JobRow>, EngineError> {
+        Ok(self.store.unscoped().job(lsn)?)
+    }
+}
+
+/// What the engine's and its drivers' unit tests share: an engine on a fresh data
+/// directory with the test guest registered as a worker of tenant `t`.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::{ActionSubmission, Driver, Engine, LocalDriver, NodeConfig, Submitted};
+    use crate::model::{HashHex, WorkerDescriptor, canonical_json};
+
+    /// The tenant the helpers act as.
+    pub const TENANT: &str = "t";
+
+    /// An engine (its directory lives as long as the guard) and the worker id.
+    pub fn engine_with(driver: Arc<dyn Driver>) -> (tempfile::TempDir, Arc<Engine>, HashHex) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(dir.path().to_path_buf());
+        config.slots = 1;
+        let engine = Engine::open_with(config, driver).unwrap();
+        let wasm = wasmesh_test_support::guest_bytes(wasmesh_test_support::TEST_GUEST);
+        let module = engine.cas().put_own(&wasm).unwrap();
+        engine
+            .store()
+            .tenant(TENANT)
+            .own_blob(&module, wasm.len() as u64)
+            .unwrap();
+        let value = serde_json::json!({"name": "test-guest", "module": module});
+        let canonical = String::from_utf8(canonical_json(&value).unwrap()).unwrap();
+        let id = HashHex::of(canonical.as_bytes());
+        let descriptor: WorkerDescriptor = serde_json::from_value(value).unwrap();
+        engine
+            .register_worker(TENANT, id, &descriptor, &canonical)
+            .unwrap();
+        (dir, engine, id)
+    }
+
+    /// [`engine_with`] the local driver.
+    pub fn engine() -> (tempfile::TempDir, Arc<Engine>, HashHex) {
+        engine_with(Arc::new(LocalDriver))
+    }
+
+    /// Submits one action of `worker` with these arguments; returns its LSN.
+    pub fn submit(
+        engine: &Engine,
+        worker: HashHex,
+        args: &[&str],
+        queue: Option<super::QueuePolicy>,
+    ) -> u64 {
+        let action = serde_json::json!({"worker": worker, "args": args});
+        let submission = ActionSubmission::parse(action).unwrap();
+        match engine
+            .submit(TENANT, vec![submission], None, queue)
+            .unwrap()
+        {
+            Submitted::Jobs(jobs) => jobs[0].0,
+            Submitted::Needs(needs) => panic!("needs {needs:?}"),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The drivers' seam: the next runnable job, already concrete (references resolved,
+//! cache answers and unrunnable jobs settled inside), and the ways back into the queue.
+
+use std::sync::Arc;
+
+use wasmesh_runtime::CancellationToken;
+
+use super::{Engine, EngineError, Fence};
+use crate::model::{
+    ActionDescriptor, JobState, WorkerDescriptor, canonical_json, content_id, outcome,
+    substitute_refs,
+};
+use crate::store::JobRow;
+
+/// A job taken to run: marked running in the scheduler, its action concrete. It exists
+/// only once its references are resolved, so nothing downstream sees a reference.
+#[derive(Debug)]
+pub struct Runnable {
+    /// The job as the journal has it (attempts not yet counted for this run).
+    pub job: JobRow,
+    /// Its worker.
+    pub worker: Arc<WorkerDescriptor>,
+    /// Its action, every `output_of` substituted.
+    pub action: ActionDescriptor,
+    /// Cancelled when the job is.
+    pub cancel: CancellationToken,
+}
+
+impl Engine {
+    /// Takes the next runnable job. A job the result cache answers once its
+    /// references resolve, or that cannot run (its stored action does not parse, its
+    /// worker is gone), is settled here and the next one taken; `None` when nothing is
+    /// runnable now.
+    pub fn next_runnable(&self) -> Option<Runnable> {
+        loop {
+            let (lsn, cancel) = self.scheduler().pop()?;
+            match self.prepare(lsn) {
+                Ok(Some((job, worker, action))) => {
+                    return Some(Runnable {
+                        job,
+                        worker,
+                        action,
+                        cancel,
+                    });
+                }
+                Ok(None) => continue,
+                Err(message) => self.fail_unrunnable(lsn, &message),
+            }
+        }
+    }
+
+    /// The job with its worker and concrete action; `None` when there is nothing to
+    /// run (the job is gone, or the result cache answered it once its references
+    /// resolved).
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        lsn: u64,
+    ) -> Result<Option<(JobRow, Arc<WorkerDescriptor>, ActionDescriptor)>, String> {
+        let Some(mut job) = self.job_any(lsn).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        if self.resolve_refs(&mut job).map_err(|e| e.to_string())? {
+            return Ok(None);
+        }
+        let action: ActionDescriptor = serde_json::from_str(&job.descriptor)
+            .map_err(|e| format!("stored action does not parse: {e}"))?;
+        let worker = self
+            .worker(&job.tenant, &job.worker)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("worker {} is not registered", job.worker))?;
+        Ok(Some((job, worker, action)))
+    }
+
+    fn fail_unrunnable(&self, lsn: u64, message: &str) {
+        tracing::error!(lsn, message, "a job cannot run");
+        if let Ok(Some(job)) = self.job_any(lsn) {
+            let result = self.failure(&job, JobState::Failed, outcome::TRAPPED, message);
+            if let Err(e) = self.record(&job, result, false, Fence::Local) {
+                tracing::error!(lsn, error = %e, "failing an unrunnable job");
+            }
+        }
+    }
+
+    /// Counts the attempt of a job a local runner is about to run (marked running in
+    /// the journal); returns the attempt number.
+    pub fn start_attempt(&self, lsn: u64) -> Result<u32, EngineError> {
+        Ok(self.store.start_job(lsn)?)
+    }
+
+    /// Writes the leases of a batch of runnable jobs in one transaction: each is
+    /// marked running on its node with its attempt counted. Returns the attempt
+    /// numbers (the fencing tokens), in order.
+    pub fn lease(&self, leases: &[(u64, &str)]) -> Result<Vec<u32>, EngineError> {
+        let attempts = self.store.lease_jobs(leases)?;
+        self.metrics.leases_granted.add(attempts.len() as u64);
+        Ok(attempts)
+    }
+
+    /// Puts taken jobs back in the queue (no runner could take them now); those
+    /// cancelled meanwhile end as cancelled instead.
+    pub fn requeue(&self, lsns: &[u64]) {
+        let cancelled: Vec<u64> = {
+            let mut scheduler = self.scheduler();
+            lsns.iter()
+                .copied()
+                .filter(|lsn| !scheduler.requeue(*lsn))
+                .collect()
+        };
+        for lsn in cancelled {
+            if let Err(e) = self.end_cancelled(lsn) {
+                tracing::error!(lsn, error = %e, "ending a cancelled job");
+            }
+        }
+    }
+
+    /// Queues again a job whose lease (attempt `attempt`) was withdrawn before its
+    /// node received it; the attempt is uncounted.
+    pub fn withdraw(&self, lsn: u64, attempt: u32) -> Result<(), EngineError> {
+        if self.store.unlease_job(lsn, attempt)? {
+            if !self.scheduler().requeue(lsn) {
+                return self.end_cancelled(lsn);
+            }
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Makes a runnable job's action concrete: every `{"output_of": LSN}` becomes the
+    /// output hash of that (succeeded) job and `after` is dropped, since it is met; the
+    /// job's action id becomes the id of that descriptor, so the result cache answers
+    /// work done before. Returns `true` when the cache did: the job is then finished.
+    pub(super) fn resolve_refs(&self, job: &mut JobRow) -> Result<bool, EngineError> {
+        if !job.descriptor.contains("output_of") {
+            return Ok(false);
+        }
+        let mut value: serde_json::Value = serde_json::from_str(&job.descriptor)
+            .map_err(|e| EngineError::Internal(format!("stored action does not parse: {e}")))?;
+        let replaced = substitute_refs(&mut value, |lsn| {
+            self.store
+                .tenant(&job.tenant)
+                .result(lsn)?
+                .filter(|result| result.state == JobState::Succeeded)
+                .map(|result| result.output)
+                .ok_or_else(|| {
+                    EngineError::Internal(format!("job {lsn} has no output to substitute"))
+                })
+        })?;
+        if replaced == 0 {
+            // "output_of" appeared only as text (an argument, say).
+            return Ok(false);
+        }
+        if let Some(object) = value.as_object_mut() {
+            object.remove("after");
+        }
+        let canonical = canonical_json(&value).map_err(|e| EngineError::Internal(e.0))?;
+        let action = content_id(&value).map_err(|e| EngineError::Internal(e.0))?;
+        job.descriptor = String::from_utf8(canonical).expect("canonical JSON is UTF-8");
+        job.action = action;
+        self.store.resolve_job(job.lsn, &job.descriptor, &action)?;
+        let Some(mut cached) = self.store.tenant(&job.tenant).cached_result(&action)? else {
+            return Ok(false);
+        };
+        cached.lsn = job.lsn;
+        cached.cached = true;
+        cached.attempts = job.attempts;
+        cached.placement = None;
+        cached.timing = None;
+        self.store.finish_job(&cached, Fence::Local)?;
+        self.metrics.cache_answers.add(1);
+        self.metrics.finished(cached.state);
+        self.settle(job.lsn, true);
+        Ok(true)
+    }
+}

@@ -1,0 +1,433 @@
+//! How jobs end: results recorded under a fence (retry or finish), cancels, priority
+//! changes, reschedules, dependents settled, and the webhook deliveries an end means.
+
+use super::scheduler::Cancelled;
+use super::{Engine, EngineError, Fence, scheduler};
+use crate::model::{JobResult, JobState, QueueState, outcome};
+use crate::store::{JobRow, Settle};
+
+/// How one attempt ended, for [`Engine::record_many`].
+#[derive(Debug)]
+pub struct Ended<'a> {
+    /// The job, as the journal had it when the attempt was handed out.
+    pub job: &'a JobRow,
+    /// Its result.
+    pub result: JobResult,
+    /// True when it failed on the host (not the guest's fault): retried while
+    /// attempts are left.
+    pub host_failure: bool,
+    /// Which attempt the result is for.
+    pub fence: Fence,
+}
+
+impl Engine {
+    /// Records how an attempt ended: a retry (host failures, and guest failures when
+    /// the queue asks for it, while attempts are left) or the final result. Under a
+    /// lease fence nothing is written unless the job still runs that attempt;
+    /// `Ok(false)` then says the result was stale.
+    pub fn record(
+        &self,
+        job: &JobRow,
+        result: JobResult,
+        host_failure: bool,
+        fence: Fence,
+    ) -> Result<bool, EngineError> {
+        Ok(self.record_many(vec![Ended {
+            job,
+            result,
+            host_failure,
+            fence,
+        }])?[0])
+    }
+
+    /// [`Engine::record`] for a batch (a node's report of several attempts): every
+    /// write in one journal transaction; answers, in order, whether each was taken.
+    pub fn record_many(&self, ended: Vec<Ended<'_>>) -> Result<Vec<bool>, EngineError> {
+        // Decide each: retry or finish.
+        let mut decided = Vec::with_capacity(ended.len());
+        for Ended {
+            job,
+            mut result,
+            host_failure,
+            fence,
+        } in ended
+        {
+            let lsn = job.lsn;
+            let attempts = match fence {
+                Fence::Lease(attempt) => attempt,
+                Fence::Local => job.attempts,
+            };
+            // A cancel asked for while this attempt ran is honoured: no retry, and an
+            // attempt that failed on the host ends as cancelled.
+            let cancelled = self.scheduler().cancel_requested(lsn);
+            if cancelled && host_failure {
+                let message = result.message.take().unwrap_or_default();
+                result = JobResult {
+                    node: result.node,
+                    attempts: result.attempts,
+                    placement: result.placement,
+                    timing: result.timing,
+                    ..self.failure(
+                        job,
+                        JobState::Cancelled,
+                        outcome::CANCELLED,
+                        &format!("cancelled ({message})"),
+                    )
+                };
+            }
+            let guest_failure = result.state == JobState::Failed && !host_failure;
+            let retry = (host_failure || (guest_failure && job.retry_guest_failures))
+                && !cancelled
+                && attempts <= job.max_retries
+                && !self.shutdown.is_cancelled();
+            if retry {
+                tracing::info!(lsn, attempts, outcome = %result.outcome, "retrying a failed job");
+            }
+            decided.push((lsn, retry, result, fence));
+        }
+        let writes: Vec<(Settle<'_>, Fence)> = decided
+            .iter()
+            .map(|(lsn, retry, result, fence)| {
+                let settle = if *retry {
+                    Settle::Requeue(*lsn)
+                } else {
+                    Settle::Finish(result)
+                };
+                (settle, *fence)
+            })
+            .collect();
+        let written = self.store.settle_jobs(&writes)?;
+        drop(writes);
+        // Then the scheduler, the metrics and the dependents.
+        for ((lsn, retry, result, _), written) in decided.iter().zip(&written) {
+            if !written {
+                continue;
+            }
+            if *retry {
+                if !self.scheduler().requeue(*lsn) {
+                    // Cancelled in the instant between the check above and now.
+                    self.end_cancelled(*lsn)?;
+                    continue;
+                }
+                self.wake.notify_one();
+                continue;
+            }
+            self.metrics.finished(result.state);
+            self.metrics.fuel.add(result.usage.fuel);
+            self.settle(*lsn, result.state == JobState::Succeeded);
+        }
+        Ok(written)
+    }
+
+    /// Ends a job that was cancelled before (another attempt of) it ran.
+    pub(super) fn end_cancelled(&self, lsn: u64) -> Result<(), EngineError> {
+        let Some(job) = self.job_any(lsn)? else {
+            return Ok(());
+        };
+        let result = self.failure(
+            &job,
+            JobState::Cancelled,
+            outcome::CANCELLED,
+            "cancelled before it ran",
+        );
+        self.store.finish_job(&result, Fence::Local)?;
+        self.metrics.finished(JobState::Cancelled);
+        self.settle(lsn, false);
+        Ok(())
+    }
+
+    /// Removes a finished job from the scheduler and settles its dependents.
+    pub(super) fn settle(&self, lsn: u64, succeeded: bool) {
+        let (runnable, doomed) = self.scheduler().finish(lsn, succeeded);
+        self.sweep_checkpoints();
+        self.announce(lsn);
+        // The result is in the database: wake every long-poll to look again.
+        self.finished.notify_waiters();
+        if !runnable.is_empty() {
+            self.wake.notify_one();
+        }
+        for dependent in doomed {
+            let message = format!("dependency {lsn} did not succeed; this job never ran");
+            if let Err(e) = self.doom(dependent, &message) {
+                tracing::error!(lsn = dependent, error = %e, "failing a dependent job");
+            }
+        }
+    }
+
+    /// Queues the webhook deliveries a finished job means: `job.succeeded` or
+    /// `job.failed`, and `queue.completed` when it was the last pending job of its
+    /// queue. Costs nothing while no webhook wants such events.
+    pub(super) fn announce(&self, lsn: u64) {
+        if !self.webhooks.wants_job_events() {
+            return;
+        }
+        let Ok(Some(job)) = self.store.unscoped().job(lsn) else {
+            return;
+        };
+        let Some(result) = &job.result else {
+            return;
+        };
+        let tenant = Some(job.tenant.as_str());
+        let event = match result.state {
+            JobState::Succeeded => "job.succeeded",
+            JobState::Failed => "job.failed",
+            _ => "",
+        };
+        if !event.is_empty() && self.webhooks.wants(tenant, event) {
+            let data = serde_json::json!({
+                "lsn": lsn,
+                "queue_id": job.queue_id,
+                "action": result.action,
+                "worker": result.worker,
+                "state": result.state,
+                "outcome": result.outcome,
+                "exit_code": result.exit_code,
+                "output": result.output,
+                "node": result.node,
+                "attempts": result.attempts,
+                "cached": result.cached,
+            });
+            self.webhooks.emit(tenant, event, data);
+        }
+        if let Some(queue) = job.queue_id
+            && self.webhooks.wants(tenant, "queue.completed")
+            && let Ok(counts) = self.store.tenant(&job.tenant).queue_counts(queue)
+        {
+            let pending = counts
+                .iter()
+                .any(|(state, n)| !state.is_finished() && *n > 0);
+            let total = counts.iter().map(|(_, n)| n).sum();
+            if !pending && self.webhooks.queue_completed_once(queue, total) {
+                let counts: serde_json::Map<String, serde_json::Value> = counts
+                    .into_iter()
+                    .map(|(state, n)| (state.as_str().to_string(), n.into()))
+                    .collect();
+                let data = serde_json::json!({"queue_id": queue, "counts": counts});
+                self.webhooks.emit(tenant, "queue.completed", data);
+            }
+        }
+    }
+
+    /// [`JobResult::without_run`] for `job`, as this engine's node.
+    pub fn failure(
+        &self,
+        job: &JobRow,
+        state: JobState,
+        outcome: &str,
+        message: &str,
+    ) -> JobResult {
+        JobResult {
+            lsn: job.lsn,
+            action: job.action,
+            worker: job.worker,
+            node: self.config.id.clone(),
+            attempts: job.attempts,
+            ..JobResult::without_run(state, outcome, message)
+        }
+    }
+
+    /// Cancels a job: a queued one never runs, a running one stops within a tick.
+    pub fn cancel(&self, tenant: &str, lsn: u64) -> Result<(), EngineError> {
+        let job = self
+            .store
+            .tenant(tenant)
+            .job(lsn)?
+            .ok_or_else(|| EngineError::NotFound(format!("job {lsn} not found")))?;
+        let cancelled = self.scheduler().cancel(lsn);
+        match cancelled {
+            Cancelled::NotStarted => {}
+            Cancelled::Running => {
+                // Kept in the journal, so a requeue (a host failure, no node able to
+                // take it, a restart) can never run it again.
+                self.store.request_cancel(lsn)?;
+                if let Some(fence) = self.driver.cancel(lsn) {
+                    // It never reached a runner: it ends here.
+                    let result = self.failure(
+                        &job,
+                        JobState::Cancelled,
+                        outcome::CANCELLED,
+                        "cancelled before it ran",
+                    );
+                    self.record(&job, result, false, fence)?;
+                }
+                return Ok(());
+            }
+            Cancelled::NotPending => return Ok(()),
+        }
+        self.end_cancelled(lsn)
+    }
+
+    /// Changes the priority of a queued job.
+    /// The priority is clamped to `PRIORITY_MIN..=PRIORITY_MAX`; returns the one set.
+    pub fn set_priority(&self, tenant: &str, lsn: u64, priority: i64) -> Result<i64, EngineError> {
+        self.store
+            .tenant(tenant)
+            .job(lsn)?
+            .ok_or_else(|| EngineError::NotFound(format!("job {lsn} not found")))?;
+        let priority = scheduler::clamp_priority(priority);
+        let mut scheduler = self.scheduler();
+        if !scheduler.set_priority(lsn, priority) {
+            return Err(EngineError::Conflict(
+                "not_queued",
+                format!("job {lsn} is no longer queued"),
+            ));
+        }
+        self.store.set_priority(lsn, priority)?;
+        drop(scheduler);
+        self.wake.notify_one();
+        Ok(priority)
+    }
+
+    /// Runs a failed or cancelled job again; returns its attempts so far.
+    pub fn reschedule(&self, tenant: &str, lsn: u64) -> Result<u32, EngineError> {
+        let job = self
+            .store
+            .tenant(tenant)
+            .job(lsn)?
+            .ok_or_else(|| EngineError::NotFound(format!("job {lsn} not found")))?;
+        if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
+            return Err(EngineError::Conflict(
+                "not_rescheduable",
+                format!(
+                    "job {lsn} is {}; only failed or cancelled jobs can be rescheduled",
+                    job.state
+                ),
+            ));
+        }
+        if job.attempts > job.max_retries {
+            return Err(EngineError::Conflict(
+                "retry_limit",
+                format!(
+                    "job {lsn} has used {} attempts of {}",
+                    job.attempts,
+                    job.max_retries + 1
+                ),
+            ));
+        }
+        self.store.requeue_job(lsn)?;
+        let job = self
+            .store
+            .tenant(tenant)
+            .job(lsn)?
+            .ok_or_else(|| EngineError::Internal("job vanished".into()))?;
+        self.schedule(&job)?;
+        Ok(job.attempts)
+    }
+
+    /// Cancels every queued and running job of a queue.
+    pub fn cancel_queue(&self, tenant: &str, queue: u64) -> Result<(), EngineError> {
+        if !self
+            .store
+            .tenant(tenant)
+            .set_queue_state(queue, QueueState::Cancelled)?
+        {
+            return Err(EngineError::NotFound(format!("queue {queue} not found")));
+        }
+        for lsn in self.store.tenant(tenant).queue_pending(queue)? {
+            self.cancel(tenant, lsn)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::QueuePolicy;
+    use super::super::testing::{TENANT, engine, submit};
+    use super::*;
+
+    fn state(engine: &Engine, lsn: u64) -> JobState {
+        engine.job_any(lsn).unwrap().unwrap().state
+    }
+
+    #[test]
+    fn a_job_cancelled_after_it_was_taken_never_runs_when_it_is_put_back() {
+        let (_dir, engine, worker) = engine();
+        let lsn = submit(&engine, worker, &["noop"], None);
+        let taken = engine.next_runnable().expect("the job is runnable");
+        assert_eq!(taken.job.lsn, lsn);
+        engine.cancel(TENANT, lsn).unwrap();
+        assert!(taken.cancel.is_cancelled(), "the runner is told");
+        assert!(
+            engine.store().cancel_requested(lsn).unwrap(),
+            "the cancel is kept in the journal"
+        );
+        // No runner could take it after all (a driver puts it back): it ends here.
+        engine.requeue(&[lsn]);
+        assert_eq!(state(&engine, lsn), JobState::Cancelled);
+        assert!(engine.next_runnable().is_none());
+    }
+
+    #[test]
+    fn host_failures_are_retried_until_the_attempts_are_used() {
+        let (_dir, engine, worker) = engine();
+        let policy = QueuePolicy {
+            id: engine
+                .store()
+                .tenant(TENANT)
+                .create_queue(None, None, 1, false, 0)
+                .unwrap(),
+            max_retries: 1,
+            retry_guest_failures: false,
+            priority: 0,
+        };
+        let lsn = submit(&engine, worker, &["noop"], Some(policy));
+        for attempt in 1..=2 {
+            let mut taken = engine.next_runnable().expect("runnable again");
+            taken.job.attempts = engine.start_attempt(lsn).unwrap();
+            assert_eq!(taken.job.attempts, attempt);
+            let failed = engine.failure(&taken.job, JobState::Failed, outcome::TRAPPED, "host");
+            assert!(
+                engine
+                    .record(&taken.job, failed, true, Fence::Local)
+                    .unwrap()
+            );
+            let expected = if attempt == 1 {
+                JobState::Queued
+            } else {
+                JobState::Failed
+            };
+            assert_eq!(state(&engine, lsn), expected, "after attempt {attempt}");
+        }
+        let job = engine.job_any(lsn).unwrap().unwrap();
+        assert_eq!(job.attempts, 2, "one first attempt and one retry");
+        assert!(engine.next_runnable().is_none());
+        // A guest failure is final (the queue does not retry them).
+        let guest = submit(&engine, worker, &["exit", "3"], Some(policy));
+        let mut taken = engine.next_runnable().unwrap();
+        taken.job.attempts = engine.start_attempt(guest).unwrap();
+        let failed = engine.failure(&taken.job, JobState::Failed, "exited", "exit 3");
+        assert!(
+            engine
+                .record(&taken.job, failed, false, Fence::Local)
+                .unwrap()
+        );
+        assert_eq!(state(&engine, guest), JobState::Failed);
+    }
+
+    #[test]
+    fn a_result_under_a_stale_lease_fence_changes_nothing() {
+        let (_dir, engine, worker) = engine();
+        let lsn = submit(&engine, worker, &["noop"], None);
+        let taken = engine.next_runnable().unwrap();
+        let attempts = engine.lease(&[(lsn, "n1")]).unwrap();
+        assert_eq!(attempts, [1]);
+        let job = engine.job_any(lsn).unwrap().unwrap();
+        assert_eq!(job.lease_node.as_deref(), Some("n1"));
+        let mut done = engine.failure(&taken.job, JobState::Succeeded, "exited", "");
+        done.attempts = 1;
+        assert!(
+            !engine
+                .record(&job, done.clone(), false, Fence::Lease(2))
+                .unwrap(),
+            "another attempt's result is refused"
+        );
+        assert_eq!(state(&engine, lsn), JobState::Running);
+        assert!(engine.record(&job, done, false, Fence::Lease(1)).unwrap());
+        assert_eq!(state(&engine, lsn), JobState::Succeeded);
+        // And once finished, the same fence is stale too.
+        let again = engine.failure(&job, JobState::Failed, outcome::TRAPPED, "late");
+        assert!(!engine.record(&job, again, true, Fence::Lease(1)).unwrap());
+        assert_eq!(state(&engine, lsn), JobState::Succeeded);
+    }
+}

@@ -1,0 +1,101 @@
+//! Blob ownership (which tenant holds which bytes) and registered workers.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreResult, now_ms};
+use crate::model::HashHex;
+
+impl Store {
+    /// Whether nothing refers to a blob: no tenant holds it and no job has it as its
+    /// checkpoint (so it may be deleted).
+    pub fn unreferenced(&self, hash: &HashHex) -> StoreResult<bool> {
+        let hex = hash.to_string();
+        let conn = self.conn();
+        let held = conn
+            .prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1 LIMIT 1")?
+            .query_row(params![hex], |_| Ok(()))
+            .optional()?
+            .is_some();
+        let checkpoint = conn
+            .prepare_cached("SELECT 1 FROM jobs WHERE checkpoint = ?1 LIMIT 1")?
+            .query_row(params![hex], |_| Ok(()))
+            .optional()?
+            .is_some();
+        Ok(!held && !checkpoint)
+    }
+
+    /// Whether `tenant` holds the blob (the empty blob is everyone's).
+    pub(super) fn owns_blob(&self, tenant: &str, hash: &HashHex) -> StoreResult<bool> {
+        if *hash == HashHex::empty() {
+            return Ok(true);
+        }
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT 1 FROM blobs WHERE tenant = ?1 AND hash = ?2")?
+            .query_row(params![tenant, hash.to_string()], |_| Ok(()))
+            .optional()
+            .map(|found| found.is_some())?)
+    }
+
+    /// Records that `tenant` holds the blob; true when it did not before.
+    pub(super) fn own_blob(&self, tenant: &str, hash: &HashHex, size: u64) -> StoreResult<bool> {
+        if *hash == HashHex::empty() {
+            return Ok(false);
+        }
+        Ok(self
+            .conn()
+            .prepare_cached("INSERT OR IGNORE INTO blobs (tenant, hash, size) VALUES (?1, ?2, ?3)")?
+            .execute(params![tenant, hash.to_string(), size as i64])
+            .map(|n| n == 1)?)
+    }
+
+    /// A worker's descriptor JSON.
+    pub(super) fn worker(&self, tenant: &str, id: &HashHex) -> StoreResult<Option<String>> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT descriptor FROM workers WHERE tenant = ?1 AND id = ?2")?
+            .query_row(params![tenant, id.to_string()], |row| row.get(0))
+            .optional()?)
+    }
+
+    /// Registers a worker; true when it is new for this tenant.
+    pub(super) fn put_worker(
+        &self,
+        tenant: &str,
+        id: &HashHex,
+        name: &str,
+        version: Option<&str>,
+        descriptor: &str,
+    ) -> StoreResult<bool> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "INSERT OR IGNORE INTO workers (tenant, id, name, version, descriptor, created_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                tenant,
+                id.to_string(),
+                name,
+                version,
+                descriptor,
+                now_ms()
+            ])
+            .map(|n| n == 1)?)
+    }
+
+    /// The tenant's workers: (id, name, version), oldest first.
+    pub(super) fn workers(
+        &self,
+        tenant: &str,
+    ) -> StoreResult<Vec<(String, String, Option<String>)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, name, version FROM workers WHERE tenant = ?1 ORDER BY created_ms, id",
+        )?;
+        let rows = stmt.query_map(params![tenant], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}

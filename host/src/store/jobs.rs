@@ -1,0 +1,453 @@
+//! Jobs: submitted in batches, leased, settled under a fence, requeued, cancelled.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Store, StoreResult, now_ms, parse_hash};
+use crate::model::{HashHex, JobResult, JobState};
+
+/// A job as stored.
+#[derive(Clone, Debug)]
+pub struct JobRow {
+    /// Its LSN.
+    pub lsn: u64,
+    /// Its owner.
+    pub tenant: String,
+    /// Its queue, if any.
+    pub queue_id: Option<u64>,
+    /// Its action id.
+    pub action: HashHex,
+    /// Its worker id.
+    pub worker: HashHex,
+    /// The action descriptor (JSON).
+    pub descriptor: String,
+    /// Higher runs first.
+    pub priority: i64,
+    /// Where it is.
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Retries allowed after the first attempt.
+    pub max_retries: u32,
+    /// Whether guest failures are retried too.
+    pub retry_guest_failures: bool,
+    /// The result once finished.
+    pub result: Option<JobResult>,
+    /// On a coordinator: the node holding the lease of the running attempt.
+    pub lease_node: Option<String>,
+    /// The latest checkpoint a run of it saved (retries resume from it).
+    pub checkpoint: Option<HashHex>,
+    /// Jobs this one waits for.
+    pub after: Vec<u64>,
+}
+
+/// What a new job row holds.
+#[derive(Debug)]
+pub struct NewJob<'a> {
+    /// Owner.
+    pub tenant: &'a str,
+    /// Queue, if any.
+    pub queue_id: Option<u64>,
+    /// Action id.
+    pub action: HashHex,
+    /// Worker id.
+    pub worker: HashHex,
+    /// Descriptor JSON.
+    pub descriptor: &'a str,
+    /// Priority.
+    pub priority: i64,
+    /// Retries allowed.
+    pub max_retries: u32,
+    /// Whether guest failures are retried.
+    pub retry_guest_failures: bool,
+    /// Dependencies.
+    pub after: &'a [u64],
+}
+
+/// Which attempt a write is for. `Lease(attempt)` writes only while the job is still
+/// running exactly that attempt (a coordinator's lease token): a stale holder's write
+/// changes nothing. `Local` is the node's own slot, which nothing else can race.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fence {
+    /// The node's own run.
+    Local,
+    /// A lease's attempt.
+    Lease(u32),
+}
+
+impl Fence {
+    fn attempt(self) -> Option<u32> {
+        match self {
+            Fence::Local => None,
+            Fence::Lease(attempt) => Some(attempt),
+        }
+    }
+}
+
+/// How one attempt's end is written.
+#[derive(Clone, Copy, Debug)]
+pub enum Settle<'a> {
+    /// Its final result: the job is finished and its checkpoint goes.
+    Finish(&'a JobResult),
+    /// Back to the queue for another attempt (a retry), its attempts kept.
+    Requeue(u64),
+}
+
+const JOB_COLUMNS: &str = "lsn, tenant, queue_id, action, worker, descriptor, priority, state, attempts, \
+                           max_retries, retry_guest_failures, result, lease_node, checkpoint";
+
+fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    let result: Option<String> = row.get(11)?;
+    Ok(JobRow {
+        lsn: row.get::<_, i64>(0)? as u64,
+        tenant: row.get(1)?,
+        queue_id: row.get::<_, Option<i64>>(2)?.map(|q| q as u64),
+        action: parse_hash(row.get(3)?)?,
+        worker: parse_hash(row.get(4)?)?,
+        descriptor: row.get(5)?,
+        priority: row.get(6)?,
+        state: row.get(7)?,
+        attempts: row.get(8)?,
+        max_retries: row.get(9)?,
+        retry_guest_failures: row.get(10)?,
+        result: result.and_then(|r| serde_json::from_str(&r).ok()),
+        lease_node: row.get(12)?,
+        checkpoint: row
+            .get::<_, Option<String>>(13)?
+            .map(parse_hash)
+            .transpose()?,
+        after: Vec::new(),
+    })
+}
+
+fn deps(conn: &Connection, lsn: u64) -> rusqlite::Result<Vec<u64>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT after FROM job_deps WHERE lsn = ?1 ORDER BY after")?;
+    let rows = stmt.query_map(params![lsn as i64], |row| row.get::<_, i64>(0))?;
+    rows.map(|r| r.map(|l| l as u64)).collect()
+}
+
+impl Store {
+    /// Inserts jobs in one transaction, each queued or already finished (a cached
+    /// result, whose `lsn` field is filled in here); returns their LSNs.
+    pub fn insert_jobs(&self, jobs: &[(NewJob<'_>, Option<JobResult>)]) -> StoreResult<Vec<u64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut lsns = Vec::with_capacity(jobs.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (tenant, queue_id, action, worker, descriptor, priority, state, max_retries, \
+                 retry_guest_failures, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9)",
+            )?;
+            let mut finish = tx.prepare_cached(
+                "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4 WHERE lsn = ?1",
+            )?;
+            let mut dep =
+                tx.prepare_cached("INSERT OR IGNORE INTO job_deps (lsn, after) VALUES (?1, ?2)")?;
+            for (job, cached) in jobs {
+                insert.execute(params![
+                    job.tenant,
+                    job.queue_id.map(|q| q as i64),
+                    job.action.to_string(),
+                    job.worker.to_string(),
+                    job.descriptor,
+                    job.priority,
+                    job.max_retries,
+                    job.retry_guest_failures,
+                    now_ms(),
+                ])?;
+                let lsn = tx.last_insert_rowid() as u64;
+                for after in job.after {
+                    dep.execute(params![lsn as i64, *after as i64])?;
+                }
+                if let Some(result) = cached {
+                    let mut result = result.clone();
+                    result.lsn = lsn;
+                    let json = serde_json::to_string(&result).expect("results serialize");
+                    finish.execute(params![lsn as i64, result.state, json, now_ms()])?;
+                }
+                lsns.push(lsn);
+            }
+        }
+        if let Some((job, _)) = jobs.first()
+            && let Some(queue) = job.queue_id
+        {
+            tx.prepare_cached("UPDATE queues SET touched_ms = ?2 WHERE id = ?1")?
+                .execute(params![queue as i64, now_ms()])?;
+        }
+        tx.commit()?;
+        Ok(lsns)
+    }
+
+    /// One job of `tenant` (None when it does not exist or is another tenant's).
+    pub(super) fn job(&self, tenant: &str, lsn: u64) -> StoreResult<Option<JobRow>> {
+        let conn = self.conn();
+        let job = conn
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1 AND tenant = ?2"),
+                params![lsn as i64, tenant],
+                job_row,
+            )
+            .optional()?;
+        let Some(mut job) = job else { return Ok(None) };
+        job.after = deps(&conn, lsn)?;
+        Ok(Some(job))
+    }
+
+    /// A job by LSN alone, for the node's own bookkeeping (the API always scopes by
+    /// tenant with [`Db::job`]).
+    pub(super) fn job_by_lsn(&self, lsn: u64) -> StoreResult<Option<JobRow>> {
+        let conn = self.conn();
+        let job = conn
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1"),
+                params![lsn as i64],
+                job_row,
+            )
+            .optional()?;
+        let Some(mut job) = job else { return Ok(None) };
+        job.after = deps(&conn, lsn)?;
+        Ok(Some(job))
+    }
+
+    /// The latest successful result of this action for this tenant.
+    pub(super) fn cached_result(
+        &self,
+        tenant: &str,
+        action: &HashHex,
+    ) -> StoreResult<Option<JobResult>> {
+        let result: Option<String> = self
+            .conn()
+            .prepare_cached(
+                "SELECT result FROM jobs WHERE tenant = ?1 AND action = ?2 AND state = 'succeeded' \
+                 ORDER BY lsn DESC LIMIT 1",
+            )?
+            .query_row(params![tenant, action.to_string()], |row| row.get(0))
+            .optional()?;
+        Ok(result.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    /// Marks a job running and counts the attempt; returns the attempt number.
+    pub fn start_job(&self, lsn: u64) -> StoreResult<u32> {
+        Ok(self.conn().prepare_cached(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1 WHERE lsn = ?1 RETURNING attempts")?.query_row(
+            params![lsn as i64],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Leases queued jobs to nodes in one transaction: each is marked running on its
+    /// node and its attempt counted. Returns the attempt numbers (the fencing tokens),
+    /// in order.
+    pub fn lease_jobs(&self, leases: &[(u64, &str)]) -> StoreResult<Vec<u32>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut attempts = Vec::with_capacity(leases.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_node = ?2 \
+                 WHERE lsn = ?1 RETURNING attempts",
+            )?;
+            for (lsn, node) in leases {
+                attempts.push(stmt.query_row(params![*lsn as i64, node], |row| row.get(0))?);
+            }
+        }
+        tx.commit()?;
+        Ok(attempts)
+    }
+
+    /// Takes back a lease its node never received: the job is queued again and the
+    /// attempt uncounted (it never ran). False when the attempt is no longer current.
+    pub fn unlease_job(&self, lsn: u64, attempt: u32) -> StoreResult<bool> {
+        let changed = self
+            .conn()
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_node = NULL \
+                 WHERE lsn = ?1 AND state = 'running' AND attempts = ?2",
+            )?
+            .execute(params![lsn as i64, attempt])?;
+        Ok(changed == 1)
+    }
+
+    /// Records that a cancel was asked for while the job runs (or is being placed),
+    /// so no later attempt of it starts.
+    pub fn request_cancel(&self, lsn: u64) -> StoreResult<()> {
+        self.conn()
+            .prepare_cached("UPDATE jobs SET cancel_requested = '1' WHERE lsn = ?1")?
+            .execute(params![lsn as i64])?;
+        Ok(())
+    }
+
+    /// Whether a cancel was asked for while the job ran.
+    pub fn cancel_requested(&self, lsn: u64) -> StoreResult<bool> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT cancel_requested IS NOT NULL FROM jobs WHERE lsn = ?1")?
+            .query_row(params![lsn as i64], |row| row.get(0))
+            .optional()
+            .map(|found| found.unwrap_or(false))?)
+    }
+
+    /// Writes the ends of a batch of attempts in one transaction, each under its
+    /// fence; answers, in order, whether each was written (false: a stale fence).
+    pub fn settle_jobs(&self, batch: &[(Settle<'_>, Fence)]) -> StoreResult<Vec<bool>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut written = Vec::with_capacity(batch.len());
+        let mut garbage = Vec::new();
+        for (settle, fence) in batch {
+            let attempt = fence.attempt();
+            written.push(match settle {
+                Settle::Finish(result) => {
+                    let old: Option<Option<String>> = tx
+                        .prepare_cached(
+                            "SELECT checkpoint FROM jobs WHERE lsn = ?1 \
+                             AND (?2 IS NULL OR (state = 'running' AND attempts = ?2))",
+                        )?
+                        .query_row(params![result.lsn as i64, attempt], |row| row.get(0))
+                        .optional()?;
+                    match old {
+                        None => false,
+                        Some(old) => {
+                            // A finished job resumes from nothing: its checkpoint goes.
+                            garbage.extend(old.and_then(|h| h.parse::<HashHex>().ok()));
+                            let json = serde_json::to_string(result).expect("results serialize");
+                            tx.prepare_cached(
+                                "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4, \
+                                 lease_node = NULL, checkpoint = NULL WHERE lsn = ?1",
+                            )?
+                            .execute(params![
+                                result.lsn as i64,
+                                result.state,
+                                json,
+                                now_ms()
+                            ])?;
+                            true
+                        }
+                    }
+                }
+                Settle::Requeue(lsn) => {
+                    tx.prepare_cached(
+                        "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, \
+                         retired = 0, lease_node = NULL WHERE lsn = ?1 \
+                         AND (?2 IS NULL OR (state = 'running' AND attempts = ?2))",
+                    )?
+                    .execute(params![*lsn as i64, attempt])?
+                        == 1
+                }
+            });
+        }
+        tx.commit()?;
+        for hash in garbage {
+            self.collect(hash);
+        }
+        Ok(written)
+    }
+
+    /// Stores a job's final result under `fence`; false when the fence is stale.
+    pub fn finish_job(&self, result: &JobResult, fence: Fence) -> StoreResult<bool> {
+        Ok(self.settle_jobs(&[(Settle::Finish(result), fence)])?[0])
+    }
+
+    /// Records the latest checkpoint of a running job; with `fence`, only while the
+    /// job runs that attempt. False when nothing was written.
+    pub fn save_checkpoint(&self, lsn: u64, hash: &HashHex, fence: Fence) -> StoreResult<bool> {
+        let conn = self.conn();
+        let old: Option<Option<String>> = conn
+            .prepare_cached(
+                "SELECT checkpoint FROM jobs WHERE lsn = ?1 AND state = 'running' \
+                 AND (?2 IS NULL OR attempts = ?2)",
+            )?
+            .query_row(params![lsn as i64, fence.attempt()], |row| row.get(0))
+            .optional()?;
+        let Some(old) = old else {
+            return Ok(false);
+        };
+        conn.prepare_cached("UPDATE jobs SET checkpoint = ?2 WHERE lsn = ?1")?
+            .execute(params![lsn as i64, hash.to_string()])?;
+        // Only the latest checkpoint is kept: the one it replaces is garbage.
+        if let Some(old) = old.and_then(|h| h.parse::<HashHex>().ok())
+            && old != *hash
+        {
+            self.collect(old);
+        }
+        Ok(true)
+    }
+
+    /// Records a job's descriptor with its output references substituted, and the
+    /// action id that descriptor has.
+    pub fn resolve_job(&self, lsn: u64, descriptor: &str, action: &HashHex) -> StoreResult<()> {
+        self.conn()
+            .prepare_cached("UPDATE jobs SET descriptor = ?2, action = ?3 WHERE lsn = ?1")?
+            .execute(params![lsn as i64, descriptor, action.to_string()])?;
+        Ok(())
+    }
+
+    /// Puts a job back in the queue (a retry, a reschedule, a restart), keeping its
+    /// attempt count; a cancel asked for earlier is forgotten, so callers check it first.
+    pub fn requeue_job(&self, lsn: u64) -> StoreResult<()> {
+        self.conn()
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, retired = 0, \
+             cancel_requested = NULL WHERE lsn = ?1",
+            )?
+            .execute(params![lsn as i64])?;
+        Ok(())
+    }
+
+    /// Changes a job's priority.
+    pub fn set_priority(&self, lsn: u64, priority: i64) -> StoreResult<()> {
+        self.conn()
+            .prepare_cached("UPDATE jobs SET priority = ?2 WHERE lsn = ?1")?
+            .execute(params![lsn as i64, priority])?;
+        Ok(())
+    }
+
+    /// Every job still queued or running, oldest first (to rebuild the scheduler after
+    /// a restart).
+    pub(super) fn pending_jobs(&self) -> StoreResult<Vec<JobRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY lsn"
+        ))?;
+        let mut jobs: Vec<JobRow> = stmt.query_map([], job_row)?.collect::<Result<_, _>>()?;
+        for job in &mut jobs {
+            job.after = deps(&conn, job.lsn)?;
+        }
+        Ok(jobs)
+    }
+
+    /// Finished, unretired jobs of the tenant (optionally of one queue), by LSN.
+    pub(super) fn completed(&self, tenant: &str, queue: Option<u64>) -> StoreResult<Vec<u64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT lsn FROM jobs WHERE tenant = ?1 AND retired = 0 \
+             AND state IN ('succeeded', 'failed', 'cancelled') AND (?2 IS NULL OR queue_id = ?2) ORDER BY lsn",
+        )?;
+        let rows = stmt.query_map(params![tenant, queue.map(|q| q as i64)], |row| {
+            row.get::<_, i64>(0)
+        })?;
+        Ok(rows
+            .map(|r| r.map(|l| l as u64))
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Retires a finished job from the completed list; false when it is not finished.
+    pub(super) fn retire(&self, tenant: &str, lsn: u64) -> StoreResult<bool> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "UPDATE jobs SET retired = 1 WHERE lsn = ?1 AND tenant = ?2 \
+                 AND state IN ('succeeded', 'failed', 'cancelled')",
+            )?
+            .execute(params![lsn as i64, tenant])
+            .map(|n| n == 1)?)
+    }
+
+    /// Counts of all jobs by state (for metrics).
+    pub(super) fn job_counts(&self) -> StoreResult<Vec<(JobState, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}

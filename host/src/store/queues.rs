@@ -1,0 +1,161 @@
+//! Queues: their policy and state, remote tokens, and the counts of their jobs.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreResult, now_ms};
+use crate::model::{JobState, QueueState};
+
+/// A queue as stored.
+#[derive(Clone, Debug)]
+pub struct QueueRow {
+    /// Its id.
+    pub id: u64,
+    /// Its owner.
+    pub tenant: String,
+    /// The remote token, for remote queues.
+    pub token: Option<String>,
+    /// Whether it takes submissions.
+    pub state: QueueState,
+    /// Retries allowed per job.
+    pub max_retries: u32,
+    /// Whether guest failures are retried.
+    pub retry_guest_failures: bool,
+    /// Default priority of its jobs.
+    pub priority: i64,
+    /// Last time it was used (ms since the epoch).
+    pub touched_ms: i64,
+}
+
+fn queue_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
+    Ok(QueueRow {
+        id: row.get::<_, i64>(0)? as u64,
+        tenant: row.get(1)?,
+        token: row.get(2)?,
+        state: row.get(3)?,
+        max_retries: row.get(4)?,
+        retry_guest_failures: row.get(5)?,
+        priority: row.get(6)?,
+        touched_ms: row.get(7)?,
+    })
+}
+
+const QUEUE_COLUMNS: &str =
+    "id, tenant, token, state, max_retries, retry_guest_failures, priority, touched_ms";
+
+impl Store {
+    /// Creates a queue; returns its id.
+    pub(super) fn create_queue(
+        &self,
+        tenant: &str,
+        token: Option<&str>,
+        name: Option<&str>,
+        max_retries: u32,
+        retry_guest_failures: bool,
+        priority: i64,
+    ) -> StoreResult<u64> {
+        let conn = self.conn();
+        conn.prepare_cached(
+            "INSERT INTO queues (tenant, token, name, state, max_retries, retry_guest_failures, priority, \
+             created_ms, touched_ms) VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?7)")?.execute(
+            params![tenant, token, name, max_retries, retry_guest_failures, priority, now_ms()],
+        )?;
+        Ok(conn.last_insert_rowid() as u64)
+    }
+
+    /// A queue by id.
+    pub(super) fn queue(&self, tenant: &str, id: u64) -> StoreResult<Option<QueueRow>> {
+        Ok(self
+            .conn()
+            .prepare_cached(&format!(
+                "SELECT {QUEUE_COLUMNS} FROM queues WHERE id = ?1 AND tenant = ?2"
+            ))?
+            .query_row(params![id as i64, tenant], queue_row)
+            .optional()?)
+    }
+
+    /// The tenant's remote queue whose stored token (a digest) is `digest`, compared
+    /// in constant time against each of the tenant's tokens.
+    pub(super) fn queue_by_token(
+        &self,
+        tenant: &str,
+        digest: &str,
+    ) -> StoreResult<Option<QueueRow>> {
+        use subtle::ConstantTimeEq;
+        let found = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, token FROM queues WHERE tenant = ?1 AND token IS NOT NULL",
+            )?;
+            let rows = stmt.query_map(params![tenant], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, row.get::<_, String>(1)?))
+            })?;
+            let mut found = None;
+            for row in rows {
+                let (id, stored) = row?;
+                if bool::from(stored.as_bytes().ct_eq(digest.as_bytes())) {
+                    found = Some(id);
+                }
+            }
+            found
+        };
+        match found {
+            Some(id) => self.queue(tenant, id),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets a queue's state.
+    pub(super) fn set_queue_state(
+        &self,
+        tenant: Option<&str>,
+        id: u64,
+        state: QueueState,
+    ) -> StoreResult<bool> {
+        let changed = self
+            .conn()
+            .prepare_cached(
+                "UPDATE queues SET state = ?2, touched_ms = ?3 \
+                 WHERE id = ?1 AND (?4 IS NULL OR tenant = ?4)",
+            )?
+            .execute(params![id as i64, state, now_ms(), tenant])?;
+        Ok(changed == 1)
+    }
+
+    /// Job counts of a queue by state.
+    pub(super) fn queue_counts(&self, tenant: &str, id: u64) -> StoreResult<Vec<(JobState, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT state, COUNT(*) FROM jobs WHERE queue_id = ?1 AND tenant = ?2 GROUP BY state",
+        )?;
+        let rows = stmt.query_map(params![id as i64, tenant], |row| {
+            Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// LSNs of a queue's jobs that are still queued or running.
+    pub(super) fn queue_pending(&self, tenant: &str, id: u64) -> StoreResult<Vec<u64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT lsn FROM jobs WHERE queue_id = ?1 AND tenant = ?2 \
+             AND state IN ('queued', 'running') ORDER BY lsn",
+        )?;
+        let rows = stmt.query_map(params![id as i64, tenant], |row| row.get::<_, i64>(0))?;
+        Ok(rows
+            .map(|r| r.map(|l| l as u64))
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Active queues untouched since `before_ms` with nothing pending: the idle ones.
+    pub(super) fn idle_queues(&self, before_ms: i64) -> StoreResult<Vec<u64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id FROM queues q WHERE state = 'active' AND touched_ms < ?1 AND NOT EXISTS \
+             (SELECT 1 FROM jobs j WHERE j.queue_id = q.id AND j.state IN ('queued', 'running'))",
+        )?;
+        let rows = stmt.query_map(params![before_ms], |row| row.get::<_, i64>(0))?;
+        Ok(rows
+            .map(|r| r.map(|l| l as u64))
+            .collect::<rusqlite::Result<_>>()?)
+    }
+}

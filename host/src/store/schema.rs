@@ -1,0 +1,128 @@
+//! The journal's tables, and the migrations that bring an older data directory up to
+//! date.
+
+use rusqlite::Connection;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS blobs (
+    tenant TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (tenant, hash)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workers (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT,
+    descriptor TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queues (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    token TEXT UNIQUE,
+    name TEXT,
+    state TEXT NOT NULL,
+    max_retries INTEGER NOT NULL,
+    retry_guest_failures INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    touched_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    lsn INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    queue_id INTEGER,
+    action TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    descriptor TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_retries INTEGER NOT NULL,
+    retry_guest_failures INTEGER NOT NULL,
+    result TEXT,
+    retired INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    finished_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state) WHERE state IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS jobs_by_action ON jobs (tenant, action, state);
+CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue_id, state);
+CREATE TABLE IF NOT EXISTS job_deps (
+    lsn INTEGER NOT NULL,
+    after INTEGER NOT NULL,
+    PRIMARY KEY (lsn, after)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    tenant TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status INTEGER,
+    content_type TEXT,
+    body BLOB,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS webhooks (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    state TEXT NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    disabled_reason TEXT,
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    webhook TEXT NOT NULL,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_ms INTEGER NOT NULL,
+    finished_ms INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_ms) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_by_webhook ON deliveries (webhook, created_ms);
+CREATE TABLE IF NOT EXISTS group_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS group_events_by_group ON group_events (group_id, seq);
+CREATE TABLE IF NOT EXISTS groups (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    placements TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// Creates what is missing: the tables, the columns added after the first release
+/// (data directories written by an older version get them here), their indexes.
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    for column in ["lease_node", "checkpoint", "cancel_requested"] {
+        let present: bool = conn
+            .prepare(&format!(
+                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = '{column}'"
+            ))?
+            .query_row([], |row| row.get::<_, i64>(0).map(|n| n > 0))?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} TEXT"))?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS jobs_by_checkpoint ON jobs (checkpoint) \
+         WHERE checkpoint IS NOT NULL",
+    )
+}

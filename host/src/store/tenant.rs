@@ -1,0 +1,246 @@
+//! The two views of the journal: [`TenantStore`], every lookup scoped by one tenant
+//! (what requests use: another tenant's row is simply not found), and [`Unscoped`],
+//! lookups by id alone for the engine's own loops.
+
+use serde_json::Value;
+
+use super::{IdempotencyBegin, JobRow, QueueRow, Store, StoreResult, Webhook};
+use crate::model::{HashHex, JobResult, JobState, QueueState};
+
+/// The journal as one tenant sees it. It has no unscoped lookup: the tenancy
+/// invariant is this type.
+#[derive(Clone, Copy, Debug)]
+pub struct TenantStore<'a> {
+    store: &'a Store,
+    tenant: &'a str,
+}
+
+/// A group as stored: (spec JSON, placements JSON).
+pub type GroupRow = (String, String);
+
+impl<'a> TenantStore<'a> {
+    pub(super) fn new(store: &'a Store, tenant: &'a str) -> Self {
+        Self { store, tenant }
+    }
+
+    /// The tenant this view is scoped by.
+    pub fn name(&self) -> &'a str {
+        self.tenant
+    }
+
+    /// Whether the tenant holds the blob (the empty blob is everyone's).
+    pub fn owns_blob(&self, hash: &HashHex) -> StoreResult<bool> {
+        self.store.owns_blob(self.tenant, hash)
+    }
+
+    /// Records that the tenant holds the blob; true when it did not before.
+    pub fn own_blob(&self, hash: &HashHex, size: u64) -> StoreResult<bool> {
+        self.store.own_blob(self.tenant, hash, size)
+    }
+
+    /// A worker's descriptor JSON.
+    pub fn worker(&self, id: &HashHex) -> StoreResult<Option<String>> {
+        self.store.worker(self.tenant, id)
+    }
+
+    /// Registers a worker; true when it is new for the tenant.
+    pub fn put_worker(
+        &self,
+        id: &HashHex,
+        name: &str,
+        version: Option<&str>,
+        descriptor: &str,
+    ) -> StoreResult<bool> {
+        self.store
+            .put_worker(self.tenant, id, name, version, descriptor)
+    }
+
+    /// The tenant's workers: (id, name, version), oldest first.
+    pub fn workers(&self) -> StoreResult<Vec<(String, String, Option<String>)>> {
+        self.store.workers(self.tenant)
+    }
+
+    /// One of the tenant's jobs.
+    pub fn job(&self, lsn: u64) -> StoreResult<Option<JobRow>> {
+        self.store.job(self.tenant, lsn)
+    }
+
+    /// The result of one of the tenant's jobs, once it has one.
+    pub fn result(&self, lsn: u64) -> StoreResult<Option<JobResult>> {
+        Ok(self.job(lsn)?.and_then(|job| job.result))
+    }
+
+    /// The latest successful result of this action for the tenant.
+    pub fn cached_result(&self, action: &HashHex) -> StoreResult<Option<JobResult>> {
+        self.store.cached_result(self.tenant, action)
+    }
+
+    /// Finished, unretired jobs (optionally of one queue), by LSN.
+    pub fn completed(&self, queue: Option<u64>) -> StoreResult<Vec<u64>> {
+        self.store.completed(self.tenant, queue)
+    }
+
+    /// Retires a finished job from the completed list; false when it is not finished.
+    pub fn retire(&self, lsn: u64) -> StoreResult<bool> {
+        self.store.retire(self.tenant, lsn)
+    }
+
+    /// Creates a queue; returns its id.
+    pub fn create_queue(
+        &self,
+        token: Option<&str>,
+        name: Option<&str>,
+        max_retries: u32,
+        retry_guest_failures: bool,
+        priority: i64,
+    ) -> StoreResult<u64> {
+        self.store.create_queue(
+            self.tenant,
+            token,
+            name,
+            max_retries,
+            retry_guest_failures,
+            priority,
+        )
+    }
+
+    /// One of the tenant's queues by id.
+    pub fn queue(&self, id: u64) -> StoreResult<Option<QueueRow>> {
+        self.store.queue(self.tenant, id)
+    }
+
+    /// The tenant's remote queue whose token digest is `digest` (constant time).
+    pub fn queue_by_token(&self, digest: &str) -> StoreResult<Option<QueueRow>> {
+        self.store.queue_by_token(self.tenant, digest)
+    }
+
+    /// Sets the state of one of the tenant's queues; false when it has none such.
+    pub fn set_queue_state(&self, id: u64, state: QueueState) -> StoreResult<bool> {
+        self.store.set_queue_state(Some(self.tenant), id, state)
+    }
+
+    /// Job counts of one of the tenant's queues, by state.
+    pub fn queue_counts(&self, id: u64) -> StoreResult<Vec<(JobState, u64)>> {
+        self.store.queue_counts(self.tenant, id)
+    }
+
+    /// LSNs of a queue's jobs still queued or running.
+    pub fn queue_pending(&self, id: u64) -> StoreResult<Vec<u64>> {
+        self.store.queue_pending(self.tenant, id)
+    }
+
+    /// Looks up an idempotency key for a request with `fingerprint`, claiming it when
+    /// it is new (or abandoned by a process that died).
+    pub fn idempotency_begin(&self, key: &str, fingerprint: &str) -> StoreResult<IdempotencyBegin> {
+        self.store.idempotency_begin(self.tenant, key, fingerprint)
+    }
+
+    /// Stores the response of the first request with an idempotency key.
+    pub fn idempotency_finish(
+        &self,
+        key: &str,
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> StoreResult<()> {
+        self.store
+            .idempotency_finish(self.tenant, key, status, content_type, body)
+    }
+
+    /// Releases a key whose first request did not complete, so a retry runs again.
+    pub fn idempotency_forget(&self, key: &str) -> StoreResult<()> {
+        self.store.idempotency_forget(self.tenant, key)
+    }
+
+    /// Stores (or replaces the placements of) one of the tenant's groups.
+    pub fn put_group(&self, id: &str, spec: &str, placements: &str) -> StoreResult<()> {
+        self.store.put_group(self.tenant, id, spec, placements)
+    }
+
+    /// One of the tenant's groups.
+    pub fn group(&self, id: &str) -> StoreResult<Option<GroupRow>> {
+        self.store.group(self.tenant, id)
+    }
+
+    /// The tenant's groups: (id, tenant, spec, placements).
+    pub fn groups(&self) -> StoreResult<Vec<(String, String, String, String)>> {
+        self.store.groups(Some(self.tenant))
+    }
+
+    /// Deletes one of the tenant's groups and its event log; false when it has none
+    /// such.
+    pub fn delete_group(&self, id: &str) -> StoreResult<bool> {
+        if !self.store.delete_group(self.tenant, id)? {
+            return Ok(false);
+        }
+        self.store.forget_group_events(id)?;
+        Ok(true)
+    }
+
+    /// The latest `limit` entries of one of the tenant's groups' event logs, oldest
+    /// first; `None` when the tenant has no such group.
+    pub fn group_events(&self, id: &str, limit: usize) -> StoreResult<Option<Vec<Value>>> {
+        if self.group(id)?.is_none() {
+            return Ok(None);
+        }
+        self.store.group_events(id, limit).map(Some)
+    }
+
+    /// The tenant's webhooks, oldest first.
+    pub fn webhooks(&self) -> StoreResult<Vec<Webhook>> {
+        self.store.webhooks_of(self.tenant)
+    }
+
+    /// One of the tenant's webhooks.
+    pub fn webhook(&self, id: &str) -> StoreResult<Option<Webhook>> {
+        self.store.tenant_webhook(self.tenant, id)
+    }
+}
+
+/// Lookups by id alone, whoever owns the row: the engine's recovery, placement and
+/// settling, the delivery loop, the operator's views. Never for a tenant's request.
+#[derive(Clone, Copy, Debug)]
+pub struct Unscoped<'a> {
+    store: &'a Store,
+}
+
+impl<'a> Unscoped<'a> {
+    pub(super) fn new(store: &'a Store) -> Self {
+        Self { store }
+    }
+
+    /// A job by LSN.
+    pub fn job(&self, lsn: u64) -> StoreResult<Option<JobRow>> {
+        self.store.job_by_lsn(lsn)
+    }
+
+    /// Every job still queued or running, oldest first (to rebuild the scheduler).
+    pub fn pending_jobs(&self) -> StoreResult<Vec<JobRow>> {
+        self.store.pending_jobs()
+    }
+
+    /// Counts of all jobs by state (for metrics).
+    pub fn job_counts(&self) -> StoreResult<Vec<(JobState, u64)>> {
+        self.store.job_counts()
+    }
+
+    /// Active queues untouched since `before_ms` with nothing pending.
+    pub fn idle_queues(&self, before_ms: i64) -> StoreResult<Vec<u64>> {
+        self.store.idle_queues(before_ms)
+    }
+
+    /// Expires an idle queue (the engine's idle-queue loop).
+    pub fn expire_queue(&self, id: u64) -> StoreResult<bool> {
+        self.store.set_queue_state(None, id, QueueState::Cancelled)
+    }
+
+    /// Every tenant's groups: (id, tenant, spec, placements).
+    pub fn groups(&self) -> StoreResult<Vec<(String, String, String, String)>> {
+        self.store.groups(None)
+    }
+
+    /// A webhook by id.
+    pub fn webhook(&self, id: &str) -> StoreResult<Option<Webhook>> {
+        self.store.webhook_by_id(id)
+    }
+}
