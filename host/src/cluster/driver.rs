@@ -15,8 +15,9 @@ use serde_json::json;
 use super::fleet::{Fleet, Lease, Reservation};
 use super::placement::Demand;
 use super::protocol::{Assignment, CheckpointNote, Report, Token};
-use crate::engine::{Engine, Fence, Runnable};
+use crate::engine::{Ended, Engine, Fence, Runnable};
 use crate::model::{HashHex, JobResult, JobState, outcome};
+use crate::store::JobRow;
 
 /// Leases written to the journal in one transaction.
 const LEASE_BATCH: usize = 256;
@@ -65,8 +66,47 @@ pub fn keep_checkpoint(engine: &Engine, fleet: &Fleet, id: &str, note: Checkpoin
     }
 }
 
-/// Records one report if its lease is current; false when refused.
-pub fn accept(engine: &Engine, fleet: &Fleet, id: &str, report: Report) -> bool {
+/// Records node `id`'s reports, each only if its lease is current, all in one journal
+/// transaction; answers, in order, whether each was taken.
+pub fn accept(engine: &Engine, fleet: &Fleet, id: &str, reports: Vec<Report>) -> Vec<bool> {
+    let mut taken = vec![false; reports.len()];
+    let mut checked = Vec::with_capacity(reports.len());
+    for (index, report) in reports.into_iter().enumerate() {
+        if let Some((job, result, host_failure)) = check(engine, fleet, id, report) {
+            checked.push((index, job, result, host_failure));
+        }
+    }
+    let (indexes, ended): (Vec<usize>, Vec<Ended<'_>>) = checked
+        .iter()
+        .map(|(index, job, result, host_failure)| {
+            let ended = Ended {
+                job,
+                result: result.clone(),
+                host_failure: *host_failure,
+                fence: Fence::Lease(result.attempts),
+            };
+            (*index, ended)
+        })
+        .unzip();
+    match engine.record_many(ended) {
+        Ok(written) => {
+            for (index, written) in indexes.into_iter().zip(written) {
+                taken[index] = written;
+            }
+        }
+        Err(e) => tracing::error!(node = id, error = %e, "recording results"),
+    }
+    taken
+}
+
+/// A report turned into the job's result, if its lease is current: (the job as the
+/// journal has it, the result, whether it failed on the host).
+fn check(
+    engine: &Engine,
+    fleet: &Fleet,
+    id: &str,
+    report: Report,
+) -> Option<(JobRow, JobResult, bool)> {
     let token = report.lease;
     let Some(lease) = fleet.finish(id, token, report.host_failure) else {
         tracing::debug!(
@@ -75,14 +115,14 @@ pub fn accept(engine: &Engine, fleet: &Fleet, id: &str, report: Report) -> bool 
             node = id,
             "no such lease"
         );
-        return false;
+        return None;
     };
     let job = match engine.job_any(token.lsn) {
         Ok(Some(job)) => job,
-        Ok(None) => return false,
+        Ok(None) => return None,
         Err(e) => {
             tracing::error!(lsn = token.lsn, error = %e, "reading a reported job");
-            return false;
+            return None;
         }
     };
     let tenant = engine.store().tenant(&job.tenant);
@@ -151,13 +191,7 @@ pub fn accept(engine: &Engine, fleet: &Fleet, id: &str, report: Report) -> bool 
         placement: Some(lease.placement),
         ..result
     };
-    match engine.record(&job, result, host_failure, Fence::Lease(token.attempt)) {
-        Ok(accepted) => accepted,
-        Err(e) => {
-            tracing::error!(lsn = job.lsn, error = %e, "recording a result");
-            false
-        }
-    }
+    Some((job, result, host_failure))
 }
 
 /// Hands runnable jobs to nodes whenever jobs become runnable or capacity appears.
@@ -432,9 +466,13 @@ mod tests {
             lsn: first,
             attempt: 2,
         };
-        assert!(!accept(&engine, &fleet, "n1", report(stale)));
-        assert!(!accept(&engine, &fleet, "n2", report(token)));
-        assert!(accept(&engine, &fleet, "n1", report(token)));
+        assert_eq!(accept(&engine, &fleet, "n1", vec![report(stale)]), [false]);
+        assert_eq!(accept(&engine, &fleet, "n2", vec![report(token)]), [false]);
+        assert_eq!(
+            accept(&engine, &fleet, "n1", vec![report(stale), report(token)]),
+            [false, true],
+            "a batch takes what is current"
+        );
         let result = engine.job_any(first).unwrap().unwrap().result.unwrap();
         assert_eq!(
             (result.state, result.node.as_str()),

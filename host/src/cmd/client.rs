@@ -23,11 +23,13 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// A client of that server with that key.
     pub fn client(&self) -> Client {
         Client::new(&self.server, self.api_key.clone())
     }
 }
 
+/// `NAME=VALUE` arguments of `flag`, split.
 pub fn pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, String)>> {
     items
         .iter()
@@ -39,6 +41,7 @@ pub fn pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, String
         .collect()
 }
 
+/// A spinner on stderr when it is a terminal (hidden otherwise, so logs stay clean).
 pub fn spinner(message: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();

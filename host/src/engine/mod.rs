@@ -38,6 +38,7 @@ pub use error::EngineError;
 use metrics::Metrics;
 pub use runnable::Runnable;
 use scheduler::Scheduler;
+pub use settle::Ended;
 pub use submit::{ActionSubmission, QueuePolicy, Registered, Submitted};
 
 /// What the engine needs of whoever runs its jobs.

@@ -191,9 +191,10 @@ pub(super) async fn results(
     let (engine, fleet) = (state.engine.clone(), state.fleet.clone());
     let answer = tokio::task::spawn_blocking(move || {
         let mut answer = ResultsAnswer::default();
-        for report in reports.results {
-            let token = report.lease;
-            if accept(&engine, &fleet, &id, report) {
+        let tokens: Vec<Token> = reports.results.iter().map(|r| r.lease).collect();
+        let taken = accept(&engine, &fleet, &id, reports.results);
+        for (token, taken) in tokens.into_iter().zip(taken) {
+            if taken {
                 answer.accepted.push(token);
             } else {
                 engine.metrics().results_rejected.add(1);
