@@ -97,7 +97,9 @@ pub async fn descriptor(state: &AppState, tenant: &str, request: Request) -> Api
             "the package has no `descriptor` part".into(),
         )
     })?;
-    // Every chunk verified: now store them.
+    // Every chunk verified and within the tenant's quota: now store them.
+    let sizes: Vec<(HashHex, u64)> = staged.iter().map(|s| (s.hash, s.size)).collect();
+    state.engine.admit_blobs(tenant, &sizes)?;
     for blob in staged {
         let (hash, size) = (blob.hash, blob.size);
         state.engine.cas().commit(blob)?;

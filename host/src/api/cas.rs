@@ -68,6 +68,7 @@ pub async fn put_blob(
             .into_response());
     }
     let size = staged.size;
+    state.engine.admit_blobs(&tenant, &[(hash, size)])?;
     state.engine.cas().commit(staged)?;
     state.engine.store().tenant(&tenant).own_blob(&hash, size)?;
     state.engine.metrics().cas_bytes_written.add(size);

@@ -3,7 +3,7 @@
 //! internals; those go to the log.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -26,6 +26,8 @@ pub enum ApiError {
     TooLarge(String),
     /// 422 with a code (`invalid_module`, `invalid_dependency`, ...).
     Unprocessable(&'static str, String),
+    /// 429 `rate_limited`, with `Retry-After` in whole seconds.
+    RateLimited(String, u64),
     /// 503 `unavailable`.
     Unavailable(String),
     /// 500 `internal`; the detail is logged, not returned.
@@ -43,6 +45,7 @@ impl ApiError {
             ApiError::Conflict(..) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(..) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -60,6 +63,7 @@ impl ApiError {
             ),
             ApiError::NotFound(m) => ("not_found", m.clone()),
             ApiError::TooLarge(m) => ("too_large", m.clone()),
+            ApiError::RateLimited(m, _) => ("rate_limited", m.clone()),
             ApiError::Unavailable(m) => ("unavailable", m.clone()),
             ApiError::Internal(_) => ("internal", "internal error; see the server log".into()),
         }
@@ -77,11 +81,17 @@ impl IntoResponse for ApiError {
             tracing::error!(%detail, "internal error");
         }
         let (code, message) = self.code_and_message();
-        (
+        let mut response = (
             self.status_code(),
             Json(json!({"error": {"code": code, "message": message}})),
         )
-            .into_response()
+            .into_response();
+        if let ApiError::RateLimited(_, seconds) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -92,6 +102,11 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(m) => ApiError::NotFound(m),
             EngineError::Conflict(code, m) => ApiError::Conflict(code, m),
             EngineError::InvalidModule(m) => ApiError::Unprocessable("invalid_module", m),
+            EngineError::QuotaExceeded(m) => ApiError::Forbidden("quota_exceeded", m),
+            // Whole seconds, rounded up: a client waiting that long finds the tokens.
+            EngineError::RateLimited(m, wait) => {
+                ApiError::RateLimited(m, wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+            }
             EngineError::Internal(m) => ApiError::Internal(m),
         }
     }

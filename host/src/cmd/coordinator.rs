@@ -105,11 +105,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.max_blob_bytes = max;
         config.max_request_bytes = config.max_request_bytes.max(max + (16 << 20));
     }
-    let auth = Arc::new(tenant_auth(
-        args.api_keys,
-        args.admin_keys,
-        args.tenants.as_ref(),
-    )?);
+    let (auth, quotas) = tenant_auth(args.api_keys, args.admin_keys, args.tenants.as_ref())?;
+    let auth = Arc::new(auth);
+    config.quotas = quotas;
     let node_auth = NodeAuth::new(args.node_key.as_deref(), args.node_keys.as_ref())?;
     if auth.required() && node_auth.is_open() {
         bail!(

@@ -163,7 +163,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .into_iter()
         .chain(file.api_keys.unwrap_or_default())
         .collect();
-    let auth = tenant_auth(keys, Vec::new(), args.tenants.or(file.tenants).as_ref())?;
+    let (auth, quotas) = tenant_auth(keys, Vec::new(), args.tenants.or(file.tenants).as_ref())?;
+    config.quotas = quotas;
     let listen = args
         .listen
         .or(file.listen)

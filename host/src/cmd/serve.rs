@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use wasmesh_host::api::auth::Auth;
+use wasmesh_host::engine::quota::{Quota, Quotas};
 
 /// How webhook deliveries are retried (node and coordinator).
 #[derive(Debug, Clone, clap::Args)]
@@ -59,20 +60,29 @@ impl WebhookArgs {
     }
 }
 
-/// The `--tenants` file: tenant name -> its keys, or a table with its keys and role
-/// (`ops = { keys = ["..."], role = "operator" }`).
+/// A tenant's table in the `--tenants` file: its keys, role and quotas
+/// (`acme = { keys = ["..."], max_queued = 1000 }`).
 #[derive(Debug, Deserialize)]
-struct TenantsFile(HashMap<String, TenantEntry>);
+#[serde(deny_unknown_fields)]
+struct TenantTable {
+    keys: Vec<String>,
+    #[serde(default)]
+    role: Option<String>,
+    max_queued: Option<u64>,
+    max_store_bytes: Option<u64>,
+    submit_rate: Option<f64>,
+    submit_burst: Option<u64>,
+}
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum TenantEntry {
-    Keys(Vec<String>),
-    Table {
-        keys: Vec<String>,
-        #[serde(default)]
-        role: Option<String>,
-    },
+impl TenantTable {
+    fn quota(&self) -> Quota {
+        Quota {
+            max_queued: self.max_queued,
+            max_store_bytes: self.max_store_bytes,
+            submit_rate: self.submit_rate,
+            submit_burst: self.submit_burst,
+        }
+    }
 }
 
 /// Keys shorter than this are refused: a key is a secret, not a password.
@@ -85,13 +95,14 @@ pub fn read_toml<T: for<'de> Deserialize<'de>>(path: &PathBuf) -> anyhow::Result
 }
 
 /// Client authentication from `--api-key`s (the default tenant), `--admin-key`s (the
-/// operator role, acting as tenant `operator`) and a `--tenants` file (tenant -> keys
-/// and role); open when none is given.
+/// operator role, acting as tenant `operator`) and a `--tenants` file (tenant -> keys,
+/// or a table with keys, role and quotas; `[defaults]` holds every tenant's quotas);
+/// open when none is given.
 pub fn tenant_auth(
     keys: Vec<String>,
     admin_keys: Vec<String>,
     tenants_file: Option<&PathBuf>,
-) -> anyhow::Result<Auth> {
+) -> anyhow::Result<(Auth, Quotas)> {
     use wasmesh_host::api::auth::{DEFAULT_TENANT, OPERATOR_TENANT, Role};
     let mut auth = Auth::open();
     for key in &keys {
@@ -103,34 +114,52 @@ pub fn tenant_auth(
         }
         auth.add(OPERATOR_TENANT, key, Role::Operator);
     }
-    if let Some(path) = tenants_file {
-        let TenantsFile(entries) = read_toml(path)?;
-        for (tenant, entry) in entries {
-            let (keys, role) = match entry {
-                TenantEntry::Keys(keys) => (keys, None),
-                TenantEntry::Table { keys, role } => (keys, role),
-            };
-            let role = match role.as_deref() {
-                None => Role::Tenant,
-                Some(name) => Role::parse(name).with_context(|| {
-                    format!(
-                        "{}: tenant {tenant:?} has role {name:?}; roles are \"tenant\" and \"operator\"",
-                        path.display()
-                    )
-                })?,
-            };
-            if keys.iter().any(|k| k.len() < MIN_KEY) {
-                bail!(
-                    "{}: tenant {tenant:?} has a key shorter than {MIN_KEY} characters",
-                    path.display()
-                );
-            }
-            for key in &keys {
-                auth.add(&tenant, key, role);
-            }
+    let Some(path) = tenants_file else {
+        return Ok((auth, Quotas::default()));
+    };
+    let file = path.display();
+    let entries: toml::Table = read_toml(path)?;
+    let mut defaults = Quota::default();
+    let mut quotas = HashMap::new();
+    for (tenant, entry) in entries {
+        if tenant == "defaults" {
+            defaults = entry
+                .try_into()
+                .with_context(|| format!("{file}: [defaults] (quotas for every tenant)"))?;
+            continue;
         }
+        let table = match entry {
+            toml::Value::Array(_) => TenantTable {
+                keys: entry
+                    .try_into()
+                    .with_context(|| format!("{file}: tenant {tenant:?}: a list of keys"))?,
+                role: None,
+                max_queued: None,
+                max_store_bytes: None,
+                submit_rate: None,
+                submit_burst: None,
+            },
+            other => other
+                .try_into()
+                .with_context(|| format!("{file}: tenant {tenant:?}"))?,
+        };
+        let role = match table.role.as_deref() {
+            None => Role::Tenant,
+            Some(name) => Role::parse(name).with_context(|| {
+                format!(
+                    "{file}: tenant {tenant:?} has role {name:?}; roles are \"tenant\" and \"operator\""
+                )
+            })?,
+        };
+        if table.keys.iter().any(|k| k.len() < MIN_KEY) {
+            bail!("{file}: tenant {tenant:?} has a key shorter than {MIN_KEY} characters");
+        }
+        for key in &table.keys {
+            auth.add(&tenant, key, role);
+        }
+        quotas.insert(tenant, table.quota());
     }
-    Ok(auth)
+    Ok((auth, Quotas::new(defaults, quotas)))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use wasmesh_runtime::Limits;
 
+use super::quota::Quotas;
 use crate::webhooks::WebhookConfig;
 
 /// How a node is set up.
@@ -35,6 +36,8 @@ pub struct NodeConfig {
     pub idempotency_retention: Duration,
     /// How webhook deliveries are retried.
     pub webhooks: WebhookConfig,
+    /// Per-tenant quotas (none by default).
+    pub quotas: Quotas,
 }
 
 impl NodeConfig {
@@ -53,6 +56,7 @@ impl NodeConfig {
             queue_idle: Duration::from_secs(15 * 60),
             idempotency_retention: Duration::from_secs(24 * 60 * 60),
             webhooks: WebhookConfig::default(),
+            quotas: Quotas::default(),
         }
     }
 }

@@ -15,6 +15,12 @@ pub enum EngineError {
     /// The module does not validate or compile.
     #[error("{0}")]
     InvalidModule(String),
+    /// Over a hard quota (the message names it, its limit and the use).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Over the submit rate: retry after the duration.
+    #[error("{0}")]
+    RateLimited(String, std::time::Duration),
     /// Something failed on the host.
     #[error("{0}")]
     Internal(String),

@@ -14,6 +14,7 @@ mod checkpoints;
 mod config;
 mod error;
 pub mod metrics;
+pub mod quota;
 pub mod record;
 mod runnable;
 pub mod scheduler;
@@ -84,6 +85,8 @@ pub struct Engine {
     /// Notified whenever a job's result is written (for long-polls).
     finished: Notify,
     workers: Mutex<HashMap<(String, HashHex), Arc<WorkerDescriptor>>>,
+    /// The submit rate limit's buckets.
+    limiter: quota::RateLimiter,
     driver: Arc<dyn Driver>,
     shutdown: CancellationToken,
     started: Instant,
@@ -129,6 +132,7 @@ impl Engine {
             wake: Notify::new(),
             finished: Notify::new(),
             workers: Mutex::new(HashMap::new()),
+            limiter: quota::RateLimiter::default(),
             driver,
             shutdown: CancellationToken::new(),
             started: Instant::now(),

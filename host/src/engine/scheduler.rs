@@ -301,6 +301,11 @@ impl Scheduler {
         (runnable, doomed)
     }
 
+    /// Jobs of `tenant` not yet finished (waiting, queued or running).
+    pub fn pending_of(&self, tenant: &str) -> usize {
+        self.pending.values().filter(|p| p.tenant == tenant).count()
+    }
+
     /// Jobs waiting or queued.
     pub fn queued(&self) -> usize {
         self.pending

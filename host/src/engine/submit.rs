@@ -233,6 +233,8 @@ impl Engine {
                 format!("queue {} is {}", q.id, row.state),
             ));
         }
+        // Quotas last: a request that needs chunks or is invalid uses none.
+        self.admit_jobs(tenant, actions.len() as u64)?;
         let priority =
             scheduler::clamp_priority(priority.or(queue.map(|q| q.priority)).unwrap_or(0));
         let mut rows = Vec::with_capacity(actions.len());

@@ -24,6 +24,15 @@ impl Store {
         Ok(!held && !checkpoint)
     }
 
+    /// Bytes of the blobs `tenant` holds.
+    pub(super) fn held_bytes(&self, tenant: &str) -> StoreResult<u64> {
+        let bytes: i64 = self
+            .conn()
+            .prepare_cached("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE tenant = ?1")?
+            .query_row(params![tenant], |row| row.get(0))?;
+        Ok(bytes.max(0) as u64)
+    }
+
     /// Whether `tenant` holds the blob (the empty blob is everyone's).
     pub(super) fn owns_blob(&self, tenant: &str, hash: &HashHex) -> StoreResult<bool> {
         if *hash == HashHex::empty() {

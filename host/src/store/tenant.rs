@@ -38,6 +38,11 @@ impl<'a> TenantStore<'a> {
         self.store.own_blob(self.tenant, hash, size)
     }
 
+    /// Bytes of the blobs the tenant holds.
+    pub fn held_bytes(&self) -> StoreResult<u64> {
+        self.store.held_bytes(self.tenant)
+    }
+
     /// A worker's descriptor JSON.
     pub fn worker(&self, id: &HashHex) -> StoreResult<Option<String>> {
         self.store.worker(self.tenant, id)

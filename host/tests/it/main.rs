@@ -11,6 +11,7 @@ mod idempotency;
 mod jobs;
 mod layers;
 mod queues;
+mod quotas;
 mod scheduling;
 mod security;
 mod server;

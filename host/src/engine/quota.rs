@@ -1,0 +1,241 @@
+//! Per-tenant quotas: hard caps that refuse a request whole, naming the quota, its
+//! limit and the use (`max_queued`, `max_store_bytes`), and the submit rate limit (a
+//! token bucket per tenant: `submit_rate` jobs a second, `submit_burst` at once) that
+//! asks to retry later. No quota applies unless one is configured.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::{Engine, EngineError};
+use crate::model::HashHex;
+
+/// One tenant's quotas (every field optional: `None` is no limit).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Jobs not yet finished (queued, waiting or running) at once.
+    pub max_queued: Option<u64>,
+    /// Bytes of blobs the tenant holds (uploads past it are refused; outputs of its
+    /// jobs are always kept).
+    pub max_store_bytes: Option<u64>,
+    /// Jobs a second, sustained.
+    pub submit_rate: Option<f64>,
+    /// Jobs at once above the rate (default: the rate, at least 1).
+    pub submit_burst: Option<u64>,
+}
+
+impl Quota {
+    /// `self`'s limits, with `defaults` for those it does not set.
+    fn or(&self, defaults: &Quota) -> Quota {
+        Quota {
+            max_queued: self.max_queued.or(defaults.max_queued),
+            max_store_bytes: self.max_store_bytes.or(defaults.max_store_bytes),
+            submit_rate: self.submit_rate.or(defaults.submit_rate),
+            submit_burst: self.submit_burst.or(defaults.submit_burst),
+        }
+    }
+
+    /// The bucket's size: `submit_burst`, else the rate rounded up (at least 1).
+    fn burst(&self, rate: f64) -> f64 {
+        self.submit_burst
+            .map_or_else(|| rate.ceil().max(1.0), |burst| burst as f64)
+    }
+
+    /// Checks a hard cap: `used + adding` may not pass `limit`.
+    pub fn check(
+        field: &str,
+        limit: Option<u64>,
+        used: u64,
+        adding: u64,
+        unit: &str,
+    ) -> Result<(), EngineError> {
+        match limit {
+            Some(limit) if used.saturating_add(adding) > limit => Err(EngineError::QuotaExceeded(
+                format!("quota {field} is {limit} {unit}; {used} in use, {adding} more asked for"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Every tenant's quotas: the `[defaults]` and each tenant's own.
+#[derive(Clone, Debug, Default)]
+pub struct Quotas {
+    defaults: Quota,
+    tenants: HashMap<String, Quota>,
+}
+
+impl Quotas {
+    /// Quotas from the defaults and per-tenant entries.
+    pub fn new(defaults: Quota, tenants: HashMap<String, Quota>) -> Self {
+        Self { defaults, tenants }
+    }
+
+    /// The quotas of `tenant`: its own, else the defaults, field by field.
+    pub fn of(&self, tenant: &str) -> Quota {
+        match self.tenants.get(tenant) {
+            Some(own) => own.or(&self.defaults),
+            None => self.defaults.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// The submit rate limit: one token bucket per tenant that has a `submit_rate`.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    /// Takes `jobs` tokens from `tenant`'s bucket at `now`, all or none. Refused with
+    /// how long until they would be there (`RateLimited`), or `QuotaExceeded` when a
+    /// batch is larger than the bucket can ever hold.
+    pub fn take(
+        &self,
+        tenant: &str,
+        quota: &Quota,
+        jobs: u64,
+        now: Instant,
+    ) -> Result<(), EngineError> {
+        let Some(rate) = quota.submit_rate.filter(|r| *r > 0.0) else {
+            return Ok(());
+        };
+        let burst = quota.burst(rate);
+        if jobs as f64 > burst {
+            return Err(EngineError::QuotaExceeded(format!(
+                "quota submit_burst is {burst} jobs; a batch of {jobs} can never fit"
+            )));
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = buckets.entry(tenant.to_string()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.at = now;
+        let wanted = jobs as f64;
+        if bucket.tokens >= wanted {
+            bucket.tokens -= wanted;
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((wanted - bucket.tokens) / rate);
+        Err(EngineError::RateLimited(
+            format!("submit_rate is {rate} jobs/s (burst {burst}); retry in {wait:.1?}"),
+            wait,
+        ))
+    }
+}
+
+impl Engine {
+    /// Admits `jobs` new jobs of `tenant` (`max_queued`, then the submit rate), all or
+    /// none.
+    pub(super) fn admit_jobs(&self, tenant: &str, jobs: u64) -> Result<(), EngineError> {
+        let quota = self.config.quotas.of(tenant);
+        if quota.max_queued.is_some() {
+            let pending = self.scheduler().pending_of(tenant) as u64;
+            Quota::check("max_queued", quota.max_queued, pending, jobs, "jobs")?;
+        }
+        self.limiter.take(tenant, &quota, jobs, Instant::now())
+    }
+
+    /// Admits blobs of `tenant` about to be stored (`max_store_bytes`): those it does
+    /// not hold yet count, by their sizes.
+    pub fn admit_blobs(&self, tenant: &str, blobs: &[(HashHex, u64)]) -> Result<(), EngineError> {
+        let quota = self.config.quotas.of(tenant);
+        if quota.max_store_bytes.is_none() {
+            return Ok(());
+        }
+        let store = self.store.tenant(tenant);
+        let mut adding = 0u64;
+        for (hash, size) in blobs {
+            if !store.owns_blob(hash)? {
+                adding = adding.saturating_add(*size);
+            }
+        }
+        let held = store.held_bytes()?;
+        Quota::check(
+            "max_store_bytes",
+            quota.max_store_bytes,
+            held,
+            adding,
+            "bytes",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_s_own_quotas_fall_back_to_the_defaults_field_by_field() {
+        let defaults = Quota {
+            max_queued: Some(10),
+            submit_rate: Some(5.0),
+            ..Quota::default()
+        };
+        let own = Quota {
+            max_queued: Some(2),
+            ..Quota::default()
+        };
+        let quotas = Quotas::new(defaults.clone(), HashMap::from([("a".into(), own)]));
+        let a = quotas.of("a");
+        assert_eq!((a.max_queued, a.submit_rate), (Some(2), Some(5.0)));
+        assert_eq!(quotas.of("b"), defaults);
+        assert_eq!(Quotas::default().of("a"), Quota::default());
+    }
+
+    #[test]
+    fn hard_caps_name_the_quota_its_limit_and_the_use() {
+        assert!(Quota::check("max_queued", None, 100, 100, "jobs").is_ok());
+        assert!(Quota::check("max_queued", Some(3), 1, 2, "jobs").is_ok());
+        let refused = Quota::check("max_queued", Some(3), 2, 2, "jobs").unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            message.contains("max_queued") && message.contains('3') && message.contains('2'),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_rate_limit_is_a_bucket_refilled_with_time() {
+        let limiter = RateLimiter::default();
+        let quota = Quota {
+            submit_rate: Some(2.0),
+            submit_burst: Some(4),
+            ..Quota::default()
+        };
+        let t0 = Instant::now();
+        limiter.take("a", &quota, 3, t0).unwrap();
+        limiter.take("a", &quota, 1, t0).unwrap();
+        let Err(EngineError::RateLimited(_, wait)) = limiter.take("a", &quota, 2, t0) else {
+            panic!("the bucket is empty");
+        };
+        assert_eq!(wait, Duration::from_secs(1), "two jobs at two a second");
+        // Another tenant has its own bucket.
+        limiter.take("b", &quota, 4, t0).unwrap();
+        // Half a second refills one token: one job, not two.
+        let later = t0 + Duration::from_millis(500);
+        assert!(limiter.take("a", &quota, 2, later).is_err());
+        limiter.take("a", &quota, 1, later).unwrap();
+        // A batch larger than the bucket never fits: a hard refusal.
+        assert!(matches!(
+            limiter.take("a", &quota, 5, later + Duration::from_secs(60)),
+            Err(EngineError::QuotaExceeded(_))
+        ));
+        // No rate, no limit.
+        limiter
+            .take("a", &Quota::default(), 1_000_000, later)
+            .unwrap();
+    }
+}
