@@ -70,6 +70,8 @@ struct TenantTable {
     role: Option<String>,
     max_queued: Option<u64>,
     max_store_bytes: Option<u64>,
+    max_running: Option<u64>,
+    min_running: Option<u64>,
     submit_rate: Option<f64>,
     submit_burst: Option<u64>,
 }
@@ -79,6 +81,8 @@ impl TenantTable {
         Quota {
             max_queued: self.max_queued,
             max_store_bytes: self.max_store_bytes,
+            max_running: self.max_running,
+            min_running: self.min_running,
             submit_rate: self.submit_rate,
             submit_burst: self.submit_burst,
         }
@@ -136,6 +140,8 @@ pub fn tenant_auth(
                 role: None,
                 max_queued: None,
                 max_store_bytes: None,
+                max_running: None,
+                min_running: None,
                 submit_rate: None,
                 submit_burst: None,
             },

@@ -120,6 +120,7 @@ impl Engine {
         let webhooks = Arc::new(
             Webhooks::open(store.clone(), config.webhooks.clone()).context("loading webhooks")?,
         );
+        let scheduler = Scheduler::new(config.quotas.clone());
         let engine = Arc::new(Self {
             config,
             store,
@@ -128,7 +129,7 @@ impl Engine {
             metrics: Metrics::default(),
             recorder: record::Recorder::default(),
             webhooks,
-            scheduler: Mutex::new(Scheduler::default()),
+            scheduler: Mutex::new(scheduler),
             wake: Notify::new(),
             finished: Notify::new(),
             workers: Mutex::new(HashMap::new()),

@@ -21,6 +21,12 @@ pub struct Quota {
     /// Bytes of blobs the tenant holds (uploads past it are refused; outputs of its
     /// jobs are always kept).
     pub max_store_bytes: Option<u64>,
+    /// Jobs running at once (slots in use across the fleet): more wait, they are not
+    /// refused.
+    pub max_running: Option<u64>,
+    /// Jobs running at once the tenant is guaranteed while it has work: below it, its
+    /// jobs go before other tenants'.
+    pub min_running: Option<u64>,
     /// Jobs a second, sustained.
     pub submit_rate: Option<f64>,
     /// Jobs at once above the rate (default: the rate, at least 1).
@@ -33,6 +39,8 @@ impl Quota {
         Quota {
             max_queued: self.max_queued.or(defaults.max_queued),
             max_store_bytes: self.max_store_bytes.or(defaults.max_store_bytes),
+            max_running: self.max_running.or(defaults.max_running),
+            min_running: self.min_running.or(defaults.min_running),
             submit_rate: self.submit_rate.or(defaults.submit_rate),
             submit_burst: self.submit_burst.or(defaults.submit_burst),
         }
@@ -72,6 +80,18 @@ impl Quotas {
     /// Quotas from the defaults and per-tenant entries.
     pub fn new(defaults: Quota, tenants: HashMap<String, Quota>) -> Self {
         Self { defaults, tenants }
+    }
+
+    /// `tenant`'s (min_running, max_running), without building its whole quota (the
+    /// scheduler asks at every free slot).
+    pub fn running_bounds(&self, tenant: &str) -> (Option<u64>, Option<u64>) {
+        let own = self.tenants.get(tenant);
+        (
+            own.and_then(|q| q.min_running)
+                .or(self.defaults.min_running),
+            own.and_then(|q| q.max_running)
+                .or(self.defaults.max_running),
+        )
     }
 
     /// The quotas of `tenant`: its own, else the defaults, field by field.

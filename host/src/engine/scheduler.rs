@@ -13,6 +13,8 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use wasmesh_runtime::CancellationToken;
 
+use super::quota::Quotas;
+
 /// The lowest priority a job can have; lower ones are raised to it.
 pub const PRIORITY_MIN: i64 = -1000;
 /// The highest priority a job can have; higher ones are lowered to it.
@@ -50,6 +52,10 @@ pub enum Cancelled {
     NotPending,
 }
 
+/// How a tenant's claim to the next slot sorts, least first: not below its
+/// `min_running`, jobs running, the turn it was last served, its next job's LSN.
+type TurnKey = (bool, usize, u64, u64);
+
 /// Pending jobs.
 #[derive(Debug, Default)]
 pub struct Scheduler {
@@ -65,9 +71,19 @@ pub struct Scheduler {
     running: HashMap<String, usize>,
     pending: HashMap<u64, Pending>,
     dependents: HashMap<u64, Vec<u64>>,
+    /// Per-tenant `min_running`/`max_running`.
+    quotas: Quotas,
 }
 
 impl Scheduler {
+    /// A scheduler honouring these tenants' `min_running` and `max_running`.
+    pub fn new(quotas: Quotas) -> Self {
+        Self {
+            quotas,
+            ..Self::default()
+        }
+    }
+
     /// Adds a job of `tenant` that waits for `deps` (the still-pending subset of its
     /// `after`).
     pub fn add(
@@ -149,8 +165,9 @@ impl Scheduler {
             .is_some_and(|p| p.phase == Phase::Running)
     }
 
-    /// The tenant whose turn it is (fewest running, then served least recently, then
-    /// oldest next job), after dropping stale heap entries; tenants with nothing
+    /// The tenant whose turn it is (below its `min_running` first, then fewest
+    /// running, then served least recently, then oldest next job; a tenant at its
+    /// `max_running` waits), after dropping stale heap entries; tenants with nothing
     /// runnable are forgotten.
     fn next_tenant(&mut self) -> Option<String> {
         let Self {
@@ -158,9 +175,10 @@ impl Scheduler {
             pending,
             running,
             served,
+            quotas,
             ..
         } = self;
-        let mut best: Option<((usize, u64, u64), &String)> = None;
+        let mut best: Option<(TurnKey, &String)> = None;
         ready.retain(|_, heap| {
             while let Some(&(priority, Reverse(lsn))) = heap.peek() {
                 if pending
@@ -177,8 +195,14 @@ impl Scheduler {
             let Some(&(_, Reverse(head))) = heap.peek() else {
                 continue;
             };
+            let now_running = running.get(tenant).copied().unwrap_or(0);
+            let (min, max) = quotas.running_bounds(tenant);
+            if max.is_some_and(|max| now_running as u64 >= max) {
+                continue;
+            }
             let key = (
-                running.get(tenant).copied().unwrap_or(0),
+                min.is_none_or(|min| now_running as u64 >= min),
+                now_running,
                 served.get(tenant).copied().unwrap_or(0),
                 head,
             );
@@ -329,6 +353,52 @@ mod tests {
 
     fn drain(s: &mut Scheduler) -> Vec<u64> {
         std::iter::from_fn(|| s.pop().map(|(lsn, _)| lsn)).collect()
+    }
+
+    #[test]
+    fn max_running_makes_a_tenant_wait_and_min_running_puts_it_first() {
+        use crate::engine::quota::{Quota, Quotas};
+        let quotas = Quotas::new(
+            Quota::default(),
+            HashMap::from([
+                (
+                    "capped".to_string(),
+                    Quota {
+                        max_running: Some(1),
+                        ..Quota::default()
+                    },
+                ),
+                (
+                    "reserved".to_string(),
+                    Quota {
+                        min_running: Some(2),
+                        ..Quota::default()
+                    },
+                ),
+            ]),
+        );
+        let mut s = Scheduler::new(quotas);
+        for lsn in 1..=3 {
+            s.add(lsn, "capped", 0, []);
+        }
+        assert_eq!(s.pop().map(|(lsn, _)| lsn), Some(1));
+        assert!(!s.has_runnable(), "capped is at its max_running");
+        assert!(s.pop().is_none());
+        // Its running job ends: the next one may go.
+        s.finish(1, true);
+        assert_eq!(s.pop().map(|(lsn, _)| lsn), Some(2));
+        // Below its min_running a tenant goes first, even with more running.
+        s.add(10, "other", 0, []);
+        s.add(11, "other", 0, []);
+        s.add(20, "reserved", 0, []);
+        s.add(21, "reserved", 0, []);
+        s.add(22, "reserved", 0, []);
+        let order = drain(&mut s);
+        assert_eq!(&order[..2], [20, 21], "the reserved two first: {order:?}");
+        assert!(
+            !order.contains(&3),
+            "capped still has one running: {order:?}"
+        );
     }
 
     #[test]

@@ -138,14 +138,13 @@ impl Engine {
 
     /// Removes a finished job from the scheduler and settles its dependents.
     pub(super) fn settle(&self, lsn: u64, succeeded: bool) {
-        let (runnable, doomed) = self.scheduler().finish(lsn, succeeded);
+        let (_, doomed) = self.scheduler().finish(lsn, succeeded);
         self.sweep_checkpoints();
         self.announce(lsn);
         // The result is in the database: wake every long-poll to look again.
         self.finished.notify_waiters();
-        if !runnable.is_empty() {
-            self.wake.notify_one();
-        }
+        // Its dependents may be runnable now, and its tenant below its `max_running`.
+        self.wake.notify_one();
         for dependent in doomed {
             let message = format!("dependency {lsn} did not succeed; this job never ran");
             if let Err(e) = self.doom(dependent, &message) {

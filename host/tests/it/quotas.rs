@@ -11,6 +11,7 @@ const QUEUED: &str = "queued-key-0123456789";
 const ROOMY: &str = "roomy-key-0123456789";
 const STORED: &str = "stored-key-0123456789";
 const RATED: &str = "rated-key-0123456789";
+const CAPPED: &str = "capped-key-0123456789";
 
 /// Every tenant gets `max_queued = 2` from `[defaults]` (last: in TOML, the keys after
 /// a table header belong to it); `roomy` overrides it, `stored`
@@ -24,6 +25,7 @@ fn tenants(dir: &std::path::Path) -> std::path::PathBuf {
              roomy = {{ keys = [\"{ROOMY}\"], max_queued = 100 }}\n\
              stored = {{ keys = [\"{STORED}\"], max_store_bytes = 100000 }}\n\
              rated = {{ keys = [\"{RATED}\"], max_queued = 100, submit_rate = 0.016, submit_burst = 2 }}\n\
+             capped = {{ keys = [\"{CAPPED}\"], max_queued = 100, max_running = 1 }}\n\
              \n[defaults]\nmax_queued = 2\n"
         ),
     )
@@ -88,6 +90,38 @@ fn max_queued_refuses_a_submission_whole_and_names_the_quota() {
     roomy
         .submit_batch(&batch(&roomy, roomy_worker, 5), None)
         .unwrap();
+}
+
+#[test]
+fn max_running_makes_jobs_wait_for_the_tenant_s_own_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = tenants(dir.path());
+    let server = Server::start(&["--slots", "2", "--tenants", tenants.to_str().unwrap()]);
+    let capped = server.client_with_key(CAPPED);
+    let worker = upload_test_guest(&capped);
+    let blocker = start_blocker(&capped, worker);
+    let waiting = submit(&capped, worker, &["args", "waiting"]);
+    // The second slot is free: another tenant's job runs in it to the end...
+    let roomy = server.client_with_key(ROOMY);
+    let roomy_worker = upload_test_guest(&roomy);
+    let other = submit(&roomy, roomy_worker, &["noop"]);
+    assert_eq!(
+        roomy.wait(other, crate::server::WAIT).unwrap().state,
+        "succeeded"
+    );
+    // ...while the capped tenant's second job waits: it is not refused either.
+    assert_eq!(crate::server::job_state(&capped, waiting), "queued");
+    capped
+        .call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{blocker}/cancel"),
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        capped.wait(waiting, crate::server::WAIT).unwrap().state,
+        "succeeded"
+    );
 }
 
 #[test]
