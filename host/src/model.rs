@@ -357,6 +357,12 @@ macro_rules! state_enum {
     };
 }
 
+/// The tenant that operator keys given with `--admin-key` act as.
+pub const OPERATOR_TENANT: &str = "operator";
+
+/// The tenant used when the server runs without keys.
+pub const DEFAULT_TENANT: &str = "default";
+
 /// Outcome names the host gives results of attempts that did not end a run of their
 /// own (the runtime's `Outcome::name` gives the rest).
 pub mod outcome {
@@ -434,6 +440,44 @@ pub struct UsageJson {
     pub wall_ms: u64,
     /// Peak linear memory.
     pub peak_memory_bytes: u64,
+    /// Memory-time: peak memory times wall time, in byte-seconds.
+    #[serde(default)]
+    pub memory_byte_seconds: u64,
+}
+
+/// What a tenant's finished jobs consumed, summed by the grouping asked for
+/// (`GET /compute/usage`). Cache answers consume nothing and are not counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// The tenant.
+    pub tenant: String,
+    /// The worker (`by=worker`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<HashHex>,
+    /// The queue (`by=queue`; `null` groups the jobs outside any queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_id: Option<Option<u64>>,
+    /// Jobs finished.
+    pub jobs: u64,
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// Wall time in milliseconds.
+    pub wall_ms: u64,
+    /// Memory-time in byte-seconds.
+    pub memory_byte_seconds: u64,
+}
+
+/// How `GET /compute/usage` groups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageBy {
+    /// One row per tenant.
+    #[default]
+    Tenant,
+    /// One row per (tenant, worker).
+    Worker,
+    /// One row per (tenant, queue).
+    Queue,
 }
 
 /// A finished job's result, exactly as `GET /compute/jobs/{lsn}` returns it. It is

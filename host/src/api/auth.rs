@@ -51,11 +51,7 @@ impl Role {
     }
 }
 
-/// The tenant that operator keys given with `--admin-key` act as.
-pub const OPERATOR_TENANT: &str = "operator";
-
-/// The tenant used when the server runs without keys.
-pub const DEFAULT_TENANT: &str = "default";
+pub use crate::model::{DEFAULT_TENANT, OPERATOR_TENANT};
 
 /// API keys and their tenants. Keys are kept as BLAKE3 digests and compared in
 /// constant time, so neither their length nor a prefix leaks through timing.

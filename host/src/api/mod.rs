@@ -14,6 +14,7 @@ mod jobs;
 pub mod json;
 mod queues;
 mod record;
+mod usage;
 mod webhooks;
 mod workers;
 
@@ -123,6 +124,7 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
             "/compute/queues/{q}/jobs/{id}",
             post(queues::submit_for_worker).get(queues::job),
         )
+        .route("/compute/usage", get(usage::get))
         .route("/compute/record/start", post(record::start))
         .route("/compute/record/stop", post(record::stop))
         .route(

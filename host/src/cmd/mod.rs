@@ -16,6 +16,7 @@ mod result;
 mod serve;
 mod submit;
 mod upload;
+mod usage;
 mod wait;
 
 use std::io::Write;
@@ -57,6 +58,8 @@ enum Command {
     Wait(wait::Args),
     /// List a coordinator's nodes, or drain or deregister one (an operator key).
     Nodes(nodes::Args),
+    /// Show what finished jobs consumed, by tenant, worker or queue.
+    Usage(usage::Args),
     /// Resubmit a recording (from `POST /compute/record/stop`) to a server.
     Replay(replay::Args),
     /// Benchmark scenarios (see BENCHMARKS.md).
@@ -122,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::Nodes(args) => nodes::run(args),
         Command::Dag(args) => dag::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Usage(args) => usage::run(args),
         Command::Bench { scenario } => bench::run(scenario),
         Command::Demo(args) => demo::run(args),
     };

@@ -1,8 +1,10 @@
 //! Counters behind `/metrics`, rendered in the Prometheus text format. A handful of
 //! atomics does not justify a metrics framework; the format is written out directly.
 
-use crate::model::JobState;
+use crate::model::{JobState, UsageJson};
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -50,6 +52,9 @@ pub struct Metrics {
     pub leases_expired: Counter,
     /// Coordinator: results refused by fencing (stale attempts).
     pub results_rejected: Counter,
+    /// Usage of finished jobs by tenant label (the configured tenants; any other is
+    /// `other`, so the label set stays bounded).
+    tenants: Mutex<BTreeMap<String, [u64; 4]>>,
     run_buckets: [Counter; BUCKETS.len()],
     run_count: Counter,
     run_micros: Counter,
@@ -62,6 +67,20 @@ impl Metrics {
             JobState::Succeeded => self.succeeded.add(1),
             JobState::Cancelled => self.cancelled.add(1),
             _ => self.failed.add(1),
+        }
+    }
+
+    /// Adds a finished job's usage to its tenant's counters (jobs, fuel, wall ms,
+    /// memory byte-seconds).
+    pub fn tenant_usage(&self, label: &str, usage: &UsageJson) {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let counters = tenants.entry(label.to_string()).or_default();
+        for (counter, n) in
+            counters
+                .iter_mut()
+                .zip([1, usage.fuel, usage.wall_ms, usage.memory_byte_seconds])
+        {
+            *counter = counter.saturating_add(n);
         }
     }
 
@@ -148,6 +167,47 @@ impl Metrics {
             "Fuel consumed by runs.",
             &[(String::new(), self.fuel.get() as f64)],
         );
+        let tenants = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (index, (name, help, scale)) in [
+            (
+                "wasmesh_tenant_jobs_total",
+                "Jobs finished, by tenant.",
+                1.0,
+            ),
+            (
+                "wasmesh_tenant_fuel_total",
+                "Fuel consumed, by tenant.",
+                1.0,
+            ),
+            (
+                "wasmesh_tenant_wall_seconds_total",
+                "Wall time of runs, by tenant.",
+                0.001,
+            ),
+            (
+                "wasmesh_tenant_memory_byte_seconds_total",
+                "Memory-time (peak memory x wall time) of runs, by tenant.",
+                1.0,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let lines: Vec<(String, f64)> = tenants
+                .iter()
+                .map(|(tenant, counters)| {
+                    (
+                        format!("{{tenant=\"{tenant}\"}}"),
+                        counters[index] as f64 * scale,
+                    )
+                })
+                .collect();
+            metric(name, "counter", help, &lines);
+        }
         metric(
             "wasmesh_cas_bytes_written_total",
             "counter",

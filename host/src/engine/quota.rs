@@ -94,6 +94,11 @@ impl Quotas {
         )
     }
 
+    /// Whether `tenant` is one of the configured ones (its metrics get its own label).
+    pub fn lists(&self, tenant: &str) -> bool {
+        self.tenants.contains_key(tenant)
+    }
+
     /// The quotas of `tenant`: its own, else the defaults, field by field.
     pub fn of(&self, tenant: &str) -> Quota {
         match self.tenants.get(tenant) {

@@ -83,11 +83,11 @@ impl Engine {
             if retry {
                 tracing::info!(lsn, attempts, outcome = %result.outcome, "retrying a failed job");
             }
-            decided.push((lsn, retry, result, fence));
+            decided.push((lsn, retry, result, fence, job.tenant.as_str()));
         }
         let writes: Vec<(Settle<'_>, Fence)> = decided
             .iter()
-            .map(|(lsn, retry, result, fence)| {
+            .map(|(lsn, retry, result, fence, _)| {
                 let settle = if *retry {
                     Settle::Requeue(*lsn)
                 } else {
@@ -99,7 +99,7 @@ impl Engine {
         let written = self.store.settle_jobs(&writes)?;
         drop(writes);
         // Then the scheduler, the metrics and the dependents.
-        for ((lsn, retry, result, _), written) in decided.iter().zip(&written) {
+        for ((lsn, retry, result, _, tenant), written) in decided.iter().zip(&written) {
             if !written {
                 continue;
             }
@@ -114,9 +114,25 @@ impl Engine {
             }
             self.metrics.finished(result.state);
             self.metrics.fuel.add(result.usage.fuel);
+            if !result.cached {
+                self.metrics
+                    .tenant_usage(self.tenant_label(tenant), &result.usage);
+            }
             self.settle(*lsn, result.state == JobState::Succeeded);
         }
         Ok(written)
+    }
+
+    /// The label a tenant's metrics carry: its name when it is a configured tenant (or
+    /// the key-less `default` and `operator`), else `other`, so labels stay bounded.
+    fn tenant_label<'t>(&self, tenant: &'t str) -> &'t str {
+        use crate::model::{DEFAULT_TENANT, OPERATOR_TENANT};
+        if self.config.quotas.lists(tenant) || tenant == DEFAULT_TENANT || tenant == OPERATOR_TENANT
+        {
+            tenant
+        } else {
+            "other"
+        }
     }
 
     /// Ends a job that was cancelled before (another attempt of) it ran.

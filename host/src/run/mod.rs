@@ -368,10 +368,15 @@ fn events_json(report: &wasmesh_runtime::RunReport) -> Vec<serde_json::Value> {
 
 /// A run's usage as the contract reports it.
 fn usage_json(report: &wasmesh_runtime::RunReport) -> UsageJson {
+    let wall_ms = report.usage.wall.as_millis() as u64;
+    let peak = report.usage.peak_memory_bytes;
     UsageJson {
         fuel: report.usage.fuel,
-        wall_ms: report.usage.wall.as_millis() as u64,
-        peak_memory_bytes: report.usage.peak_memory_bytes,
+        wall_ms,
+        peak_memory_bytes: peak,
+        memory_byte_seconds: (u128::from(peak) * u128::from(wall_ms) / 1000)
+            .try_into()
+            .unwrap_or(u64::MAX),
     }
 }
 

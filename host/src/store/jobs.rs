@@ -63,6 +63,31 @@ pub struct NewJob<'a> {
     pub after: &'a [u64],
 }
 
+/// Adds a finished job's usage to the ledger (in the transaction of its result).
+fn record_usage(
+    tx: &Connection,
+    result: &JobResult,
+    tenant: &str,
+    queue_id: Option<i64>,
+) -> rusqlite::Result<()> {
+    let usage = &result.usage;
+    tx.prepare_cached(
+        "INSERT INTO usage (lsn, tenant, worker, queue_id, finished_ms, fuel, wall_ms, \
+         memory_byte_seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        result.lsn as i64,
+        tenant,
+        result.worker.to_string(),
+        queue_id,
+        now_ms(),
+        usage.fuel as i64,
+        usage.wall_ms as i64,
+        usage.memory_byte_seconds.min(i64::MAX as u64) as i64,
+    ])?;
+    Ok(())
+}
+
 /// Which attempt a write is for. `Lease(attempt)` writes only while the job is still
 /// running exactly that attempt (a coordinator's lease token): a stale holder's write
 /// changes nothing. `Local` is the node's own slot, which nothing else can race.
@@ -298,16 +323,21 @@ impl Store {
             let attempt = fence.attempt();
             written.push(match settle {
                 Settle::Finish(result) => {
-                    let old: Option<Option<String>> = tx
+                    let found: Option<(Option<String>, String, Option<i64>)> = tx
                         .prepare_cached(
-                            "SELECT checkpoint FROM jobs WHERE lsn = ?1 \
+                            "SELECT checkpoint, tenant, queue_id FROM jobs WHERE lsn = ?1 \
                              AND (?2 IS NULL OR (state = 'running' AND attempts = ?2))",
                         )?
-                        .query_row(params![result.lsn as i64, attempt], |row| row.get(0))
+                        .query_row(params![result.lsn as i64, attempt], |row| {
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                        })
                         .optional()?;
-                    match old {
+                    match found {
                         None => false,
-                        Some(old) => {
+                        Some((old, tenant, queue_id)) => {
+                            if !result.cached {
+                                record_usage(&tx, result, &tenant, queue_id)?;
+                            }
                             // A finished job resumes from nothing: its checkpoint goes.
                             garbage.extend(old.and_then(|h| h.parse::<HashHex>().ok()));
                             let json = serde_json::to_string(result).expect("results serialize");

@@ -22,6 +22,7 @@ mod jobs;
 mod queues;
 mod schema;
 mod tenant;
+mod usage;
 mod webhooks;
 
 use std::path::Path;

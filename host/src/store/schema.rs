@@ -98,6 +98,18 @@ CREATE TABLE IF NOT EXISTS group_events (
     entry TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS group_events_by_group ON group_events (group_id, seq);
+CREATE TABLE IF NOT EXISTS usage (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    lsn INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    queue_id INTEGER,
+    finished_ms INTEGER NOT NULL,
+    fuel INTEGER NOT NULL,
+    wall_ms INTEGER NOT NULL,
+    memory_byte_seconds INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_tenant ON usage (tenant, finished_ms);
 CREATE TABLE IF NOT EXISTS groups (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::{IdempotencyBegin, JobRow, QueueRow, Store, StoreResult, Webhook};
-use crate::model::{HashHex, JobResult, JobState, QueueState};
+use crate::model::{HashHex, JobResult, JobState, QueueState, UsageBy, UsageRow};
 
 /// The journal as one tenant sees it. It has no unscoped lookup: the tenancy
 /// invariant is this type.
@@ -191,6 +191,11 @@ impl<'a> TenantStore<'a> {
         self.store.group_events(id, limit).map(Some)
     }
 
+    /// What the tenant's jobs finished in `from_ms..to_ms` consumed, grouped by `by`.
+    pub fn usage(&self, by: UsageBy, from_ms: i64, to_ms: i64) -> StoreResult<Vec<UsageRow>> {
+        self.store.usage(Some(self.tenant), by, from_ms, to_ms)
+    }
+
     /// The tenant's webhooks, oldest first.
     pub fn webhooks(&self) -> StoreResult<Vec<Webhook>> {
         self.store.webhooks_of(self.tenant)
@@ -242,6 +247,11 @@ impl<'a> Unscoped<'a> {
     /// Every tenant's groups: (id, tenant, spec, placements).
     pub fn groups(&self) -> StoreResult<Vec<(String, String, String, String)>> {
         self.store.groups(None)
+    }
+
+    /// Every tenant's usage (the operator's view), grouped by `by`.
+    pub fn usage(&self, by: UsageBy, from_ms: i64, to_ms: i64) -> StoreResult<Vec<UsageRow>> {
+        self.store.usage(None, by, from_ms, to_ms)
     }
 
     /// A webhook by id.

@@ -16,6 +16,7 @@ mod scheduling;
 mod security;
 mod server;
 mod tenants;
+mod usage;
 mod webhooks;
 mod workflows;
 
