@@ -12,7 +12,7 @@ use wasmesh_host::api::AppState;
 use wasmesh_host::engine::{Engine, NodeConfig};
 
 use super::parse_bytes;
-use super::serve::{WebhookArgs, shutdown_signal, tenant_auth};
+use super::serve::{RetentionArgs, WebhookArgs, shutdown_signal, tenant_auth};
 
 /// Arguments of `wasmesh coordinator`.
 #[derive(Debug, clap::Args)]
@@ -77,6 +77,8 @@ pub struct Args {
     pub idempotency_retention: Duration,
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 /// Runs `wasmesh coordinator` until SIGINT/SIGTERM.
@@ -101,6 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.slots = 1;
     config.idempotency_retention = args.idempotency_retention;
     config.webhooks = args.webhooks.config()?;
+    args.retention.apply(&mut config);
     if let Some(max) = args.max_blob_bytes {
         config.max_blob_bytes = max;
         config.max_request_bytes = config.max_request_bytes.max(max + (16 << 20));

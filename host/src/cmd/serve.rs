@@ -60,6 +60,26 @@ impl WebhookArgs {
     }
 }
 
+/// How long the journal keeps what is done (node and coordinator).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionArgs {
+    /// Finished results older than this are retired from the completed lists (and
+    /// cancelled queues idle this long are deleted), e.g. `7d`.
+    #[arg(long, env = "WASMESH_RESULT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub result_retention: Duration,
+    /// Finished webhook deliveries older than this are deleted from the log.
+    #[arg(long, env = "WASMESH_DELIVERY_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub delivery_retention: Duration,
+}
+
+impl RetentionArgs {
+    /// Sets them in a node's configuration.
+    pub fn apply(&self, config: &mut wasmesh_host::engine::NodeConfig) {
+        config.result_retention = self.result_retention;
+        config.delivery_retention = self.delivery_retention;
+    }
+}
+
 /// A tenant's table in the `--tenants` file: its keys, role and quotas
 /// (`acme = { keys = ["..."], max_queued = 1000 }`).
 #[derive(Debug, Deserialize)]

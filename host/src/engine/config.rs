@@ -32,6 +32,11 @@ pub struct NodeConfig {
     pub default_max_retries: u32,
     /// An active queue idle this long with nothing pending expires (is cancelled).
     pub queue_idle: Duration,
+    /// Finished results older than this are retired (off the completed lists), and
+    /// cancelled queues idle this long are deleted.
+    pub result_retention: Duration,
+    /// Finished webhook deliveries older than this are deleted from the log.
+    pub delivery_retention: Duration,
     /// How long an `Idempotency-Key` and its stored response are kept.
     pub idempotency_retention: Duration,
     /// How webhook deliveries are retried.
@@ -55,6 +60,8 @@ impl NodeConfig {
             default_max_retries: 3,
             queue_idle: Duration::from_secs(15 * 60),
             idempotency_retention: Duration::from_secs(24 * 60 * 60),
+            result_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            delivery_retention: Duration::from_secs(7 * 24 * 60 * 60),
             webhooks: WebhookConfig::default(),
             quotas: Quotas::default(),
         }

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub cancelled: Counter,
     /// Fuel consumed by finished runs.
     pub fuel: Counter,
+    /// Finished results retired by their retention.
+    pub retired: Counter,
     /// Bytes written to the store (uploads and outputs).
     pub cas_bytes_written: Counter,
     /// Coordinator: jobs leased to nodes (attempts handed out).
@@ -208,6 +210,12 @@ impl Metrics {
                 .collect();
             metric(name, "counter", help, &lines);
         }
+        metric(
+            "wasmesh_results_retired_total",
+            "counter",
+            "Finished results retired automatically after --result-retention.",
+            &[(String::new(), self.retired.get() as f64)],
+        );
         metric(
             "wasmesh_cas_bytes_written_total",
             "counter",

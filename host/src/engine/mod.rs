@@ -202,7 +202,7 @@ impl Engine {
     /// deliveries go out. Drivers start their own.
     pub fn start(self: &Arc<Self>) {
         let engine = self.clone();
-        tokio::spawn(async move { engine.expire_idle_queues().await });
+        tokio::spawn(async move { engine.housekeeping().await });
         self.webhooks.start(self.shutdown.clone());
     }
 
@@ -277,31 +277,53 @@ impl Engine {
         self.scheduler().has_runnable()
     }
 
-    async fn expire_idle_queues(self: Arc<Self>) {
-        let every =
-            (self.config.queue_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    /// The journal's housekeeping, every quarter of the shortest retention (at most
+    /// every 30 s): idle queues expire; idempotency keys, old results (retired),
+    /// cancelled queues and old webhook deliveries go.
+    async fn housekeeping(self: Arc<Self>) {
+        let config = &self.config;
+        let shortest = [
+            config.queue_idle,
+            config.idempotency_retention,
+            config.result_retention,
+            config.delivery_retention,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(config.queue_idle);
+        let every = (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         loop {
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = self.shutdown.cancelled() => return,
             }
-            let retention = self.config.idempotency_retention.as_millis() as i64;
-            if let Err(e) = self.store.idempotency_expire(now_ms() - retention) {
-                tracing::warn!(error = %e, "expiring idempotency keys");
-            }
-            let before = now_ms() - self.config.queue_idle.as_millis() as i64;
-            match self.store.unscoped().idle_queues(before) {
-                Ok(ids) => {
-                    for id in ids {
-                        tracing::info!(queue = id, "expiring an idle queue");
-                        if let Err(e) = self.store.unscoped().expire_queue(id) {
-                            tracing::warn!(error = %e, "expiring a queue");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "looking for idle queues"),
+            let engine = self.clone();
+            let swept = tokio::task::spawn_blocking(move || engine.sweep_journal(now_ms())).await;
+            if let Ok(Err(e)) = swept {
+                tracing::warn!(error = %e, "journal housekeeping");
             }
         }
+    }
+
+    /// One round of housekeeping as of `now_ms`.
+    fn sweep_journal(&self, now_ms: i64) -> Result<(), EngineError> {
+        let before = |retention: Duration| now_ms - retention.as_millis() as i64;
+        let config = &self.config;
+        let unscoped = self.store.unscoped();
+        self.store
+            .idempotency_expire(before(config.idempotency_retention))?;
+        for id in unscoped.idle_queues(before(config.queue_idle))? {
+            tracing::info!(queue = id, "expiring an idle queue");
+            unscoped.expire_queue(id)?;
+        }
+        let retired = unscoped.retire_finished(before(config.result_retention))?;
+        let queues = unscoped.delete_ended_queues(before(config.result_retention))?;
+        let deliveries = unscoped.delete_old_deliveries(before(config.delivery_retention))?;
+        if retired + queues + deliveries > 0 {
+            tracing::info!(retired, queues, deliveries, "retention");
+        }
+        self.metrics.retired.add(retired as u64);
+        Ok(())
     }
 
     /// Looks with `look` until `ready` holds for its answer or `deadline` passes (then
@@ -406,5 +428,58 @@ pub(crate) mod testing {
             Submitted::Jobs(jobs) => jobs[0].0,
             Submitted::Needs(needs) => panic!("needs {needs:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{TENANT, engine, submit};
+    use super::*;
+    use crate::model::DeliveryState;
+
+    #[test]
+    fn housekeeping_retires_old_results_and_deletes_what_is_done() {
+        let (_dir, engine, worker) = engine();
+        let lsn = submit(&engine, worker, &["noop"], None);
+        let taken = engine.next_runnable().unwrap();
+        let done = engine.failure(&taken.job, JobState::Succeeded, "exited", "");
+        engine
+            .record(&taken.job, done, false, Fence::Local)
+            .unwrap();
+        let tenant = engine.store().tenant(TENANT);
+        assert_eq!(tenant.completed(None).unwrap(), [lsn]);
+        let queue = tenant.create_queue(None, None, 0, false, 0).unwrap();
+        tenant
+            .set_queue_state(queue, crate::model::QueueState::Cancelled)
+            .unwrap();
+        engine
+            .store()
+            .insert_deliveries(&[(
+                "msg_1".into(),
+                "wh_1".into(),
+                "job.succeeded".into(),
+                "{}".into(),
+            )])
+            .unwrap();
+        engine
+            .store()
+            .end_attempt("msg_1", DeliveryState::Delivered, 1, 0, Some(200), None)
+            .unwrap();
+
+        // Within the retentions nothing goes.
+        engine.sweep_journal(now_ms()).unwrap();
+        assert_eq!(tenant.completed(None).unwrap(), [lsn]);
+        assert!(tenant.queue(queue).unwrap().is_some());
+        assert_eq!(engine.store().deliveries_of("wh_1", 10).unwrap().len(), 1);
+
+        // A week and a bit later: the result is retired (still readable), the
+        // cancelled queue and the finished delivery are gone.
+        let later = now_ms() + engine.config().result_retention.as_millis() as i64 + 1000;
+        engine.sweep_journal(later).unwrap();
+        assert!(tenant.completed(None).unwrap().is_empty());
+        assert!(tenant.result(lsn).unwrap().is_some());
+        assert!(tenant.queue(queue).unwrap().is_none());
+        assert!(engine.store().deliveries_of("wh_1", 10).unwrap().is_empty());
+        assert_eq!(engine.metrics().retired.get(), 1);
     }
 }

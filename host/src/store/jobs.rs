@@ -152,6 +152,17 @@ fn deps(conn: &Connection, lsn: u64) -> rusqlite::Result<Vec<u64>> {
 }
 
 impl Store {
+    /// Retires finished results that finished before `before_ms`.
+    pub(super) fn retire_finished(&self, before_ms: i64) -> StoreResult<usize> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "UPDATE jobs SET retired = 1 WHERE retired = 0 AND finished_ms IS NOT NULL \
+                 AND finished_ms < ?1",
+            )?
+            .execute(params![before_ms])?)
+    }
+
     /// Inserts jobs in one transaction, each queued or already finished (a cached
     /// result, whose `lsn` field is filled in here); returns their LSNs.
     pub fn insert_jobs(&self, jobs: &[(NewJob<'_>, Option<JobResult>)]) -> StoreResult<Vec<u64>> {

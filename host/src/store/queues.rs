@@ -43,6 +43,18 @@ const QUEUE_COLUMNS: &str =
     "id, tenant, token, state, max_retries, retry_guest_failures, priority, touched_ms";
 
 impl Store {
+    /// Deletes cancelled queues untouched since `before_ms` with nothing pending.
+    pub(super) fn delete_ended_queues(&self, before_ms: i64) -> StoreResult<usize> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "DELETE FROM queues WHERE state = 'cancelled' AND touched_ms < ?1 AND NOT EXISTS \
+                 (SELECT 1 FROM jobs j WHERE j.queue_id = queues.id \
+                 AND j.state IN ('queued', 'running'))",
+            )?
+            .execute(params![before_ms])?)
+    }
+
     /// Creates a queue; returns its id.
     pub(super) fn create_queue(
         &self,

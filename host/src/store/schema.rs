@@ -135,6 +135,10 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS jobs_by_checkpoint ON jobs (checkpoint) \
-         WHERE checkpoint IS NOT NULL",
+         WHERE checkpoint IS NOT NULL; \
+         CREATE INDEX IF NOT EXISTS jobs_unretired ON jobs (finished_ms) \
+         WHERE retired = 0 AND finished_ms IS NOT NULL; \
+         CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (finished_ms) \
+         WHERE state != 'pending'",
     )
 }

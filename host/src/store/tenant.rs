@@ -249,6 +249,21 @@ impl<'a> Unscoped<'a> {
         self.store.groups(None)
     }
 
+    /// Retires finished, unretired results that finished before `before_ms`; how many.
+    pub fn retire_finished(&self, before_ms: i64) -> StoreResult<usize> {
+        self.store.retire_finished(before_ms)
+    }
+
+    /// Deletes cancelled queues untouched since `before_ms` with nothing pending.
+    pub fn delete_ended_queues(&self, before_ms: i64) -> StoreResult<usize> {
+        self.store.delete_ended_queues(before_ms)
+    }
+
+    /// Deletes finished webhook deliveries that finished before `before_ms`.
+    pub fn delete_old_deliveries(&self, before_ms: i64) -> StoreResult<usize> {
+        self.store.delete_old_deliveries(before_ms)
+    }
+
     /// Every tenant's usage (the operator's view), grouped by `by`.
     pub fn usage(&self, by: UsageBy, from_ms: i64, to_ms: i64) -> StoreResult<Vec<UsageRow>> {
         self.store.usage(None, by, from_ms, to_ms)

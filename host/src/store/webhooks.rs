@@ -110,6 +110,14 @@ const DELIVERY_COLUMNS: &str = "id, event, payload, state, attempts, next_ms, la
                                 last_error, created_ms, finished_ms, webhook";
 
 impl Store {
+    /// Deletes finished deliveries that finished before `before_ms`.
+    pub(super) fn delete_old_deliveries(&self, before_ms: i64) -> StoreResult<usize> {
+        Ok(self
+            .conn()
+            .prepare_cached("DELETE FROM deliveries WHERE state != 'pending' AND finished_ms < ?1")?
+            .execute(params![before_ms])?)
+    }
+
     pub fn put_webhook(&self, hook: &Webhook) -> StoreResult<()> {
         self.conn().execute(
             &format!("INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),

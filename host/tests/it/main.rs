@@ -12,6 +12,7 @@ mod jobs;
 mod layers;
 mod queues;
 mod quotas;
+mod retention;
 mod scheduling;
 mod security;
 mod server;
