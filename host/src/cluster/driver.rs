@@ -70,24 +70,27 @@ pub fn keep_checkpoint(engine: &Engine, fleet: &Fleet, id: &str, note: Checkpoin
 /// transaction; answers, in order, whether each was taken.
 pub fn accept(engine: &Engine, fleet: &Fleet, id: &str, reports: Vec<Report>) -> Vec<bool> {
     let mut taken = vec![false; reports.len()];
-    let mut checked = Vec::with_capacity(reports.len());
+    // The jobs live here while the results (moved, not copied) borrow them.
+    let mut indexes = Vec::with_capacity(reports.len());
+    let mut jobs = Vec::with_capacity(reports.len());
+    let mut results = Vec::with_capacity(reports.len());
     for (index, report) in reports.into_iter().enumerate() {
         if let Some((job, result, host_failure)) = check(engine, fleet, id, report) {
-            checked.push((index, job, result, host_failure));
+            indexes.push(index);
+            jobs.push(job);
+            results.push((result, host_failure));
         }
     }
-    let (indexes, ended): (Vec<usize>, Vec<Ended<'_>>) = checked
+    let ended: Vec<Ended<'_>> = jobs
         .iter()
-        .map(|(index, job, result, host_failure)| {
-            let ended = Ended {
-                job,
-                result: result.clone(),
-                host_failure: *host_failure,
-                fence: Fence::Lease(result.attempts),
-            };
-            (*index, ended)
+        .zip(results)
+        .map(|(job, (result, host_failure))| Ended {
+            job,
+            fence: Fence::Lease(result.attempts),
+            result,
+            host_failure,
         })
-        .unzip();
+        .collect();
     match engine.record_many(ended) {
         Ok(written) => {
             for (index, written) in indexes.into_iter().zip(written) {

@@ -80,35 +80,6 @@ impl RetentionArgs {
     }
 }
 
-/// A tenant's table in the `--tenants` file: its keys, role and quotas
-/// (`acme = { keys = ["..."], max_queued = 1000 }`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TenantTable {
-    keys: Vec<String>,
-    #[serde(default)]
-    role: Option<String>,
-    max_queued: Option<u64>,
-    max_store_bytes: Option<u64>,
-    max_running: Option<u64>,
-    min_running: Option<u64>,
-    submit_rate: Option<f64>,
-    submit_burst: Option<u64>,
-}
-
-impl TenantTable {
-    fn quota(&self) -> Quota {
-        Quota {
-            max_queued: self.max_queued,
-            max_store_bytes: self.max_store_bytes,
-            max_running: self.max_running,
-            min_running: self.min_running,
-            submit_rate: self.submit_rate,
-            submit_burst: self.submit_burst,
-        }
-    }
-}
-
 /// Keys shorter than this are refused: a key is a secret, not a password.
 const MIN_KEY: usize = 16;
 
@@ -152,24 +123,31 @@ pub fn tenant_auth(
                 .with_context(|| format!("{file}: [defaults] (quotas for every tenant)"))?;
             continue;
         }
-        let table = match entry {
-            toml::Value::Array(_) => TenantTable {
-                keys: entry
+        // A list of keys, or a table of `keys`, `role` and quotas (the rest of the
+        // table is read as a `Quota`, so an unknown field is refused by name).
+        let context = || format!("{file}: tenant {tenant:?}");
+        let (keys, role, quota): (Vec<String>, Option<String>, Quota) = match entry {
+            toml::Value::Table(mut table) => {
+                let keys = table
+                    .remove("keys")
+                    .with_context(|| format!("{}: a table needs `keys`", context()))?
                     .try_into()
-                    .with_context(|| format!("{file}: tenant {tenant:?}: a list of keys"))?,
-                role: None,
-                max_queued: None,
-                max_store_bytes: None,
-                max_running: None,
-                min_running: None,
-                submit_rate: None,
-                submit_burst: None,
-            },
-            other => other
-                .try_into()
-                .with_context(|| format!("{file}: tenant {tenant:?}"))?,
+                    .with_context(context)?;
+                let role = table
+                    .remove("role")
+                    .map(toml::Value::try_into)
+                    .transpose()
+                    .with_context(context)?;
+                let quota = toml::Value::Table(table).try_into().with_context(context)?;
+                (keys, role, quota)
+            }
+            list => (
+                list.try_into().with_context(context)?,
+                None,
+                Quota::default(),
+            ),
         };
-        let role = match table.role.as_deref() {
+        let role = match role.as_deref() {
             None => Role::Tenant,
             Some(name) => Role::parse(name).with_context(|| {
                 format!(
@@ -177,13 +155,13 @@ pub fn tenant_auth(
                 )
             })?,
         };
-        if table.keys.iter().any(|k| k.len() < MIN_KEY) {
+        if keys.iter().any(|k| k.len() < MIN_KEY) {
             bail!("{file}: tenant {tenant:?} has a key shorter than {MIN_KEY} characters");
         }
-        for key in &table.keys {
+        for key in &keys {
             auth.add(&tenant, key, role);
         }
-        quotas.insert(tenant, table.quota());
+        quotas.insert(tenant, quota);
     }
     Ok((auth, Quotas::new(defaults, quotas)))
 }

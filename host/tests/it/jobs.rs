@@ -128,13 +128,7 @@ fn a_repeated_successful_action_is_answered_from_the_cache() {
         .wait(client.submit(&failing, None, None).unwrap(), WAIT)
         .unwrap();
     assert!(!a.cached && !b.cached);
-    let metrics = server
-        .http()
-        .get(server.at("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics(None);
     assert!(metrics.contains("wasmesh_jobs_cached_total 1"), "{metrics}");
 }
 

@@ -28,13 +28,7 @@ fn finished_results_are_retired_after_their_retention() {
     eventually(WAIT, || completed(&client).is_empty().then_some(()));
     let result = client.result(lsn).unwrap().expect("still readable by LSN");
     assert_eq!(result.state, "succeeded");
-    let metrics = server
-        .http()
-        .get(server.at("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics(None);
     assert!(
         metrics.contains("wasmesh_results_retired_total 1"),
         "{metrics}"

@@ -38,14 +38,9 @@ fn args_action(worker: HashHex, args: &[&str]) -> Value {
 }
 
 fn metric(server: &Server, line_prefix: &str) -> f64 {
-    let text = server
-        .http()
-        .get(server.at("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
+    server
+        .metrics(None)
+        .lines()
         .find_map(|l| l.strip_prefix(line_prefix))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)

@@ -136,6 +136,15 @@ impl Server {
         reqwest::blocking::Client::new()
     }
 
+    /// The text of `/metrics`, with `key` when the server needs one.
+    pub fn metrics(&self, key: Option<&str>) -> String {
+        let mut request = self.http().get(self.at("/metrics"));
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        request.send().unwrap().text().unwrap()
+    }
+
     /// `self.url + path`.
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)

@@ -101,14 +101,7 @@ fn usage_sums_the_results_of_each_tenant_and_only_its_own() {
     assert_eq!(names, ["acme", "globex"]);
 
     // Per-tenant counters in /metrics, labelled by the configured tenants.
-    let metrics = server
-        .http()
-        .get(server.at("/metrics"))
-        .header("x-api-key", OPS)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics(Some(OPS));
     assert!(
         metrics.contains("wasmesh_tenant_jobs_total{tenant=\"acme\"} 3"),
         "{metrics}"
