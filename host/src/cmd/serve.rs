@@ -60,7 +60,8 @@ impl WebhookArgs {
     }
 }
 
-/// How long the journal keeps what is done (node and coordinator).
+/// How long the journal keeps what is done, and the fair share what was used (node
+/// and coordinator).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RetentionArgs {
     /// Finished results older than this are retired from the completed lists (and
@@ -70,6 +71,9 @@ pub struct RetentionArgs {
     /// Finished webhook deliveries older than this are deleted from the log.
     #[arg(long, env = "WASMESH_DELIVERY_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub delivery_retention: Duration,
+    /// A tenant's past use of slots counts half after this long in the fair share.
+    #[arg(long, env = "WASMESH_FAIR_SHARE_HALF_LIFE", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub fair_share_half_life: Duration,
 }
 
 impl RetentionArgs {
@@ -77,6 +81,7 @@ impl RetentionArgs {
     pub fn apply(&self, config: &mut wasmesh_host::engine::NodeConfig) {
         config.result_retention = self.result_retention;
         config.delivery_retention = self.delivery_retention;
+        config.fair_share_half_life = self.fair_share_half_life;
     }
 }
 
@@ -121,6 +126,9 @@ pub fn tenant_auth(
             defaults = entry
                 .try_into()
                 .with_context(|| format!("{file}: [defaults] (quotas for every tenant)"))?;
+            defaults
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{file}: [defaults]: {e}"))?;
             continue;
         }
         // A list of keys, or a table of `keys`, `role` and quotas (the rest of the
@@ -161,6 +169,9 @@ pub fn tenant_auth(
         for key in &keys {
             auth.add(&tenant, key, role);
         }
+        quota
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{file}: tenant {tenant:?}: {e}"))?;
         quotas.insert(tenant, quota);
     }
     Ok((auth, Quotas::new(defaults, quotas)))

@@ -41,8 +41,11 @@ pub struct NodeConfig {
     pub idempotency_retention: Duration,
     /// How webhook deliveries are retried.
     pub webhooks: WebhookConfig,
-    /// Per-tenant quotas (none by default).
+    /// Per-tenant quotas and fair-share weights (none by default).
     pub quotas: Quotas,
+    /// How fast a tenant's past use of slots is forgotten by the fair share: it
+    /// counts half after this long.
+    pub fair_share_half_life: Duration,
 }
 
 impl NodeConfig {
@@ -64,6 +67,7 @@ impl NodeConfig {
             delivery_retention: Duration::from_secs(7 * 24 * 60 * 60),
             webhooks: WebhookConfig::default(),
             quotas: Quotas::default(),
+            fair_share_half_life: super::scheduler::DEFAULT_HALF_LIFE,
         }
     }
 }

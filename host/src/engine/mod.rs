@@ -120,7 +120,7 @@ impl Engine {
         let webhooks = Arc::new(
             Webhooks::open(store.clone(), config.webhooks.clone()).context("loading webhooks")?,
         );
-        let scheduler = Scheduler::new(config.quotas.clone());
+        let scheduler = Scheduler::new(config.quotas.clone(), config.fair_share_half_life);
         let engine = Arc::new(Self {
             config,
             store,
@@ -142,6 +142,23 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Charges the fair share with the run time the usage ledger holds for the last
+    /// ten half-lives (older counts less than 0.1 %), each minute decayed by its age.
+    fn recall_usage(&self) -> Result<(), EngineError> {
+        let half_life_ms = self.config.fair_share_half_life.as_millis().max(1) as f64;
+        let now_ms = now_ms();
+        let since = now_ms.saturating_sub((half_life_ms * 10.0) as i64);
+        let now = Instant::now();
+        let mut scheduler = self.scheduler();
+        for (tenant, minute_ms, wall_ms) in self.store.unscoped().run_time_by_minute(since)? {
+            // The minute's middle stands for its jobs.
+            let age = (now_ms - minute_ms - 30_000).max(0) as f64;
+            let seconds = wall_ms as f64 / 1000.0 * 0.5f64.powf(age / half_life_ms);
+            scheduler.charge_history(&tenant, seconds, now);
+        }
+        Ok(())
+    }
+
     fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
         self.scheduler.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -158,7 +175,7 @@ impl Engine {
             }
             if self.driver.restore(&job) {
                 self.scheduler()
-                    .add_running(job.lsn, &job.tenant, job.priority);
+                    .add_running(job.lsn, &job.tenant, job.priority, Instant::now());
                 if self.store.cancel_requested(job.lsn)? {
                     // Cancelled before the restart: the runner is told again.
                     self.scheduler().cancel(job.lsn);
@@ -189,6 +206,7 @@ impl Engine {
                 self.schedule(&job)?;
             }
         }
+        self.recall_usage()?;
         if requeued > 0 {
             tracing::info!(
                 requeued,

@@ -16,6 +16,8 @@ use crate::model::HashHex;
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
+    /// The tenant's weight in the fair share of slots (default 1; more than 0).
+    pub weight: Option<f64>,
     /// Jobs not yet finished (queued, waiting or running) at once.
     pub max_queued: Option<u64>,
     /// Bytes of blobs the tenant holds (uploads past it are refused; outputs of its
@@ -27,6 +29,9 @@ pub struct Quota {
     /// Jobs running at once the tenant is guaranteed while it has work: below it, its
     /// jobs go before other tenants'.
     pub min_running: Option<u64>,
+    /// Fuel the tenant's jobs may consume over a sliding hour: past it, submissions
+    /// are refused until the hour's consumption falls below it again.
+    pub max_fuel_per_hour: Option<u64>,
     /// Jobs a second, sustained.
     pub submit_rate: Option<f64>,
     /// Jobs at once above the rate (default: the rate, at least 1).
@@ -37,13 +42,31 @@ impl Quota {
     /// `self`'s limits, with `defaults` for those it does not set.
     fn or(&self, defaults: &Quota) -> Quota {
         Quota {
+            weight: self.weight.or(defaults.weight),
             max_queued: self.max_queued.or(defaults.max_queued),
             max_store_bytes: self.max_store_bytes.or(defaults.max_store_bytes),
             max_running: self.max_running.or(defaults.max_running),
             min_running: self.min_running.or(defaults.min_running),
+            max_fuel_per_hour: self.max_fuel_per_hour.or(defaults.max_fuel_per_hour),
             submit_rate: self.submit_rate.or(defaults.submit_rate),
             submit_burst: self.submit_burst.or(defaults.submit_burst),
         }
+    }
+
+    /// Refuses values no limit can mean: a weight that is not a positive number, a
+    /// negative or non-finite rate.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(weight) = self.weight
+            && !(weight.is_finite() && weight > 0.0)
+        {
+            return Err(format!("weight is {weight}; a weight is a number above 0"));
+        }
+        if let Some(rate) = self.submit_rate
+            && !(rate.is_finite() && rate >= 0.0)
+        {
+            return Err(format!("submit_rate is {rate}; a rate is a number from 0"));
+        }
+        Ok(())
     }
 
     /// The bucket's size: `submit_burst`, else the rate rounded up (at least 1).
@@ -92,6 +115,15 @@ impl Quotas {
             own.and_then(|q| q.max_running)
                 .or(self.defaults.max_running),
         )
+    }
+
+    /// `tenant`'s weight in the fair share (1 unless configured).
+    pub fn weight(&self, tenant: &str) -> f64 {
+        self.tenants
+            .get(tenant)
+            .and_then(|q| q.weight)
+            .or(self.defaults.weight)
+            .unwrap_or(1.0)
     }
 
     /// Whether `tenant` is one of the configured ones (its metrics get its own label).
@@ -162,13 +194,22 @@ impl RateLimiter {
 }
 
 impl Engine {
-    /// Admits `jobs` new jobs of `tenant` (`max_queued`, then the submit rate), all or
-    /// none.
+    /// Admits `jobs` new jobs of `tenant` (`max_queued`, `max_fuel_per_hour`, then the
+    /// submit rate), all or none.
     pub(super) fn admit_jobs(&self, tenant: &str, jobs: u64) -> Result<(), EngineError> {
         let quota = self.config.quotas.of(tenant);
         if quota.max_queued.is_some() {
             let pending = self.scheduler().pending_of(tenant) as u64;
             Quota::check("max_queued", quota.max_queued, pending, jobs, "jobs")?;
+        }
+        if let Some(limit) = quota.max_fuel_per_hour {
+            let hour_ago = crate::store::now_ms() - 3_600_000;
+            let used = self.store.tenant(tenant).fuel_since(hour_ago)?;
+            if used >= limit {
+                return Err(EngineError::QuotaExceeded(format!(
+                    "quota max_fuel_per_hour is {limit} fuel; {used} consumed in the last hour"
+                )));
+            }
         }
         self.limiter.take(tenant, &quota, jobs, Instant::now())
     }

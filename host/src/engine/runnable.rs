@@ -2,6 +2,7 @@
 //! cache answers and unrunnable jobs settled inside), and the ways back into the queue.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmesh_runtime::CancellationToken;
 
@@ -33,7 +34,7 @@ impl Engine {
     /// runnable now.
     pub fn next_runnable(&self) -> Option<Runnable> {
         loop {
-            let (lsn, cancel) = self.scheduler().pop()?;
+            let (lsn, cancel) = self.scheduler().pop(Instant::now())?;
             match self.prepare(lsn) {
                 Ok(Some((job, worker, action))) => {
                     return Some(Runnable {
@@ -102,9 +103,10 @@ impl Engine {
     pub fn requeue(&self, lsns: &[u64]) {
         let cancelled: Vec<u64> = {
             let mut scheduler = self.scheduler();
+            let now = Instant::now();
             lsns.iter()
                 .copied()
-                .filter(|lsn| !scheduler.requeue(*lsn))
+                .filter(|lsn| !scheduler.requeue(*lsn, now))
                 .collect()
         };
         for lsn in cancelled {
@@ -118,7 +120,7 @@ impl Engine {
     /// node received it; the attempt is uncounted.
     pub fn withdraw(&self, lsn: u64, attempt: u32) -> Result<(), EngineError> {
         if self.store.unlease_job(lsn, attempt)? {
-            if !self.scheduler().requeue(lsn) {
+            if !self.scheduler().requeue(lsn, Instant::now()) {
                 return self.end_cancelled(lsn);
             }
             self.wake.notify_one();

@@ -3,13 +3,21 @@
 //! `after` dependencies, and cancellation tokens of running jobs. The database is the
 //! truth; this is rebuilt from it at start-up.
 //!
-//! A priority orders its own tenant's jobs only: the next job comes from the tenant
-//! with the fewest jobs running, ties going to the one served least recently (so
-//! tenants take turns when slots free one at a time), so no tenant can jump ahead of
-//! everyone else by asking for a high priority.
+//! Slots are shared between tenants by weighted fair share, decided at each free slot
+//! (never in rounds, never by preempting a running job). Each tenant has a *charge*:
+//! the slot-seconds its jobs held, decayed with a half-life (Slurm's decayed usage),
+//! where a job is charged its tenant's estimated run time when it starts and the
+//! difference when it ends, and a job running past its estimate adds the excess as it
+//! runs. The next slot goes to the tenant with work whose charge / weight is least
+//! (ties: fewest running per weight, then served least recently, then oldest job), so
+//! over time each active tenant's share of slots converges to its weight's fraction
+//! and an idle tenant's share goes to the others. A tenant below its `min_running`
+//! goes first; one at its `max_running` waits. A priority orders its own tenant's jobs
+//! only: no tenant can take another's share by asking for a high priority.
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use wasmesh_runtime::CancellationToken;
 
@@ -19,6 +27,9 @@ use super::quota::Quotas;
 pub const PRIORITY_MIN: i64 = -1000;
 /// The highest priority a job can have; higher ones are lowered to it.
 pub const PRIORITY_MAX: i64 = 1000;
+
+/// The default half-life of a tenant's usage in the fair share.
+pub const DEFAULT_HALF_LIFE: Duration = Duration::from_secs(15 * 60);
 
 /// A priority as asked for, clamped to `PRIORITY_MIN..=PRIORITY_MAX`.
 pub fn clamp_priority(priority: i64) -> i64 {
@@ -39,6 +50,10 @@ struct Pending {
     phase: Phase,
     deps_left: HashSet<u64>,
     cancel: CancellationToken,
+    /// While running: when it started (seconds since the scheduler's epoch) and the
+    /// slot-seconds charged for it then.
+    started: f64,
+    charged: f64,
 }
 
 /// What cancelling a job did.
@@ -52,36 +67,149 @@ pub enum Cancelled {
     NotPending,
 }
 
-/// How a tenant's claim to the next slot sorts, least first: not below its
-/// `min_running`, jobs running, the turn it was last served, its next job's LSN.
-type TurnKey = (bool, usize, u64, u64);
+/// A tenant's claim on the slots.
+#[derive(Debug, Default)]
+struct Share {
+    /// Slot-seconds charged, decayed to `at` (seconds since the epoch).
+    usage: f64,
+    at: f64,
+    /// Jobs not yet finished (waiting, queued or running).
+    pending: usize,
+    /// Jobs running, the sum of their start times and of what they were charged.
+    running: usize,
+    started_sum: f64,
+    charged_sum: f64,
+    /// Slot-seconds a job of this tenant holds, on average (none until one ended).
+    estimate: Option<f64>,
+    /// The turn this tenant was last served at.
+    served: u64,
+}
+
+impl Share {
+    /// Decays the usage to `t`.
+    fn decay_to(&mut self, t: f64, half_life: f64) {
+        if t > self.at {
+            self.usage *= 0.5f64.powf((t - self.at) / half_life);
+            self.at = t;
+        }
+    }
+
+    /// The charge at `t`: decayed usage plus what running jobs used past their
+    /// estimates.
+    fn charge(&self, t: f64, half_life: f64) -> f64 {
+        let decayed = self.usage * 0.5f64.powf((t - self.at).max(0.0) / half_life);
+        let ran = self.running as f64 * t - self.started_sum;
+        decayed + (ran - self.charged_sum).max(0.0)
+    }
+}
+
+/// How a tenant's claim to the next slot sorts, least first.
+#[derive(Debug, Clone, Copy)]
+struct TurnKey {
+    /// At or above its `min_running` (false goes first).
+    reserved_met: bool,
+    /// Charge / weight.
+    charge: f64,
+    /// Running / weight.
+    running: f64,
+    served: u64,
+    head: u64,
+}
+
+impl TurnKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.reserved_met
+            .cmp(&other.reserved_met)
+            .then(self.charge.total_cmp(&other.charge))
+            .then(self.running.total_cmp(&other.running))
+            .then(self.served.cmp(&other.served))
+            .then(self.head.cmp(&other.head))
+    }
+}
+
+/// A moving average's weight of the newest sample.
+const ESTIMATE_GAIN: f64 = 0.2;
 
 /// Pending jobs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Scheduler {
     /// Runnable jobs by tenant; entries of jobs no longer queued (or queued at another
     /// priority) are stale and skipped.
     ready: HashMap<String, BinaryHeap<(i64, Reverse<u64>)>>,
     /// Jobs handed out so far.
     turns: u64,
-    /// The turn each tenant was last served at (one entry per tenant ever seen: the
-    /// tenants are the server's configured ones).
-    served: HashMap<String, u64>,
-    /// Jobs running, by tenant.
-    running: HashMap<String, usize>,
+    /// Every tenant's share (one entry per tenant ever seen: the tenants are the
+    /// server's configured ones).
+    shares: HashMap<String, Share>,
+    /// Jobs running, all tenants.
+    running: usize,
     pending: HashMap<u64, Pending>,
     dependents: HashMap<u64, Vec<u64>>,
-    /// Per-tenant `min_running`/`max_running`.
+    /// Per-tenant weights, `min_running` and `max_running`.
     quotas: Quotas,
+    /// Usage's half-life, in seconds.
+    half_life: f64,
+    /// Slot-seconds a job holds on average, all tenants (for a tenant's first jobs).
+    estimate: Option<f64>,
+    epoch: Instant,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Self::new(Quotas::default(), DEFAULT_HALF_LIFE)
+    }
 }
 
 impl Scheduler {
-    /// A scheduler honouring these tenants' `min_running` and `max_running`.
-    pub fn new(quotas: Quotas) -> Self {
+    /// A scheduler honouring these tenants' weights, `min_running` and `max_running`,
+    /// with usage decaying by half every `half_life`.
+    pub fn new(quotas: Quotas, half_life: Duration) -> Self {
         Self {
+            ready: HashMap::new(),
+            turns: 0,
+            shares: HashMap::new(),
+            running: 0,
+            pending: HashMap::new(),
+            dependents: HashMap::new(),
             quotas,
-            ..Self::default()
+            half_life: half_life.as_secs_f64().max(1e-3),
+            estimate: None,
+            epoch: Instant::now(),
         }
+    }
+
+    fn secs(&self, now: Instant) -> f64 {
+        now.saturating_duration_since(self.epoch).as_secs_f64()
+    }
+
+    fn share(&mut self, tenant: &str) -> &mut Share {
+        if !self.shares.contains_key(tenant) {
+            self.shares.insert(tenant.to_string(), Share::default());
+        }
+        self.shares.get_mut(tenant).expect("inserted above")
+    }
+
+    /// Charges `tenant` slot-seconds it used before this scheduler existed (decayed to
+    /// `now` by the caller): the journal's usage ledger at start-up, so a restart does
+    /// not forget who used what.
+    pub fn charge_history(&mut self, tenant: &str, slot_seconds: f64, now: Instant) {
+        let (t, half_life) = (self.secs(now), self.half_life);
+        let share = self.share(tenant);
+        share.decay_to(t, half_life);
+        share.usage += slot_seconds.max(0.0);
+    }
+
+    fn insert(&mut self, lsn: u64, pending: Pending) {
+        self.share(&pending.tenant).pending += 1;
+        if let Some(old) = self.pending.insert(lsn, pending) {
+            self.share(&old.tenant).pending -= 1;
+        }
+    }
+
+    fn remove(&mut self, lsn: u64) -> Option<Pending> {
+        let p = self.pending.remove(&lsn)?;
+        self.share(&p.tenant).pending -= 1;
+        Some(p)
     }
 
     /// Adds a job of `tenant` that waits for `deps` (the still-pending subset of its
@@ -105,7 +233,7 @@ impl Scheduler {
         if phase == Phase::Queued {
             self.push_ready(tenant, priority, lsn);
         }
-        self.pending.insert(
+        self.insert(
             lsn,
             Pending {
                 tenant: tenant.to_string(),
@@ -113,14 +241,17 @@ impl Scheduler {
                 phase,
                 deps_left,
                 cancel: CancellationToken::new(),
+                started: 0.0,
+                charged: 0.0,
             },
         );
     }
 
-    /// Adds a job that is already running elsewhere (a coordinator's restored lease).
-    pub fn add_running(&mut self, lsn: u64, tenant: &str, priority: i64) {
-        *self.running.entry(tenant.to_string()).or_default() += 1;
-        self.pending.insert(
+    /// Adds a job that is already running elsewhere (a coordinator's restored lease),
+    /// as started `now`.
+    pub fn add_running(&mut self, lsn: u64, tenant: &str, priority: i64, now: Instant) {
+        let t = self.secs(now);
+        self.insert(
             lsn,
             Pending {
                 tenant: tenant.to_string(),
@@ -128,8 +259,11 @@ impl Scheduler {
                 phase: Phase::Running,
                 deps_left: HashSet::new(),
                 cancel: CancellationToken::new(),
+                started: t,
+                charged: 0.0,
             },
         );
+        self.started_running(tenant, t, 0.0);
     }
 
     fn push_ready(&mut self, tenant: &str, priority: i64, lsn: u64) {
@@ -144,13 +278,50 @@ impl Scheduler {
         }
     }
 
-    fn stopped_running(&mut self, tenant: &str) {
-        if let Some(n) = self.running.get_mut(tenant) {
-            *n -= 1;
-            if *n == 0 {
-                self.running.remove(tenant);
-            }
+    /// A job of `tenant` started at `t`, charged `charged` slot-seconds.
+    fn started_running(&mut self, tenant: &str, t: f64, charged: f64) {
+        let half_life = self.half_life;
+        let share = self.share(tenant);
+        share.decay_to(t, half_life);
+        share.usage += charged;
+        share.running += 1;
+        share.started_sum += t;
+        share.charged_sum += charged;
+        self.running += 1;
+    }
+
+    /// A running job stopped at `now`: its tenant is charged what it held beyond what
+    /// it was charged at its start; `ended` when it finished (its run time then
+    /// teaches the estimates).
+    fn stopped_running(
+        &mut self,
+        tenant: &str,
+        started: f64,
+        charged: f64,
+        now: Instant,
+        ended: bool,
+    ) {
+        let (t, half_life) = (self.secs(now), self.half_life);
+        let held = (t - started).max(0.0);
+        if ended {
+            let average =
+                |old: Option<f64>| Some(old.map_or(held, |e| e + ESTIMATE_GAIN * (held - e)));
+            self.estimate = average(self.estimate);
+            let share = self.share(tenant);
+            share.estimate = average(share.estimate);
         }
+        let share = self.share(tenant);
+        share.decay_to(t, half_life);
+        share.usage = (share.usage + held - charged).max(0.0);
+        share.running -= 1;
+        share.started_sum -= started;
+        share.charged_sum -= charged;
+        if share.running == 0 {
+            // No drift from adding and taking away floats.
+            share.started_sum = 0.0;
+            share.charged_sum = 0.0;
+        }
+        self.running -= 1;
     }
 
     /// Whether the job is pending (waiting, queued or running).
@@ -165,17 +336,15 @@ impl Scheduler {
             .is_some_and(|p| p.phase == Phase::Running)
     }
 
-    /// The tenant whose turn it is (below its `min_running` first, then fewest
-    /// running, then served least recently, then oldest next job; a tenant at its
-    /// `max_running` waits), after dropping stale heap entries; tenants with nothing
-    /// runnable are forgotten.
-    fn next_tenant(&mut self) -> Option<String> {
+    /// The tenant whose turn it is at `t` (see the module's comment), after dropping
+    /// stale heap entries; tenants with nothing runnable are forgotten.
+    fn next_tenant(&mut self, t: f64) -> Option<String> {
         let Self {
             ready,
             pending,
-            running,
-            served,
+            shares,
             quotas,
+            half_life,
             ..
         } = self;
         let mut best: Option<(TurnKey, &String)> = None;
@@ -191,57 +360,62 @@ impl Scheduler {
             }
             false
         });
+        let idle = Share::default();
         for (tenant, heap) in ready.iter() {
             let Some(&(_, Reverse(head))) = heap.peek() else {
                 continue;
             };
-            let now_running = running.get(tenant).copied().unwrap_or(0);
+            let share = shares.get(tenant).unwrap_or(&idle);
             let (min, max) = quotas.running_bounds(tenant);
-            if max.is_some_and(|max| now_running as u64 >= max) {
+            if max.is_some_and(|max| share.running as u64 >= max) {
                 continue;
             }
-            let key = (
-                min.is_none_or(|min| now_running as u64 >= min),
-                now_running,
-                served.get(tenant).copied().unwrap_or(0),
+            let weight = quotas.weight(tenant);
+            let key = TurnKey {
+                reserved_met: min.is_none_or(|min| share.running as u64 >= min),
+                charge: share.charge(t, *half_life) / weight,
+                running: share.running as f64 / weight,
+                served: share.served,
                 head,
-            );
-            if best.is_none_or(|(best_key, _)| key < best_key) {
+            };
+            if best.is_none_or(|(best_key, _)| key.cmp(&best_key) == Ordering::Less) {
                 best = Some((key, tenant));
             }
         }
         best.map(|(_, tenant)| tenant.clone())
     }
 
-    /// The next runnable job, now marked running, with its cancellation token.
-    pub fn pop(&mut self) -> Option<(u64, CancellationToken)> {
-        let tenant = self.next_tenant()?;
+    /// The next runnable job at `now`, now marked running, with its cancellation token.
+    pub fn pop(&mut self, now: Instant) -> Option<(u64, CancellationToken)> {
+        let t = self.secs(now);
+        let tenant = self.next_tenant(t)?;
         self.turns += 1;
         let heap = self.ready.get_mut(&tenant)?;
         // `next_tenant` left a live entry at the head.
         let (_, Reverse(lsn)) = heap.pop()?;
-        match self.served.get_mut(&tenant) {
-            Some(turn) => *turn = self.turns,
-            None => {
-                self.served.insert(tenant.clone(), self.turns);
-            }
-        }
+        let turns = self.turns;
+        let share = self.share(&tenant);
+        share.served = turns;
+        let charged = share.estimate.or(self.estimate).unwrap_or(0.0);
         let p = self.pending.get_mut(&lsn)?;
         p.phase = Phase::Running;
+        p.started = t;
+        p.charged = charged;
         let cancel = p.cancel.clone();
-        *self.running.entry(tenant).or_default() += 1;
+        self.started_running(&tenant, t, charged);
         Some((lsn, cancel))
     }
 
     /// Whether a job is ready to run (stale heap entries are dropped on the way).
     pub fn has_runnable(&mut self) -> bool {
-        self.next_tenant().is_some()
+        let t = self.secs(Instant::now());
+        self.next_tenant(t).is_some()
     }
 
-    /// Puts a running job back in the queue (a retry, or no node could take it).
-    /// Returns false, leaving it as it is, when the job was cancelled meanwhile: the
-    /// caller then ends it as cancelled (a cancelled job never runs).
-    pub fn requeue(&mut self, lsn: u64) -> bool {
+    /// Puts a running job back in the queue at `now` (a retry, or no node could take
+    /// it). Returns false, leaving it as it is, when the job was cancelled meanwhile:
+    /// the caller then ends it as cancelled (a cancelled job never runs).
+    pub fn requeue(&mut self, lsn: u64, now: Instant) -> bool {
         let Some(p) = self.pending.get_mut(&lsn) else {
             return true;
         };
@@ -250,9 +424,10 @@ impl Scheduler {
         }
         let was_running = p.phase == Phase::Running;
         p.phase = Phase::Queued;
-        let (tenant, priority) = (p.tenant.clone(), p.priority);
+        let (tenant, priority, started, charged) =
+            (p.tenant.clone(), p.priority, p.started, p.charged);
         if was_running {
-            self.stopped_running(&tenant);
+            self.stopped_running(&tenant, started, charged, now, false);
         }
         self.push_ready(&tenant, priority, lsn);
         true
@@ -289,31 +464,34 @@ impl Scheduler {
                 Cancelled::Running
             }
             Some(_) => {
-                self.pending.remove(&lsn);
+                self.remove(lsn);
                 Cancelled::NotStarted
             }
         }
     }
 
-    /// A job finished for good. Returns the dependents that became runnable, and
-    /// those that can now never run because this job did not succeed.
-    pub fn finish(&mut self, lsn: u64, succeeded: bool) -> (Vec<u64>, Vec<u64>) {
-        if let Some(p) = self.pending.remove(&lsn)
+    /// A job finished for good at `now`. Returns the dependents that became runnable,
+    /// and those that can now never run because this job did not succeed.
+    pub fn finish(&mut self, lsn: u64, succeeded: bool, now: Instant) -> (Vec<u64>, Vec<u64>) {
+        if let Some(p) = self.remove(lsn)
             && p.phase == Phase::Running
         {
-            self.stopped_running(&p.tenant);
+            self.stopped_running(&p.tenant, p.started, p.charged, now, true);
         }
         let mut runnable = Vec::new();
         let mut doomed = Vec::new();
         for dependent in self.dependents.remove(&lsn).unwrap_or_default() {
-            let Some(p) = self.pending.get_mut(&dependent) else {
+            if !self.pending.contains_key(&dependent) {
                 continue;
-            };
+            }
             if !succeeded {
-                self.pending.remove(&dependent);
+                self.remove(dependent);
                 doomed.push(dependent);
                 continue;
             }
+            let Some(p) = self.pending.get_mut(&dependent) else {
+                continue;
+            };
             p.deps_left.remove(&lsn);
             if p.deps_left.is_empty() && p.phase == Phase::Waiting {
                 p.phase = Phase::Queued;
@@ -327,23 +505,30 @@ impl Scheduler {
 
     /// Jobs of `tenant` not yet finished (waiting, queued or running).
     pub fn pending_of(&self, tenant: &str) -> usize {
-        self.pending.values().filter(|p| p.tenant == tenant).count()
+        self.shares.get(tenant).map_or(0, |s| s.pending)
     }
 
     /// Jobs waiting or queued.
     pub fn queued(&self) -> usize {
-        self.pending
-            .values()
-            .filter(|p| p.phase != Phase::Running)
-            .count()
+        self.pending.len() - self.running
     }
 
     /// Jobs running.
     pub fn running(&self) -> usize {
-        self.pending
-            .values()
-            .filter(|p| p.phase == Phase::Running)
-            .count()
+        self.running
+    }
+
+    /// Every tenant's fair-share standing at `now`, by tenant: (jobs running, charge
+    /// in slot-seconds).
+    pub fn shares(&self, now: Instant) -> Vec<(String, usize, f64)> {
+        let t = self.secs(now);
+        let mut shares: Vec<_> = self
+            .shares
+            .iter()
+            .map(|(tenant, s)| (tenant.clone(), s.running, s.charge(t, self.half_life)))
+            .collect();
+        shares.sort_by(|a, b| a.0.cmp(&b.0));
+        shares
     }
 }
 
@@ -351,8 +536,14 @@ impl Scheduler {
 mod tests {
     use super::*;
 
+    /// Pops everything runnable at one instant (no usage accrues between pops).
     fn drain(s: &mut Scheduler) -> Vec<u64> {
-        std::iter::from_fn(|| s.pop().map(|(lsn, _)| lsn)).collect()
+        let now = s.epoch;
+        std::iter::from_fn(|| s.pop(now).map(|(lsn, _)| lsn)).collect()
+    }
+
+    fn pop(s: &mut Scheduler) -> Option<u64> {
+        s.pop(s.epoch).map(|(lsn, _)| lsn)
     }
 
     #[test]
@@ -377,16 +568,16 @@ mod tests {
                 ),
             ]),
         );
-        let mut s = Scheduler::new(quotas);
+        let mut s = Scheduler::new(quotas, DEFAULT_HALF_LIFE);
         for lsn in 1..=3 {
             s.add(lsn, "capped", 0, []);
         }
-        assert_eq!(s.pop().map(|(lsn, _)| lsn), Some(1));
+        assert_eq!(pop(&mut s), Some(1));
         assert!(!s.has_runnable(), "capped is at its max_running");
-        assert!(s.pop().is_none());
+        assert!(pop(&mut s).is_none());
         // Its running job ends: the next one may go.
-        s.finish(1, true);
-        assert_eq!(s.pop().map(|(lsn, _)| lsn), Some(2));
+        s.finish(1, true, s.epoch);
+        assert_eq!(pop(&mut s), Some(2));
         // Below its min_running a tenant goes first, even with more running.
         s.add(10, "other", 0, []);
         s.add(11, "other", 0, []);
@@ -399,6 +590,190 @@ mod tests {
             !order.contains(&3),
             "capped still has one running: {order:?}"
         );
+    }
+
+    fn weights(pairs: &[(&str, f64)]) -> Quotas {
+        use crate::engine::quota::Quota;
+        let tenants = pairs
+            .iter()
+            .map(|(tenant, weight)| {
+                let quota = Quota {
+                    weight: Some(*weight),
+                    ..Quota::default()
+                };
+                (tenant.to_string(), quota)
+            })
+            .collect();
+        Quotas::new(Quota::default(), tenants)
+    }
+
+    fn at(s: &Scheduler, secs: f64) -> Instant {
+        s.epoch + Duration::from_secs_f64(secs)
+    }
+
+    /// Runs `slots` slots in simulated time from `start` to `end`: a job of tenant `t`
+    /// holds its slot `job_secs[t]` seconds, every tenant there always has another
+    /// job queued (new LSNs from `next_lsn`), and a freed slot is refilled at once;
+    /// the jobs running at `end` stop then. Returns the slot-seconds each tenant held within `window`.
+    fn simulate(
+        s: &mut Scheduler,
+        slots: usize,
+        job_secs: &HashMap<&str, f64>,
+        (start, end): (f64, f64),
+        window: (f64, f64),
+        next_lsn: &mut u64,
+    ) -> HashMap<String, f64> {
+        let mut tenant_of: HashMap<u64, &str> = HashMap::new();
+        for (tenant, _) in job_secs.iter() {
+            *next_lsn += 1;
+            s.add(*next_lsn, tenant, 0, []);
+            tenant_of.insert(*next_lsn, tenant);
+        }
+        // (end, lsn, start) of running jobs.
+        let mut running: Vec<(f64, u64, f64)> = Vec::new();
+        let mut held: HashMap<String, f64> = HashMap::new();
+        let mut t = start;
+        loop {
+            while running.len() < slots {
+                let Some((lsn, _)) = s.pop(at(s, t)) else {
+                    break;
+                };
+                let tenant = tenant_of[&lsn];
+                running.push((t + job_secs[tenant], lsn, t));
+                *next_lsn += 1;
+                s.add(*next_lsn, tenant, 0, []);
+                tenant_of.insert(*next_lsn, tenant);
+            }
+            running.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (done, lsn, began) = running.remove(0);
+            if done > end {
+                // The jobs still running stop at the end.
+                for (_, lsn, began) in std::iter::once((done, lsn, began)).chain(running) {
+                    s.finish(lsn, true, at(s, end));
+                    let overlap = end.min(window.1) - began.max(window.0);
+                    *held.entry(tenant_of[&lsn].to_string()).or_default() += overlap.max(0.0);
+                }
+                return held;
+            }
+            t = done;
+            s.finish(lsn, true, at(s, t));
+            let overlap = done.min(window.1) - began.max(window.0);
+            *held.entry(tenant_of[&lsn].to_string()).or_default() += overlap.max(0.0);
+        }
+    }
+
+    #[test]
+    fn saturating_tenants_share_slots_by_weight() {
+        let mut s = Scheduler::new(weights(&[("a", 3.0), ("b", 1.0)]), DEFAULT_HALF_LIFE);
+        let jobs = HashMap::from([("a", 1.0), ("b", 1.0)]);
+        let held = simulate(&mut s, 8, &jobs, (0.0, 200.0), (20.0, 180.0), &mut 0);
+        let ratio = held["a"] / held["b"];
+        assert!((ratio - 3.0).abs() < 0.3, "a:b = {ratio} ({held:?})");
+        // Unequal jobs: the share is of slot-time, not of job counts.
+        let mut s = Scheduler::default();
+        let jobs = HashMap::from([("long", 5.0), ("short", 0.5)]);
+        let held = simulate(&mut s, 4, &jobs, (0.0, 400.0), (50.0, 350.0), &mut 0);
+        let ratio = held["long"] / held["short"];
+        assert!(
+            (ratio - 1.0).abs() < 0.15,
+            "long:short = {ratio} ({held:?})"
+        );
+    }
+
+    #[test]
+    fn an_idle_tenant_s_share_goes_to_the_others() {
+        let mut s = Scheduler::new(weights(&[("a", 1.0), ("b", 9.0)]), DEFAULT_HALF_LIFE);
+        let jobs = HashMap::from([("a", 1.0)]);
+        let held = simulate(&mut s, 4, &jobs, (0.0, 50.0), (0.0, 50.0), &mut 0);
+        assert!(
+            (held["a"] - 200.0).abs() < 4.5,
+            "a alone holds every slot: {held:?}"
+        );
+    }
+
+    /// A tenant that used the fleet for a while is behind one arriving now: every slot
+    /// that frees goes to the newcomer until their decayed usage per weight meets.
+    #[test]
+    fn a_newcomer_takes_the_slots_a_heavy_user_frees() {
+        let mut s = Scheduler::default();
+        let mut lsn = 0;
+        simulate(
+            &mut s,
+            4,
+            &HashMap::from([("heavy", 1.0)]),
+            (0.0, 100.0),
+            (0.0, 0.0),
+            &mut lsn,
+        );
+        // The heavy tenant keeps a backlog; the newcomer brings 8 jobs at t = 100.
+        let newcomer: Vec<u64> = (lsn + 1..=lsn + 8).collect();
+        for l in &newcomer {
+            s.add(*l, "new", 0, []);
+        }
+        s.add(lsn + 9, "heavy", 0, []);
+        let mut order = Vec::new();
+        for slot in 0..8 {
+            let t = 100.0 + slot as f64 * 0.25;
+            let (popped, _) = s.pop(at(&s, t)).unwrap();
+            order.push(popped);
+            s.finish(popped, true, at(&s, t + 0.2));
+        }
+        assert_eq!(order, newcomer, "every freed slot goes to the newcomer");
+        // Usage decays: many half-lives later the past no longer counts, and the two
+        // take turns.
+        let later = 100.0 + 40.0 * DEFAULT_HALF_LIFE.as_secs_f64();
+        let shares = s.shares(at(&s, later));
+        assert!(
+            shares.iter().all(|(_, _, charge)| *charge < 1e-6),
+            "{shares:?}"
+        );
+    }
+
+    /// Placement takes several jobs at one instant: a job is charged its tenant's
+    /// estimate when it starts, so one batch does not all go to the tenant that was
+    /// behind.
+    #[test]
+    fn a_batch_of_slots_at_one_instant_is_shared() {
+        let mut s = Scheduler::default();
+        let mut lsn = 0;
+        let jobs = HashMap::from([("a", 1.0), ("b", 1.0)]);
+        simulate(&mut s, 2, &jobs, (0.0, 10.0), (0.0, 0.0), &mut lsn);
+        for _ in 0..20 {
+            for tenant in ["a", "b"] {
+                lsn += 1;
+                s.add(lsn, tenant, 0, []);
+            }
+        }
+        let mut by_tenant: HashMap<String, usize> = HashMap::new();
+        let now = at(&s, 11.0);
+        for _ in 0..10 {
+            let (popped, _) = s.pop(now).unwrap();
+            let tenant = s.pending[&popped].tenant.clone();
+            *by_tenant.entry(tenant).or_default() += 1;
+        }
+        assert!(
+            by_tenant.values().all(|n| (4..=6).contains(n)),
+            "{by_tenant:?}"
+        );
+    }
+
+    #[test]
+    fn counts_are_kept_per_tenant() {
+        let mut s = Scheduler::default();
+        s.add(1, "a", 0, []);
+        s.add(2, "a", 0, [1]);
+        s.add(3, "b", 0, []);
+        assert_eq!(
+            (s.pending_of("a"), s.pending_of("b"), s.pending_of("c")),
+            (2, 1, 0)
+        );
+        assert_eq!(pop(&mut s), Some(1), "the oldest job of the tie");
+        assert_eq!((s.running(), s.queued()), (1, 2));
+        // A failed job dooms its dependent.
+        assert_eq!(s.finish(1, false, s.epoch), (vec![], vec![2]));
+        assert_eq!((s.pending_of("a"), s.pending_of("b")), (0, 1));
+        assert!(matches!(s.cancel(3), Cancelled::NotStarted));
+        assert_eq!((s.pending_of("b"), s.running(), s.queued()), (0, 0, 0));
     }
 
     #[test]
@@ -431,13 +806,13 @@ mod tests {
         s.add(3, "a", 0, [1, 2]);
         s.add(4, "a", 0, [2]);
         assert_eq!(drain(&mut s), vec![1, 2]);
-        assert_eq!(s.finish(1, true), (vec![], vec![]));
-        assert_eq!(s.finish(2, false), (vec![], vec![3, 4]));
+        assert_eq!(s.finish(1, true, s.epoch), (vec![], vec![]));
+        assert_eq!(s.finish(2, false, s.epoch), (vec![], vec![3, 4]));
         assert!(!s.is_pending(3) && !s.is_pending(4));
         s.add(5, "a", 0, [6]);
         s.add(6, "a", 0, []);
         assert_eq!(drain(&mut s), vec![6]);
-        assert_eq!(s.finish(6, true), (vec![5], vec![]));
+        assert_eq!(s.finish(6, true, s.epoch), (vec![5], vec![]));
         assert_eq!(drain(&mut s), vec![5]);
     }
 
@@ -461,8 +836,8 @@ mod tests {
         s.add(4, "modest", 0, []);
         s.add(5, "modest", 0, []);
         let mut order = Vec::new();
-        while let Some((lsn, _)) = s.pop() {
-            s.finish(lsn, true);
+        while let Some(lsn) = pop(&mut s) {
+            s.finish(lsn, true, s.epoch);
             order.push(lsn);
         }
         assert_eq!(order, vec![1, 4, 2, 5, 3]);
@@ -477,13 +852,13 @@ mod tests {
         s.add(1, "a", 0, []);
         s.add(2, "a", 0, []);
         s.add(3, "a", 0, []);
-        assert_eq!(s.pop().map(|(l, _)| l), Some(1));
-        assert_eq!(s.pop().map(|(l, _)| l), Some(2));
+        assert_eq!(pop(&mut s), Some(1));
+        assert_eq!(pop(&mut s), Some(2));
         s.add(4, "b", -5, []);
         // b runs nothing and a runs two: b's job goes first despite its priority.
-        assert_eq!(s.pop().map(|(l, _)| l), Some(4));
-        s.finish(1, true);
-        s.finish(2, true);
+        assert_eq!(pop(&mut s), Some(4));
+        s.finish(1, true, s.epoch);
+        s.finish(2, true, s.epoch);
         assert_eq!(s.running(), 1);
         assert_eq!(drain(&mut s), vec![3]);
     }
@@ -494,17 +869,17 @@ mod tests {
     fn a_job_cancelled_while_popped_is_not_requeued() {
         let mut s = Scheduler::default();
         s.add(1, "a", 0, []);
-        let (lsn, token) = s.pop().unwrap();
+        let (lsn, token) = s.pop(s.epoch).unwrap();
         assert!(matches!(s.cancel(lsn), Cancelled::Running));
         assert!(token.is_cancelled());
         assert!(
-            !s.requeue(lsn),
+            !s.requeue(lsn, s.epoch),
             "a cancelled job must not go back in the queue"
         );
         assert!(!s.has_runnable());
         s.add(2, "a", 0, []);
-        let (lsn, _) = s.pop().unwrap();
-        assert!(s.requeue(lsn));
+        let lsn = pop(&mut s).unwrap();
+        assert!(s.requeue(lsn, s.epoch));
         assert_eq!(drain(&mut s), vec![2]);
     }
 }

@@ -1,6 +1,8 @@
 //! How jobs end: results recorded under a fence (retry or finish), cancels, priority
 //! changes, reschedules, dependents settled, and the webhook deliveries an end means.
 
+use std::time::Instant;
+
 use super::scheduler::Cancelled;
 use super::{Engine, EngineError, Fence, scheduler};
 use crate::model::{JobResult, JobState, QueueState, outcome};
@@ -104,7 +106,7 @@ impl Engine {
                 continue;
             }
             if *retry {
-                if !self.scheduler().requeue(*lsn) {
+                if !self.scheduler().requeue(*lsn, Instant::now()) {
                     // Cancelled in the instant between the check above and now.
                     self.end_cancelled(*lsn)?;
                     continue;
@@ -154,7 +156,7 @@ impl Engine {
 
     /// Removes a finished job from the scheduler and settles its dependents.
     pub(super) fn settle(&self, lsn: u64, succeeded: bool) {
-        let (_, doomed) = self.scheduler().finish(lsn, succeeded);
+        let (_, doomed) = self.scheduler().finish(lsn, succeeded, Instant::now());
         self.sweep_checkpoints();
         self.announce(lsn);
         // The result is in the database: wake every long-poll to look again.

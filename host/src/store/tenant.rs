@@ -196,6 +196,11 @@ impl<'a> TenantStore<'a> {
         self.store.usage(Some(self.tenant), by, from_ms, to_ms)
     }
 
+    /// Fuel the tenant's jobs that finished since `since_ms` consumed.
+    pub fn fuel_since(&self, since_ms: i64) -> StoreResult<u64> {
+        self.store.fuel_since(self.tenant, since_ms)
+    }
+
     /// The tenant's webhooks, oldest first.
     pub fn webhooks(&self) -> StoreResult<Vec<Webhook>> {
         self.store.webhooks_of(self.tenant)
@@ -267,6 +272,11 @@ impl<'a> Unscoped<'a> {
     /// Every tenant's usage (the operator's view), grouped by `by`.
     pub fn usage(&self, by: UsageBy, from_ms: i64, to_ms: i64) -> StoreResult<Vec<UsageRow>> {
         self.store.usage(None, by, from_ms, to_ms)
+    }
+
+    /// Every tenant's run time since `since_ms` by minute (to rebuild the fair share).
+    pub fn run_time_by_minute(&self, since_ms: i64) -> StoreResult<Vec<(String, i64, u64)>> {
+        self.store.run_time_by_minute(since_ms)
     }
 
     /// A webhook by id.

@@ -47,4 +47,32 @@ impl Store {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+
+    /// Every tenant's run time since `since_ms`, in minutes: (tenant, the minute's
+    /// start in Unix ms, wall milliseconds of the jobs that finished in it).
+    pub(super) fn run_time_by_minute(&self, since_ms: i64) -> StoreResult<Vec<(String, i64, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT tenant, finished_ms / 60000 * 60000 AS minute, SUM(wall_ms) FROM usage \
+             WHERE finished_ms >= ?1 GROUP BY tenant, minute",
+        )?;
+        let rows = stmt.query_map(params![since_ms], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get::<_, i64>(2)?.max(0) as u64,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Fuel `tenant`'s jobs that finished since `since_ms` consumed.
+    pub(super) fn fuel_since(&self, tenant: &str, since_ms: i64) -> StoreResult<u64> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT COALESCE(SUM(fuel), 0) FROM usage WHERE tenant = ?1 AND finished_ms >= ?2",
+        )?;
+        let fuel: i64 = stmt.query_row(params![tenant, since_ms], |row| row.get(0))?;
+        Ok(fuel.max(0) as u64)
+    }
 }

@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod demo;
 mod exec;
+mod fairness;
 mod groups;
 mod idempotency;
 mod jobs;

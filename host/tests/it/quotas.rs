@@ -12,6 +12,7 @@ const ROOMY: &str = "roomy-key-0123456789";
 const STORED: &str = "stored-key-0123456789";
 const RATED: &str = "rated-key-0123456789";
 const CAPPED: &str = "capped-key-0123456789";
+const FUELED: &str = "fueled-key-0123456789";
 
 /// Every tenant gets `max_queued = 2` from `[defaults]` (last: in TOML, the keys after
 /// a table header belong to it); `roomy` overrides it, `stored`
@@ -26,6 +27,7 @@ fn tenants(dir: &std::path::Path) -> std::path::PathBuf {
              stored = {{ keys = [\"{STORED}\"], max_store_bytes = 100000 }}\n\
              rated = {{ keys = [\"{RATED}\"], max_queued = 100, submit_rate = 0.016, submit_burst = 2 }}\n\
              capped = {{ keys = [\"{CAPPED}\"], max_queued = 100, max_running = 1 }}\n\
+             fueled = {{ keys = [\"{FUELED}\"], max_queued = 100, max_fuel_per_hour = 1000 }}\n\
              \n[defaults]\nmax_queued = 2\n"
         ),
     )
@@ -204,6 +206,61 @@ fn quotas_count_across_the_fleet_on_a_coordinator() {
         "{message}"
     );
     assert!(message.contains("max_queued"), "{message}");
+}
+
+#[test]
+fn max_fuel_per_hour_refuses_submissions_once_the_hour_s_fuel_is_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--tenants", tenants(dir.path()).to_str().unwrap()]);
+    let fueled = server.client_with_key(FUELED);
+    let worker = upload_test_guest(&fueled);
+    // Under the limit nothing is refused: this job then burns far more than 1000.
+    let burner = submit(&fueled, worker, &["burn", "2000000"]);
+    let result = fueled.wait(burner, crate::server::WAIT).unwrap();
+    assert!(result.usage.fuel > 1000, "{:?}", result.usage);
+    let (status, code, message) =
+        refusal(fueled.submit(&action(&fueled, worker, &["noop"], None), None, None));
+    assert_eq!(
+        (status, code.as_str()),
+        (403, "quota_exceeded"),
+        "{message}"
+    );
+    assert!(
+        message.contains("max_fuel_per_hour")
+            && message.contains("1000")
+            && message.contains(&result.usage.fuel.to_string()),
+        "{message}"
+    );
+    // Another tenant's fuel is its own.
+    let roomy = server.client_with_key(ROOMY);
+    let roomy_worker = upload_test_guest(&roomy);
+    submit(&roomy, roomy_worker, &["noop"]);
+}
+
+#[test]
+fn a_weight_that_is_not_above_zero_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.toml");
+    std::fs::write(
+        &path,
+        format!("acme = {{ keys = [\"{QUEUED}\"], weight = 0 }}\n"),
+    )
+    .unwrap();
+    let output = crate::wasmesh(
+        &[
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--tenants",
+            path.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!output.status.success());
+    let err = crate::err(&output);
+    assert!(err.contains("acme") && err.contains("weight"), "{err}");
 }
 
 #[test]

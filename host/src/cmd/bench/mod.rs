@@ -7,10 +7,13 @@
 //! - `wasmesh bench events` and `fanin`: groups and `output_of` fan-in on a local
 //!   cluster (baselines: plain submissions; the client doing the fan-in).
 //! - `wasmesh bench placement`: placement with simulated nodes in process.
+//! - `wasmesh bench fairness`: the fair share on an in-process node (baseline: the
+//!   small tenant alone on the same node).
 //!
 //! A scenario is a benchmark, never a test: it prints ratios against its baseline.
 
 mod cluster;
+mod fairness;
 mod node;
 mod placement;
 
@@ -25,6 +28,7 @@ use serde_json::json;
 
 use wasmesh_host::api::{AppState, auth::Auth};
 use wasmesh_host::client::Client;
+use wasmesh_host::engine::quota::Quotas;
 use wasmesh_host::engine::{Engine, NodeConfig};
 use wasmesh_host::model::{HashHex, JobState};
 use wasmesh_host::run::Runner;
@@ -104,6 +108,22 @@ pub enum Args {
         #[arg(long, default_value_t = 100_000)]
         jobs: usize,
     },
+    /// The fair share on an in-process node: a small tenant's p99 wait alone (the
+    /// baseline) and under another tenant's flood, and how weights 3:1 split the slots.
+    Fairness {
+        /// The node's slots.
+        #[arg(long, default_value_t = 4)]
+        slots: usize,
+        /// How long each job holds its slot, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        job_ms: u64,
+        /// The small tenant's jobs.
+        #[arg(long, default_value_t = 40)]
+        small_jobs: usize,
+        /// The flood's jobs per small job.
+        #[arg(long, default_value_t = 100)]
+        flood_factor: usize,
+    },
 }
 
 /// Runs one scenario and prints its numbers.
@@ -124,6 +144,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             module,
         } => cluster::fanin(rounds, maps, &module)?,
         Args::Placement { nodes, jobs } => placement::run(nodes, jobs)?,
+        Args::Fairness {
+            slots,
+            job_ms,
+            small_jobs,
+            flood_factor,
+        } => fairness::run(slots, job_ms, small_jobs, flood_factor)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -149,12 +175,18 @@ struct Running {
 }
 
 fn start_node(slots: usize) -> anyhow::Result<Running> {
+    start_node_with(slots, Quotas::default(), Auth::open())
+}
+
+/// An in-process node with these tenants' quotas and keys.
+fn start_node_with(slots: usize, quotas: Quotas, auth: Auth) -> anyhow::Result<Running> {
     let dir = tempfile::tempdir()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let mut config = NodeConfig::new(dir.path().to_path_buf());
     config.slots = slots;
+    config.quotas = quotas;
     config.max_blob_bytes = 1 << 30;
     config.max_request_bytes = (1 << 30) + (16 << 20);
     let url = runtime.block_on(async {
@@ -163,7 +195,7 @@ fn start_node(slots: usize) -> anyhow::Result<Running> {
         let engine = Engine::open(config)?;
         engine.start();
         Runner::new(engine.clone()).start();
-        let state = AppState::new(engine, Arc::new(Auth::open()));
+        let state = AppState::new(engine, Arc::new(auth));
         tokio::spawn(wasmesh_host::api::serve(
             listener,
             wasmesh_host::api::app(state),
