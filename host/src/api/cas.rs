@@ -50,8 +50,7 @@ pub async fn put_blob(
     if declared.is_some_and(|len| len > max) {
         return Err(ApiError::TooLarge(format!("blob larger than {max} bytes")));
     }
-    let held = state.engine.store().tenant(&tenant).owns_blob(&hash)?
-        && state.engine.cas().contains(&hash);
+    let held = state.engine.holds(&tenant, &hash)? && state.engine.cas().contains(&hash);
     // The body is verified even when the blob is already held, so that a client with
     // wrong bytes learns about it.
     let staged = state

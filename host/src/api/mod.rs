@@ -8,6 +8,7 @@ pub mod body;
 mod cas;
 pub mod cluster;
 pub mod error;
+mod gc;
 pub mod idempotency;
 mod info;
 mod jobs;
@@ -125,6 +126,7 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
             post(queues::submit_for_worker).get(queues::job),
         )
         .route("/compute/usage", get(usage::get))
+        .route("/compute/gc", post(gc::collect))
         .route("/compute/record/start", post(record::start))
         .route("/compute/record/stop", post(record::stop))
         .route(

@@ -3,9 +3,16 @@
 //!
 //! Which tenant may see which blob is the database's business (`blobs` table); this
 //! module only keeps bytes.
+//!
+//! Garbage collection deletes a file only through [`Cas::remove_if_stale`]: under the
+//! store's gate it checks the file's modification time, which every write of the same
+//! bytes refreshes under the same gate (a blob stored again while it was being judged
+//! garbage is either deleted first and written anew, or refreshed first and kept).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -52,6 +59,8 @@ pub struct Cas {
     root: PathBuf,
     staging: PathBuf,
     max_blob_bytes: u64,
+    /// Writers share it; a deletion by garbage collection takes it alone.
+    gate: RwLock<()>,
 }
 
 impl Cas {
@@ -67,6 +76,7 @@ impl Cas {
             root: root.to_path_buf(),
             staging,
             max_blob_bytes,
+            gate: RwLock::new(()),
         };
         if !cas.contains(&HashHex::empty()) {
             let staged = cas
@@ -173,8 +183,9 @@ impl Cas {
     /// survives a power loss and ownership may be recorded. A blob already present is
     /// left as it is.
     pub fn commit(&self, staged: Staged) -> std::io::Result<()> {
+        let _writing = self.writing();
         let target = self.path(&staged.hash);
-        if target.is_file() {
+        if refresh(&target)? {
             return Ok(());
         }
         let shard = target.parent().expect("blobs live in shard folders");
@@ -194,24 +205,104 @@ impl Cas {
         Ok(())
     }
 
-    /// Deletes a blob (one nothing refers to any more); a missing one is no error.
-    pub fn remove(&self, hash: &HashHex) -> std::io::Result<()> {
-        match std::fs::remove_file(self.path(hash)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+    fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stores bytes whose hash the caller computed itself (outputs of runs).
+    /// Deletes a blob (one nothing refers to any more); a missing one is no error.
+    pub fn remove(&self, hash: &HashHex) -> std::io::Result<()> {
+        let _alone = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        remove_file(&self.path(hash))
+    }
+
+    /// Deletes a blob whose file was last written before `before`; its size when it
+    /// was deleted. The empty blob stays.
+    pub fn remove_if_stale(
+        &self,
+        hash: &HashHex,
+        before: SystemTime,
+    ) -> std::io::Result<Option<u64>> {
+        if *hash == HashHex::empty() {
+            return Ok(None);
+        }
+        let _alone = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let path = self.path(hash);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return Ok(None);
+        };
+        if meta.modified()? >= before {
+            return Ok(None);
+        }
+        remove_file(&path)?;
+        Ok(Some(meta.len()))
+    }
+
+    /// Every blob on disk: (hash, size, last written). Files that are not blobs
+    /// (staging, stray names) are skipped.
+    pub fn list(&self) -> std::io::Result<Vec<(HashHex, u64, SystemTime)>> {
+        let mut blobs = Vec::new();
+        for first in std::fs::read_dir(&self.root)?.flatten() {
+            if first.path() == self.staging || !first.path().is_dir() {
+                continue;
+            }
+            for second in std::fs::read_dir(first.path())?.flatten() {
+                let Ok(files) = std::fs::read_dir(second.path()) else {
+                    continue;
+                };
+                for file in files.flatten() {
+                    let Some(hash) = file
+                        .file_name()
+                        .to_str()
+                        .and_then(|name| name.parse::<HashHex>().ok())
+                    else {
+                        continue;
+                    };
+                    if let Ok(meta) = file.metadata() {
+                        blobs.push((hash, meta.len(), meta.modified()?));
+                    }
+                }
+            }
+        }
+        Ok(blobs)
+    }
+
+    /// Marks a blob present on disk as written now (garbage collection leaves it
+    /// alone for its grace period); false when it is not there.
+    pub fn touch(&self, hash: &HashHex) -> std::io::Result<bool> {
+        let _writing = self.writing();
+        refresh(&self.path(hash))
+    }
+
+    /// Stores bytes whose hash the caller computed itself (outputs of runs); bytes
+    /// already present are marked as written now.
     pub fn put_own(&self, bytes: &[u8]) -> std::io::Result<HashHex> {
         let hash = HashHex::of(bytes);
-        if !self.contains(&hash) {
+        if !self.touch(&hash)? {
             let staged = self
                 .stage_bytes(hash, bytes)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             self.commit(staged)?;
         }
         Ok(hash)
+    }
+}
+
+/// Marks an existing blob file as written now; false when there is none.
+fn refresh(path: &Path) -> std::io::Result<bool> {
+    match std::fs::File::options().write(true).open(path) {
+        Ok(file) => {
+            file.set_modified(SystemTime::now())?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn remove_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -251,5 +342,33 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn only_files_not_written_since_the_cutoff_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(dir.path(), 1024).unwrap();
+        let hash = cas.put_own(b"old bytes").unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(cas.path(&hash))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let cutoff = SystemTime::now() - std::time::Duration::from_secs(60);
+        // Written again (the same bytes): fresh, so it stays.
+        assert_eq!(cas.put_own(b"old bytes").unwrap(), hash);
+        assert_eq!(cas.remove_if_stale(&hash, cutoff).unwrap(), None);
+        assert!(cas.contains(&hash));
+        // Stale: removed, with its size; the empty blob never is.
+        let later = SystemTime::now() + std::time::Duration::from_secs(1);
+        assert_eq!(cas.remove_if_stale(&hash, later).unwrap(), Some(9));
+        assert!(!cas.contains(&hash));
+        assert_eq!(cas.remove_if_stale(&HashHex::empty(), later).unwrap(), None);
+        assert!(cas.touch(&HashHex::empty()).unwrap());
+        assert!(!cas.touch(&hash).unwrap());
+        let listed: Vec<HashHex> = cas.list().unwrap().into_iter().map(|b| b.0).collect();
+        assert_eq!(listed, vec![HashHex::empty()]);
     }
 }

@@ -155,7 +155,7 @@ fn check(
         let delivered = hash == HashHex::empty()
             || blobs.contains_key(&hash)
             || lease.uploaded.contains(&hash)
-            || tenant.owns_blob(&hash).unwrap_or(false);
+            || engine.holds(&job.tenant, &hash).unwrap_or(false);
         match engine.cas().size(&hash).filter(|_| delivered) {
             Some(actual) => {
                 if let Err(e) = tenant.own_blob(&hash, size.unwrap_or(actual)) {

@@ -8,6 +8,7 @@ mod coordinator;
 mod dag;
 mod demo;
 mod exec;
+mod gc;
 mod local;
 mod node;
 mod nodes;
@@ -60,6 +61,9 @@ enum Command {
     Nodes(nodes::Args),
     /// Show what finished jobs consumed, by tenant, worker or queue.
     Usage(usage::Args),
+    /// Collect the store's garbage now, or show what would go (`--dry-run`; an
+    /// operator key).
+    Gc(gc::Args),
     /// Resubmit a recording (from `POST /compute/record/stop`) to a server.
     Replay(replay::Args),
     /// Benchmark scenarios (see BENCHMARKS.md).
@@ -126,6 +130,7 @@ pub fn main() -> ExitCode {
         Command::Dag(args) => dag::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Usage(args) => usage::run(args),
+        Command::Gc(args) => gc::run(args),
         Command::Bench { scenario } => bench::run(scenario),
         Command::Demo(args) => demo::run(args),
     };

@@ -60,8 +60,8 @@ impl WebhookArgs {
     }
 }
 
-/// How long the journal keeps what is done, and the fair share what was used (node
-/// and coordinator).
+/// How long the journal keeps what is done, the fair share what was used and the
+/// store what nothing needs (node and coordinator).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RetentionArgs {
     /// Finished results older than this are retired from the completed lists (and
@@ -74,6 +74,12 @@ pub struct RetentionArgs {
     /// A tenant's past use of slots counts half after this long in the fair share.
     #[arg(long, env = "WASMESH_FAIR_SHARE_HALF_LIFE", default_value = "15m", value_parser = humantime::parse_duration)]
     pub fair_share_half_life: Duration,
+    /// Garbage collection leaves blobs used within this long alone.
+    #[arg(long, env = "WASMESH_GC_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub gc_grace: Duration,
+    /// Garbage is collected this often (`0s`: only by `wasmesh gc`).
+    #[arg(long, env = "WASMESH_GC_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub gc_interval: Duration,
 }
 
 impl RetentionArgs {
@@ -82,6 +88,8 @@ impl RetentionArgs {
         config.result_retention = self.result_retention;
         config.delivery_retention = self.delivery_retention;
         config.fair_share_half_life = self.fair_share_half_life;
+        config.gc_grace = self.gc_grace;
+        config.gc_interval = self.gc_interval;
     }
 }
 

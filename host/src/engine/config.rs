@@ -43,6 +43,11 @@ pub struct NodeConfig {
     pub webhooks: WebhookConfig,
     /// Per-tenant quotas and fair-share weights (none by default).
     pub quotas: Quotas,
+    /// Garbage collection leaves blobs used (uploaded, named, answered as held)
+    /// within this long alone.
+    pub gc_grace: Duration,
+    /// Garbage is collected this often (zero: only when asked, `POST /compute/gc`).
+    pub gc_interval: Duration,
     /// How fast a tenant's past use of slots is forgotten by the fair share: it
     /// counts half after this long.
     pub fair_share_half_life: Duration,
@@ -68,6 +73,8 @@ impl NodeConfig {
             webhooks: WebhookConfig::default(),
             quotas: Quotas::default(),
             fair_share_half_life: super::scheduler::DEFAULT_HALF_LIFE,
+            gc_grace: Duration::from_secs(60 * 60),
+            gc_interval: Duration::from_secs(60 * 60),
         }
     }
 }

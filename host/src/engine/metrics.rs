@@ -48,6 +48,13 @@ pub struct Metrics {
     pub retired: Counter,
     /// Bytes written to the store (uploads and outputs).
     pub cas_bytes_written: Counter,
+    /// Garbage collection: ownership rows deleted, blob files deleted, bytes freed.
+    pub gc_rows: Counter,
+    pub gc_blobs: Counter,
+    pub gc_bytes: Counter,
+    /// The store as last measured (by a sweep): blob files and their bytes.
+    pub store_blobs: AtomicU64,
+    pub store_bytes: AtomicU64,
     /// Coordinator: jobs leased to nodes (attempts handed out).
     pub leases_granted: Counter,
     /// Coordinator: leases that expired (their jobs requeued or failed as node_lost).
@@ -131,6 +138,39 @@ impl Metrics {
                     self.results_rejected.get() as f64,
                 ),
             ],
+        );
+        metric(
+            "wasmesh_gc_freed_bytes_total",
+            "counter",
+            "Bytes of blob files deleted by garbage collection.",
+            &[(String::new(), self.gc_bytes.get() as f64)],
+        );
+        metric(
+            "wasmesh_gc_deleted_total",
+            "counter",
+            "Garbage collection: blob files and tenants' ownership rows deleted.",
+            &[
+                ("{what=\"blobs\"}".into(), self.gc_blobs.get() as f64),
+                ("{what=\"rows\"}".into(), self.gc_rows.get() as f64),
+            ],
+        );
+        metric(
+            "wasmesh_store_bytes",
+            "gauge",
+            "Bytes of blob files in the store, as of the last garbage collection (or start).",
+            &[(
+                String::new(),
+                self.store_bytes.load(Ordering::Relaxed) as f64,
+            )],
+        );
+        metric(
+            "wasmesh_store_blobs",
+            "gauge",
+            "Blob files in the store, as of the last garbage collection (or start).",
+            &[(
+                String::new(),
+                self.store_blobs.load(Ordering::Relaxed) as f64,
+            )],
         );
         metric(
             "wasmesh_jobs_cached_total",

@@ -13,6 +13,7 @@
 mod checkpoints;
 mod config;
 mod error;
+pub mod gc;
 pub mod metrics;
 pub mod quota;
 pub mod record;
@@ -87,6 +88,8 @@ pub struct Engine {
     workers: Mutex<HashMap<(String, HashHex), Arc<WorkerDescriptor>>>,
     /// The submit rate limit's buckets.
     limiter: quota::RateLimiter,
+    /// Held by the one garbage collection running.
+    gc: Mutex<()>,
     driver: Arc<dyn Driver>,
     shutdown: CancellationToken,
     started: Instant,
@@ -134,6 +137,7 @@ impl Engine {
             finished: Notify::new(),
             workers: Mutex::new(HashMap::new()),
             limiter: quota::RateLimiter::default(),
+            gc: Mutex::new(()),
             driver,
             shutdown: CancellationToken::new(),
             started: Instant::now(),
@@ -221,6 +225,8 @@ impl Engine {
     pub fn start(self: &Arc<Self>) {
         let engine = self.clone();
         tokio::spawn(async move { engine.housekeeping().await });
+        let engine = self.clone();
+        tokio::spawn(async move { engine.collecting().await });
         self.webhooks.start(self.shutdown.clone());
     }
 
@@ -319,6 +325,30 @@ impl Engine {
             let swept = tokio::task::spawn_blocking(move || engine.sweep_journal(now_ms())).await;
             if let Ok(Err(e)) = swept {
                 tracing::warn!(error = %e, "journal housekeeping");
+            }
+        }
+    }
+
+    /// Measures the store at start, then collects garbage every `--gc-interval`
+    /// (never when it is zero).
+    async fn collecting(self: Arc<Self>) {
+        let engine = self.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || engine.measure_store()).await {
+            tracing::warn!(error = %e, "measuring the store");
+        }
+        let every = self.config.gc_interval;
+        if every.is_zero() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            let engine = self.clone();
+            let swept = tokio::task::spawn_blocking(move || engine.collect_garbage(false)).await;
+            if let Ok(Err(e)) = swept {
+                tracing::warn!(error = %e, "garbage collection");
             }
         }
     }

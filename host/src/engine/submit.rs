@@ -93,12 +93,23 @@ impl Engine {
             if missing.contains(hash) {
                 continue;
             }
-            let held = self.store.tenant(tenant).owns_blob(hash)? && self.cas.contains(hash);
+            let held = self.holds(tenant, hash)? && self.cas.contains(hash);
             if !held {
                 missing.push(*hash);
             }
         }
         Ok(missing)
+    }
+
+    /// Whether `tenant` holds the blob, marking it used now (so garbage collection
+    /// leaves it alone for its grace period): what every check before a blob is
+    /// named (a submission, a registration, an upload found held, a node's report)
+    /// goes through. Marks are written at most every quarter of the grace period (at
+    /// most a minute), so a blob named often costs one write now and then.
+    pub fn holds(&self, tenant: &str, hash: &HashHex) -> StoreResult<bool> {
+        let every = (self.config.gc_grace / 4).min(std::time::Duration::from_secs(60));
+        let refresh_before = crate::store::now_ms() - every.as_millis() as i64;
+        self.store.tenant(tenant).hold_blob(hash, refresh_before)
     }
 
     /// A worker's descriptor (cached in memory once read).

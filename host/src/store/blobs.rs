@@ -46,16 +46,28 @@ impl Store {
             .map(|found| found.is_some())?)
     }
 
-    /// Records that `tenant` holds the blob; true when it did not before.
+    /// Records that `tenant` holds the blob, touched now (see `store::gc`); true when
+    /// it did not before.
     pub(super) fn own_blob(&self, tenant: &str, hash: &HashHex, size: u64) -> StoreResult<bool> {
         if *hash == HashHex::empty() {
             return Ok(false);
         }
-        Ok(self
-            .conn()
-            .prepare_cached("INSERT OR IGNORE INTO blobs (tenant, hash, size) VALUES (?1, ?2, ?3)")?
-            .execute(params![tenant, hash.to_string(), size as i64])
-            .map(|n| n == 1)?)
+        let conn = self.conn();
+        let (hex, now) = (hash.to_string(), now_ms());
+        let inserted = conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO blobs (tenant, hash, size, touched_ms) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![tenant, hex, size as i64, now])?
+            == 1;
+        if !inserted {
+            conn.prepare_cached(
+                "UPDATE blobs SET touched_ms = ?3 WHERE tenant = ?1 AND hash = ?2",
+            )?
+            .execute(params![tenant, hex, now])?;
+        }
+        Ok(inserted)
     }
 
     /// A worker's descriptor JSON.

@@ -16,6 +16,7 @@
 //! few commits (see docs/api.md, "Durability").
 
 mod blobs;
+mod gc;
 mod groups;
 mod idempotency;
 mod jobs;
@@ -32,6 +33,7 @@ use rusqlite::Connection;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 use crate::model::{DeliveryState, HashHex, JobState, QueueState, WebhookState};
+pub use gc::ReferencePage;
 pub use idempotency::IdempotencyBegin;
 pub use jobs::{Fence, JobRow, NewJob, Settle};
 pub use queues::QueueRow;

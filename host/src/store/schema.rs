@@ -133,8 +133,22 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} TEXT"))?;
         }
     }
+    let touched: bool = conn
+        .prepare("SELECT COUNT(*) FROM pragma_table_info('blobs') WHERE name = 'touched_ms'")?
+        .query_row([], |row| row.get::<_, i64>(0).map(|n| n > 0))?;
+    if !touched {
+        // Rows of an older version count as touched now: their grace period starts
+        // with the upgrade.
+        conn.execute_batch(&format!(
+            "ALTER TABLE blobs ADD COLUMN touched_ms INTEGER NOT NULL DEFAULT 0; \
+             UPDATE blobs SET touched_ms = {}",
+            super::now_ms()
+        ))?;
+    }
     conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS jobs_by_checkpoint ON jobs (checkpoint) \
+        "CREATE INDEX IF NOT EXISTS blobs_by_hash ON blobs (hash); \
+         CREATE INDEX IF NOT EXISTS blobs_by_touched ON blobs (touched_ms); \
+         CREATE INDEX IF NOT EXISTS jobs_by_checkpoint ON jobs (checkpoint) \
          WHERE checkpoint IS NOT NULL; \
          CREATE INDEX IF NOT EXISTS jobs_unretired ON jobs (finished_ms) \
          WHERE retired = 0 AND finished_ms IS NOT NULL; \

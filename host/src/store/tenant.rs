@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{IdempotencyBegin, JobRow, QueueRow, Store, StoreResult, Webhook};
+use super::{IdempotencyBegin, JobRow, QueueRow, ReferencePage, Store, StoreResult, Webhook};
 use crate::model::{HashHex, JobResult, JobState, QueueState, UsageBy, UsageRow};
 
 /// The journal as one tenant sees it. It has no unscoped lookup: the tenancy
@@ -31,6 +31,13 @@ impl<'a> TenantStore<'a> {
     /// Whether the tenant holds the blob (the empty blob is everyone's).
     pub fn owns_blob(&self, hash: &HashHex) -> StoreResult<bool> {
         self.store.owns_blob(self.tenant, hash)
+    }
+
+    /// Whether the tenant holds the blob, marking it used now when its last use is
+    /// older than `refresh_before_ms` (so a sweep leaves it alone for a grace period).
+    pub fn hold_blob(&self, hash: &HashHex, refresh_before_ms: i64) -> StoreResult<bool> {
+        self.store
+            .hold_blob(self.tenant, hash, super::now_ms(), refresh_before_ms)
     }
 
     /// Records that the tenant holds the blob; true when it did not before.
@@ -272,6 +279,36 @@ impl<'a> Unscoped<'a> {
     /// Every tenant's usage (the operator's view), grouped by `by`.
     pub fn usage(&self, by: UsageBy, from_ms: i64, to_ms: i64) -> StoreResult<Vec<UsageRow>> {
         self.store.usage(None, by, from_ms, to_ms)
+    }
+
+    /// Ownership rows untouched since `before_ms`: (tenant, hash, size).
+    pub fn stale_blobs(&self, before_ms: i64) -> StoreResult<Vec<(String, HashHex, u64)>> {
+        self.store.stale_blobs(before_ms)
+    }
+
+    /// Every registered worker's descriptor: (tenant, text).
+    pub fn worker_texts(&self) -> StoreResult<ReferencePage> {
+        self.store.worker_texts()
+    }
+
+    /// A page of unretired jobs' texts after LSN `after`, and where the next starts.
+    pub fn job_texts(&self, after: u64, limit: usize) -> StoreResult<(ReferencePage, Option<u64>)> {
+        self.store.job_texts(after, limit)
+    }
+
+    /// Deletes `tenant`'s row of the blob if still untouched since `before_ms`.
+    pub fn drop_stale_blob(
+        &self,
+        tenant: &str,
+        hash: &HashHex,
+        before_ms: i64,
+    ) -> StoreResult<bool> {
+        self.store.drop_stale_blob(tenant, hash, before_ms)
+    }
+
+    /// Tenants holding the blob.
+    pub fn holders(&self, hash: &HashHex) -> StoreResult<Vec<String>> {
+        self.store.holders(hash)
     }
 
     /// Every tenant's run time since `since_ms` by minute (to rebuild the fair share).

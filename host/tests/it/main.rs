@@ -7,6 +7,7 @@ mod cluster;
 mod demo;
 mod exec;
 mod fairness;
+mod gc;
 mod groups;
 mod idempotency;
 mod jobs;

@@ -33,21 +33,18 @@ impl Server {
     /// A node on a fresh data directory with these extra environment variables.
     pub fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let temp = tempfile::tempdir().unwrap();
-        let mut full = vec![
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            temp.path().to_str().expect("UTF-8 path"),
-        ];
-        full.extend_from_slice(args);
-        let mut server = Self::spawn_env(&full, temp.path(), envs);
+        let mut server = Self::start_in_env(temp.path(), args, envs);
         server._temp = Some(temp);
         server
     }
 
     /// A node on `data_dir` (which outlives it, for restarts).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Self {
+        Self::start_in_env(data_dir, args, &[])
+    }
+
+    /// A node on `data_dir` with these extra environment variables.
+    pub fn start_in_env(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut full = vec![
             "node",
             "--listen",
@@ -56,7 +53,7 @@ impl Server {
             data_dir.to_str().expect("UTF-8 path"),
         ];
         full.extend_from_slice(args);
-        Self::spawn(&full, data_dir)
+        Self::spawn_env(&full, data_dir, envs)
     }
 
     /// A coordinator on 127.0.0.1:0 with a fresh data directory.
@@ -154,6 +151,11 @@ impl Server {
     pub fn kill(mut self) {
         self.child.kill().expect("killing the node");
         self.child.wait().expect("reaping the node");
+    }
+
+    /// Waits for the process to end by itself; returns its exit status.
+    pub fn exited(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("reaping the node")
     }
 
     /// Sends SIGTERM and waits for a graceful exit; returns whether it exited 0.

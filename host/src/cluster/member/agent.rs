@@ -463,9 +463,11 @@ impl Agent {
     }
 
     /// Makes sure the blob is in this node's store, fetching it from the coordinator
-    /// once (concurrent runs needing the same blob wait for one download).
+    /// once (concurrent runs needing the same blob wait for one download). A blob
+    /// already here is marked as used now, so the node's garbage collection (which
+    /// sees no job of its own naming it) leaves it for a grace period.
     async fn fetch(&self, hash: HashHex) -> Result<(), String> {
-        if self.runner.engine().cas().contains(&hash) {
+        if self.runner.engine().cas().touch(&hash).unwrap_or(false) {
             return Ok(());
         }
         let gate = lock(&self.fetching).entry(hash).or_default().clone();

@@ -1,0 +1,125 @@
+//! What garbage collection asks of the journal: ownership rows not used for a while,
+//! the text of everything that may name a blob (workers, unretired jobs), and the
+//! deletion of a row that is still stale at the moment it is deleted.
+//!
+//! A blob row is *touched* (its `touched_ms` set to now) when it is created, uploaded
+//! again, answered "held" by the needs check, or named by a submission, so a sweep
+//! deleting only rows still stale at the moment of deletion never takes one a
+//! concurrent request is about to use.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreResult, parse_hash};
+use crate::model::HashHex;
+
+/// One page of the texts that may name blobs: (tenant, text).
+pub type ReferencePage = Vec<(String, String)>;
+
+impl Store {
+    /// Ownership rows untouched since `before_ms`: (tenant, hash, size).
+    pub(super) fn stale_blobs(&self, before_ms: i64) -> StoreResult<Vec<(String, HashHex, u64)>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT tenant, hash, size FROM blobs WHERE touched_ms < ?1")?;
+        let rows = stmt.query_map(params![before_ms], |row| {
+            Ok((
+                row.get(0)?,
+                parse_hash(row.get(1)?)?,
+                row.get::<_, i64>(2)?.max(0) as u64,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every registered worker's descriptor: (tenant, descriptor JSON).
+    pub(super) fn worker_texts(&self) -> StoreResult<ReferencePage> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT tenant, descriptor FROM workers")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Up to `limit` unretired jobs after LSN `after`, each as (tenant, its action,
+    /// result and checkpoint in one text), and the last LSN read (`None` at the end).
+    /// In pages, so a sweep never holds the journal for long.
+    pub(super) fn job_texts(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<(ReferencePage, Option<u64>)> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT lsn, tenant, descriptor || ' ' || COALESCE(result, '') || ' ' || \
+             COALESCE(checkpoint, '') FROM jobs WHERE retired = 0 AND lsn > ?1 \
+             ORDER BY lsn LIMIT ?2",
+        )?;
+        let mut last = None;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        let mut page = Vec::new();
+        for row in rows {
+            let (lsn, tenant, text) = row?;
+            last = Some(lsn as u64);
+            page.push((tenant, text));
+        }
+        let full = page.len() == limit;
+        Ok((page, last.filter(|_| full)))
+    }
+
+    /// Deletes `tenant`'s row of the blob if it is still untouched since `before_ms`;
+    /// true when it was deleted.
+    pub(super) fn drop_stale_blob(
+        &self,
+        tenant: &str,
+        hash: &HashHex,
+        before_ms: i64,
+    ) -> StoreResult<bool> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "DELETE FROM blobs WHERE tenant = ?1 AND hash = ?2 AND touched_ms < ?3",
+            )?
+            .execute(params![tenant, hash.to_string(), before_ms])
+            .map(|n| n == 1)?)
+    }
+
+    /// Tenants holding the blob.
+    pub(super) fn holders(&self, hash: &HashHex) -> StoreResult<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT tenant FROM blobs WHERE hash = ?1")?;
+        let rows = stmt.query_map(params![hash.to_string()], |row| row.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Whether `tenant` holds the blob, touching its row (`touched_ms = now_ms`) when
+    /// it was last touched before `refresh_before_ms`.
+    pub(super) fn hold_blob(
+        &self,
+        tenant: &str,
+        hash: &HashHex,
+        now_ms: i64,
+        refresh_before_ms: i64,
+    ) -> StoreResult<bool> {
+        if *hash == HashHex::empty() {
+            return Ok(true);
+        }
+        let conn = self.conn();
+        let hex = hash.to_string();
+        let touched: Option<i64> = conn
+            .prepare_cached("SELECT touched_ms FROM blobs WHERE tenant = ?1 AND hash = ?2")?
+            .query_row(params![tenant, hex], |row| row.get(0))
+            .optional()?;
+        match touched {
+            None => Ok(false),
+            Some(at) if at < refresh_before_ms => {
+                conn.prepare_cached(
+                    "UPDATE blobs SET touched_ms = ?3 WHERE tenant = ?1 AND hash = ?2",
+                )?
+                .execute(params![tenant, hex, now_ms])?;
+                Ok(true)
+            }
+            Some(_) => Ok(true),
+        }
+    }
+}
