@@ -37,11 +37,16 @@ pub async fn get(
     };
     let (from, to) = (time("from", 0)?, time("to", now_ms() + 1)?);
     let engine = state.engine.clone();
-    let rows = tokio::task::spawn_blocking(move || match role {
+    let mut rows = tokio::task::spawn_blocking(move || match role {
         Role::Operator => engine.store().unscoped().usage(by, from, to),
         Role::Tenant => engine.store().tenant(&tenant).usage(by, from, to),
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
+    if let Some(prices) = &state.engine.config().prices {
+        for row in &mut rows {
+            row.cost = Some(prices.cost(row));
+        }
+    }
     Ok(axum::Json(json!({"by": by, "from_ms": from, "to_ms": to, "usage": rows})).into_response())
 }

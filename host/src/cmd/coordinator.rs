@@ -103,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.slots = 1;
     config.idempotency_retention = args.idempotency_retention;
     config.webhooks = args.webhooks.config()?;
-    args.retention.apply(&mut config);
+    args.retention.apply(&mut config)?;
     if let Some(max) = args.max_blob_bytes {
         config.max_blob_bytes = max;
         config.max_request_bytes = config.max_request_bytes.max(max + (16 << 20));

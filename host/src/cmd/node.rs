@@ -152,7 +152,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.idempotency_retention = retention;
     }
     config.webhooks = args.webhooks.config()?;
-    args.retention.apply(&mut config);
+    args.retention.apply(&mut config)?;
     config.labels = file.labels.unwrap_or_default();
     for label in &args.labels {
         let (key, value) = label

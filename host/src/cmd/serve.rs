@@ -60,8 +60,9 @@ impl WebhookArgs {
     }
 }
 
-/// How long the journal keeps what is done, the fair share what was used and the
-/// store what nothing needs (node and coordinator).
+/// How the server keeps its books (node and coordinator): how long the journal keeps
+/// what is done, the fair share what was used and the store what nothing needs, and
+/// what usage costs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RetentionArgs {
     /// Finished results older than this are retired from the completed lists (and
@@ -80,16 +81,28 @@ pub struct RetentionArgs {
     /// Garbage is collected this often (`0s`: only by `wasmesh gc`).
     #[arg(long, env = "WASMESH_GC_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub gc_interval: Duration,
+    /// A price list (TOML: `currency`, `fuel`, `wall_second`, `memory_gib_second`,
+    /// `stored_gib_hour`) turning usage into cost in `GET /compute/usage`.
+    #[arg(long, env = "WASMESH_PRICES")]
+    pub prices: Option<PathBuf>,
 }
 
 impl RetentionArgs {
-    /// Sets them in a node's configuration.
-    pub fn apply(&self, config: &mut wasmesh_host::engine::NodeConfig) {
+    /// Sets them in a node's configuration (reading the price list).
+    pub fn apply(&self, config: &mut wasmesh_host::engine::NodeConfig) -> anyhow::Result<()> {
         config.result_retention = self.result_retention;
         config.delivery_retention = self.delivery_retention;
         config.fair_share_half_life = self.fair_share_half_life;
         config.gc_grace = self.gc_grace;
         config.gc_interval = self.gc_interval;
+        if let Some(path) = &self.prices {
+            let prices: wasmesh_host::model::Prices = read_toml(path)?;
+            prices
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            config.prices = Some(prices);
+        }
+        Ok(())
     }
 }
 

@@ -43,16 +43,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "queue" => "queue",
         _ => "",
     };
+    let rows = answer["usage"].as_array().cloned().unwrap_or_default();
+    let currency = rows
+        .iter()
+        .find_map(|row| row["cost"]["currency"].as_str())
+        .map(str::to_string);
+    let stored = group.is_empty();
     say!(
-        "{:<16} {:<16} {:>8} {:>16} {:>12} {:>16}",
+        "{:<16} {:<16} {:>8} {:>16} {:>12} {:>16}{}{}",
         "tenant",
         group,
         "jobs",
         "fuel",
         "wall_s",
-        "memory_GiB_s"
+        "memory_GiB_s",
+        if stored {
+            format!(" {:>14}", "stored_GiB_h")
+        } else {
+            String::new()
+        },
+        currency
+            .as_ref()
+            .map_or(String::new(), |c| format!(" {:>14}", format!("cost_{c}")))
     )?;
-    for row in answer["usage"].as_array().into_iter().flatten() {
+    for row in &rows {
         let key = match group {
             "worker" => row["worker"]
                 .as_str()
@@ -63,14 +77,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ => String::new(),
         };
         let number = |field: &str| row[field].as_u64().unwrap_or(0);
+        const GIB: f64 = (1u64 << 30) as f64;
         say!(
-            "{:<16} {:<16} {:>8} {:>16} {:>12.1} {:>16.3}",
+            "{:<16} {:<16} {:>8} {:>16} {:>12.1} {:>16.3}{}{}",
             row["tenant"].as_str().unwrap_or_default(),
             key,
             number("jobs"),
             number("fuel"),
             number("wall_ms") as f64 / 1000.0,
-            number("memory_byte_seconds") as f64 / f64::from(1u32 << 30)
+            number("memory_byte_seconds") as f64 / GIB,
+            if stored {
+                format!(
+                    " {:>14.6}",
+                    number("stored_byte_seconds") as f64 / GIB / 3600.0
+                )
+            } else {
+                String::new()
+            },
+            if currency.is_some() {
+                format!(" {:>14.6}", row["cost"]["total"].as_f64().unwrap_or(0.0))
+            } else {
+                String::new()
+            }
         )?;
     }
     Ok(ExitCode::SUCCESS)

@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub webhooks: WebhookConfig,
     /// Per-tenant quotas and fair-share weights (none by default).
     pub quotas: Quotas,
+    /// The price list turning usage into cost (`GET /compute/usage`), if any.
+    pub prices: Option<crate::model::Prices>,
     /// Garbage collection leaves blobs used (uploaded, named, answered as held)
     /// within this long alone.
     pub gc_grace: Duration,
@@ -73,6 +75,7 @@ impl NodeConfig {
             webhooks: WebhookConfig::default(),
             quotas: Quotas::default(),
             fair_share_half_life: super::scheduler::DEFAULT_HALF_LIFE,
+            prices: None,
             gc_grace: Duration::from_secs(60 * 60),
             gc_interval: Duration::from_secs(60 * 60),
         }

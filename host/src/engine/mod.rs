@@ -90,6 +90,8 @@ pub struct Engine {
     limiter: quota::RateLimiter,
     /// Held by the one garbage collection running.
     gc: Mutex<()>,
+    /// When storage-time was last charged (Unix ms).
+    storage_charged: Mutex<Option<i64>>,
     driver: Arc<dyn Driver>,
     shutdown: CancellationToken,
     started: Instant,
@@ -138,6 +140,7 @@ impl Engine {
             workers: Mutex::new(HashMap::new()),
             limiter: quota::RateLimiter::default(),
             gc: Mutex::new(()),
+            storage_charged: Mutex::new(None),
             driver,
             shutdown: CancellationToken::new(),
             started: Instant::now(),
@@ -371,6 +374,33 @@ impl Engine {
             tracing::info!(retired, queues, deliveries, "retention");
         }
         self.metrics.retired.add(retired as u64);
+        self.charge_storage(now_ms)
+    }
+
+    /// Charges every tenant the storage-time of the bytes it holds now, for the time
+    /// since the last charge (the first call only starts the clock).
+    fn charge_storage(&self, now_ms: i64) -> Result<(), EngineError> {
+        let since = {
+            let mut charged = self
+                .storage_charged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let since = charged.replace(now_ms);
+            match since {
+                Some(since) if now_ms > since => since,
+                Some(_) => return Ok(()),
+                None => return Ok(()),
+            }
+        };
+        let elapsed_ms = (now_ms - since) as u128;
+        let unscoped = self.store.unscoped();
+        let charges: Vec<(String, u64)> = unscoped
+            .held_by_tenant()?
+            .into_iter()
+            .map(|(tenant, bytes)| (tenant, (bytes as u128 * elapsed_ms / 1000) as u64))
+            .filter(|(_, byte_seconds)| *byte_seconds > 0)
+            .collect();
+        unscoped.charge_storage(&charges, now_ms)?;
         Ok(())
     }
 

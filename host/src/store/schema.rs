@@ -110,6 +110,12 @@ CREATE TABLE IF NOT EXISTS usage (
     memory_byte_seconds INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant ON usage (tenant, finished_ms);
+CREATE TABLE IF NOT EXISTS storage_usage (
+    tenant TEXT NOT NULL,
+    hour_ms INTEGER NOT NULL,
+    byte_seconds INTEGER NOT NULL,
+    PRIMARY KEY (tenant, hour_ms)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS groups (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,

@@ -311,6 +311,16 @@ impl<'a> Unscoped<'a> {
         self.store.holders(hash)
     }
 
+    /// Bytes each tenant holds.
+    pub fn held_by_tenant(&self) -> StoreResult<Vec<(String, u64)>> {
+        self.store.held_by_tenant()
+    }
+
+    /// Adds storage-time (byte-seconds) to each tenant's hour of `at_ms`.
+    pub fn charge_storage(&self, charges: &[(String, u64)], at_ms: i64) -> StoreResult<()> {
+        self.store.charge_storage(charges, at_ms)
+    }
+
     /// Every tenant's run time since `since_ms` by minute (to rebuild the fair share).
     pub fn run_time_by_minute(&self, since_ms: i64) -> StoreResult<Vec<(String, i64, u64)>> {
         self.store.run_time_by_minute(since_ms)

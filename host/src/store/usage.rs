@@ -43,9 +43,71 @@ impl Store {
                 fuel: sum(4)?,
                 wall_ms: sum(5)?,
                 memory_byte_seconds: sum(6)?,
+                stored_byte_seconds: None,
+                cost: None,
             })
         })?;
+        let mut rows: Vec<UsageRow> = rows.collect::<rusqlite::Result<_>>()?;
+        if by == UsageBy::Tenant {
+            // Storage by the hour: the hours that start in `from_ms..to_ms`.
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant, SUM(byte_seconds) FROM storage_usage \
+                 WHERE (?1 IS NULL OR tenant = ?1) AND hour_ms >= ?2 / 3600000 * 3600000 \
+                 AND hour_ms < ?3 GROUP BY tenant",
+            )?;
+            let stored = stmt.query_map(params![tenant, from_ms, to_ms], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?.max(0) as u64,
+                ))
+            })?;
+            for row in &mut rows {
+                row.stored_byte_seconds = Some(0);
+            }
+            for entry in stored {
+                let (tenant, byte_seconds) = entry?;
+                match rows.iter_mut().find(|r| r.tenant == tenant) {
+                    Some(row) => row.stored_byte_seconds = Some(byte_seconds),
+                    None => rows.push(UsageRow {
+                        tenant,
+                        stored_byte_seconds: Some(byte_seconds),
+                        ..UsageRow::default()
+                    }),
+                }
+            }
+            rows.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        }
+        Ok(rows)
+    }
+
+    /// Bytes each tenant holds: (tenant, bytes).
+    pub(super) fn held_by_tenant(&self) -> StoreResult<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT tenant, SUM(size) FROM blobs GROUP BY tenant")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds storage-time to each tenant's hour of `at_ms`, in one transaction.
+    pub(super) fn charge_storage(&self, charges: &[(String, u64)], at_ms: i64) -> StoreResult<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO storage_usage (tenant, hour_ms, byte_seconds) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (tenant, hour_ms) DO UPDATE SET \
+                 byte_seconds = byte_seconds + excluded.byte_seconds",
+            )?;
+            let hour = at_ms / 3_600_000 * 3_600_000;
+            for (tenant, byte_seconds) in charges {
+                stmt.execute(params![tenant, hour, *byte_seconds as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Every tenant's run time since `since_ms`, in minutes: (tenant, the minute's

@@ -126,3 +126,112 @@ fn usage_sums_the_results_of_each_tenant_and_only_its_own() {
     let parsed: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(parsed["usage"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn a_price_list_turns_usage_and_storage_time_into_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(
+        &tenants,
+        format!(
+            "acme = [\"{ACME}\"]\nglobex = [\"{GLOBEX}\"]\n\
+             ops = {{ keys = [\"{OPS}\"], role = \"operator\" }}\n"
+        ),
+    )
+    .unwrap();
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(
+        &prices,
+        "currency = \"EUR\"\nfuel = 0.000001\nwall_second = 0.5\n\
+         memory_gib_second = 2.0\nstored_gib_hour = 3600.0\n",
+    )
+    .unwrap();
+    // Housekeeping (which charges storage-time) every 100 ms.
+    let server = Server::start(&[
+        "--tenants",
+        tenants.to_str().unwrap(),
+        "--prices",
+        prices.to_str().unwrap(),
+        "--idempotency-retention",
+        "400ms",
+    ]);
+    let acme = server.client_with_key(ACME);
+    let worker = upload_test_guest(&acme);
+    let result = acme
+        .wait(submit(&acme, worker, &["burn", "20000"]), WAIT)
+        .unwrap();
+    // Globex only stores: it shows with no jobs.
+    let globex = server.client_with_key(GLOBEX);
+    globex.put_blob(vec![7u8; 1 << 20]).unwrap();
+    let stored = |tenant: &str| {
+        let (_, all) = usage(&server, OPS, "");
+        all["usage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["tenant"] == tenant)
+            .cloned()
+    };
+    let globex_row = crate::server::eventually(WAIT, || {
+        stored("globex").filter(|row| row["stored_byte_seconds"].as_u64() > Some(0))
+    });
+    assert_eq!(globex_row["jobs"], 0, "{globex_row}");
+    let acme_row = crate::server::eventually(WAIT, || {
+        stored("acme").filter(|row| row["stored_byte_seconds"].as_u64() > Some(0))
+    });
+    let cost = &acme_row["cost"];
+    assert_eq!(cost["currency"], "EUR", "{acme_row}");
+    let gib = (1u64 << 30) as f64;
+    let close = |a: &Value, b: f64| (a.as_f64().unwrap() - b).abs() <= 1e-9 * b.max(1.0);
+    assert!(
+        close(&cost["fuel"], result.usage.fuel as f64 * 0.000001),
+        "{acme_row}"
+    );
+    assert!(close(
+        &cost["wall"],
+        result.usage.wall_ms as f64 / 1000.0 * 0.5
+    ));
+    assert!(close(
+        &cost["memory"],
+        result.usage.memory_byte_seconds as f64 / gib * 2.0
+    ));
+    let storage = acme_row["stored_byte_seconds"].as_u64().unwrap() as f64 / gib / 3600.0 * 3600.0;
+    assert!(close(&cost["storage"], storage), "{acme_row}");
+    let parts: f64 = ["fuel", "wall", "memory", "storage"]
+        .iter()
+        .map(|k| cost[k].as_f64().unwrap())
+        .sum();
+    assert!(close(&cost["total"], parts));
+    // Worker and queue rows have cost but no storage (it belongs to no worker).
+    let (_, by_worker) = usage(&server, ACME, "?by=worker");
+    assert!(by_worker["usage"][0].get("stored_byte_seconds").is_none());
+    assert_eq!(by_worker["usage"][0]["cost"]["currency"], "EUR");
+    let table = wasmesh(&["usage", "--server", &server.url, "--api-key", ACME], b"");
+    let text = out(&table);
+    assert!(
+        text.contains("cost_EUR") && text.contains("stored_GiB_h"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_price_list_with_a_negative_price_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(&prices, "fuel = -1.0\n").unwrap();
+    let output = wasmesh(
+        &[
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--prices",
+            prices.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!output.status.success());
+    let err = crate::err(&output);
+    assert!(err.contains("fuel") && err.contains("prices.toml"), "{err}");
+}
