@@ -28,7 +28,7 @@ impl Store {
     pub(super) fn held_bytes(&self, tenant: &str) -> StoreResult<u64> {
         let bytes: i64 = self
             .conn()
-            .prepare_cached("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE tenant = ?1")?
+            .prepare_cached("SELECT COALESCE(MAX(bytes), 0) FROM held_bytes WHERE tenant = ?1")?
             .query_row(params![tenant], |row| row.get(0))?;
         Ok(bytes.max(0) as u64)
     }

@@ -123,3 +123,33 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_bytes_follow_rows_and_only_stale_rows_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let (a, b) = (HashHex::of(b"a"), HashHex::of(b"b"));
+        assert!(store.own_blob("t", &a, 10).unwrap());
+        assert!(!store.own_blob("t", &a, 10).unwrap(), "held already");
+        store.own_blob("t", &b, 5).unwrap();
+        store.own_blob("u", &a, 10).unwrap();
+        assert_eq!(store.held_bytes("t").unwrap(), 15);
+        let now = super::super::now_ms();
+        // Touched just now: not stale as of a cutoff in the past.
+        assert!(!store.drop_stale_blob("t", &a, now - 1000).unwrap());
+        assert!(store.drop_stale_blob("t", &a, now + 1000).unwrap());
+        assert_eq!(store.held_bytes("t").unwrap(), 5);
+        assert_eq!(store.held_bytes("u").unwrap(), 10);
+        assert_eq!(store.holders(&a).unwrap(), vec!["u".to_string()]);
+        // A hold used recently is not refreshed again; an old one is.
+        assert!(store.hold_blob("u", &a, now + 5000, now - 60_000).unwrap());
+        assert!(store.stale_blobs(now + 1000).unwrap().iter().any(|r| r.0 == "u"));
+        assert!(store.hold_blob("u", &a, now + 5000, now + 2000).unwrap());
+        assert!(!store.stale_blobs(now + 1000).unwrap().iter().any(|r| r.0 == "u"));
+        assert!(!store.hold_blob("t", &a, now, now).unwrap(), "t let it go");
+    }
+}

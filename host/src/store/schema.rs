@@ -151,6 +151,27 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             super::now_ms()
         ))?;
     }
+    // Bytes held per tenant, kept by triggers (max_store_bytes reads it at every
+    // upload; summing a tenant's rows would cost as many rows as it holds).
+    let counted: bool = conn
+        .prepare("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'held_bytes'")?
+        .query_row([], |row| row.get::<_, i64>(0).map(|n| n > 0))?;
+    if !counted {
+        conn.execute_batch(
+            "CREATE TABLE held_bytes (tenant TEXT PRIMARY KEY, bytes INTEGER NOT NULL) \
+             WITHOUT ROWID; \
+             INSERT INTO held_bytes SELECT tenant, SUM(size) FROM blobs GROUP BY tenant;",
+        )?;
+    }
+    conn.execute_batch(
+        "CREATE TRIGGER IF NOT EXISTS blobs_held_insert AFTER INSERT ON blobs BEGIN \
+           INSERT OR IGNORE INTO held_bytes (tenant, bytes) VALUES (NEW.tenant, 0); \
+           UPDATE held_bytes SET bytes = bytes + NEW.size WHERE tenant = NEW.tenant; \
+         END; \
+         CREATE TRIGGER IF NOT EXISTS blobs_held_delete AFTER DELETE ON blobs BEGIN \
+           UPDATE held_bytes SET bytes = bytes - OLD.size WHERE tenant = OLD.tenant; \
+         END;",
+    )?;
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS blobs_by_hash ON blobs (hash); \
          CREATE INDEX IF NOT EXISTS blobs_by_touched ON blobs (touched_ms); \

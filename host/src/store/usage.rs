@@ -84,7 +84,7 @@ impl Store {
     pub(super) fn held_by_tenant(&self) -> StoreResult<Vec<(String, u64)>> {
         let conn = self.conn();
         let mut stmt =
-            conn.prepare_cached("SELECT tenant, SUM(size) FROM blobs GROUP BY tenant")?;
+            conn.prepare_cached("SELECT tenant, bytes FROM held_bytes WHERE bytes > 0")?;
         let rows = stmt.query_map([], |row| {
             Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64))
         })?;
