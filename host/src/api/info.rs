@@ -96,6 +96,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         running,
         slots: state.engine.config().slots,
         cache: state.engine.sandbox().cache().stats(),
+        shares: state.engine.shares(),
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

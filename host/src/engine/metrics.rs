@@ -203,6 +203,27 @@ impl Metrics {
             "Execution slots.",
             &[(String::new(), gauges.slots as f64)],
         );
+        let label = |tenant: &str| format!("{{tenant=\"{tenant}\"}}");
+        metric(
+            "wasmesh_tenant_running",
+            "gauge",
+            "Jobs running, by tenant.",
+            &gauges
+                .shares
+                .iter()
+                .map(|(tenant, running, _)| (label(tenant), *running as f64))
+                .collect::<Vec<_>>(),
+        );
+        metric(
+            "wasmesh_tenant_fair_share_charge_slot_seconds",
+            "gauge",
+            "Fair share: each tenant's decayed slot-time (the next slot goes to the least per weight).",
+            &gauges
+                .shares
+                .iter()
+                .map(|(tenant, _, charge)| (label(tenant), *charge))
+                .collect::<Vec<_>>(),
+        );
         metric(
             "wasmesh_fuel_consumed_total",
             "counter",
@@ -307,4 +328,6 @@ pub struct Gauges {
     pub slots: usize,
     /// Module cache counters.
     pub cache: wasmesh_runtime::CacheStats,
+    /// The fair share by tenant label: (label, jobs running, charge in slot-seconds).
+    pub shares: Vec<(String, usize, f64)>,
 }

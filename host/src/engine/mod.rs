@@ -299,6 +299,23 @@ impl Engine {
         &self.wake
     }
 
+    /// The fair share now by tenant label (unlisted tenants summed as `other`):
+    /// (label, jobs running, charge in slot-seconds).
+    pub fn shares(&self) -> Vec<(String, usize, f64)> {
+        let mut by_label: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+        for (tenant, running, charge) in self.scheduler().shares(Instant::now()) {
+            let entry = by_label
+                .entry(self.tenant_label(&tenant).to_string())
+                .or_default();
+            entry.0 += running;
+            entry.1 += charge;
+        }
+        by_label
+            .into_iter()
+            .map(|(label, (running, charge))| (label, running, charge))
+            .collect()
+    }
+
     /// Whether a job is waiting to run (without taking it).
     pub fn has_runnable(&self) -> bool {
         self.scheduler().has_runnable()

@@ -127,7 +127,7 @@ impl Engine {
 
     /// The label a tenant's metrics carry: its name when it is a configured tenant (or
     /// the key-less `default` and `operator`), else `other`, so labels stay bounded.
-    fn tenant_label<'t>(&self, tenant: &'t str) -> &'t str {
+    pub(super) fn tenant_label<'t>(&self, tenant: &'t str) -> &'t str {
         use crate::model::{DEFAULT_TENANT, OPERATOR_TENANT};
         if self.config.quotas.lists(tenant) || tenant == DEFAULT_TENANT || tenant == OPERATOR_TENANT
         {

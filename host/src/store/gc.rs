@@ -147,9 +147,21 @@ mod tests {
         assert_eq!(store.holders(&a).unwrap(), vec!["u".to_string()]);
         // A hold used recently is not refreshed again; an old one is.
         assert!(store.hold_blob("u", &a, now + 5000, now - 60_000).unwrap());
-        assert!(store.stale_blobs(now + 1000).unwrap().iter().any(|r| r.0 == "u"));
+        assert!(
+            store
+                .stale_blobs(now + 1000)
+                .unwrap()
+                .iter()
+                .any(|r| r.0 == "u")
+        );
         assert!(store.hold_blob("u", &a, now + 5000, now + 2000).unwrap());
-        assert!(!store.stale_blobs(now + 1000).unwrap().iter().any(|r| r.0 == "u"));
+        assert!(
+            !store
+                .stale_blobs(now + 1000)
+                .unwrap()
+                .iter()
+                .any(|r| r.0 == "u")
+        );
         assert!(!store.hold_blob("t", &a, now, now).unwrap(), "t let it go");
     }
 }

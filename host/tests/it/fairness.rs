@@ -123,6 +123,27 @@ fn weights_3_to_1_split_a_node_s_slots_3_to_1() {
         &server.client_with_key(SMALL),
     );
     assert_three_to_one(ratio);
+    // /metrics shows each tenant's standing: heavy used about 3x light's slot time.
+    let metrics = server.metrics(Some(OPS));
+    let charge = |tenant: &str| -> f64 {
+        let prefix =
+            format!("wasmesh_tenant_fair_share_charge_slot_seconds{{tenant=\"{tenant}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no charge for {tenant}: {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let (heavy, light) = (charge("heavy"), charge("light"));
+    assert!(
+        heavy > 2.0 * light && light > 1.0,
+        "heavy {heavy}, light {light}"
+    );
+    assert!(
+        metrics.contains("wasmesh_tenant_running{tenant=\"heavy\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[test]
