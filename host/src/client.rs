@@ -223,24 +223,50 @@ impl Client {
         queue: Option<&str>,
         priority: Option<i64>,
     ) -> Result<u64, ClientError> {
-        let path = match queue {
+        self.submit_waiting(action, queue, priority, Duration::ZERO)
+            .map(|(lsn, _)| lsn)
+    }
+
+    /// Submits one action and waits on the server up to `wait` for its result, in one
+    /// round trip (`?wait_ms=`); returns its LSN and the result if it finished by then.
+    pub fn submit_waiting(
+        &self,
+        action: &Value,
+        queue: Option<&str>,
+        priority: Option<i64>,
+        wait: Duration,
+    ) -> Result<(u64, Option<JobResult>), ClientError> {
+        let mut path = match queue {
             Some(q) => format!("/compute/queues/{q}/jobs"),
             None => "/compute/jobs".into(),
         };
-        let path = match priority {
-            Some(p) => format!("{path}?priority={p}"),
-            None => path,
-        };
-        let (status, body) = self.json(reqwest::Method::POST, &path, Some(action))?;
+        let mut query = Vec::new();
+        if let Some(p) = priority {
+            query.push(format!("priority={p}"));
+        }
+        if !wait.is_zero() {
+            query.push(format!("wait_ms={}", wait.as_millis()));
+        }
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
+        let (status, mut body) = self.json(reqwest::Method::POST, &path, Some(action))?;
         if status == StatusCode::ACCEPTED {
             return Err(ClientError::Protocol(format!(
                 "the server still needs chunks: {}",
                 body["needs"]
             )));
         }
-        body["lsn"]
+        let lsn = body["lsn"]
             .as_u64()
-            .ok_or_else(|| ClientError::Protocol(format!("no lsn in {body}")))
+            .ok_or_else(|| ClientError::Protocol(format!("no lsn in {body}")))?;
+        let result = match body.get_mut("result").map(Value::take) {
+            Some(result) => Some(serde_json::from_value(result).map_err(|e| {
+                ClientError::Protocol(format!("a result that does not parse: {e}"))
+            })?),
+            None => None,
+        };
+        Ok((lsn, result))
     }
 
     /// Submits a batch of actions in one request (into `queue` when given; all or

@@ -18,14 +18,22 @@ use crate::model::HashHex;
 
 /// `?priority=N`.
 #[derive(Debug, Default, Deserialize)]
-pub struct PriorityQuery {
+pub struct SubmitQuery {
     priority: Option<i64>,
+    /// Wait up to this long for the jobs to finish and answer their results in the
+    /// same response (submit and wait in one round trip).
+    wait_ms: Option<u64>,
 }
 
-impl PriorityQuery {
+impl SubmitQuery {
     /// The priority asked for, if any.
     pub fn priority(&self) -> Option<i64> {
         self.priority
+    }
+
+    /// How long to wait for results, capped at the longest long-poll.
+    pub fn wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.wait_ms.unwrap_or(0)).min(MAX_WAIT)
     }
 }
 
@@ -74,15 +82,17 @@ pub async fn submit_into(
     state: &AppState,
     tenant: String,
     worker: Option<HashHex>,
-    priority: Option<i64>,
+    query: &SubmitQuery,
     queue: Option<QueuePolicy>,
     request: Request,
 ) -> ApiResult<Response> {
     let body = descriptor(state, &tenant, request).await?;
     let (submissions, batch) = actions(body.value, worker)?;
     let node = state.engine.clone();
+    let priority = query.priority();
+    let owner = tenant.clone();
     let submitted =
-        tokio::task::spawn_blocking(move || node.submit(&tenant, submissions, priority, queue))
+        tokio::task::spawn_blocking(move || node.submit(&owner, submissions, priority, queue))
             .await
             .map_err(|e| ApiError::Internal(format!("submission task: {e}")))??;
     Ok(match submitted {
@@ -90,9 +100,23 @@ pub async fn submit_into(
             (StatusCode::ACCEPTED, axum::Json(json!({"needs": needs}))).into_response()
         }
         Submitted::Jobs(jobs) => {
+            let wait = query.wait();
+            let lsns: Vec<u64> = jobs.iter().map(|(lsn, _)| *lsn).collect();
+            let mut results = if wait.is_zero() {
+                vec![None; lsns.len()]
+            } else {
+                results_within(state, &tenant, &lsns, wait).await?
+            };
             let jobs: Vec<Value> = jobs
                 .into_iter()
-                .map(|(lsn, action)| json!({"lsn": lsn, "action": action}))
+                .zip(results.iter_mut())
+                .map(|((lsn, action), result)| {
+                    let mut job = json!({"lsn": lsn, "action": action});
+                    if let Some(result) = result.take() {
+                        job["result"] = result;
+                    }
+                    job
+                })
                 .collect();
             let body = if batch {
                 json!({"jobs": jobs})
@@ -104,14 +128,46 @@ pub async fn submit_into(
     })
 }
 
+/// The results of `lsns` that are finished within `wait` (waiting until all are, or
+/// the time is up), in order.
+async fn results_within(
+    state: &AppState,
+    tenant: &str,
+    lsns: &[u64],
+    wait: std::time::Duration,
+) -> ApiResult<Vec<Option<Value>>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let look = || -> ApiResult<Vec<Option<Value>>> {
+        let store = state.engine.store().tenant(tenant);
+        lsns.iter()
+            .map(|lsn| {
+                Ok(store
+                    .job(*lsn)?
+                    .filter(|job| job.state.is_finished())
+                    .and_then(|job| job.result)
+                    .map(|result| json!(result)))
+            })
+            .collect()
+    };
+    state
+        .engine
+        .when_finished(
+            look,
+            |results| results.iter().all(Option::is_some),
+            Some(deadline),
+            None,
+        )
+        .await
+}
+
 /// `POST /compute/jobs`.
 pub async fn submit(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
-    Query(query): Query<PriorityQuery>,
+    Query(query): Query<SubmitQuery>,
     request: Request,
 ) -> ApiResult<Response> {
-    submit_into(&state, tenant, None, query.priority, None, request).await
+    submit_into(&state, tenant, None, &query, None, request).await
 }
 
 /// `POST /compute/jobs/{worker}`.
@@ -119,11 +175,11 @@ pub async fn submit_for_worker(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(worker): Path<String>,
-    Query(query): Query<PriorityQuery>,
+    Query(query): Query<SubmitQuery>,
     request: Request,
 ) -> ApiResult<Response> {
     let worker = path_hash(&worker)?;
-    submit_into(&state, tenant, Some(worker), query.priority, None, request).await
+    submit_into(&state, tenant, Some(worker), &query, None, request).await
 }
 
 /// Parses a path LSN.

@@ -12,7 +12,7 @@ use crate::api::AppState;
 use crate::api::auth::{Peer, Tenant};
 use crate::api::body::path_hash;
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::jobs::{PriorityQuery, WaitQuery, job_response_waiting, path_lsn, submit_into};
+use crate::api::jobs::{SubmitQuery, WaitQuery, job_response_waiting, path_lsn, submit_into};
 use crate::api::json::{self, Json, JsonBody};
 use crate::engine::QueuePolicy;
 use crate::model::{JobState, QueueState};
@@ -291,24 +291,12 @@ pub async fn submit(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(q): Path<String>,
-    Query(query): Query<PriorityQuery>,
+    Query(query): Query<SubmitQuery>,
     peer: Peer,
     request: Request,
 ) -> ApiResult<Response> {
     let queue = resolve(&state, &tenant, &q, peer)?;
-    submit_into(
-        &state,
-        tenant,
-        None,
-        query_priority(&query),
-        Some(policy(&queue)),
-        request,
-    )
-    .await
-}
-
-fn query_priority(query: &PriorityQuery) -> Option<i64> {
-    query.priority()
+    submit_into(&state, tenant, None, &query, Some(policy(&queue)), request).await
 }
 
 /// `POST /compute/queues/{q}/jobs/{worker}`.
@@ -316,7 +304,7 @@ pub async fn submit_for_worker(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path((q, worker)): Path<(String, String)>,
-    Query(query): Query<PriorityQuery>,
+    Query(query): Query<SubmitQuery>,
     peer: Peer,
     request: Request,
 ) -> ApiResult<Response> {
@@ -326,7 +314,7 @@ pub async fn submit_for_worker(
         &state,
         tenant,
         Some(worker),
-        query_priority(&query),
+        &query,
         Some(policy(&queue)),
         request,
     )

@@ -50,6 +50,29 @@ pub struct Args {
     /// Print the outcome, usage and output as JSON instead of passing output through.
     #[arg(long)]
     pub json: bool,
+    /// Where compiled modules are kept between runs, as `wasmtime run` keeps its
+    /// compile cache [default: `$XDG_CACHE_HOME/wasmesh/modules`, else
+    /// `~/.cache/wasmesh/modules`].
+    #[arg(long, env = "WASMESH_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile the module afresh and keep nothing.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// The compile cache's directory: `--cache-dir`, else the user's cache directory.
+fn cache_dir(args: &Args) -> Option<PathBuf> {
+    if args.no_cache {
+        return None;
+    }
+    if let Some(dir) = &args.cache_dir {
+        return Some(dir.clone());
+    }
+    let home = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(home.join("wasmesh").join("modules"))
 }
 
 /// Exit status for a trap, as a process killed by SIGABRT would report it.
@@ -88,11 +111,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }),
         output_bytes: args.output_limit.unwrap_or(defaults.output_bytes),
     };
-    let sandbox = Sandbox::new(Config {
+    let config = Config {
         limits,
         max_instances: 4,
+        cache_dir: cache_dir(&args),
         ..Config::default()
-    })?;
+    };
+    // A cache directory that cannot be made costs the cache, not the run.
+    let sandbox = match Sandbox::new(config.clone()) {
+        Err(e) if config.cache_dir.is_some() => {
+            tracing::warn!(error = %e, "running without the compile cache");
+            Sandbox::new(Config {
+                cache_dir: None,
+                ..config
+            })?
+        }
+        other => other?,
+    };
+    let sandbox_cached = sandbox.config().cache_dir.is_some();
     let module = sandbox
         .load(&wasm)
         .with_context(|| format!("loading {}", args.module.display()))?;
@@ -126,7 +162,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let status = exit_status(&report.outcome);
     if args.json {
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, &report_json(&report))?;
+        let mut value = report_json(&report);
+        let stats = sandbox.cache().stats();
+        value["module_cache"] = json!(if stats.disk_hits > 0 {
+            "disk_hit"
+        } else if sandbox_cached {
+            "compiled"
+        } else {
+            "off"
+        });
+        serde_json::to_writer_pretty(&mut out, &value)?;
         writeln!(out)?;
     } else {
         std::io::stdout().write_all(&report.stdout)?;

@@ -74,7 +74,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         action["files"] = Value::Object(map);
     }
-    let lsn = client.submit(&action, args.queue.as_deref(), args.priority)?;
+    // With --wait, the submission itself waits on the server (one round trip when the
+    // job is quick); a longer job is then long-polled.
+    let wait = if args.wait {
+        args.timeout.min(std::time::Duration::from_secs(30))
+    } else {
+        std::time::Duration::ZERO
+    };
+    let (lsn, early) =
+        client.submit_waiting(&action, args.queue.as_deref(), args.priority, wait)?;
     if !args.wait {
         if args.server.json {
             say!("{}", json!({"lsn": lsn}))?;
@@ -83,9 +91,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let bar = spinner(&format!("job {lsn}"));
-    let result = client.wait(lsn, args.timeout)?;
-    bar.finish_and_clear();
+    let result = match early {
+        Some(result) => result,
+        None => {
+            let bar = spinner(&format!("job {lsn}"));
+            let result = client.wait(lsn, args.timeout)?;
+            bar.finish_and_clear();
+            result
+        }
+    };
     if args.server.json {
         say!("{}", serde_json::to_string_pretty(&result)?)?;
     } else {

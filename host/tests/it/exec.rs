@@ -196,6 +196,47 @@ fn json_reports_outcome_and_usage() {
     assert_eq!(report["events"][0]["fields"]["level"], 3);
 }
 
+/// Regression (issue 13): `wasmesh exec` compiled the module on every run; like
+/// `wasmtime run` it now keeps compiled modules in a cache directory.
+#[test]
+fn exec_keeps_compiled_modules_between_runs() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let run = |extra: &[&str]| -> Value {
+        let mut args = vec!["exec", "--json", "--cache-dir", dir];
+        args.extend_from_slice(extra);
+        let guest = guest();
+        args.extend([guest.as_str(), "args", "cached"]);
+        let output = wasmesh(&args, b"");
+        assert!(output.status.success(), "{}", err(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    assert_eq!(run(&[])["module_cache"], "compiled");
+    let again = run(&[]);
+    assert_eq!(again["module_cache"], "disk_hit");
+    assert_eq!(again["stdout"], "cached\n");
+    assert_eq!(run(&["--no-cache"])["module_cache"], "off");
+    // A corrupted artifact is thrown away and the module compiled again.
+    for entry in walk(cache.path()) {
+        std::fs::write(entry, b"not an artifact").unwrap();
+    }
+    assert_eq!(run(&[])["module_cache"], "compiled");
+    assert_eq!(run(&[])["module_cache"], "disk_hit");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[test]
 fn bad_modules_and_flags_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -595,3 +595,67 @@ fn a_long_poll_returns_as_soon_as_the_job_finishes() {
     );
     client.cancel(slow).unwrap();
 }
+
+/// Submit and wait in one round trip: `?wait_ms=N` answers the usual 201 with the
+/// job's `result` once it finished within N ms, and without it otherwise.
+#[test]
+fn a_submission_can_wait_for_its_result_in_the_same_response() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let post = |path: &str, body: &Value| -> (u16, Value) {
+        let response = server
+            .http()
+            .post(server.at(path))
+            .json(body)
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.json().unwrap())
+    };
+    let (status, body) = post(
+        "/compute/jobs?wait_ms=30000",
+        &action(&client, worker, &["args", "at once"], None),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["result"]["state"], "succeeded", "{body}");
+    assert_eq!(body["result"]["lsn"], body["lsn"]);
+    let output: wasmesh_host::model::HashHex =
+        body["result"]["output"].as_str().unwrap().parse().unwrap();
+    assert_eq!(client.blob(&output).unwrap(), b"at once\n");
+    // Not finished in time: the plain answer, and the job goes on.
+    let (status, slow) = post(
+        "/compute/jobs?wait_ms=50",
+        &action(&client, worker, &["sleep", "1000"], None),
+    );
+    assert_eq!(status, 201, "{slow}");
+    assert!(slow.get("result").is_none(), "{slow}");
+    let lsn = slow["lsn"].as_u64().unwrap();
+    assert_eq!(client.wait(lsn, WAIT).unwrap().state, "succeeded");
+    // A batch waits for all of them.
+    let batch = json!({"actions": [
+        action(&client, worker, &["args", "one"], None),
+        action(&client, worker, &["args", "two"], None),
+    ]});
+    let (status, both) = post("/compute/jobs?wait_ms=30000", &batch);
+    assert_eq!(status, 201, "{both}");
+    for job in both["jobs"].as_array().unwrap() {
+        assert_eq!(job["result"]["state"], "succeeded", "{both}");
+    }
+    // The CLI's submit --wait uses it.
+    let cli = crate::wasmesh(
+        &[
+            "submit",
+            "--server",
+            &server.url,
+            "--wait",
+            &worker.to_string(),
+            "--arg",
+            "args",
+            "--arg",
+            "from the CLI",
+        ],
+        b"",
+    );
+    assert!(cli.status.success(), "{}", crate::err(&cli));
+    assert_eq!(crate::out(&cli), "from the CLI\n");
+}

@@ -47,21 +47,33 @@ fn trivial_throughput(client: &Client, jobs: usize, salt: &str) -> anyhow::Resul
 }
 
 /// Submits `count` trivial jobs one at a time, each waited for; (p50, p99) latency.
+/// `one_trip`: the submission itself waits for the result (`?wait_ms=`); otherwise
+/// the job is submitted, then long-polled (two round trips).
 fn sequential_latency(
     client: &Client,
     count: usize,
     salt: &str,
+    one_trip: bool,
 ) -> anyhow::Result<(Duration, Duration)> {
     let worker = upload_trivial(client)?;
     let mut latencies = Vec::with_capacity(count);
+    let wait = if one_trip {
+        Duration::from_secs(30)
+    } else {
+        Duration::ZERO
+    };
     for n in 0..count {
         let start = Instant::now();
-        let lsn = client.submit(
-            &json!({"worker": worker, "args": [format!("seq-{salt}-{n}")]}),
-            None,
-            None,
-        )?;
-        wait_ok(client, lsn)?;
+        let action = json!({"worker": worker, "args": [format!("seq-{salt}-{one_trip}-{n}")]});
+        let (lsn, result) = client.submit_waiting(&action, None, None, wait)?;
+        match result {
+            Some(result) => ensure!(
+                result.state == JobState::Succeeded,
+                "job {lsn} {}",
+                result.state
+            ),
+            None => wait_ok(client, lsn)?,
+        }
         latencies.push(start.elapsed());
     }
     latencies.sort();
@@ -104,10 +116,12 @@ pub fn cluster(
     cluster.add_node("node-1", cores)?;
     let direct = Client::new(&cluster.nodes[0].url, None);
     let on_node = trivial_throughput(&direct, jobs, "direct")?;
-    let direct_latency = sequential_latency(&direct, 300, "direct")?;
+    let direct_latency = sequential_latency(&direct, 300, "direct", false)?;
+    let direct_one_trip = sequential_latency(&direct, 300, "direct", true)?;
     cluster.add_node("node-2", cores)?;
     let via = trivial_throughput(&cluster.client(), jobs, "cluster")?;
-    let via_latency = sequential_latency(&cluster.client(), 300, "cluster")?;
+    let via_latency = sequential_latency(&cluster.client(), 300, "cluster", false)?;
+    let via_one_trip = sequential_latency(&cluster.client(), 300, "cluster", true)?;
     println!(
         "trivial jobs, batches of 100, {jobs} jobs, {cores} slots per node, prefetch {prefetch}:"
     );
@@ -122,12 +136,17 @@ pub fn cluster(
         micros(direct_latency.0),
         micros(direct_latency.1)
     );
-    println!(
-        "  coordinator + 2 nodes                 p50 {:>8.1} us   p99 {:>8.1} us   ({:.2}x the baseline p50)",
-        micros(via_latency.0),
-        micros(via_latency.1),
-        via_latency.0.as_secs_f64() / direct_latency.0.as_secs_f64()
-    );
+    let line = |name: &str, (p50, p99): (Duration, Duration)| {
+        println!(
+            "  {name:<37} p50 {:>8.1} us   p99 {:>8.1} us   ({:.2}x the baseline p50)",
+            micros(p50),
+            micros(p99),
+            p50.as_secs_f64() / direct_latency.0.as_secs_f64()
+        );
+    };
+    line("directly, submit?wait_ms (1 trip)", direct_one_trip);
+    line("coordinator + 2 nodes", via_latency);
+    line("coordinator, submit?wait_ms (1 trip)", via_one_trip);
     cluster.shutdown()?;
 
     let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
