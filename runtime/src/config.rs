@@ -107,6 +107,10 @@ impl LimitsRequest {
     }
 }
 
+/// Fuel between yields of a computing guest when epoch interruption is off (about a
+/// millisecond of work).
+pub const FUEL_YIELD_INTERVAL: u64 = 1_000_000;
+
 /// Engine-wide configuration of a [`Sandbox`](crate::Sandbox).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -131,6 +135,12 @@ pub struct Config {
     /// usage reports no fuel; only for trusted code, where the wall-time limit suffices
     /// and the ~10-30% metering overhead is not wanted.
     pub fuel_metering: bool,
+    /// Whether compiled code checks the epoch (default true): the wall-time limit,
+    /// cancellation and the `/tmp` quota interrupt a computing guest within a tick.
+    /// Off, the code carries no epoch checks; fuel metering must then be on, and a
+    /// computing guest yields every [`FUEL_YIELD_INTERVAL`] units of fuel, where the
+    /// deadline and cancellation are checked (the `/tmp` quota only when it returns).
+    pub epoch_interruption: bool,
     /// Largest wasm call stack in bytes (default 1 MiB). Breach: a `Trapped` outcome
     /// saying the call stack was exhausted.
     pub max_wasm_stack: usize,
@@ -162,6 +172,7 @@ impl Default for Config {
             max_log_lines: 1000,
             tmp_bytes: 1 << 30,
             fuel_metering: true,
+            epoch_interruption: true,
             max_wasm_stack: 1 << 20,
             epoch_tick: Duration::from_millis(10),
             max_instances: 128,

@@ -41,7 +41,7 @@ mod sandbox;
 mod scratch;
 
 pub use cache::{CacheStats, CompiledModule, ModuleCache};
-pub use config::{Config, Limits, LimitsRequest};
+pub use config::{Config, FUEL_YIELD_INTERVAL, Limits, LimitsRequest};
 pub use error::RuntimeError;
 pub use mounts::{FileSource, Mount, check_file_name};
 pub use outcome::{Event, LogLevel, LogLine, Outcome, RunReport, Usage};

@@ -250,6 +250,12 @@ impl TmpQuota {
         self.near = usage.bytes > self.limit / 2;
         usage.beyond || usage.bytes > self.limit
     }
+
+    /// Measures now, whatever the tick.
+    fn over_quota_now(&self) -> bool {
+        let usage = crate::scratch::usage(&self.path);
+        usage.beyond || usage.bytes > self.limit
+    }
 }
 
 struct Inner {
@@ -306,9 +312,15 @@ impl Sandbox {
             .total_component_instances(0)
             .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
             .table_elements(MAX_TABLE_ELEMENTS);
+        if !config.epoch_interruption && !config.fuel_metering {
+            return Err(RuntimeError::host(
+                "configuring the engine",
+                "without epoch interruption, fuel metering must be on (nothing else could stop a spinning guest)",
+            ));
+        }
         let mut wasm = wasmtime::Config::new();
         wasm.consume_fuel(config.fuel_metering)
-            .epoch_interruption(true)
+            .epoch_interruption(config.epoch_interruption)
             .max_wasm_stack(config.max_wasm_stack)
             // The fiber stack must hold the wasm stack plus the host frames under it.
             .async_stack_size(config.max_wasm_stack + (512 << 10))
@@ -512,7 +524,13 @@ impl Sandbox {
                 .set_fuel(limits.fuel)
                 .map_err(|e| RuntimeError::host("setting fuel", e))?;
         }
-        store.set_epoch_deadline(1);
+        if config.epoch_interruption {
+            store.set_epoch_deadline(1);
+        } else {
+            store
+                .fuel_async_yield_interval(Some(crate::config::FUEL_YIELD_INTERVAL))
+                .map_err(|e| RuntimeError::host("setting the fuel yield interval", e))?;
+        }
         store.epoch_deadline_callback(|mut ctx| {
             let data = ctx.data_mut();
             if data
@@ -572,6 +590,20 @@ impl Sandbox {
             Ended::Stopped(Stop::Cancelled) => Outcome::Cancelled,
             Ended::Stopped(Stop::TimedOut) => Outcome::TimedOut,
             Ended::Stopped(Stop::TmpFull) => Outcome::OutputExceeded,
+        };
+        // Without epoch checks nothing measured /tmp while the guest ran: now, once.
+        let outcome = match outcome {
+            Outcome::Exited(_)
+                if !config.epoch_interruption
+                    && store
+                        .data()
+                        .tmp
+                        .as_ref()
+                        .is_some_and(TmpQuota::over_quota_now) =>
+            {
+                Outcome::OutputExceeded
+            }
+            other => other,
         };
         let fuel = match store.get_fuel() {
             Ok(left) if config.fuel_metering => limits.fuel.saturating_sub(left),

@@ -196,6 +196,18 @@ fn json_reports_outcome_and_usage() {
     assert_eq!(report["events"][0]["fields"]["level"], 3);
 }
 
+#[test]
+fn the_sieve_example_counts_primes() {
+    let sieve = wasmesh_test_support::guest_path("sieve");
+    for (n, primes) in [("100", "25\n"), ("1000000", "78498\n")] {
+        let output = wasmesh(&["exec", sieve.to_str().unwrap(), n], b"");
+        assert!(output.status.success(), "{}", err(&output));
+        assert_eq!(out(&output), primes);
+    }
+    let bad = wasmesh(&["exec", sieve.to_str().unwrap(), "lots"], b"");
+    assert_eq!(bad.status.code(), Some(2));
+}
+
 /// Regression (issue 13): `wasmesh exec` compiled the module on every run; like
 /// `wasmtime run` it now keeps compiled modules in a cache directory.
 #[test]

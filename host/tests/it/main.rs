@@ -50,6 +50,28 @@ pub fn wasmesh_in(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
     child.wait_with_output().expect("waiting for wasmesh")
 }
 
+/// Starts a node with `flag` naming a file holding `contents` (in a fresh directory)
+/// and expects it to refuse to start; returns what it said on stderr.
+pub fn refused_at_start(flag: &str, file: &str, contents: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(file);
+    std::fs::write(&path, contents).unwrap();
+    let output = wasmesh(
+        &[
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            flag,
+            path.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!output.status.success(), "the node started");
+    err(&output)
+}
+
 /// Text of stdout.
 pub fn out(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -239,52 +239,14 @@ fn max_fuel_per_hour_refuses_submissions_once_the_hour_s_fuel_is_spent() {
 
 #[test]
 fn a_weight_that_is_not_above_zero_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tenants.toml");
-    std::fs::write(
-        &path,
-        format!("acme = {{ keys = [\"{QUEUED}\"], weight = 0 }}\n"),
-    )
-    .unwrap();
-    let output = crate::wasmesh(
-        &[
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--tenants",
-            path.to_str().unwrap(),
-        ],
-        b"",
-    );
-    assert!(!output.status.success());
-    let err = crate::err(&output);
+    let contents = format!("acme = {{ keys = [\"{QUEUED}\"], weight = 0 }}\n");
+    let err = crate::refused_at_start("--tenants", "tenants.toml", &contents);
     assert!(err.contains("acme") && err.contains("weight"), "{err}");
 }
 
 #[test]
 fn a_tenants_file_with_an_unknown_quota_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tenants.toml");
-    std::fs::write(
-        &path,
-        format!("acme = {{ keys = [\"{QUEUED}\"], max_queue = 5 }}\n"),
-    )
-    .unwrap();
-    let output = crate::wasmesh(
-        &[
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--tenants",
-            path.to_str().unwrap(),
-        ],
-        b"",
-    );
-    assert!(!output.status.success());
-    let err = crate::err(&output);
+    let contents = format!("acme = {{ keys = [\"{QUEUED}\"], max_queue = 5 }}\n");
+    let err = crate::refused_at_start("--tenants", "tenants.toml", &contents);
     assert!(err.contains("acme") && err.contains("max_queue"), "{err}");
 }

@@ -22,18 +22,24 @@ fn usage(server: &Server, key: &str, query: &str) -> (u16, Value) {
     (status, response.json().unwrap_or(Value::Null))
 }
 
-#[test]
-fn usage_sums_the_results_of_each_tenant_and_only_its_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenants = dir.path().join("tenants.toml");
+/// `acme` and `globex` are tenants, `ops` the operator.
+fn tenants(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("tenants.toml");
     std::fs::write(
-        &tenants,
+        &path,
         format!(
             "acme = [\"{ACME}\"]\nglobex = [\"{GLOBEX}\"]\n\
              ops = {{ keys = [\"{OPS}\"], role = \"operator\" }}\n"
         ),
     )
     .unwrap();
+    path
+}
+
+#[test]
+fn usage_sums_the_results_of_each_tenant_and_only_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = tenants(dir.path());
     let server = Server::start(&["--tenants", tenants.to_str().unwrap()]);
     let acme = server.client_with_key(ACME);
     let worker = upload_test_guest(&acme);
@@ -130,15 +136,7 @@ fn usage_sums_the_results_of_each_tenant_and_only_its_own() {
 #[test]
 fn a_price_list_turns_usage_and_storage_time_into_cost() {
     let dir = tempfile::tempdir().unwrap();
-    let tenants = dir.path().join("tenants.toml");
-    std::fs::write(
-        &tenants,
-        format!(
-            "acme = [\"{ACME}\"]\nglobex = [\"{GLOBEX}\"]\n\
-             ops = {{ keys = [\"{OPS}\"], role = \"operator\" }}\n"
-        ),
-    )
-    .unwrap();
+    let tenants = tenants(dir.path());
     let prices = dir.path().join("prices.toml");
     std::fs::write(
         &prices,
@@ -216,22 +214,6 @@ fn a_price_list_turns_usage_and_storage_time_into_cost() {
 
 #[test]
 fn a_price_list_with_a_negative_price_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let prices = dir.path().join("prices.toml");
-    std::fs::write(&prices, "fuel = -1.0\n").unwrap();
-    let output = wasmesh(
-        &[
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--prices",
-            prices.to_str().unwrap(),
-        ],
-        b"",
-    );
-    assert!(!output.status.success());
-    let err = crate::err(&output);
+    let err = crate::refused_at_start("--prices", "prices.toml", "fuel = -1.0\n");
     assert!(err.contains("fuel") && err.contains("prices.toml"), "{err}");
 }

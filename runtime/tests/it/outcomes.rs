@@ -308,3 +308,71 @@ fn text_format_is_not_accepted_as_a_module() {
         .unwrap_err();
     assert!(matches!(err, RuntimeError::InvalidModule(_)), "{err}");
 }
+
+/// Without epoch interruption (`Config::epoch_interruption = false`) a computing
+/// guest still stops at its deadline and on cancel: it yields to the executor every
+/// `FUEL_YIELD_INTERVAL` units of fuel, where both are checked. Without fuel either,
+/// nothing could stop it, so that configuration is refused.
+#[test]
+fn without_epoch_checks_deadlines_and_cancels_act_at_fuel_yields() {
+    use wasmesh_runtime::{Config, Limits};
+    let sandbox = wasmesh_runtime::Sandbox::new(Config {
+        limits: Limits {
+            fuel: u64::MAX,
+            ..CEILINGS
+        },
+        epoch_interruption: false,
+        tmp_bytes: 1 << 20,
+        max_instances: 4,
+        ..Config::default()
+    })
+    .unwrap();
+    let module = sandbox
+        .load(&wasmesh_test_support::guest_bytes(
+            wasmesh_test_support::TEST_GUEST,
+        ))
+        .unwrap();
+    let report = sandbox
+        .run(&module, limits(|l| l.timeout_ms = Some(200)).args(["spin"]))
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::TimedOut);
+    assert!(
+        report.usage.wall < Duration::from_secs(5),
+        "{:?}",
+        report.usage.wall
+    );
+    // Cancelled from its progress report, while it then spins.
+    let token = CancellationToken::new();
+    let spec = RunSpec::new()
+        .cancel(token.clone())
+        .observer(Arc::new(CancelOnProgress(token)))
+        .args(["progress-then", "spin"]);
+    let report = sandbox.run(&module, spec).unwrap();
+    assert_eq!(report.outcome, Outcome::Cancelled);
+    assert!(
+        report.usage.wall < Duration::from_secs(5),
+        "{:?}",
+        report.usage.wall
+    );
+    // The sieve still counts right.
+    let sieve = sandbox
+        .load(&wasmesh_test_support::guest_bytes("sieve"))
+        .unwrap();
+    let counted = sandbox.run(&sieve, RunSpec::new().arg("1000000")).unwrap();
+    assert_eq!(counted.stdout, b"78498\n");
+    // /tmp past its quota is caught when the run ends.
+    let filled = sandbox
+        .run(&module, RunSpec::new().args(["write-tmp", "2097152"]))
+        .unwrap();
+    assert_eq!(filled.outcome, Outcome::OutputExceeded);
+    let within = sandbox
+        .run(&module, RunSpec::new().args(["write-tmp", "1000"]))
+        .unwrap();
+    assert_eq!(within.outcome, Outcome::Exited(0));
+    let refused = wasmesh_runtime::Sandbox::new(Config {
+        epoch_interruption: false,
+        fuel_metering: false,
+        ..Config::default()
+    });
+    assert!(refused.is_err());
+}

@@ -84,6 +84,12 @@ fn main() {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
         }
+        "write-tmp" => {
+            // Writes N bytes to /tmp and exits.
+            let mut file = std::fs::File::create("/tmp/fill")
+                .unwrap_or_else(|e| fail(&format!("create: {e}")));
+            write_n(&mut file, number(1));
+        }
         "deep-tmp" => {
             // Nests LEVELS directories with 200-byte names below /tmp, each opened
             // relative to the one above (past PATH_MAX), writes N bytes at the bottom,

@@ -13,6 +13,7 @@ pub const EXAMPLES: &[&str] = &[
     "montecarlo-pi",
     "sensor-alerts",
     "hash",
+    "sieve",
 ];
 
 /// The directory holding the compiled `.wasm` files.

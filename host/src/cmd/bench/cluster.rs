@@ -13,8 +13,7 @@ use super::{micros, percentile, upload_trivial, wait_ok};
 use crate::cmd::local::LocalCluster;
 
 /// The Mandelbrot kernel the wasm job runs, compiled natively for the baseline.
-#[path = "../../../../examples/mandelbrot/src/kernel.rs"]
-mod kernel;
+use super::mandelbrot as kernel;
 
 use crate::cmd::demo::GRID;
 

@@ -7,6 +7,8 @@
 //! - `wasmesh bench events` and `fanin`: groups and `output_of` fan-in on a local
 //!   cluster (baselines: plain submissions; the client doing the fan-in).
 //! - `wasmesh bench placement`: placement with simulated nodes in process.
+//! - `wasmesh bench sandbox`: the Mandelbrot and sieve kernels in the sandbox under
+//!   each way of enforcing limits (baseline: the same source compiled natively).
 //! - `wasmesh bench fairness`: the fair share on an in-process node (baseline: the
 //!   small tenant alone on the same node).
 //!
@@ -16,6 +18,14 @@ mod cluster;
 mod fairness;
 mod node;
 mod placement;
+mod sandbox;
+
+/// The examples' kernels, compiled natively from the very source of their wasm
+/// modules (the baselines of `cluster` and `sandbox`).
+#[path = "../../../../examples/mandelbrot/src/kernel.rs"]
+mod mandelbrot;
+#[path = "../../../../examples/sieve/src/kernel.rs"]
+mod sieve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -108,6 +118,25 @@ pub enum Args {
         #[arg(long, default_value_t = 100_000)]
         jobs: usize,
     },
+    /// The Mandelbrot and sieve kernels native vs in the sandbox, under each way of
+    /// enforcing limits (fuel + epoch, epoch only, fuel only).
+    Sandbox {
+        /// The compiled mandelbrot example.
+        #[arg(
+            long,
+            default_value = "examples/target/wasm32-wasip1/release/mandelbrot.wasm"
+        )]
+        mandelbrot: PathBuf,
+        /// The compiled sieve example.
+        #[arg(
+            long,
+            default_value = "examples/target/wasm32-wasip1/release/sieve.wasm"
+        )]
+        sieve: PathBuf,
+        /// Timed runs per case (after one warm-up).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
     /// The fair share on an in-process node: a small tenant's p99 wait alone (the
     /// baseline) and under another tenant's flood, and how weights 3:1 split the slots.
     Fairness {
@@ -144,6 +173,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             module,
         } => cluster::fanin(rounds, maps, &module)?,
         Args::Placement { nodes, jobs } => placement::run(nodes, jobs)?,
+        Args::Sandbox {
+            mandelbrot,
+            sieve,
+            runs,
+        } => sandbox::run(&mandelbrot, &sieve, runs)?,
         Args::Fairness {
             slots,
             job_ms,
