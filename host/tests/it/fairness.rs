@@ -228,3 +228,40 @@ fn a_flood_of_another_tenant_at_most_doubles_a_small_tenant_s_wait() {
         flooded as f64 / alone as f64
     );
 }
+
+/// The fair share's memory survives a restart: charges are rebuilt from the usage
+/// ledger, so a tenant that used the node is still behind after it restarts.
+#[test]
+fn charges_are_rebuilt_from_the_usage_ledger_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = tenants(dir.path());
+    let data = dir.path().join("data");
+    let args = ["--tenants", tenants.as_str(), "--slots", "2"];
+    let charge_of = |server: &Server| -> f64 {
+        let metrics = server.metrics(Some(OPS));
+        let prefix = "wasmesh_tenant_fair_share_charge_slot_seconds{tenant=\"heavy\"} ";
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    let before = {
+        let server = Server::start_in(&data, &args);
+        let heavy = server.client_with_key(HEAVY);
+        let worker = upload_test_guest(&heavy);
+        let (lsns, _) = sleepers(&heavy, worker, "before", 4, 300);
+        results(&heavy, &lsns);
+        let charge = charge_of(&server);
+        assert!(server.terminate(), "a clean stop");
+        charge
+    };
+    assert!(before >= 1.0, "4 jobs of 300 ms: {before}");
+    let server = Server::start_in(&data, &args);
+    let after = charge_of(&server);
+    // The ledger has the runs' wall time (4 x 300 ms), barely decayed (15 min
+    // half-life).
+    assert!(
+        after >= 1.0 && after <= before * 1.5,
+        "before {before}, after the restart {after}"
+    );
+}
