@@ -246,15 +246,20 @@ impl TmpQuota {
         if !self.near && !self.ticks.is_multiple_of(Self::EVERY) {
             return false;
         }
-        let usage = crate::scratch::usage(&self.path);
-        self.near = usage.bytes > self.limit / 2;
-        usage.beyond || usage.bytes > self.limit
+        let (over, bytes) = self.measure();
+        self.near = bytes > self.limit / 2;
+        over
     }
 
     /// Measures now, whatever the tick.
     fn over_quota_now(&self) -> bool {
+        self.measure().0
+    }
+
+    /// Whether the directory is past the quota, and its bytes.
+    fn measure(&self) -> (bool, u64) {
         let usage = crate::scratch::usage(&self.path);
-        usage.beyond || usage.bytes > self.limit
+        (usage.beyond || usage.bytes > self.limit, usage.bytes)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::api::json::{Json, JsonBody};
 use crate::engine::{ActionSubmission, QueuePolicy, Submitted};
 use crate::model::HashHex;
 
-/// `?priority=N`.
+/// `?priority=N&wait_ms=N` of a submission.
 #[derive(Debug, Default, Deserialize)]
 pub struct SubmitQuery {
     priority: Option<i64>,
@@ -33,7 +33,7 @@ impl SubmitQuery {
 
     /// How long to wait for results, capped at the longest long-poll.
     pub fn wait(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.wait_ms.unwrap_or(0)).min(MAX_WAIT)
+        long_poll(self.wait_ms)
     }
 }
 
@@ -198,8 +198,13 @@ pub struct WaitQuery {
 impl WaitQuery {
     /// How long to wait, capped at the longest long-poll.
     pub fn duration(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.wait_ms.unwrap_or(0)).min(MAX_WAIT)
+        long_poll(self.wait_ms)
     }
+}
+
+/// A `wait_ms` asked for, capped at the longest long-poll.
+fn long_poll(wait_ms: Option<u64>) -> std::time::Duration {
+    std::time::Duration::from_millis(wait_ms.unwrap_or(0)).min(MAX_WAIT)
 }
 
 /// Longest long-poll: a minute, well under common proxy idle timeouts' multiples and

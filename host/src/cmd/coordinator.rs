@@ -12,7 +12,7 @@ use wasmesh_host::api::AppState;
 use wasmesh_host::engine::{Engine, NodeConfig};
 
 use super::parse_bytes;
-use super::serve::{RetentionArgs, WebhookArgs, shutdown_signal, tenant_auth};
+use super::serve::{UpkeepArgs, WebhookArgs, shutdown_signal, tenant_auth};
 
 /// Arguments of `wasmesh coordinator`.
 #[derive(Debug, clap::Args)]
@@ -78,7 +78,7 @@ pub struct Args {
     #[command(flatten)]
     pub webhooks: WebhookArgs,
     #[command(flatten)]
-    pub retention: RetentionArgs,
+    pub upkeep: UpkeepArgs,
 }
 
 /// Runs `wasmesh coordinator` until SIGINT/SIGTERM.
@@ -103,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.slots = 1;
     config.idempotency_retention = args.idempotency_retention;
     config.webhooks = args.webhooks.config()?;
-    args.retention.apply(&mut config)?;
+    args.upkeep.apply(&mut config)?;
     if let Some(max) = args.max_blob_bytes {
         config.max_blob_bytes = max;
         config.max_request_bytes = config.max_request_bytes.max(max + (16 << 20));

@@ -128,7 +128,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         other => other?,
     };
-    let sandbox_cached = sandbox.config().cache_dir.is_some();
     let module = sandbox
         .load(&wasm)
         .with_context(|| format!("loading {}", args.module.display()))?;
@@ -166,7 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let stats = sandbox.cache().stats();
         value["module_cache"] = json!(if stats.disk_hits > 0 {
             "disk_hit"
-        } else if sandbox_cached {
+        } else if sandbox.config().cache_dir.is_some() {
             "compiled"
         } else {
             "off"

@@ -18,7 +18,7 @@ use wasmesh_host::run::Runner;
 use wasmesh_runtime::Limits;
 
 use super::parse_bytes;
-use super::serve::{RetentionArgs, WebhookArgs, read_toml, shutdown_signal, tenant_auth};
+use super::serve::{UpkeepArgs, WebhookArgs, read_toml, shutdown_signal, tenant_auth};
 
 /// Arguments of `wasmesh node`.
 #[derive(Debug, clap::Args)]
@@ -72,7 +72,7 @@ pub struct Args {
     #[command(flatten)]
     pub webhooks: WebhookArgs,
     #[command(flatten)]
-    pub retention: RetentionArgs,
+    pub upkeep: UpkeepArgs,
     /// Join this coordinator: register, heartbeat, re-register after a 404.
     #[arg(long, env = "WASMESH_COORDINATOR")]
     pub coordinator: Option<String>,
@@ -152,7 +152,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.idempotency_retention = retention;
     }
     config.webhooks = args.webhooks.config()?;
-    args.retention.apply(&mut config)?;
+    args.upkeep.apply(&mut config)?;
     config.labels = file.labels.unwrap_or_default();
     for label in &args.labels {
         let (key, value) = label

@@ -64,7 +64,7 @@ impl WebhookArgs {
 /// what is done, the fair share what was used and the store what nothing needs, and
 /// what usage costs.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RetentionArgs {
+pub struct UpkeepArgs {
     /// Finished results older than this are retired from the completed lists (and
     /// cancelled queues idle this long are deleted), e.g. `7d`.
     #[arg(long, env = "WASMESH_RESULT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
@@ -87,7 +87,7 @@ pub struct RetentionArgs {
     pub prices: Option<PathBuf>,
 }
 
-impl RetentionArgs {
+impl UpkeepArgs {
     /// Sets them in a node's configuration (reading the price list).
     pub fn apply(&self, config: &mut wasmesh_host::engine::NodeConfig) -> anyhow::Result<()> {
         config.result_retention = self.result_retention;

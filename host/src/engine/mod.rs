@@ -402,11 +402,9 @@ impl Engine {
                 .storage_charged
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let since = charged.replace(now_ms);
-            match since {
+            match charged.replace(now_ms) {
                 Some(since) if now_ms > since => since,
-                Some(_) => return Ok(()),
-                None => return Ok(()),
+                _ => return Ok(()),
             }
         };
         let elapsed_ms = (now_ms - since) as u128;

@@ -105,25 +105,16 @@ impl Quotas {
         Self { defaults, tenants }
     }
 
-    /// `tenant`'s (min_running, max_running), without building its whole quota (the
-    /// scheduler asks at every free slot).
-    pub fn running_bounds(&self, tenant: &str) -> (Option<u64>, Option<u64>) {
-        let own = self.tenants.get(tenant);
-        (
-            own.and_then(|q| q.min_running)
-                .or(self.defaults.min_running),
-            own.and_then(|q| q.max_running)
-                .or(self.defaults.max_running),
-        )
-    }
-
-    /// `tenant`'s weight in the fair share (1 unless configured).
-    pub fn weight(&self, tenant: &str) -> f64 {
-        self.tenants
-            .get(tenant)
+    /// `tenant`'s (min_running, max_running, weight), the weight 1 unless configured,
+    /// without building its whole quota (the scheduler asks at every free slot).
+    pub fn share_terms(&self, tenant: &str) -> (Option<u64>, Option<u64>, f64) {
+        let (own, defaults) = (self.tenants.get(tenant), &self.defaults);
+        let field = |get: fn(&Quota) -> Option<u64>| own.and_then(get).or(get(defaults));
+        let weight = own
             .and_then(|q| q.weight)
-            .or(self.defaults.weight)
-            .unwrap_or(1.0)
+            .or(defaults.weight)
+            .unwrap_or(1.0);
+        (field(|q| q.min_running), field(|q| q.max_running), weight)
     }
 
     /// Whether `tenant` is one of the configured ones (its metrics get its own label).

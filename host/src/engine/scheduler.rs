@@ -86,10 +86,15 @@ struct Share {
 }
 
 impl Share {
+    /// The usage decayed to `t` (not before `at`).
+    fn decayed(&self, t: f64, half_life: f64) -> f64 {
+        self.usage * 0.5f64.powf((t - self.at).max(0.0) / half_life)
+    }
+
     /// Decays the usage to `t`.
     fn decay_to(&mut self, t: f64, half_life: f64) {
         if t > self.at {
-            self.usage *= 0.5f64.powf((t - self.at) / half_life);
+            self.usage = self.decayed(t, half_life);
             self.at = t;
         }
     }
@@ -97,9 +102,8 @@ impl Share {
     /// The charge at `t`: decayed usage plus what running jobs used past their
     /// estimates.
     fn charge(&self, t: f64, half_life: f64) -> f64 {
-        let decayed = self.usage * 0.5f64.powf((t - self.at).max(0.0) / half_life);
         let ran = self.running as f64 * t - self.started_sum;
-        decayed + (ran - self.charged_sum).max(0.0)
+        self.decayed(t, half_life) + (ran - self.charged_sum).max(0.0)
     }
 }
 
@@ -366,11 +370,10 @@ impl Scheduler {
                 continue;
             };
             let share = shares.get(tenant).unwrap_or(&idle);
-            let (min, max) = quotas.running_bounds(tenant);
+            let (min, max, weight) = quotas.share_terms(tenant);
             if max.is_some_and(|max| share.running as u64 >= max) {
                 continue;
             }
-            let weight = quotas.weight(tenant);
             let key = TurnKey {
                 reserved_met: min.is_none_or(|min| share.running as u64 >= min),
                 charge: share.charge(t, *half_life) / weight,

@@ -62,10 +62,7 @@ impl Store {
             .execute(params![tenant, hex, size as i64, now])?
             == 1;
         if !inserted {
-            conn.prepare_cached(
-                "UPDATE blobs SET touched_ms = ?3 WHERE tenant = ?1 AND hash = ?2",
-            )?
-            .execute(params![tenant, hex, now])?;
+            super::gc::touch(&conn, tenant, &hex, now)?;
         }
         Ok(inserted)
     }

@@ -12,6 +12,18 @@ use rusqlite::{OptionalExtension, params};
 use super::{Store, StoreResult, parse_hash};
 use crate::model::HashHex;
 
+/// Marks `tenant`'s hold on the blob `hex` as used at `now_ms`.
+pub(super) fn touch(
+    conn: &rusqlite::Connection,
+    tenant: &str,
+    hex: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE blobs SET touched_ms = ?3 WHERE tenant = ?1 AND hash = ?2")?
+        .execute(params![tenant, hex, now_ms])
+        .map(|_| ())
+}
+
 /// One page of the texts that may name blobs: (tenant, text).
 pub type ReferencePage = Vec<(String, String)>;
 
@@ -113,10 +125,7 @@ impl Store {
         match touched {
             None => Ok(false),
             Some(at) if at < refresh_before_ms => {
-                conn.prepare_cached(
-                    "UPDATE blobs SET touched_ms = ?3 WHERE tenant = ?1 AND hash = ?2",
-                )?
-                .execute(params![tenant, hex, now_ms])?;
+                touch(&conn, tenant, &hex, now_ms)?;
                 Ok(true)
             }
             Some(_) => Ok(true),
