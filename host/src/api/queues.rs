@@ -154,16 +154,19 @@ pub async fn get(
 ) -> ApiResult<Response> {
     let queue = resolve(&state, &tenant, &q, peer)?;
     let deadline = tokio::time::Instant::now() + wait.duration();
-    let status = state
+    // Each result wakes the wait: it looks with the index-only check, and counts the
+    // queue's jobs (a scan of them) once, for the answer.
+    let store = state.engine.store().tenant(&queue.tenant);
+    state
         .engine
         .when_finished(
-            || status(&state, &queue),
-            |s| s["is_complete"] == json!(true),
+            || store.queue_is_pending(queue.id),
+            |pending| !pending,
             Some(deadline),
             Some(RECHECK),
         )
         .await?;
-    Ok(axum::Json(status).into_response())
+    Ok(axum::Json(status(&state, &queue)?).into_response())
 }
 
 /// Submissions change a queue's counts without a result being written: a waiting

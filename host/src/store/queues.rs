@@ -145,6 +145,18 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Whether any job of the queue is still queued or running: index-only on
+    /// `jobs_by_queue`, so a long-polled queue can look again at every result cheaply
+    /// (the queue's tenant is checked where the queue row was read).
+    pub(super) fn queue_is_pending(&self, id: u64) -> StoreResult<bool> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue_id = ?1 \
+             AND state IN ('queued', 'running'))",
+        )?;
+        Ok(stmt.query_row(params![id as i64], |row| row.get(0))?)
+    }
+
     /// LSNs of a queue's jobs that are still queued or running.
     pub(super) fn queue_pending(&self, tenant: &str, id: u64) -> StoreResult<Vec<u64>> {
         let conn = self.conn();

@@ -131,6 +131,12 @@ impl<'a> TenantStore<'a> {
         self.store.set_queue_state(Some(self.tenant), id, state)
     }
 
+    /// Whether one of the tenant's queues (an id from a queue row read through this
+    /// view) has a job still queued or running.
+    pub fn queue_is_pending(&self, id: u64) -> StoreResult<bool> {
+        self.store.queue_is_pending(id)
+    }
+
     /// Job counts of one of the tenant's queues, by state.
     pub fn queue_counts(&self, id: u64) -> StoreResult<Vec<(JobState, u64)>> {
         self.store.queue_counts(self.tenant, id)
