@@ -67,7 +67,8 @@ pub struct Store {
     /// Dropped after `conn` (fields drop in order): its connection is the last one, and
     /// closing it checkpoints the log.
     _wal: wal::Checkpointer,
-    /// An exclusive lock on `<db>.lock` while the journal is open: one process owns it.
+    /// An exclusive lock on the database's path with extension `lock` (`wasmesh.lock`)
+    /// while the journal is open: one process owns it.
     _owner: File,
 }
 

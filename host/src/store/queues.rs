@@ -42,6 +42,10 @@ fn queue_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
 const QUEUE_COLUMNS: &str =
     "id, tenant, token, state, max_retries, retry_guest_failures, priority, touched_ms";
 
+/// The scoping term of a statement about queue `?1` asked by tenant `?2`: the queue is
+/// the tenant's (a primary-key lookup).
+const OWN_QUEUE: &str = "EXISTS (SELECT 1 FROM queues WHERE id = ?1 AND tenant = ?2)";
+
 impl Store {
     /// Deletes cancelled queues untouched since `before_ms` with nothing pending.
     pub(super) fn delete_ended_queues(&self, before_ms: i64) -> StoreResult<usize> {
@@ -133,28 +137,31 @@ impl Store {
         Ok(changed == 1)
     }
 
-    /// Job counts of a queue by state.
+    /// Job counts of a queue by state. A queue's jobs are its tenant's (jobs enter a
+    /// queue only through the tenant's own view of it), so the tenant is checked on the
+    /// queue row ([`OWN_QUEUE`]) and the counting reads index `jobs_by_queue` alone: a
+    /// `tenant` term on the jobs fetched every job's row, on every look of a waiting
+    /// or streamed queue.
     pub(super) fn queue_counts(&self, tenant: &str, id: u64) -> StoreResult<Vec<(JobState, u64)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT state, COUNT(*) FROM jobs WHERE queue_id = ?1 AND tenant = ?2 GROUP BY state",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT state, COUNT(*) FROM jobs WHERE queue_id = ?1 AND {OWN_QUEUE} GROUP BY state"
+        ))?;
         let rows = stmt.query_map(params![id as i64, tenant], |row| {
             Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Whether any job of the queue is still queued or running: index-only on
-    /// `jobs_by_queue`, so a long-polled queue can look again at every result cheaply
-    /// (the queue's tenant is checked where the queue row was read).
-    pub(super) fn queue_is_pending(&self, id: u64) -> StoreResult<bool> {
+    /// Whether any job of the tenant's queue is still queued or running: one probe of
+    /// index `jobs_by_queue`, so a long-polled queue can look again at every result.
+    pub(super) fn queue_is_pending(&self, tenant: &str, id: u64) -> StoreResult<bool> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue_id = ?1 \
-             AND state IN ('queued', 'running'))",
-        )?;
-        Ok(stmt.query_row(params![id as i64], |row| row.get(0))?)
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue_id = ?1 AND {OWN_QUEUE} \
+             AND state IN ('queued', 'running'))"
+        ))?;
+        Ok(stmt.query_row(params![id as i64, tenant], |row| row.get(0))?)
     }
 
     /// LSNs of a queue's jobs that are still queued or running.

@@ -131,10 +131,9 @@ impl<'a> TenantStore<'a> {
         self.store.set_queue_state(Some(self.tenant), id, state)
     }
 
-    /// Whether one of the tenant's queues (an id from a queue row read through this
-    /// view) has a job still queued or running.
+    /// Whether one of the tenant's queues has a job still queued or running.
     pub fn queue_is_pending(&self, id: u64) -> StoreResult<bool> {
-        self.store.queue_is_pending(id)
+        self.store.queue_is_pending(self.tenant, id)
     }
 
     /// Job counts of one of the tenant's queues, by state.

@@ -26,7 +26,8 @@ use super::{StoreResult, failure};
 /// database. Shorter means more fsyncs; longer means a larger log to read through.
 const INTERVAL: Duration = Duration::from_millis(100);
 
-/// The checkpointing thread; stopping it (on drop) runs one last checkpoint.
+/// The checkpointing thread; stopping it (on drop) closes the journal's last
+/// connection, which checkpoints the log a last time.
 #[derive(Debug)]
 pub(super) struct Checkpointer {
     stop: Option<mpsc::Sender<()>>,
@@ -44,11 +45,7 @@ impl Checkpointer {
             .name("wasmesh-wal".into())
             .spawn(move || {
                 let mut seen = None;
-                loop {
-                    let last = !matches!(
-                        stopped.recv_timeout(INTERVAL),
-                        Err(RecvTimeoutError::Timeout)
-                    );
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
                     let now = data_version(&conn).ok();
                     if now.is_none() || now != seen {
                         seen = now;
@@ -56,10 +53,8 @@ impl Checkpointer {
                             tracing::warn!("WAL checkpoint failed: {e}");
                         }
                     }
-                    if last {
-                        break;
-                    }
                 }
+                // Dropping `conn`, the journal's last connection, checkpoints the log.
             })
             .map_err(|e| failure(format!("starting the WAL checkpoint thread: {e}")))?;
         Ok(Self {
