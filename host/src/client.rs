@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use reqwest::blocking::multipart::{Form, Part};
 use serde_json::{Value, json};
 
 use crate::model::{HashHex, JobResult};
@@ -179,32 +178,24 @@ impl Client {
         }
         let needs: Vec<HashHex> = serde_json::from_value(body["needs"].clone())
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let mut form = Form::new().part(
-            "descriptor",
-            Part::text(descriptor.to_string())
-                .mime_str("application/json")
-                .expect("valid mime"),
-        );
-        let (mut sent_chunks, mut sent_bytes) = (0, 0);
-        for (hash, bytes) in chunks {
-            if needs.contains(hash) {
-                sent_chunks += 1;
-                sent_bytes += bytes.len() as u64;
-                form = form.part(
-                    hash.to_string(),
-                    Part::bytes(bytes.to_vec()).file_name(hash.to_string()),
-                );
-            }
-        }
+        let wanted: Vec<(HashHex, &[u8])> = chunks
+            .iter()
+            .filter(|(hash, _)| needs.contains(hash))
+            .map(|(hash, bytes)| (*hash, *bytes))
+            .collect();
+        let sent_chunks = wanted.len();
+        let sent_bytes = wanted.iter().map(|(_, b)| b.len() as u64).sum();
         if sent_chunks < needs.len() {
             return Err(ClientError::Protocol(format!(
                 "the server needs {} chunks the client does not have",
                 needs.len() - sent_chunks
             )));
         }
+        let (content_type, body) = package(&descriptor.to_string(), &wanted);
         let response = self
             .request(reqwest::Method::POST, "/compute/workers")
-            .multipart(form)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
             .send()?;
         if !response.status().is_success() {
             return Err(api_error(response));
@@ -385,4 +376,33 @@ impl Client {
     ) -> Result<Value, ClientError> {
         self.json(method, path, body).map(|(_, body)| body)
     }
+}
+
+/// A multipart package (`multipart/form-data`: the descriptor, then one part per
+/// chunk, named by its hash) built in one buffer: its content type and body.
+///
+/// Not reqwest's blocking `Form`: that streams a body through a reader in 8 KiB
+/// pieces, each a hand-off to the client's I/O thread, which made a 256 MiB package
+/// take twice as long as a raw `PUT /cas` of the same bytes.
+pub fn package(descriptor: &str, chunks: &[(HashHex, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = format!("wasmesh-{}", uuid::Uuid::new_v4().simple());
+    let size = descriptor.len() + chunks.iter().map(|(_, b)| b.len() + 256).sum::<usize>();
+    let mut body = Vec::with_capacity(size + 512);
+    let mut part = |name: &str, extra: &str, content_type: &str, bytes: &[u8]| {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{extra}\r\nContent-Type: {content_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    };
+    part("descriptor", "", "application/json", descriptor.as_bytes());
+    for (hash, bytes) in chunks {
+        let extra = format!("; filename=\"{hash}\"");
+        part(&hash.to_string(), &extra, "application/octet-stream", bytes);
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
 }

@@ -153,10 +153,10 @@ impl ModuleCache {
     /// The compiled module for `hash`. `bytes` is called for the wasm only when neither
     /// level has it; concurrent callers for the same hash wait for one compile.
     /// The caller vouches that `bytes` hash to `hash`.
-    pub fn get_or_compile(
+    pub fn get_or_compile<B: AsRef<[u8]>>(
         &self,
         hash: Hash,
-        bytes: impl FnOnce() -> Result<Vec<u8>, RuntimeError>,
+        bytes: impl FnOnce() -> Result<B, RuntimeError>,
     ) -> Result<CompiledModule, RuntimeError> {
         let slot: Slot = {
             let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
@@ -185,10 +185,10 @@ impl ModuleCache {
         result.clone()
     }
 
-    fn load(
+    fn load<B: AsRef<[u8]>>(
         &self,
         hash: Hash,
-        bytes: impl FnOnce() -> Result<Vec<u8>, RuntimeError>,
+        bytes: impl FnOnce() -> Result<B, RuntimeError>,
     ) -> Result<CompiledModule, RuntimeError> {
         let path = self.artifact_path(&hash);
         if let Some(module) = path.as_deref().and_then(|p| self.read_artifact(p)) {
@@ -197,7 +197,7 @@ impl ModuleCache {
         }
         let wasm = bytes()?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
-        let module = Module::new(&self.engine, &wasm)
+        let module = Module::new(&self.engine, wasm.as_ref())
             .map_err(|e| RuntimeError::InvalidModule(format!("{e:#}")))?;
         let compiled = self.prepare(hash, module.clone())?;
         if let Some(path) = path

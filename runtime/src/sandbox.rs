@@ -1,6 +1,5 @@
 //! The sandbox: one wasmtime engine for many tenants, and the run of one action.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -385,20 +384,18 @@ impl Sandbox {
     /// Validates and compiles `wasm` (or finds it in the cache).
     pub fn load(&self, wasm: &[u8]) -> Result<CompiledModule, RuntimeError> {
         let hash = blake3::hash(wasm);
-        self.module(hash, || Ok(Cow::Borrowed(wasm)))
+        self.module(hash, || Ok(wasm))
     }
 
     /// The module with this hash, from the cache, or compiled from what `bytes` returns.
     /// The caller vouches that those bytes hash to `hash` (a content-addressed store
     /// already checked it).
-    pub fn module<'a>(
+    pub fn module<B: AsRef<[u8]>>(
         &self,
         hash: Hash,
-        bytes: impl FnOnce() -> Result<Cow<'a, [u8]>, RuntimeError>,
+        bytes: impl FnOnce() -> Result<B, RuntimeError>,
     ) -> Result<CompiledModule, RuntimeError> {
-        self.inner
-            .cache
-            .get_or_compile(hash, || bytes().map(Cow::into_owned))
+        self.inner.cache.get_or_compile(hash, bytes)
     }
 
     /// The limits a run asking for `request` gets.

@@ -19,6 +19,27 @@ use futures_util::{Stream, StreamExt};
 
 use crate::model::HashHex;
 
+/// Blobs this large are mapped by [`Cas::map`] rather than read.
+const MAP_BYTES: u64 = 1 << 20;
+
+/// A blob's bytes, read or mapped.
+#[derive(Debug)]
+pub enum BlobBytes {
+    /// Read into memory (small blobs).
+    Read(Vec<u8>),
+    /// The file mapped read-only.
+    Mapped(memmap2::Mmap),
+}
+
+impl AsRef<[u8]> for BlobBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Self::Read(bytes) => bytes,
+            Self::Mapped(map) => map,
+        }
+    }
+}
+
 /// Why a blob was not stored.
 #[derive(Debug, thiserror::Error)]
 pub enum CasError {
@@ -111,6 +132,25 @@ impl Cas {
     /// Reads a whole blob.
     pub fn read(&self, hash: &HashHex) -> std::io::Result<Vec<u8>> {
         std::fs::read(self.path(hash))
+    }
+
+    /// A blob's bytes without copying them when it is large: the file is mapped (its
+    /// pages are the page cache's, already there after a write), not read into fresh
+    /// memory. Reading a 256 MiB module back for its compile took ~340 ms here, most
+    /// of it faulting in and filling a fresh allocation.
+    pub fn map(&self, hash: &HashHex) -> std::io::Result<BlobBytes> {
+        let file = std::fs::File::open(self.path(hash))?;
+        if file.metadata()?.len() < MAP_BYTES {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut bytes)?;
+            return Ok(BlobBytes::Read(bytes));
+        }
+        // SAFETY: a mapping is sound while nobody changes the file under it. A blob
+        // file is never written after its rename into place (writers stage a new
+        // file; the same bytes again only refresh its modification time) and never
+        // truncated; garbage collection unlinks it, which leaves a mapping valid.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(BlobBytes::Mapped(map))
     }
 
     fn temp(&self) -> std::io::Result<tempfile::NamedTempFile> {
@@ -314,6 +354,25 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_blobs_are_mapped_small_ones_read_and_both_give_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(dir.path(), 8 << 20).unwrap();
+        let small = b"small".to_vec();
+        let large: Vec<u8> = (0..(MAP_BYTES as usize + 4096)).map(|i| i as u8).collect();
+        for bytes in [&small, &large] {
+            let hash = HashHex::of(bytes);
+            cas.commit(cas.stage_bytes(hash, bytes).unwrap()).unwrap();
+            let got = cas.map(&hash).unwrap();
+            assert_eq!(got.as_ref(), bytes.as_slice());
+            assert_eq!(
+                matches!(got, BlobBytes::Mapped(_)),
+                bytes.len() as u64 >= MAP_BYTES
+            );
+        }
+        assert!(cas.map(&HashHex::of(b"absent")).is_err());
+    }
 
     #[test]
     fn blobs_round_trip_and_mismatches_store_nothing() {

@@ -163,8 +163,7 @@ impl Engine {
         self.sandbox
             .module(module.to_blake3(), || {
                 self.cas
-                    .read(&module)
-                    .map(std::borrow::Cow::Owned)
+                    .map(&module)
                     .map_err(|e| RuntimeError::Host(format!("reading module {module}: {e}")))
             })
             .map_err(|e| match e {

@@ -197,17 +197,15 @@ impl Runner {
         cancel: CancellationToken,
     ) -> Result<wasmesh_runtime::RunReport, RunFailure> {
         let module_hash = worker.module;
-        let module = self
-            .engine
-            .sandbox()
-            .module(module_hash.to_blake3(), || {
-                self.engine
-                    .cas()
-                    .read(&module_hash)
-                    .map(std::borrow::Cow::Owned)
-                    .map_err(|e| RuntimeError::Host(format!("reading module {module_hash}: {e}")))
-            })
-            .map_err(RunFailure::from)?;
+        let module =
+            self.engine
+                .sandbox()
+                .module(module_hash.to_blake3(), || {
+                    self.engine.cas().map(&module_hash).map_err(|e| {
+                        RuntimeError::Host(format!("reading module {module_hash}: {e}"))
+                    })
+                })
+                .map_err(RunFailure::from)?;
         let stdin = match action.input {
             Some(hash) => match inline.get(&hash) {
                 Some(bytes) => bytes.to_vec(),

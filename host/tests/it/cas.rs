@@ -231,3 +231,66 @@ fn bad_hashes_and_malformed_bodies_are_4xx_and_the_server_keeps_serving() {
     assert_eq!(health["status"], "healthy");
     upload_test_guest(&server.client());
 }
+
+/// `module` with a custom section of `extra` bytes appended (a valid module still).
+fn with_custom_section(module: &[u8], extra: usize) -> Vec<u8> {
+    let name = b"padding";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.resize(section.len() + extra, 0x5a);
+    let mut out = module.to_vec();
+    out.push(0);
+    let mut size = section.len();
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        out.push(if size == 0 { byte } else { byte | 0x80 });
+        if size == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&section);
+    out
+}
+
+/// Pins the package the client builds in one buffer (it was reqwest's streamed form)
+/// and modules large enough to be mapped rather than read at registration and at
+/// their first run: both end in a worker that runs, and a large invalid module is
+/// still refused with `invalid_module`.
+#[test]
+fn a_large_worker_goes_up_in_one_package_and_runs_from_its_mapped_module() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let wasm = with_custom_section(&guest_bytes(TEST_GUEST), 3 << 20);
+    let module = HashHex::of(&wasm);
+    let other = vec![7u8; 2 << 20];
+    let descriptor = json!({"name": "padded", "module": module});
+    let upload = client
+        .upload_worker(
+            &descriptor,
+            &[(module, &wasm), (HashHex::of(&other), &other)],
+        )
+        .unwrap();
+    assert_eq!(
+        (upload.sent_chunks, upload.sent_bytes),
+        (1, wasm.len() as u64),
+        "only the chunk the descriptor names is needed"
+    );
+    assert_eq!(client.blob(&module).unwrap(), wasm);
+    let echo = crate::server::action(&client, upload.worker, &["echo"], Some(b"large"));
+    let lsn = client.submit(&echo, None, None).unwrap();
+    let result = client.wait(lsn, crate::server::WAIT).unwrap();
+    assert_eq!(result.state.as_str(), "succeeded", "{result:?}");
+    assert_eq!(client.blob(&result.output).unwrap(), b"large");
+
+    let mut junk = b"\0asm\x01\0\0\0".to_vec();
+    junk.resize(2 << 20, 0xff);
+    let junk_hash = HashHex::of(&junk);
+    let err = client
+        .upload_worker(
+            &json!({"name": "junk", "module": junk_hash}),
+            &[(junk_hash, &junk)],
+        )
+        .unwrap_err();
+    assert_eq!(crate::server::api_code(err), (422, "invalid_module".into()));
+}
