@@ -28,15 +28,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts `wasmesh ARGS...` with its output in $DIR/NAME.log and prints the URL it
-# announces ("... listening on http://...").
+# Starts `wasmesh ARGS...` with its output in $DIR/NAME.log and sets URL to the URL it
+# announces ("... listening on http://..."). Not called in `$(...)`: a subshell's
+# PIDS would not reach `cleanup`, which then left the process running.
 start() {
   local name=$1; shift
   "$BIN" "$@" >"$DIR/$name.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 300); do
     if url=$(grep -o 'listening on http://[0-9.:]*' "$DIR/$name.log" | head -1); then
-      echo "${url#listening on }"
+      URL=${url#listening on }
       return
     fi
     kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$DIR/$name.log" >&2; exit 1; }
@@ -45,11 +46,12 @@ start() {
   echo "$name did not start" >&2; exit 1
 }
 
-COORD=$(start coordinator coordinator --listen 127.0.0.1:0 --data-dir "$DIR/coordinator" \
-  --heartbeat-interval 200ms)
+start coordinator coordinator --listen 127.0.0.1:0 --data-dir "$DIR/coordinator" \
+  --heartbeat-interval 200ms
+COORD=$URL
 for n in 1 2; do
   start "node-$n" node --listen 127.0.0.1:0 --node-id "node-$n" --slots 2 \
-    --data-dir "$DIR/node-$n" --coordinator "$COORD" >/dev/null
+    --data-dir "$DIR/node-$n" --coordinator "$COORD"
 done
 for _ in $(seq 300); do
   ready=$(curl -fsS "$COORD/api/v1/cluster/nodes" | "$VENV/bin/python" -c \

@@ -111,7 +111,13 @@ fn check(
     report: Report,
 ) -> Option<(JobRow, JobResult, bool)> {
     let token = report.lease;
-    let Some(lease) = fleet.finish(id, token, report.host_failure) else {
+    // How long it ran (whole milliseconds: a sub-millisecond run reads 0).
+    // A run cut short by a cancel says nothing of how long the job takes.
+    let run = (report.result.timing.is_some()
+        && !report.host_failure
+        && report.result.state != JobState::Cancelled)
+        .then(|| Duration::from_millis(report.result.usage.wall_ms));
+    let Some(lease) = fleet.finish(id, token, report.host_failure, run, Instant::now()) else {
         tracing::debug!(
             lsn = token.lsn,
             attempt = token.attempt,

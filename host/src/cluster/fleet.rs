@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use super::budget::InjectBudget;
 use super::placement::{Decision, Demand, NodeView, Placer, Strategy, Weights};
+use super::prefetch::Prefetch;
 use super::protocol::{Assignment, Heartbeat, HeartbeatAnswer, Registration, Token};
 use crate::engine::{Driver, Fence};
 use crate::store::JobRow;
@@ -30,7 +31,7 @@ pub struct CoordinatorConfig {
     pub weights: Weights,
     /// Leases a node may hold beyond its slots (queued on the node, hiding the round
     /// trip between one job's end and the next one's hand-out).
-    pub prefetch: u64,
+    pub prefetch: Prefetch,
     /// What one inject into a handler group may cost at most: handler runs, and bytes
     /// of events routed on (the hop limit bounds depth; this bounds breadth).
     pub inject_budget: InjectBudget,
@@ -45,7 +46,7 @@ impl Default for CoordinatorConfig {
             lease: Duration::from_secs(5),
             placement: Strategy::Score,
             weights: Weights::default(),
-            prefetch: 0,
+            prefetch: Prefetch::Auto,
             inject_budget: InjectBudget::default(),
         }
     }
@@ -169,7 +170,8 @@ impl Fleet {
             registration.slots,
             registration.labels,
         );
-        view.prefetch = self.config.prefetch;
+        view.policy = self.config.prefetch;
+        view.prefetch = self.config.prefetch.extra(registration.slots, None);
         view.last_heartbeat = now;
         view.limits = registration.limits;
         view.leased = leased;
@@ -191,6 +193,9 @@ impl Fleet {
                 view.draining = old.draining;
                 view.modules = old.modules.clone();
                 view.failure_rate = old.failure_rate;
+                view.run_time = old.run_time;
+                view.last_result = old.last_result;
+                view.prefetch = self.config.prefetch.extra(view.slots, view.run_time);
                 let old_link = std::mem::replace(&mut inner.links[i], link);
                 inner.links[i].mailbox = old_link.mailbox;
                 inner.links[i].cancels = old_link.cancels;
@@ -242,14 +247,14 @@ impl Fleet {
         }
         let view = &mut inner.views[i];
         view.last_heartbeat = now;
-        let old_free = view.free();
+        let old_free = view.free_at(now);
         if let Some(local) = beat.local {
             view.local = local;
         }
         if let Some(slots) = beat.slots {
             view.slots = slots;
         }
-        let freed = view.free() > old_free;
+        let freed = view.free_at(now) > old_free;
         let draining = view.draining;
         if let Some(running) = beat.running {
             inner.links[i].running = running;
@@ -273,7 +278,7 @@ impl Fleet {
         inner
             .views
             .iter()
-            .any(|v| !v.draining && v.free() > 0 && !v.unhealthy_at(lease, now))
+            .any(|v| !v.draining && v.free_at(now) > 0 && !v.unhealthy_at(lease, now))
     }
 
     /// Asks that the job of `action` run on `node` (when that node can take it; else
@@ -479,9 +484,16 @@ impl Fleet {
         })
     }
 
-    /// Ends the lease `token` of node `id` because its result came back. `None` when
-    /// that is not a current lease (fencing: the result must be refused).
-    pub fn finish(&self, id: &str, token: Token, failed: bool) -> Option<Lease> {
+    /// Ends the lease `token` of node `id` because its result came back at `now`, after
+    /// a `run` that long if it ran. `None` when that is not a current lease (fencing).
+    pub fn finish(
+        &self,
+        id: &str,
+        token: Token,
+        failed: bool,
+        run: Option<Duration>,
+        now: Instant,
+    ) -> Option<Lease> {
         let mut inner = self.inner();
         match inner.leases.get(&token.lsn) {
             Some(lease) if lease.token == token && lease.node == id => {}
@@ -492,6 +504,10 @@ impl Fleet {
             let view = &mut inner.views[i];
             view.leased = view.leased.saturating_sub(1);
             view.record(failed);
+            view.last_result = Some(now);
+            if let Some(run) = run {
+                view.observe_run(run);
+            }
         }
         drop(inner);
         self.capacity.notify_one();

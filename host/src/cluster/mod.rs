@@ -4,7 +4,8 @@
 //! - `fleet`: registered nodes (soft state: a restarted coordinator learns them again
 //!   from their next heartbeat) and leases with fencing tokens; the engine's
 //!   `Driver` on a coordinator.
-//! - `placement`: which node gets a job, and why (pure, unit-tested).
+//! - `placement`: which node gets a job, and why (pure, unit-tested); `prefetch`: how
+//!   many leases a node may hold beyond its slots.
 //! - `driver`: the placement and lease-expiry loops, and a report turned into a fenced
 //!   result.
 //! - `groups`: event-handler groups (routing and the hop engine), `budget` their
@@ -21,6 +22,7 @@ pub mod fleet;
 pub mod groups;
 pub mod member;
 pub mod placement;
+pub mod prefetch;
 pub mod protocol;
 
 use std::sync::Arc;

@@ -21,6 +21,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use wasmesh_runtime::{Limits, LimitsRequest};
 
+use super::prefetch::Prefetch;
 use crate::model::HashHex;
 
 /// Fleets larger than this are sampled instead of scanned.
@@ -136,8 +137,13 @@ pub struct NodeView {
     pub id: String,
     /// Slots it runs at once.
     pub slots: u64,
-    /// Leases it may hold beyond its slots (work queued on the node).
+    /// Leases it may hold beyond its slots (work queued on the node), as `policy`
+    /// sized it; see [`NodeView::queue_room`].
     pub prefetch: u64,
+    /// How `prefetch` is sized.
+    pub policy: Prefetch,
+    /// When it last reported a result.
+    pub last_result: Option<Instant>,
     /// Leases it holds.
     pub leased: u64,
     /// Its own API's jobs occupying slots.
@@ -157,6 +163,8 @@ pub struct NodeView {
     /// Recent failure rate in `0..=1` (exponentially weighted: lost leases and host
     /// failures count 1, clean results 0).
     pub failure_rate: f64,
+    /// Recent run time of its attempts (exponentially weighted), once it has run one.
+    pub run_time: Option<Duration>,
     /// Its `cost_per_hour` label, 0 when absent.
     pub cost: f64,
 }
@@ -173,6 +181,8 @@ impl NodeView {
             id,
             slots,
             prefetch: 0,
+            policy: Prefetch::Fixed(0),
+            last_result: None,
             leased: 0,
             local: 0,
             labels,
@@ -182,13 +192,34 @@ impl NodeView {
             modules: HashSet::new(),
             blobs: lru::LruCache::new(REMEMBERED_BLOBS.try_into().expect("nonzero")),
             failure_rate: 0.0,
+            run_time: None,
             cost,
         }
     }
 
-    /// Slots (plus prefetch) not taken.
-    pub fn free(&self) -> u64 {
-        (self.slots + self.prefetch).saturating_sub(self.leased + self.local)
+    /// Leases it may hold queued beyond its slots at `now`. Under `Prefetch::Auto`
+    /// only while it is turning jobs over (a result within `Prefetch::STALL`): a node
+    /// whose slots are all held by long runs queues nothing more behind them.
+    pub fn queue_room(&self, now: Instant) -> u64 {
+        match self.policy {
+            Prefetch::Fixed(_) => self.prefetch,
+            Prefetch::Auto => {
+                let turning = self
+                    .last_result
+                    .is_some_and(|at| now.saturating_duration_since(at) <= Prefetch::STALL);
+                if turning { self.prefetch } else { 0 }
+            }
+        }
+    }
+
+    /// Slots (plus queue room) not taken at `now`.
+    pub fn free_at(&self, now: Instant) -> u64 {
+        (self.slots + self.queue_room(now)).saturating_sub(self.leased + self.local)
+    }
+
+    /// Whether one of its slots is idle (a job placed there starts at once).
+    pub fn idle_slot(&self) -> bool {
+        self.leased + self.local < self.slots
     }
 
     /// Whether the node has missed its lease.
@@ -199,6 +230,17 @@ impl NodeView {
     /// Whether the node has missed its lease as of `now`.
     pub fn unhealthy_at(&self, lease: Duration, now: Instant) -> bool {
         now.saturating_duration_since(self.last_heartbeat) > lease
+    }
+
+    /// Folds one attempt's run time into the recent run time, and sizes the node's
+    /// prefetch by its policy from it.
+    pub fn observe_run(&mut self, run: Duration) {
+        const ALPHA: f64 = 0.2;
+        self.run_time = Some(match self.run_time {
+            None => run,
+            Some(recent) => recent.mul_f64(1.0 - ALPHA) + run.mul_f64(ALPHA),
+        });
+        self.prefetch = self.policy.extra(self.slots, self.run_time);
     }
 
     /// Folds one attempt's ending into the failure rate.
@@ -307,7 +349,7 @@ impl Placer {
 
     /// Whether `node` can take the job at all as of `now` (phase 1).
     pub fn eligible(&self, node: &NodeView, demand: &Demand, now: Instant) -> bool {
-        if node.draining || node.free() == 0 || node.unhealthy_at(self.lease, now) {
+        if node.draining || node.free_at(now) == 0 || node.unhealthy_at(self.lease, now) {
             return false;
         }
         if !demand
@@ -331,9 +373,10 @@ impl Placer {
         true
     }
 
-    /// The factors of `node` for `demand` (phase 2); `max_cost` is the fleet's highest.
-    pub fn factors(node: &NodeView, demand: &Demand, max_cost: f64) -> Factors {
-        let capacity = node.slots + node.prefetch;
+    /// The factors of `node` for `demand` (phase 2) at `now`; `max_cost` is the
+    /// fleet's highest.
+    pub fn factors(node: &NodeView, demand: &Demand, max_cost: f64, now: Instant) -> Factors {
+        let capacity = node.slots + node.queue_room(now);
         let held = demand
             .inputs
             .iter()
@@ -343,7 +386,7 @@ impl Placer {
             capacity: if capacity == 0 {
                 0.0
             } else {
-                node.free() as f64 / capacity as f64
+                node.free_at(now) as f64 / capacity as f64
             },
             locality: if node.modules.contains(&demand.module) {
                 1.0
@@ -376,7 +419,7 @@ impl Placer {
             .iter()
             .position(|n| n.id == pin && self.eligible(n, demand, now))?;
         let max_cost = self.max_cost(nodes);
-        let factors = Self::factors(&nodes[index], demand, max_cost);
+        let factors = Self::factors(&nodes[index], demand, max_cost, now);
         Some(Decision {
             index,
             score: self.score(&factors),
@@ -455,11 +498,13 @@ impl Placer {
         candidates
             .into_iter()
             .map(|i| {
-                let factors = Self::factors(&nodes[i], demand, max_cost);
+                let factors = Self::factors(&nodes[i], demand, max_cost, now);
                 (i, self.score(&factors), factors)
             })
+            // A node with an idle slot before any that would queue the job.
             .max_by(|(a, sa, _), (b, sb, _)| {
-                sa.total_cmp(sb)
+                (nodes[*a].idle_slot().cmp(&nodes[*b].idle_slot()))
+                    .then(sa.total_cmp(sb))
                     .then(nodes[*b].cost.total_cmp(&nodes[*a].cost))
                     .then(nodes[*b].id.cmp(&nodes[*a].id))
             })
@@ -486,7 +531,7 @@ impl Placer {
                 return Some(Decision {
                     index: i,
                     score: 1.0,
-                    factors: Self::factors(&nodes[i], demand, 0.0),
+                    factors: Self::factors(&nodes[i], demand, 0.0, now),
                     considered: step + 1,
                     strategy: Strategy::RoundRobin,
                 });
@@ -501,8 +546,9 @@ impl Placer {
         demand: &Demand,
         now: Instant,
     ) -> Option<Decision> {
-        let load =
-            |n: &NodeView| (n.leased + n.local) as f64 / (n.slots + n.prefetch).max(1) as f64;
+        let load = |n: &NodeView| {
+            (n.leased + n.local) as f64 / (n.slots + n.queue_room(now)).max(1) as f64
+        };
         let mut best: Option<(usize, f64)> = None;
         let mut considered = 0;
         for (i, node) in nodes.iter().enumerate() {
@@ -521,7 +567,7 @@ impl Placer {
         best.map(|(index, l)| Decision {
             index,
             score: 1.0 - l,
-            factors: Self::factors(&nodes[index], demand, 0.0),
+            factors: Self::factors(&nodes[index], demand, 0.0, now),
             considered,
             strategy: Strategy::LeastLoaded,
         })

@@ -59,9 +59,11 @@ pub struct Args {
     /// Weights of the score's factors, e.g. `capacity=1,locality=0.3,reliability=1,cost=0.2,affinity=0.2`.
     #[arg(long, default_value = "")]
     pub placement_weights: wasmesh_host::cluster::placement::Weights,
-    /// Leases a node may hold beyond its slots (queued on the node).
-    #[arg(long, default_value_t = 0)]
-    pub prefetch: u64,
+    /// Leases a node may hold beyond its slots (queued on the node): a number, or
+    /// `auto` (enough to cover ~20 ms of the node's recent run times, at most 8 a slot;
+    /// none for jobs longer than that).
+    #[arg(long, default_value = "auto")]
+    pub prefetch: wasmesh_host::cluster::prefetch::Prefetch,
     /// Handler runs one inject into a group may cause at most (a fan-out past it is
     /// dropped and logged as `"dropped": "budget"`).
     #[arg(long, default_value_t = 1000)]

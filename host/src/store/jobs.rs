@@ -217,12 +217,13 @@ impl Store {
     /// One job of `tenant` (None when it does not exist or is another tenant's).
     pub(super) fn job(&self, tenant: &str, lsn: u64) -> StoreResult<Option<JobRow>> {
         let conn = self.conn();
+        // Cached: parsing this statement on every call was a tenth of a coordinator's
+        // time under load.
         let job = conn
-            .query_row(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1 AND tenant = ?2"),
-                params![lsn as i64, tenant],
-                job_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1 AND tenant = ?2"
+            ))?
+            .query_row(params![lsn as i64, tenant], job_row)
             .optional()?;
         let Some(mut job) = job else { return Ok(None) };
         job.after = deps(&conn, lsn)?;
@@ -234,11 +235,8 @@ impl Store {
     pub(super) fn job_by_lsn(&self, lsn: u64) -> StoreResult<Option<JobRow>> {
         let conn = self.conn();
         let job = conn
-            .query_row(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1"),
-                params![lsn as i64],
-                job_row,
-            )
+            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1"))?
+            .query_row(params![lsn as i64], job_row)
             .optional()?;
         let Some(mut job) = job else { return Ok(None) };
         job.after = deps(&conn, lsn)?;

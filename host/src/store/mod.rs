@@ -29,7 +29,7 @@ mod webhooks;
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
@@ -60,7 +60,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// The journal.
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
     /// Checkpoints no job refers to any more (replaced by a newer save, or their job
     /// finished): the engine deletes their blobs unless something else holds them.
     garbage: Mutex<Vec<HashHex>>,
@@ -145,10 +145,12 @@ impl Store {
         // profiles); there are a few dozen distinct ones.
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&conn)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let wal = wal::Checkpointer::start(path, Arc::downgrade(&conn), wal::RESTART_FRAMES)?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn,
             garbage: Mutex::new(Vec::new()),
-            _wal: wal::Checkpointer::start(path)?,
+            _wal: wal,
             _owner: owner,
         })
     }

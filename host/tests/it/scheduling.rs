@@ -282,7 +282,9 @@ fn a_coordinator_killed_and_restarted_loses_no_job() {
 
 #[test]
 fn placement_honours_labels_capacity_drain_and_locality() {
-    let coordinator = Server::coordinator(CLUSTER);
+    // Capacity is the slots alone here: `--prefetch auto` would let the busy gpu node
+    // queue the waiting gpu job (reading `running`) if it had just reported a result.
+    let coordinator = Server::coordinator(&[CLUSTER, &["--prefetch", "0"]].concat());
     let _gpu = node(&coordinator, "gpu", &["--slots", "1", "--label", "gpu=yes"]);
     let _plain = node(&coordinator, "plain", &["--slots", "1"]);
     let client = coordinator.client();

@@ -105,7 +105,7 @@ pub fn cluster(
     module: &std::path::Path,
     size: u32,
     max_iter: u32,
-    prefetch: u64,
+    prefetch: wasmesh_host::cluster::prefetch::Prefetch,
 ) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("wasmesh bench cluster: real processes on loopback, {cores} cores");

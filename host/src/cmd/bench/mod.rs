@@ -76,8 +76,8 @@ pub enum Args {
         #[arg(long, default_value_t = 1000)]
         max_iter: u32,
         /// The coordinator's `--prefetch` for the trivial-jobs scenario.
-        #[arg(long, default_value_t = 0)]
-        prefetch: u64,
+        #[arg(long, default_value = "auto")]
+        prefetch: wasmesh_host::cluster::prefetch::Prefetch,
     },
     /// Events through an event-handler group on a coordinator and 2 nodes: inject one
     /// at a time and in batches, against plain job submissions of the same handler.
