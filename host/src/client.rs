@@ -384,7 +384,7 @@ impl Client {
 /// Not reqwest's blocking `Form`: that streams a body through a reader in 8 KiB
 /// pieces, each a hand-off to the client's I/O thread, which made a 256 MiB package
 /// take twice as long as a raw `PUT /cas` of the same bytes.
-pub fn package(descriptor: &str, chunks: &[(HashHex, &[u8])]) -> (String, Vec<u8>) {
+fn package(descriptor: &str, chunks: &[(HashHex, &[u8])]) -> (String, Vec<u8>) {
     let boundary = format!("wasmesh-{}", uuid::Uuid::new_v4().simple());
     let size = descriptor.len() + chunks.iter().map(|(_, b)| b.len() + 256).sum::<usize>();
     let mut body = Vec::with_capacity(size + 512);

@@ -76,7 +76,7 @@ pub struct Lease {
 pub const MAX_UPLOADS_PER_LEASE: usize = 64;
 
 /// The I/O side of a member: where it is, what waits for it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Link {
     address: String,
     running: u64,
@@ -171,18 +171,12 @@ impl Fleet {
             registration.labels,
         );
         view.policy = self.config.prefetch;
-        view.prefetch = self.config.prefetch.extra(registration.slots, None);
         view.last_heartbeat = now;
         view.limits = registration.limits;
         view.leased = leased;
         let link = Link {
             address: registration.address,
-            running: 0,
-            mailbox: Vec::new(),
-            cancels: Vec::new(),
-            wake: Arc::new(Notify::new()),
-            leaving: false,
-            announced: None,
+            ..Link::default()
         };
         inner.placer.nodes_changed();
         match inner.index.get(&registration.id).copied() {
@@ -195,7 +189,6 @@ impl Fleet {
                 view.failure_rate = old.failure_rate;
                 view.run_time = old.run_time;
                 view.last_result = old.last_result;
-                view.prefetch = self.config.prefetch.extra(view.slots, view.run_time);
                 let old_link = std::mem::replace(&mut inner.links[i], link);
                 inner.links[i].mailbox = old_link.mailbox;
                 inner.links[i].cancels = old_link.cancels;

@@ -137,10 +137,8 @@ pub struct NodeView {
     pub id: String,
     /// Slots it runs at once.
     pub slots: u64,
-    /// Leases it may hold beyond its slots (work queued on the node), as `policy`
-    /// sized it; see [`NodeView::queue_room`].
-    pub prefetch: u64,
-    /// How `prefetch` is sized.
+    /// How many leases it may hold queued beyond its slots; see
+    /// [`NodeView::queue_room`].
     pub policy: Prefetch,
     /// When it last reported a result.
     pub last_result: Option<Instant>,
@@ -180,7 +178,6 @@ impl NodeView {
         Self {
             id,
             slots,
-            prefetch: 0,
             policy: Prefetch::Fixed(0),
             last_result: None,
             leased: 0,
@@ -197,31 +194,6 @@ impl NodeView {
         }
     }
 
-    /// Leases it may hold queued beyond its slots at `now`. Under `Prefetch::Auto`
-    /// only while it is turning jobs over (a result within `Prefetch::STALL`): a node
-    /// whose slots are all held by long runs queues nothing more behind them.
-    pub fn queue_room(&self, now: Instant) -> u64 {
-        match self.policy {
-            Prefetch::Fixed(_) => self.prefetch,
-            Prefetch::Auto => {
-                let turning = self
-                    .last_result
-                    .is_some_and(|at| now.saturating_duration_since(at) <= Prefetch::STALL);
-                if turning { self.prefetch } else { 0 }
-            }
-        }
-    }
-
-    /// Slots (plus queue room) not taken at `now`.
-    pub fn free_at(&self, now: Instant) -> u64 {
-        (self.slots + self.queue_room(now)).saturating_sub(self.leased + self.local)
-    }
-
-    /// Whether one of its slots is idle (a job placed there starts at once).
-    pub fn idle_slot(&self) -> bool {
-        self.leased + self.local < self.slots
-    }
-
     /// Whether the node has missed its lease.
     pub fn unhealthy(&self, lease: Duration) -> bool {
         self.unhealthy_at(lease, Instant::now())
@@ -230,17 +202,6 @@ impl NodeView {
     /// Whether the node has missed its lease as of `now`.
     pub fn unhealthy_at(&self, lease: Duration, now: Instant) -> bool {
         now.saturating_duration_since(self.last_heartbeat) > lease
-    }
-
-    /// Folds one attempt's run time into the recent run time, and sizes the node's
-    /// prefetch by its policy from it.
-    pub fn observe_run(&mut self, run: Duration) {
-        const ALPHA: f64 = 0.2;
-        self.run_time = Some(match self.run_time {
-            None => run,
-            Some(recent) => recent.mul_f64(1.0 - ALPHA) + run.mul_f64(ALPHA),
-        });
-        self.prefetch = self.policy.extra(self.slots, self.run_time);
     }
 
     /// Folds one attempt's ending into the failure rate.

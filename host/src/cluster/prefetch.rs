@@ -3,7 +3,9 @@
 //! report, a placement and a work answer. Measured: 1,200 -> 2,600 trivial jobs/s on a
 //! coordinator + 2 nodes (BENCHMARKS.md).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use super::placement::NodeView;
 
 /// How many leases a node may hold beyond its slots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,5 +62,46 @@ impl std::fmt::Display for Prefetch {
             Self::Auto => f.write_str("auto"),
             Self::Fixed(n) => write!(f, "{n}"),
         }
+    }
+}
+
+/// A node's room for queued leases, from its policy, slots and recent runs.
+impl NodeView {
+    /// Leases it may hold queued beyond its slots at `now`. Under `Prefetch::Auto`
+    /// only while it is turning jobs over (a result within `Prefetch::STALL`): a node
+    /// whose slots are all held by long runs queues nothing more behind them.
+    pub fn queue_room(&self, now: Instant) -> u64 {
+        match self.policy {
+            Prefetch::Fixed(n) => n,
+            Prefetch::Auto => {
+                let turning = self
+                    .last_result
+                    .is_some_and(|at| now.saturating_duration_since(at) <= Prefetch::STALL);
+                if turning {
+                    self.policy.extra(self.slots, self.run_time)
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
+    /// Slots (plus queue room) not taken at `now`.
+    pub fn free_at(&self, now: Instant) -> u64 {
+        (self.slots + self.queue_room(now)).saturating_sub(self.leased + self.local)
+    }
+
+    /// Whether one of its slots is idle (a job placed there starts at once).
+    pub fn idle_slot(&self) -> bool {
+        self.leased + self.local < self.slots
+    }
+
+    /// Folds one attempt's run time into the recent run time.
+    pub fn observe_run(&mut self, run: Duration) {
+        const ALPHA: f64 = 0.2;
+        self.run_time = Some(match self.run_time {
+            None => run,
+            Some(recent) => recent.mul_f64(1.0 - ALPHA) + run.mul_f64(ALPHA),
+        });
     }
 }

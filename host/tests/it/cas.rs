@@ -234,22 +234,12 @@ fn bad_hashes_and_malformed_bodies_are_4xx_and_the_server_keeps_serving() {
 
 /// `module` with a custom section of `extra` bytes appended (a valid module still).
 fn with_custom_section(module: &[u8], extra: usize) -> Vec<u8> {
-    let name = b"padding";
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.resize(section.len() + extra, 0x5a);
     let mut out = module.to_vec();
-    out.push(0);
-    let mut size = section.len();
-    loop {
-        let byte = (size & 0x7f) as u8;
-        size >>= 7;
-        out.push(if size == 0 { byte } else { byte | 0x80 });
-        if size == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&section);
+    let padding = wasm_encoder::CustomSection {
+        name: "padding".into(),
+        data: vec![0x5au8; extra].into(),
+    };
+    wasm_encoder::Section::append_to(&padding, &mut out);
     out
 }
 

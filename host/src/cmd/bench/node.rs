@@ -91,23 +91,12 @@ pub fn run(jobs: usize, upload_mib: usize) -> anyhow::Result<()> {
 /// A valid module of about `mib` MiB: the trivial module plus one custom section, so
 /// validating it costs little beyond reading it.
 fn big_module(mib: usize) -> Vec<u8> {
-    let payload = vec![0x5au8; mib << 20];
-    let name = b"bench-payload";
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.extend_from_slice(&payload);
     let mut out = TRIVIAL_WASM.to_vec();
-    out.push(0);
-    let mut size = section.len();
-    loop {
-        let byte = (size & 0x7f) as u8;
-        size >>= 7;
-        out.push(if size == 0 { byte } else { byte | 0x80 });
-        if size == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&section);
+    let payload = wasm_encoder::CustomSection {
+        name: "bench-payload".into(),
+        data: vec![0x5au8; mib << 20].into(),
+    };
+    wasm_encoder::Section::append_to(&payload, &mut out);
     out
 }
 
