@@ -4,7 +4,8 @@
 # wasmesh (release), starts a coordinator and 2 nodes (2 slots each) on 127.0.0.1 with
 # data in a temporary directory, installs Ray into a virtual environment when missing
 # (target/bench-venv, or $WASMESH_BENCH_VENV), and runs scripts/bench_vs_ray.py.
-# Arguments are passed to it (--tasks, --latency-tasks, --batch, --rounds, --cpus).
+# Arguments are passed to it (--tasks, --latency-tasks, --batch, --rounds, --cpus);
+# WASMESH_BIN=PATH uses that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,9 +16,14 @@ if ! "$VENV/bin/python" -c 'import ray' 2>/dev/null; then
   "$VENV/bin/pip" install --quiet 'ray>=2,<3'
 fi
 
-echo "==> building wasmesh"
-cargo build --release -p wasmesh-host
-BIN=$PWD/target/release/wasmesh
+# WASMESH_BIN runs another build (an older commit's, for a before/after).
+if [ -n "${WASMESH_BIN:-}" ]; then
+  BIN=$(realpath "$WASMESH_BIN")
+else
+  echo "==> building wasmesh"
+  cargo build --release -p wasmesh-host
+  BIN=$PWD/target/release/wasmesh
+fi
 
 DIR=$(mktemp -d -t wasmesh-vs-ray-XXXXXX)
 PIDS=()
