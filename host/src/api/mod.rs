@@ -8,6 +8,7 @@ pub mod body;
 mod cas;
 pub mod cluster;
 pub mod error;
+mod events;
 mod gc;
 pub mod idempotency;
 mod info;
@@ -86,6 +87,7 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
         .route("/compute/ready", get(info::ready))
         .route("/compute/sysinfo", get(info::sysinfo))
         .route("/metrics", get(info::metrics))
+        .route("/compute/events", get(events::feed))
         .route("/cas/needs", post(cas::needs))
         .route(
             "/cas/{hash}",

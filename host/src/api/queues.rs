@@ -47,13 +47,16 @@ fn create(
     body: &QueueBody,
     token_digest: Option<&str>,
 ) -> ApiResult<u64> {
-    Ok(state.engine.store().tenant(tenant).create_queue(
+    let queue = state.engine.store().tenant(tenant).create_queue(
         token_digest,
         body.name.as_deref(),
         body.max_retries.unwrap_or(3),
         body.retry_guest_failures.unwrap_or(false),
         crate::engine::scheduler::clamp_priority(body.priority.unwrap_or(0)),
-    )?)
+    )?;
+    let active = QueueState::Active.as_str();
+    state.engine.queue_changed(tenant, queue, active);
+    Ok(queue)
 }
 
 fn remote_forbidden() -> ApiError {
@@ -257,6 +260,8 @@ pub async fn drain(
             .store()
             .tenant(&tenant)
             .set_queue_state(queue.id, QueueState::Draining)?;
+        let draining = QueueState::Draining.as_str();
+        state.engine.queue_changed(&tenant, queue.id, draining);
     }
     let now = if queue.state == QueueState::Active {
         QueueState::Draining

@@ -291,6 +291,7 @@ fn lease(engine: &Engine, fleet: &Fleet, batch: Vec<Placed>) {
             runnable,
             reservation,
         } = placed;
+        engine.job_started(&runnable.job, &reservation.node, attempt);
         let token = Token {
             lsn: runnable.job.lsn,
             attempt,
@@ -356,6 +357,7 @@ pub async fn expiry_loop(engine: Arc<Engine>, fleet: Arc<Fleet>) {
                 "node.unhealthy"
             };
             tracing::info!(node = %id, event, "node health changed");
+            engine.node_changed(&id, if healthy { "ready" } else { "unhealthy" });
             if engine.webhooks().wants(None, event) {
                 let data =
                     json!({"node": id, "state": if healthy { "ready" } else { "unhealthy" }});

@@ -12,7 +12,7 @@ use wasmesh_host::api::AppState;
 use wasmesh_host::engine::{Engine, NodeConfig};
 
 use super::parse_bytes;
-use super::serve::{UpkeepArgs, WebhookArgs, shutdown_signal, tenant_auth};
+use super::serve::{UpkeepArgs, WebhookArgs, closing, tenant_auth};
 
 /// Arguments of `wasmesh coordinator`.
 #[derive(Debug, clap::Args)]
@@ -150,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("wasmesh coordinator listening on http://{address}");
         use std::io::Write;
         std::io::stdout().flush()?;
-        wasmesh_host::api::serve(listener, router, shutdown_signal()).await?;
+        wasmesh_host::api::serve(listener, router, closing(engine.clone())).await?;
         engine.stop();
         println!("wasmesh coordinator stopped");
         anyhow::Ok(())

@@ -18,7 +18,7 @@ use wasmesh_host::run::Runner;
 use wasmesh_runtime::Limits;
 
 use super::parse_bytes;
-use super::serve::{UpkeepArgs, WebhookArgs, read_toml, shutdown_signal, tenant_auth};
+use super::serve::{UpkeepArgs, WebhookArgs, closing, read_toml, tenant_auth};
 
 /// Arguments of `wasmesh node`.
 #[derive(Debug, clap::Args)]
@@ -210,7 +210,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("wasmesh node {} listening on http://{address}", engine.config().id);
         use std::io::Write;
         std::io::stdout().flush()?;
-        wasmesh_host::api::serve(listener, wasmesh_host::api::app(state), shutdown_signal()).await?;
+        let app = wasmesh_host::api::app(state);
+        wasmesh_host::api::serve(listener, app, closing(engine.clone())).await?;
         tracing::info!("shutting down: waiting for running jobs");
         // No new leases (those not yet received go back to the coordinator's queue);
         // running ones finish (heartbeats keep renewing them), their results are

@@ -198,6 +198,13 @@ pub fn tenant_auth(
     Ok((auth, Quotas::new(defaults, quotas)))
 }
 
+/// The shutdown signal, after which the change feed's subscriptions end (they would
+/// hold the graceful shutdown open forever).
+pub async fn closing(engine: std::sync::Arc<wasmesh_host::engine::Engine>) {
+    shutdown_signal().await;
+    engine.feed().close();
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

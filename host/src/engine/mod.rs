@@ -13,6 +13,7 @@
 mod checkpoints;
 mod config;
 mod error;
+pub mod feed;
 pub mod gc;
 pub mod metrics;
 pub mod quota;
@@ -80,6 +81,8 @@ pub struct Engine {
     metrics: Metrics,
     recorder: record::Recorder,
     webhooks: Arc<Webhooks>,
+    /// Every change, for `GET /compute/events`.
+    feed: feed::Feed,
     scheduler: Mutex<Scheduler>,
     /// Notified when a job becomes runnable.
     wake: Notify,
@@ -134,6 +137,7 @@ impl Engine {
             metrics: Metrics::default(),
             recorder: record::Recorder::default(),
             webhooks,
+            feed: feed::Feed::starting_now(),
             scheduler: Mutex::new(scheduler),
             wake: Notify::new(),
             finished: Notify::new(),
@@ -271,6 +275,11 @@ impl Engine {
     /// Webhook subscriptions and deliveries.
     pub fn webhooks(&self) -> &Webhooks {
         &self.webhooks
+    }
+
+    /// The change feed.
+    pub fn feed(&self) -> &feed::Feed {
+        &self.feed
     }
 
     /// How long since the engine started.

@@ -85,8 +85,10 @@ impl Engine {
 
     /// Counts the attempt of a job a local runner is about to run (marked running in
     /// the journal); returns the attempt number.
-    pub fn start_attempt(&self, lsn: u64) -> Result<u32, EngineError> {
-        Ok(self.store.start_job(lsn)?)
+    pub fn start_attempt(&self, job: &JobRow) -> Result<u32, EngineError> {
+        let attempt = self.store.start_job(job.lsn)?;
+        self.job_started(job, &self.config.id, attempt);
+        Ok(attempt)
     }
 
     /// Writes the leases of a batch of runnable jobs in one transaction: each is
@@ -169,6 +171,7 @@ impl Engine {
         cached.placement = None;
         cached.timing = None;
         self.store.finish_job(&cached, Fence::Local)?;
+        self.job_ended(job, &cached, false);
         self.metrics.cache_answers.add(1);
         self.metrics.finished(cached.state);
         self.settle(job.lsn, true);

@@ -85,13 +85,13 @@ impl Engine {
             if retry {
                 tracing::info!(lsn, attempts, outcome = %result.outcome, "retrying a failed job");
             }
-            decided.push((lsn, retry, result, fence, job.tenant.as_str()));
+            decided.push((job, retry, result, fence));
         }
         let writes: Vec<(Settle<'_>, Fence)> = decided
             .iter()
-            .map(|(lsn, retry, result, fence, _)| {
+            .map(|(job, retry, result, fence)| {
                 let settle = if *retry {
-                    Settle::Requeue(*lsn)
+                    Settle::Requeue(job.lsn)
                 } else {
                     Settle::Finish(result)
                 };
@@ -101,10 +101,12 @@ impl Engine {
         let written = self.store.settle_jobs(&writes)?;
         drop(writes);
         // Then the scheduler, the metrics and the dependents.
-        for ((lsn, retry, result, _, tenant), written) in decided.iter().zip(&written) {
+        for ((job, retry, result, _), written) in decided.iter().zip(&written) {
             if !written {
                 continue;
             }
+            let (lsn, tenant) = (&job.lsn, job.tenant.as_str());
+            self.job_ended(job, result, *retry);
             if *retry {
                 if !self.scheduler().requeue(*lsn, Instant::now()) {
                     // Cancelled in the instant between the check above and now.
@@ -149,6 +151,7 @@ impl Engine {
             "cancelled before it ran",
         );
         self.store.finish_job(&result, Fence::Local)?;
+        self.job_ended(&job, &result, false);
         self.metrics.finished(JobState::Cancelled);
         self.settle(lsn, false);
         Ok(())
@@ -277,7 +280,8 @@ impl Engine {
     /// Changes the priority of a queued job.
     /// The priority is clamped to `PRIORITY_MIN..=PRIORITY_MAX`; returns the one set.
     pub fn set_priority(&self, tenant: &str, lsn: u64, priority: i64) -> Result<i64, EngineError> {
-        self.store
+        let job = self
+            .store
             .tenant(tenant)
             .job(lsn)?
             .ok_or_else(|| EngineError::NotFound(format!("job {lsn} not found")))?;
@@ -291,6 +295,7 @@ impl Engine {
         }
         self.store.set_priority(lsn, priority)?;
         drop(scheduler);
+        self.job_queued(&job, Some(priority));
         self.wake.notify_one();
         Ok(priority)
     }
@@ -328,6 +333,7 @@ impl Engine {
             .job(lsn)?
             .ok_or_else(|| EngineError::Internal("job vanished".into()))?;
         self.schedule(&job)?;
+        self.job_queued(&job, None);
         Ok(job.attempts)
     }
 
@@ -340,6 +346,7 @@ impl Engine {
         {
             return Err(EngineError::NotFound(format!("queue {queue} not found")));
         }
+        self.queue_changed(tenant, queue, QueueState::Cancelled.as_str());
         for lsn in self.store.tenant(tenant).queue_pending(queue)? {
             self.cancel(tenant, lsn)?;
         }
@@ -391,7 +398,7 @@ mod tests {
         let lsn = submit(&engine, worker, &["noop"], Some(policy));
         for attempt in 1..=2 {
             let mut taken = engine.next_runnable().expect("runnable again");
-            taken.job.attempts = engine.start_attempt(lsn).unwrap();
+            taken.job.attempts = engine.start_attempt(&taken.job).unwrap();
             assert_eq!(taken.job.attempts, attempt);
             let failed = engine.failure(&taken.job, JobState::Failed, outcome::TRAPPED, "host");
             assert!(
@@ -409,10 +416,28 @@ mod tests {
         let job = engine.job_any(lsn).unwrap().unwrap();
         assert_eq!(job.attempts, 2, "one first attempt and one retry");
         assert!(engine.next_runnable().is_none());
+        // Every change of the job reached the feed, in order, for its tenant only.
+        let mine = |c: &crate::engine::feed::Change| c.tenant.as_deref() == Some(TENANT);
+        let changes = engine.feed().after(0, mine).changes;
+        let states: Vec<serde_json::Value> = changes
+            .iter()
+            .map(|c| serde_json::from_str::<serde_json::Value>(&c.data).unwrap())
+            .filter(|c| c["kind"] == "job" && c["lsn"] == lsn)
+            .map(|c| c["state"].clone())
+            .collect();
+        assert_eq!(
+            states,
+            ["queued", "running", "queued", "running", "failed"],
+            "{changes:?}"
+        );
+        let others = engine
+            .feed()
+            .after(0, |c| c.tenant.as_deref() == Some("someone-else"));
+        assert!(others.changes.is_empty());
         // A guest failure is final (the queue does not retry them).
         let guest = submit(&engine, worker, &["exit", "3"], Some(policy));
         let mut taken = engine.next_runnable().unwrap();
-        taken.job.attempts = engine.start_attempt(guest).unwrap();
+        taken.job.attempts = engine.start_attempt(&taken.job).unwrap();
         let failed = engine.failure(&taken.job, JobState::Failed, "exited", "exit 3");
         assert!(
             engine

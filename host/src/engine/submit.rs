@@ -314,16 +314,18 @@ impl Engine {
         }
         self.metrics.jobs_submitted.add(lsns.len() as u64);
         for (lsn, (_, cached)) in lsns.iter().zip(&rows) {
-            if cached.is_some() {
-                self.metrics.cache_answers.add(1);
-                self.announce(*lsn);
-                continue;
-            }
             let job = self
                 .store
                 .tenant(tenant)
                 .job(*lsn)?
                 .ok_or_else(|| EngineError::Internal("job vanished".into()))?;
+            if let Some(result) = cached {
+                self.metrics.cache_answers.add(1);
+                self.job_ended(&job, result, false);
+                self.announce(*lsn);
+                continue;
+            }
+            self.job_queued(&job, None);
             self.schedule(&job)?;
         }
         Ok(Submitted::Jobs(
@@ -369,6 +371,7 @@ impl Engine {
         };
         let result = self.failure(&job, JobState::Failed, outcome::CANCELLED, message);
         self.store.finish_job(&result, Fence::Local)?;
+        self.job_ended(&job, &result, false);
         self.metrics.finished(result.state);
         self.settle(lsn, false);
         Ok(())

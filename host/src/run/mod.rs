@@ -107,7 +107,7 @@ impl Runner {
             action,
             cancel,
         } = runnable;
-        job.attempts = self.engine.start_attempt(job.lsn)?;
+        job.attempts = self.engine.start_attempt(&job)?;
         let started = Instant::now();
         let run = self.run_job(&job, &worker, &action, cancel);
         self.engine.metrics().observe_run(started.elapsed());

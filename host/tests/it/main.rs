@@ -5,6 +5,7 @@ mod checkpoints;
 mod cli;
 mod cluster;
 mod demo;
+mod events;
 mod exec;
 mod fairness;
 mod gc;

@@ -41,6 +41,7 @@ pub(super) async fn deregister(
     if !state.fleet.deregister(&id) {
         return Err(ApiError::NotFound(format!("node {id} not found")));
     }
+    state.engine.node_changed(&id, "gone");
     tracing::info!(node = %id, "node deregistered");
     Ok(Json(json!({"id": id, "deregistered": true})))
 }
@@ -55,6 +56,7 @@ pub(super) async fn drain(
         .fleet
         .drain(&id)
         .ok_or_else(|| ApiError::NotFound(format!("node {id} not found")))?;
+    state.engine.node_changed(&id, "draining");
     tracing::info!(node = %id, "node draining");
     Ok(Json(described))
 }

@@ -72,7 +72,9 @@ pub(super) async fn register(
         ));
     }
     tracing::info!(node = %registration.id, address = %registration.address, slots = registration.slots, "node registered");
+    let id = registration.id.clone();
     state.fleet.register(registration, Instant::now());
+    state.engine.node_changed(&id, "ready");
     let config = &state.fleet.config;
     Ok(axum::Json(json!({
         "heartbeat_interval_ms": config.heartbeat_interval.as_millis() as u64,
@@ -151,7 +153,9 @@ pub(super) async fn leave(
     Json(leaving): Json<Leave>,
 ) -> ApiResult<Response> {
     if leaving.r#final {
-        state.fleet.deregister(&id);
+        if state.fleet.deregister(&id) {
+            state.engine.node_changed(&id, "gone");
+        }
         tracing::info!(node = %id, "node left");
         return Ok(axum::Json(json!({"id": id, "left": true})).into_response());
     }
