@@ -14,6 +14,7 @@ pub mod idempotency;
 mod info;
 mod jobs;
 pub mod json;
+mod listing;
 mod queues;
 mod record;
 mod usage;
@@ -101,7 +102,7 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
             "/compute/workers/{id}",
             post(workers::register_id).get(workers::get),
         )
-        .route("/compute/jobs", post(jobs::submit))
+        .route("/compute/jobs", post(jobs::submit).get(listing::jobs))
         .route("/compute/jobs/completed", get(jobs::completed))
         .route(
             "/compute/jobs/{id}",

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state) WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_by_action ON jobs (tenant, action, state);
 CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue_id, state);
+CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant);
 CREATE TABLE IF NOT EXISTS job_deps (
     lsn INTEGER NOT NULL,
     after INTEGER NOT NULL,

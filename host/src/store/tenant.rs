@@ -4,7 +4,10 @@
 
 use serde_json::Value;
 
-use super::{IdempotencyBegin, JobRow, QueueRow, ReferencePage, Store, StoreResult, Webhook};
+use super::{
+    IdempotencyBegin, JobFilter, JobPage, JobRow, QueueRow, ReferencePage, Store, StoreResult,
+    Webhook,
+};
 use crate::model::{HashHex, JobResult, JobState, QueueState, UsageBy, UsageRow};
 
 /// The journal as one tenant sees it. It has no unscoped lookup: the tenancy
@@ -75,6 +78,17 @@ impl<'a> TenantStore<'a> {
     /// One of the tenant's jobs.
     pub fn job(&self, lsn: u64) -> StoreResult<Option<JobRow>> {
         self.store.job(self.tenant, lsn)
+    }
+
+    /// A page of the tenant's jobs below LSN `before`, newest first.
+    pub fn jobs(
+        &self,
+        filter: &JobFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<JobPage> {
+        self.store
+            .list_jobs(Some(self.tenant), filter, before, limit)
     }
 
     /// The result of one of the tenant's jobs, once it has one.
@@ -239,6 +253,17 @@ impl<'a> Unscoped<'a> {
     /// A job by LSN.
     pub fn job(&self, lsn: u64) -> StoreResult<Option<JobRow>> {
         self.store.job_by_lsn(lsn)
+    }
+
+    /// A page of every tenant's jobs below LSN `before`, newest first (the operator's
+    /// view).
+    pub fn jobs(
+        &self,
+        filter: &JobFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<JobPage> {
+        self.store.list_jobs(None, filter, before, limit)
     }
 
     /// Every job still queued or running, oldest first (to rebuild the scheduler).

@@ -13,6 +13,7 @@ mod groups;
 mod idempotency;
 mod jobs;
 mod layers;
+mod listing;
 mod queues;
 mod quotas;
 mod retention;

@@ -82,8 +82,63 @@ pub fn run(jobs: usize, upload_mib: usize) -> anyhow::Result<()> {
         batched / single
     );
 
+    list(
+        &http,
+        &running.url,
+        lsns[lsns.len() / 2],
+        percentile(&health, 0.5),
+    )?;
     if upload_mib > 0 {
         upload(upload_mib)?;
+    }
+    Ok(())
+}
+
+/// `GET /compute/jobs` with every job of the scenarios above in the journal: the
+/// first page, a page from the middle, and a filter nothing matches (the longest
+/// page: a whole window looked at).
+fn list(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    middle: u64,
+    health: Duration,
+) -> anyhow::Result<()> {
+    let total = http
+        .get(format!("{url}/compute/jobs?limit=1"))
+        .send()?
+        .error_for_status()?
+        .json::<Value>()?["jobs"][0]["lsn"]
+        .as_u64()
+        .unwrap_or(0);
+    println!("listing jobs, {total} in the journal (median of 50 requests):");
+    for (name, query) in [
+        ("first page of 50", "limit=50".to_string()),
+        (
+            "a page from the middle",
+            format!("limit=50&before={middle}"),
+        ),
+        (
+            "state=failed (no match)",
+            "state=failed&limit=50".to_string(),
+        ),
+    ] {
+        let mut times: Vec<Duration> = (0..50)
+            .map(|_| {
+                let start = Instant::now();
+                http.get(format!("{url}/compute/jobs?{query}"))
+                    .send()
+                    .and_then(|r| r.error_for_status())
+                    .and_then(|r| r.bytes())
+                    .map(|_| start.elapsed())
+            })
+            .collect::<Result<_, _>>()?;
+        times.sort();
+        let p50 = percentile(&times, 0.5);
+        println!(
+            "  {name:<28} p50 {:>8.1} us   ({:.1}x the /health p50)",
+            micros(p50),
+            p50.as_secs_f64() / health.as_secs_f64()
+        );
     }
     Ok(())
 }
