@@ -1,9 +1,11 @@
-//! `GET /compute/jobs`: a tenant's jobs (the operator's: every tenant's), newest
-//! first, a page at a time with a cursor (see `store::listing`).
+//! `GET /compute/jobs` and `GET /compute/queues`: a tenant's jobs and queues (the
+//! operator's: every tenant's), newest first, a page at a time with a cursor (see
+//! `store::listing`).
 
 use axum::Extension;
 use axum::extract::{Query, State};
 use serde::Deserialize;
+use serde_json::{Value, json};
 
 use crate::api::AppState;
 use crate::api::auth::{Role, Tenant};
@@ -84,5 +86,50 @@ pub async fn jobs(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("listing jobs: {e}")))??;
+    Ok(axum::Json(page))
+}
+
+/// `?before=&limit=` of the queue list.
+#[derive(Debug, Default, Deserialize)]
+pub struct QueueListQuery {
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /compute/queues`: the caller's queues (the operator's: every tenant's), newest
+/// first, each with its jobs counted by state.
+pub async fn queues(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Extension(role): Extension<Role>,
+    Query(query): Query<QueueListQuery>,
+) -> ApiResult<axum::Json<Value>> {
+    let before = number("before", query.before.as_deref())?;
+    let limit = number("limit", query.limit.as_deref())?.map_or(DEFAULT_PAGE, |l| l as usize);
+    let engine = state.engine.clone();
+    let page = tokio::task::spawn_blocking(move || -> ApiResult<Value> {
+        let store = engine.store();
+        let (queues, next) = match role {
+            Role::Operator => store.unscoped().queues(before, limit)?,
+            Role::Tenant => store.tenant(&tenant).queues(before, limit)?,
+        };
+        let mut listed = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let mut counts: serde_json::Map<String, Value> = JobState::ALL
+                .iter()
+                .map(|s| (s.as_str().to_string(), json!(0)))
+                .collect();
+            for (job_state, n) in store.tenant(&queue.tenant).queue_counts(queue.queue_id)? {
+                counts.insert(job_state.as_str().to_string(), json!(n));
+            }
+            let mut entry = serde_json::to_value(&queue)
+                .map_err(|e| ApiError::Internal(format!("listing queues: {e}")))?;
+            entry["counts"] = Value::Object(counts);
+            listed.push(entry);
+        }
+        Ok(json!({"queues": listed, "next": next}))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("listing queues: {e}")))??;
     Ok(axum::Json(page))
 }

@@ -114,7 +114,10 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
         .route("/compute/jobs/{id}/priority", post(jobs::priority))
         .route("/compute/jobs/{id}/reschedule", post(jobs::reschedule))
         .route("/compute/jobs/{id}/{action}", get(jobs::cached))
-        .route("/compute/queues", post(queues::create_local))
+        .route(
+            "/compute/queues",
+            post(queues::create_local).get(listing::queues),
+        )
         .route("/compute/queues/remote", post(queues::create_remote))
         .route(
             "/compute/queues/{q}",

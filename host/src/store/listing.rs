@@ -192,6 +192,70 @@ impl Store {
     }
 }
 
+/// One queue of a list.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueSummary {
+    /// Its id.
+    pub queue_id: u64,
+    /// Its owner.
+    pub tenant: String,
+    /// Its name, if it was given one.
+    pub name: Option<String>,
+    /// Whether it takes submissions.
+    pub state: crate::model::QueueState,
+    /// Its jobs' default priority.
+    pub priority: i64,
+    /// When it was created (Unix ms).
+    pub created_ms: i64,
+    /// When its oldest queued job was submitted (Unix ms), if one is waiting.
+    pub oldest_queued_ms: Option<i64>,
+}
+
+impl Store {
+    /// A page of `tenant`'s queues (every tenant's for `None`) with ids below
+    /// `before`, newest first, at most `limit` (1..=[`MAX_PAGE`]).
+    pub(super) fn list_queues(
+        &self,
+        tenant: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<(Vec<QueueSummary>, Option<u64>)> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let mut args = vec![Sql::Integer(before)];
+        let mut sql = String::from(
+            "SELECT q.id, q.tenant, q.name, q.state, q.priority, q.created_ms, \
+             (SELECT j.created_ms FROM jobs j WHERE j.queue_id = q.id AND j.state = 'queued' \
+              ORDER BY j.lsn LIMIT 1) \
+             FROM queues q WHERE q.id < ?1",
+        );
+        if let Some(tenant) = tenant {
+            sql.push_str(" AND q.tenant = ?2");
+            args.push(Sql::Text(tenant.to_string()));
+        }
+        sql.push_str(&format!(" ORDER BY q.id DESC LIMIT {limit}"));
+        let queues = self
+            .conn()
+            .prepare_cached(&sql)?
+            .query_map(params_from_iter(&args), |row| {
+                Ok(QueueSummary {
+                    queue_id: row.get::<_, i64>(0)? as u64,
+                    tenant: row.get(1)?,
+                    name: row.get(2)?,
+                    state: row.get(3)?,
+                    priority: row.get(4)?,
+                    created_ms: row.get(5)?,
+                    oldest_queued_ms: row.get(6)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = (queues.len() == limit)
+            .then(|| queues.last().map(|q| q.queue_id))
+            .flatten();
+        Ok((queues, next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{NewJob, Store};

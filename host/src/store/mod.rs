@@ -39,7 +39,7 @@ use crate::model::{DeliveryState, HashHex, JobState, QueueState, WebhookState};
 pub use gc::ReferencePage;
 pub use idempotency::IdempotencyBegin;
 pub use jobs::{Fence, JobRow, NewJob, Settle};
-pub use listing::{JobFilter, JobPage, JobSummary};
+pub use listing::{JobFilter, JobPage, JobSummary, QueueSummary};
 pub use queues::QueueRow;
 pub use tenant::{TenantStore, Unscoped};
 pub use webhooks::{Delivery, Webhook};

@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    IdempotencyBegin, JobFilter, JobPage, JobRow, QueueRow, ReferencePage, Store, StoreResult,
-    Webhook,
+    IdempotencyBegin, JobFilter, JobPage, JobRow, QueueRow, QueueSummary, ReferencePage, Store,
+    StoreResult, Webhook,
 };
 use crate::model::{HashHex, JobResult, JobState, QueueState, UsageBy, UsageRow};
 
@@ -89,6 +89,16 @@ impl<'a> TenantStore<'a> {
     ) -> StoreResult<JobPage> {
         self.store
             .list_jobs(Some(self.tenant), filter, before, limit)
+    }
+
+    /// A page of the tenant's queues with ids below `before`, newest first, and the
+    /// `before` of the next page.
+    pub fn queues(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<(Vec<QueueSummary>, Option<u64>)> {
+        self.store.list_queues(Some(self.tenant), before, limit)
     }
 
     /// The result of one of the tenant's jobs, once it has one.
@@ -264,6 +274,15 @@ impl<'a> Unscoped<'a> {
         limit: usize,
     ) -> StoreResult<JobPage> {
         self.store.list_jobs(None, filter, before, limit)
+    }
+
+    /// A page of every tenant's queues (the operator's view).
+    pub fn queues(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<(Vec<QueueSummary>, Option<u64>)> {
+        self.store.list_queues(None, before, limit)
     }
 
     /// Every job still queued or running, oldest first (to rebuild the scheduler).

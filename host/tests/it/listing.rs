@@ -135,11 +135,39 @@ fn jobs_are_listed_newest_first_filtered_and_paged_for_their_tenant() {
     let theirs_only = globex.call(Method::GET, "/compute/jobs", None).unwrap();
     assert_eq!(lsns(&theirs_only), [their_lsn]);
 
+    // Queues, with their jobs counted.
+    let queues = acme.call(Method::GET, "/compute/queues", None).unwrap();
+    let listed = &queues["queues"][0];
+    assert_eq!(listed["queue_id"], queue, "{queues}");
+    assert_eq!(listed["state"], "active");
+    assert_eq!(listed["counts"]["succeeded"], 4);
+    assert_eq!(listed["counts"]["failed"], 1);
+    assert_eq!(listed["counts"]["queued"], 0);
+    assert!(
+        listed["oldest_queued_ms"].is_null(),
+        "nothing waits: {listed}"
+    );
+    assert!(queues["next"].is_null());
+    let none = globex.call(Method::GET, "/compute/queues", None).unwrap();
+    assert_eq!(
+        none["queues"],
+        json!([]),
+        "another tenant's queues are not listed"
+    );
+    let every = operator.call(Method::GET, "/compute/queues", None).unwrap();
+    assert_eq!(every["queues"][0]["tenant"], "acme");
+
     // Bad parameters are 400s in the contract's error shape.
-    for query in ["state=done", "before=-1", "limit=many", "worker=xyz"] {
+    for query in [
+        "jobs?state=done",
+        "jobs?before=-1",
+        "jobs?limit=many",
+        "jobs?worker=xyz",
+        "queues?before=x",
+    ] {
         let answer = server
             .http()
-            .get(server.at(&format!("/compute/jobs?{query}")))
+            .get(server.at(&format!("/compute/{query}")))
             .header("x-api-key", "acme-key-0123456789")
             .send()
             .unwrap();
