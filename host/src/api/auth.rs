@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
+use crate::api::session::{Sessions, presented_session};
 
 /// The tenant a request acts for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub use crate::model::{DEFAULT_TENANT, OPERATOR_TENANT};
 #[derive(Debug, Default, Clone)]
 pub struct Auth {
     keys: Vec<([u8; 32], String, Role)>,
+    /// Browser sessions opened with one of the keys (`api::session`).
+    sessions: std::sync::Arc<Sessions>,
 }
 
 impl Auth {
@@ -84,6 +87,11 @@ impl Auth {
             tenant.to_string(),
             role,
         ));
+    }
+
+    /// The browser sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// Whether keys are required.
@@ -122,15 +130,25 @@ pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Middleware: resolves the tenant or answers 401.
+/// Middleware: resolves the tenant (from the key, else the session cookie) or answers
+/// 401.
 pub async fn require_tenant(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let (tenant, role) = if state.auth.required() {
-        let key = presented_key(request.headers()).ok_or(ApiError::Unauthorized)?;
-        state.auth.principal(key).ok_or(ApiError::Unauthorized)?
+        let headers = request.headers();
+        match presented_key(headers) {
+            Some(key) => state.auth.principal(key),
+            None => presented_session(headers).and_then(|secret| {
+                state
+                    .auth
+                    .sessions()
+                    .principal(secret, std::time::Instant::now())
+            }),
+        }
+        .ok_or(ApiError::Unauthorized)?
     } else {
         (DEFAULT_TENANT.to_string(), Role::Operator)
     };

@@ -17,6 +17,8 @@ pub mod json;
 mod listing;
 mod queues;
 mod record;
+pub mod session;
+mod ui;
 mod usage;
 mod webhooks;
 mod workers;
@@ -159,6 +161,12 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
         ));
     Router::new()
         .route("/health", get(info::health))
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/login", post(session::login))
+        .route("/ui/logout", post(session::logout))
+        .route("/ui/session", get(session::whoami))
+        .route("/ui/{*path}", get(ui::path))
         .merge(protected)
         .with_state(state)
         .merge(extra)

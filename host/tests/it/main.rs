@@ -21,6 +21,7 @@ mod scheduling;
 mod security;
 mod server;
 mod tenants;
+mod ui;
 mod usage;
 mod webhooks;
 mod workflows;

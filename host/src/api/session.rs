@@ -1,0 +1,216 @@
+//! Browser sessions: `POST /ui/login` exchanges an API key for an `HttpOnly`,
+//! `SameSite=Strict` cookie that every route accepts in place of the key, so the
+//! dashboard never holds a key in script or puts one in a URL. `POST /ui/logout` ends
+//! the session; `GET /ui/session` says who the cookie (or key) is.
+//!
+//! Sessions live in memory (a restart logs everyone out), are named by 256 random
+//! bits of which only the BLAKE3 digest is kept, and expire [`LIFETIME`] after login.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::AppState;
+use crate::api::auth::{Role, presented_key};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::json::Json;
+use crate::model::DEFAULT_TENANT;
+
+/// The cookie's name.
+pub const COOKIE: &str = "wasmesh_session";
+
+/// How long a session lasts.
+pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// Sessions kept at most; past this the oldest goes first.
+const MAX_SESSIONS: usize = 10_000;
+
+#[derive(Debug)]
+struct Session {
+    tenant: String,
+    role: Role,
+    expires: Instant,
+}
+
+/// The open sessions.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    open: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+impl Sessions {
+    /// Opens a session for `tenant` with `role`; returns its secret (the cookie).
+    pub fn open(&self, tenant: &str, role: Role, now: Instant) -> String {
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let secret = hex::encode(secret);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|_, s| s.expires > now);
+        if open.len() >= MAX_SESSIONS
+            && let Some(oldest) = open.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
+        {
+            open.remove(&oldest);
+        }
+        let session = Session {
+            tenant: tenant.to_string(),
+            role,
+            expires: now + LIFETIME,
+        };
+        open.insert(*blake3::hash(secret.as_bytes()).as_bytes(), session);
+        secret
+    }
+
+    /// The tenant and role of a live session.
+    pub fn principal(&self, secret: &str, now: Instant) -> Option<(String, Role)> {
+        let digest = *blake3::hash(secret.as_bytes()).as_bytes();
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&digest)
+            .filter(|s| s.expires > now)
+            .map(|s| (s.tenant.clone(), s.role))
+    }
+
+    /// Ends a session.
+    pub fn close(&self, secret: &str) {
+        let digest = *blake3::hash(secret.as_bytes()).as_bytes();
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&digest);
+    }
+}
+
+/// The session secret a request's cookie carries.
+pub(crate) fn presented_session(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim())
+}
+
+fn cookie(value: &str, max_age: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}"
+    ))
+    .expect("a cookie of hex digits is a valid header")
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Operator => "operator",
+        Role::Tenant => "tenant",
+    }
+}
+
+/// `{"key": "..."}` of a login.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    key: String,
+}
+
+impl crate::api::json::JsonBody for Login {
+    fn shape_error(e: serde_json::Error) -> ApiError {
+        ApiError::BadRequest(
+            "invalid_request",
+            format!("a login is {{\"key\": \"...\"}}: {e}"),
+        )
+    }
+}
+
+/// `POST /ui/login`: 200 with the session cookie and who it is; 401 for a wrong key.
+pub async fn login(State(state): State<AppState>, Json(login): Json<Login>) -> ApiResult<Response> {
+    let (tenant, role) = if state.auth.required() {
+        state
+            .auth
+            .principal(login.key.trim())
+            .ok_or(ApiError::Unauthorized)?
+    } else {
+        (DEFAULT_TENANT.to_string(), Role::Operator)
+    };
+    let secret = state.auth.sessions().open(&tenant, role, Instant::now());
+    let body =
+        json!({"tenant": tenant, "role": role_name(role), "keys_required": state.auth.required()});
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, cookie(&secret, LIFETIME.as_secs()));
+    Ok(response)
+}
+
+/// `POST /ui/logout`: ends the session and clears the cookie.
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(secret) = presented_session(&headers) {
+        state.auth.sessions().close(secret);
+    }
+    let mut response = axum::Json(json!({"logged_out": true})).into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, cookie("", 0));
+    response
+}
+
+/// `GET /ui/session`: who the caller is (by key or session cookie); 401 when nobody.
+pub async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let (tenant, role) = if state.auth.required() {
+        let by_key = presented_key(&headers).and_then(|key| state.auth.principal(key));
+        let by_cookie = || {
+            presented_session(&headers)
+                .and_then(|secret| state.auth.sessions().principal(secret, Instant::now()))
+        };
+        by_key.or_else(by_cookie).ok_or(ApiError::Unauthorized)?
+    } else {
+        (DEFAULT_TENANT.to_string(), Role::Operator)
+    };
+    let body =
+        json!({"tenant": tenant, "role": role_name(role), "keys_required": state.auth.required()});
+    Ok(axum::Json(body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_name_their_principal_until_they_expire_or_close() {
+        let sessions = Sessions::default();
+        let now = Instant::now();
+        let secret = sessions.open("acme", Role::Tenant, now);
+        assert_eq!(secret.len(), 64);
+        assert_eq!(
+            sessions.principal(&secret, now),
+            Some(("acme".to_string(), Role::Tenant))
+        );
+        assert_eq!(sessions.principal("0".repeat(64).as_str(), now), None);
+        assert_eq!(sessions.principal(&secret, now + LIFETIME), None, "expired");
+        let other = sessions.open("globex", Role::Operator, now);
+        assert_ne!(other, secret);
+        sessions.close(&other);
+        assert_eq!(sessions.principal(&other, now), None, "closed");
+    }
+
+    #[test]
+    fn the_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; wasmesh_session=abc ; b=2"),
+        );
+        assert_eq!(presented_session(&headers), Some("abc"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("wasmesh_sessionx=1"),
+        );
+        assert_eq!(presented_session(&headers), None);
+    }
+}
