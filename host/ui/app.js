@@ -115,6 +115,10 @@ document.getElementById("logout").addEventListener("click", async () => {
 
 async function whoami() {
   const { body } = await api("/ui/session");
+  if (body.tenant === null) {
+    askLogin();
+    throw new ApiError(401, "unauthorized", "log in first");
+  }
   who.tenant = body.tenant;
   who.role = body.role;
   const info = await api("/compute/sysinfo");
@@ -127,7 +131,7 @@ async function whoami() {
 
 // ---- the change feed -------------------------------------------------------------
 
-const feed = { lastId: null, pending: [], scheduled: false, listeners: new Set(), running: false };
+const feed = { lastId: null, pending: [], scheduled: false, listeners: new Set(), running: false, controller: null };
 // Finished jobs per second over the last two minutes (for the Overview chart).
 const rates = { seconds: [], window: 120 };
 
@@ -164,7 +168,8 @@ async function follow() {
   while (true) {
     try {
       const headers = feed.lastId !== null ? { "Last-Event-ID": String(feed.lastId) } : {};
-      const response = await fetch("/compute/events", { credentials: "same-origin", headers });
+      feed.controller = new AbortController();
+      const response = await fetch("/compute/events", { credentials: "same-origin", headers, signal: feed.controller.signal });
       if (response.status === 401) { askLogin(); break; }
       if (!response.ok || !response.body) throw new Error(`feed: ${response.status}`);
       live.textContent = "live";
@@ -195,6 +200,7 @@ async function follow() {
     } catch (e) {
       // Dropped: reconnect below with the last id seen, so nothing is missed.
     }
+    if (feed.controller.signal.aborted) break;
     live.textContent = "reconnecting";
     live.classList.remove("on");
     await new Promise((r) => setTimeout(r, backoff));
@@ -498,6 +504,11 @@ document.addEventListener("click", (event) => {
   navigate(a.getAttribute("href"));
 });
 window.addEventListener("popstate", render);
+// A page left for another keeps no stream open: browsers allow six connections to a
+// server, and a page kept in the back-forward cache would hold its stream's. Back on
+// the page, the feed resumes after the last change it saw.
+window.addEventListener("pagehide", () => { if (feed.controller) feed.controller.abort(); });
+window.addEventListener("pageshow", (event) => { if (event.persisted) { follow(); render(); } });
 
 async function start() {
   try {

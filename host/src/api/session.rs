@@ -160,21 +160,25 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Respon
     response
 }
 
-/// `GET /ui/session`: who the caller is (by key or session cookie); 401 when nobody.
-pub async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    let (tenant, role) = if state.auth.required() {
+/// `GET /ui/session`: who the caller is (by key or session cookie); `tenant` and
+/// `role` are null for nobody (a page about to ask for a key: not an error).
+pub async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let principal = if state.auth.required() {
         let by_key = presented_key(&headers).and_then(|key| state.auth.principal(key));
         let by_cookie = || {
             presented_session(&headers)
                 .and_then(|secret| state.auth.sessions().principal(secret, Instant::now()))
         };
-        by_key.or_else(by_cookie).ok_or(ApiError::Unauthorized)?
+        by_key.or_else(by_cookie)
     } else {
-        (DEFAULT_TENANT.to_string(), Role::Operator)
+        Some((DEFAULT_TENANT.to_string(), Role::Operator))
     };
-    let body =
-        json!({"tenant": tenant, "role": role_name(role), "keys_required": state.auth.required()});
-    Ok(axum::Json(body).into_response())
+    let (tenant, role) = match principal {
+        Some((tenant, role)) => (json!(tenant), json!(role_name(role))),
+        None => (json!(null), json!(null)),
+    };
+    let body = json!({"tenant": tenant, "role": role, "keys_required": state.auth.required()});
+    axum::Json(body).into_response()
 }
 
 #[cfg(test)]

@@ -135,4 +135,9 @@ fn a_login_trades_a_key_for_a_session_cookie_the_api_accepts_until_logout() {
         StatusCode::UNAUTHORIZED,
         "logged out"
     );
+    let nobody: Value = with_cookie("/ui/session").json().unwrap();
+    assert_eq!(
+        nobody,
+        json!({"tenant": null, "role": null, "keys_required": true})
+    );
 }
