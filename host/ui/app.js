@@ -127,6 +127,7 @@ async function whoami() {
   document.getElementById("logout").hidden = !body.keys_required;
   const fleet = who.role === "operator" && who.serverRole === "coordinator";
   for (const a of document.querySelectorAll("[data-operator]")) a.hidden = !fleet;
+  for (const a of document.querySelectorAll("[data-coordinator]")) a.hidden = who.serverRole !== "coordinator";
 }
 
 // ---- the change feed -------------------------------------------------------------
@@ -459,6 +460,107 @@ async function job(lsn) {
   onChanges((changes) => { if (changes.some((c) => c.kind === "job" && c.lsn === lsn)) again(); });
 }
 
+
+async function workers() {
+  const body = h("div");
+  show("Workers", body);
+  const list = (await api("/compute/workers")).body.workers;
+  body.replaceChildren(list.length ? table(["Worker", "Name", "Version", ""], list.slice().reverse().map((w) =>
+    h("tr", {}, h("td", { class: "mono" }, short(w.worker)), h("td", {}, w.name), h("td", {}, w.version || "–"),
+      h("td", {}, link(`/ui/jobs?worker=${w.worker}`, "jobs")))))
+    : h("p", { class: "muted" }, "No workers registered."));
+}
+
+async function webhooks() {
+  const body = h("div");
+  const log = h("div");
+  show("Webhooks", body, log);
+  const deliveries = async (hook) => {
+    const got = (await api(`/api/v1/webhooks/${encodeURIComponent(hook.id)}/deliveries?limit=50`)).body.deliveries;
+    log.replaceChildren(h("h2", {}, `Deliveries to ${hook.url}`), got.length ? table(["Delivery", "Event", "State", "Attempts", "Last status", "Last error", "Created"], got.map((d) =>
+      h("tr", {}, h("td", { class: "mono" }, d.id), h("td", {}, d.event), h("td", {}, stateCell(d.state)), h("td", {}, d.attempts),
+        h("td", {}, d.last_status ?? "–"), h("td", {}, d.last_error || "–"), h("td", {}, ago(d.created_ms)))))
+      : h("p", { class: "muted" }, "No deliveries yet."));
+  };
+  const list = (await api("/api/v1/webhooks")).body.webhooks;
+  body.replaceChildren(list.length ? table(["Webhook", "URL", "Events", "State", "Failures", "Created", ""], list.map((w) =>
+    h("tr", {}, h("td", { class: "mono" }, w.id), h("td", { class: "mono" }, w.url), h("td", {}, w.events.join(", ")), h("td", {}, stateCell(w.state)),
+      h("td", {}, w.failures), h("td", {}, ago(w.created_ms)),
+      h("td", {}, h("button", { type: "button", class: "secondary", onclick: () => deliveries(w).catch((e) => log.replaceChildren(failure(e))) }, "Deliveries")))))
+    : h("p", { class: "muted" }, "No webhooks."));
+}
+
+async function usage() {
+  const params = new URLSearchParams(location.search);
+  const by = ["tenant", "worker", "queue"].includes(params.get("by")) ? params.get("by") : "tenant";
+  const body = h("div");
+  show("Usage", h("p", {}, "Grouped by ", ["tenant", "worker", "queue"].map((b) => [b === by ? h("strong", {}, b) : link(`/ui/usage?by=${b}`, b), " "])), body);
+  const got = (await api(`/compute/usage?by=${by}`)).body;
+  const key = (u) => (by === "worker" ? short(u.worker) : by === "queue" ? (u.queue_id ?? "–") : u.tenant);
+  body.replaceChildren(got.usage.length ? table([by, "Jobs", "Fuel", "Wall time", "Memory (byte-seconds)", "Cost"], got.usage.map((u) =>
+    h("tr", {}, h("td", { class: "mono" }, key(u)), h("td", {}, u.jobs), h("td", {}, u.fuel.toLocaleString()), h("td", {}, `${(u.wall_ms / 1000).toFixed(1)} s`),
+      h("td", {}, u.memory_byte_seconds.toLocaleString()), h("td", {}, u.cost ?? "–"))))
+    : h("p", { class: "muted" }, "No usage recorded in this period."));
+}
+
+// A group's routing drawn as a graph: handlers as boxes in columns by their distance
+// from external events, routes as arrows labelled with their event patterns.
+function groupGraph(group) {
+  const NS = "http://www.w3.org/2000/svg";
+  const el = (tag, attrs, text) => {
+    const e = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const names = ["_external", ...group.handlers.map((x) => x.name)];
+  const depth = new Map([["_external", 0]]);
+  for (let pass = 0; pass < names.length; pass++) {
+    for (const r of group.routes) {
+      if (depth.has(r.from) && (!depth.has(r.to) || depth.get(r.to) > depth.get(r.from) + 1)) depth.set(r.to, depth.get(r.from) + 1);
+    }
+  }
+  for (const n of names) if (!depth.has(n)) depth.set(n, 1);
+  const columns = new Map();
+  for (const n of names) { const d = depth.get(n); columns.set(d, [...(columns.get(d) || []), n]); }
+  const W = 170, H = 54, GX = 90, GY = 30;
+  const at = new Map();
+  for (const [d, col] of columns) col.forEach((n, i) => at.set(n, { x: 10 + d * (W + GX), y: 10 + i * (H + GY) }));
+  const width = 20 + (Math.max(...columns.keys()) + 1) * (W + GX);
+  const height = 20 + Math.max(...[...columns.values()].map((c) => c.length)) * (H + GY);
+  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": `routing of group ${group.name}` });
+  const defs = el("defs", {});
+  const marker = el("marker", { id: `arrow-${group.id}`, viewBox: "0 0 10 10", refX: "10", refY: "5", markerWidth: "8", markerHeight: "8", orient: "auto-start-reverse" });
+  marker.append(el("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#374151" }));
+  defs.append(marker);
+  svg.append(defs);
+  const placement = new Map((group.placements || []).map((p) => [p.handler, p.node]));
+  for (const r of group.routes) {
+    const a = at.get(r.from), b = at.get(r.to);
+    if (!a || !b) continue;
+    const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2;
+    svg.append(el("line", { x1, y1, x2, y2, stroke: "#374151", "marker-end": `url(#arrow-${group.id})` }));
+    svg.append(el("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 6, "text-anchor": "middle", "font-size": "11", fill: "#1f2937" }, r.event_types.join(", ")));
+  }
+  for (const n of names) {
+    const { x, y } = at.get(n);
+    const handler = group.handlers.find((x2) => x2.name === n);
+    svg.append(el("rect", { x, y, width: W, height: H, rx: "6", fill: n === "_external" ? "#e5e7eb" : "#fff", stroke: "#6b7280" }));
+    svg.append(el("text", { x: x + 8, y: y + 20, "font-size": "13", "font-weight": "600", fill: "#111827" }, n === "_external" ? "external events" : n));
+    if (handler) svg.append(el("text", { x: x + 8, y: y + 40, "font-size": "11", fill: "#4b5563" }, `${short(handler.worker)} on ${placement.get(n) || "?"}`));
+  }
+  return h("div", { class: "scroll" }, svg);
+}
+
+async function groups() {
+  const body = h("div");
+  show("Handler groups", body);
+  const topology = (await api("/api/v1/cluster/topology")).body;
+  const list = topology.groups || [];
+  body.replaceChildren(...(list.length ? list.map((g) => h("section", {}, h("h2", {}, `${g.name} `, h("span", { class: "muted mono" }, g.id)), groupGraph(g)))
+    : [h("p", { class: "muted" }, "No handler groups.")]));
+}
+
 // ---- routing ---------------------------------------------------------------------
 
 function route(path) {
@@ -466,6 +568,10 @@ function route(path) {
   if (path === "/ui/nodes") return nodes;
   if (path === "/ui/queues") return queues;
   if (path === "/ui/jobs") return jobs;
+  if (path === "/ui/workers") return workers;
+  if (path === "/ui/groups") return groups;
+  if (path === "/ui/webhooks") return webhooks;
+  if (path === "/ui/usage") return usage;
   const m = path.match(/^\/ui\/jobs\/(\d+)$/);
   if (m) return () => job(Number(m[1]));
   return async () => show("Not found", h("p", {}, "No such page. "), link("/ui", "Overview"));

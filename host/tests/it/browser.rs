@@ -206,6 +206,13 @@ fn the_dashboard_shows_the_fleet_and_each_tenants_jobs_live_in_chromium() {
         )
         .unwrap();
     acme.wait(echo, WAIT).unwrap();
+    let group = json!({
+        "name": "alerts",
+        "handlers": [{"name": "check", "worker": worker}],
+        "routes": [{"from": "_external", "to": "check", "event_types": ["Temp*"]}],
+    });
+    acme.call(Method::POST, "/api/v1/cluster/groups", Some(&group))
+        .unwrap();
     let globex = coordinator.client_with_key(GLOBEX);
     let their_worker = upload_test_guest(&globex);
     let theirs = globex
@@ -243,6 +250,22 @@ fn the_dashboard_shows_the_fleet_and_each_tenants_jobs_live_in_chromium() {
         .await;
         // The job's page shows its real output.
         until_text(&client, "main pre", |t| t == "hello from the browser test").await;
+        // The other pages render too; a group's routing is drawn.
+        open(&ui, "/ui/workers", "Workers", "workers").await;
+        until_text(&client, "main td.mono", |t| {
+            worker.to_string().starts_with(t)
+        })
+        .await;
+        open(&ui, "/ui/webhooks", "Webhooks", "webhooks").await;
+        open(&ui, "/ui/usage", "Usage", "usage").await;
+        until_text(&client, "main td.mono", |t| t == "acme").await;
+        open(&ui, "/ui/groups", "Handler groups", "groups").await;
+        until_text(
+            &client,
+            "main svg[aria-label=\"routing of group alerts\"]",
+            |t| t.contains("external events") && t.contains("check") && t.contains("Temp*"),
+        )
+        .await;
 
         // A tenant never sees another's jobs.
         open(&ui, "/ui/jobs", "Jobs", "jobs").await;
