@@ -132,7 +132,7 @@ async function whoami() {
 
 // ---- the change feed -------------------------------------------------------------
 
-const feed = { lastId: null, pending: [], scheduled: false, listeners: new Set(), running: false, controller: null };
+const feed = { lastId: null, pending: [], scheduled: false, listeners: new Set(), running: false, controller: null, received: 0 };
 // Finished jobs per second over the last two minutes (for the Overview chart).
 const rates = { seconds: [], window: 120 };
 
@@ -158,6 +158,8 @@ function deliver(change) {
     const batch = feed.pending;
     feed.pending = [];
     feed.scheduled = false;
+    feed.received += batch.length;
+    live.dataset.changes = String(feed.received);
     for (const listener of feed.listeners) listener(batch);
   });
 }
@@ -356,6 +358,9 @@ function bar(percent) {
 
 const FILTERS = ["state", "queue", "worker", "outcome"];
 
+// Rows the Jobs page keeps while new jobs arrive.
+const MAX_ROWS = 500;
+
 function jobRow(j) {
   return h("tr", { "data-lsn": j.lsn },
     h("td", {}, link(`/ui/jobs/${j.lsn}`, `#${j.lsn}`)), h("td", { "data-field": "state" }, stateCell(j.state)),
@@ -417,6 +422,13 @@ async function jobs() {
         if (!top || Number(top.dataset.lsn) < c.lsn) {
           tbody.prepend(jobRow({ ...c, created_ms: Date.now() }));
           status.textContent = "";
+          // A busy server must not grow the page without bound: the oldest rows go
+          // (they are one "Load more" away).
+          while (tbody.children.length > MAX_ROWS) {
+            tbody.lastElementChild.remove();
+            next = Number(tbody.lastElementChild.dataset.lsn);
+            more.hidden = false;
+          }
         }
       }
     }
@@ -455,7 +467,15 @@ async function job(lsn) {
       preview.textContent = text.length > 4096 ? `${text.slice(0, 4096)}\n… (${r.output_size} bytes in all)` : text || "(empty)";
     }
   };
-  await load();
+  try {
+    await load();
+  } catch (e) {
+    if (e.status === 404 && who.role === "operator") {
+      body.replaceChildren(h("p", {}, "This job is another tenant's: its details and output are that tenant's to see."));
+      return;
+    }
+    throw e;
+  }
   const again = throttle(() => load().catch(() => {}), 300);
   onChanges((changes) => { if (changes.some((c) => c.kind === "job" && c.lsn === lsn)) again(); });
 }
