@@ -363,6 +363,58 @@ fn the_dashboard_shows_the_fleet_and_each_tenants_jobs_live_in_chromium() {
         blocking(move || node.kill()).await;
         until_text(&client, state, |t| t == "unhealthy").await;
         assert!(console_errors(&driver, &client).await.is_empty());
+
+        // Keyboard: the first Tab reaches the skip link, which moves focus to the page.
+        open(&ui, "/ui/jobs", "Jobs", "jobs").await;
+        let focused = client
+            .execute(
+                "document.body.focus(); return document.activeElement.tagName;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(focused, json!("BODY"));
+        client
+            .find(Locator::Css("body"))
+            .await
+            .unwrap()
+            .send_keys("\u{E004}")
+            .await
+            .unwrap();
+        let skip = client
+            .execute("return document.activeElement.className;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(skip, json!("skip"), "Tab first reaches the skip link");
+        client
+            .find(Locator::Css("a.skip"))
+            .await
+            .unwrap()
+            .send_keys("\u{E007}")
+            .await
+            .unwrap();
+        let main = client
+            .execute("return document.activeElement.id;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            main,
+            json!("main"),
+            "Enter on the skip link focuses the page"
+        );
+
+        // A phone-width window: nothing wider than the screen, the table scrolls in
+        // its own box.
+        client.set_window_size(390, 844).await.unwrap();
+        open(&ui, "/ui/jobs", "Jobs", "jobs-phone").await;
+        let fits = client
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(fits, json!(true), "the page is wider than a phone's screen");
         client.close().await.unwrap();
     });
 }
