@@ -302,7 +302,7 @@ async function nodes() {
     const list = (await api("/api/v1/cluster/nodes")).body.nodes;
     body.replaceChildren(list.length ? table(["Node", "State", "Slots", "Running", "Leases", "Labels", "Last heartbeat", ""], list.map((n) =>
       h("tr", { "data-node": n.id },
-        h("td", { class: "mono" }, n.id), h("td", {}, stateCell(n.state)), h("td", {}, n.slots), h("td", {}, n.running),
+        h("td", { class: "mono" }, link(`/ui/nodes/${encodeURIComponent(n.id)}`, n.id)), h("td", {}, stateCell(n.state)), h("td", {}, n.slots), h("td", {}, n.running),
         h("td", {}, n.leased ?? "–"), h("td", { class: "mono" }, Object.entries(n.labels || {}).map(([k, v]) => `${k}=${v}`).join(" ") || "–"),
         h("td", {}, `${Math.round(n.last_heartbeat_ms_ago / 100) / 10} s ago`),
         h("td", {}, h("div", { class: "actions" },
@@ -315,6 +315,31 @@ async function nodes() {
   const tick = setInterval(again, 2000); // heartbeat ages move without a change
   page.stop = () => clearInterval(tick);
   onChanges(again);
+}
+
+// One node: its state, and its recent jobs with why each was placed there.
+async function nodePage(id) {
+  const details = h("div");
+  const recent = h("div");
+  show(`Node ${id}`, details, h("h2", {}, "Recent jobs, and why they were placed here"), recent);
+  const load = async () => {
+    const n = (await api(`/api/v1/cluster/nodes/${encodeURIComponent(id)}`)).body;
+    details.replaceChildren(h("dl", { class: "kv" }, [
+      ["State", stateCell(n.state)], ["Address", h("code", {}, n.address)], ["Slots", n.slots], ["Running", n.running],
+      ["Leases", n.leased ?? "–"], ["Failure rate", n.failure_rate ?? "–"], ["Modules cached", n.modules ?? "–"],
+      ["Labels", Object.entries(n.labels || {}).map(([k, v]) => `${k}=${v}`).join(" ") || "–"],
+      ["Last heartbeat", `${Math.round(n.last_heartbeat_ms_ago / 100) / 10} s ago`],
+    ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
+    const jobs = (await api(`/compute/jobs?node=${encodeURIComponent(id)}&limit=20`)).body.jobs;
+    const why = (p) => (p && p.factors ? Object.entries(p.factors).map(([k, v]) => `${k} ${v}`).join(", ") : "–");
+    recent.replaceChildren(jobs.length ? table(["Job", "Tenant", "State", "Outcome", "Score", "Factors", "Submitted"], jobs.map((j) =>
+      h("tr", {}, h("td", {}, link(`/ui/jobs/${j.lsn}`, `#${j.lsn}`)), h("td", {}, j.tenant), h("td", {}, stateCell(j.state)), h("td", {}, j.outcome || "–"),
+        h("td", {}, j.placement ? j.placement.score : "–"), h("td", { class: "mono" }, why(j.placement)), h("td", {}, ago(j.created_ms)))))
+      : h("p", { class: "muted" }, "No jobs ran here yet."));
+  };
+  await load();
+  const again = throttle(() => load().catch(() => {}), 1000);
+  onChanges((changes) => { if (changes.some((c) => c.node === id)) again(); });
 }
 
 async function act(path, method, then, body) {
@@ -589,6 +614,8 @@ function route(path) {
   if (path === "/ui/queues") return queues;
   if (path === "/ui/jobs") return jobs;
   if (path === "/ui/workers") return workers;
+  const node = path.match(/^\/ui\/nodes\/([^/]+)$/);
+  if (node) return () => nodePage(decodeURIComponent(node[1]));
   if (path === "/ui/groups") return groups;
   if (path === "/ui/webhooks") return webhooks;
   if (path === "/ui/usage") return usage;

@@ -24,6 +24,7 @@ pub struct ListQuery {
     queue: Option<String>,
     worker: Option<String>,
     outcome: Option<String>,
+    node: Option<String>,
     before: Option<String>,
     limit: Option<String>,
 }
@@ -62,6 +63,7 @@ impl ListQuery {
                 None => None,
             },
             outcome: self.outcome.clone().filter(|o| !o.is_empty()),
+            node: self.node.clone().filter(|n| !n.is_empty()),
         })
     }
 }

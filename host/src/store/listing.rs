@@ -31,6 +31,8 @@ pub struct JobFilter {
     pub worker: Option<HashHex>,
     /// Finished jobs with this outcome.
     pub outcome: Option<String>,
+    /// Jobs that ran on (or, on a coordinator, are leased to) this node.
+    pub node: Option<String>,
 }
 
 impl JobFilter {
@@ -39,6 +41,7 @@ impl JobFilter {
             && self.queue.is_none()
             && self.worker.is_none()
             && self.outcome.is_none()
+            && self.node.is_none()
     }
 }
 
@@ -69,6 +72,9 @@ pub struct JobSummary {
     pub node: Option<String>,
     /// How it ended.
     pub outcome: Option<String>,
+    /// On a coordinator, why it was placed where it ran (the result's `placement`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<serde_json::Value>,
 }
 
 /// A page of jobs.
@@ -82,7 +88,7 @@ pub struct JobPage {
 
 const SUMMARY: &str = "lsn, tenant, queue_id, action, worker, state, priority, attempts, \
      created_ms, finished_ms, COALESCE(json_extract(result, '$.node'), lease_node), \
-     json_extract(result, '$.outcome')";
+     json_extract(result, '$.outcome'), json_extract(result, '$.placement')";
 
 fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobSummary> {
     Ok(JobSummary {
@@ -98,6 +104,9 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobSummary> {
         finished_ms: row.get(9)?,
         node: row.get(10)?,
         outcome: row.get(11)?,
+        placement: row
+            .get::<_, Option<String>>(12)?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 
@@ -166,6 +175,12 @@ impl Store {
             push(
                 "json_extract(result, '$.outcome') =",
                 Sql::Text(outcome.clone()),
+            );
+        }
+        if let Some(node) = &filter.node {
+            push(
+                "COALESCE(json_extract(result, '$.node'), lease_node) =",
+                Sql::Text(node.clone()),
             );
         }
         sql.push_str(&format!(" ORDER BY lsn DESC LIMIT {limit}"));

@@ -360,6 +360,23 @@ fn the_dashboard_shows_the_fleet_and_each_tenants_jobs_live_in_chromium() {
         open(&ui, "/ui/nodes", "Nodes", "nodes").await;
         let state = "tr[data-node=\"ui-node\"] td:nth-child(2)";
         until_text(&client, state, |t| t == "ready" || t == "busy").await;
+        // The node's page: its recent jobs, and why each was placed there.
+        client
+            .find(Locator::Css("tr[data-node=\"ui-node\"] a"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until_text(&client, "main h1", |t| t == "Node ui-node").await;
+        until_text(
+            &client,
+            &format!("main tr:has(a[href=\"/ui/jobs/{echo}\"])"),
+            |t| t.contains("acme") && t.contains("capacity"),
+        )
+        .await;
+        assert!(console_errors(&driver, &client).await.is_empty());
+        open(&ui, "/ui/nodes", "Nodes", "nodes").await;
         blocking(move || node.kill()).await;
         until_text(&client, state, |t| t == "unhealthy").await;
         assert!(console_errors(&driver, &client).await.is_empty());

@@ -116,6 +116,12 @@ fn jobs_are_listed_newest_first_filtered_and_paged_for_their_tenant() {
     );
     assert_eq!(lsns(&list("outcome=trapped")), [failed]);
     assert_eq!(lsns(&list(&format!("worker={worker}"))).len(), 6);
+    let node = acme.call(Method::GET, "/compute/sysinfo", None).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(lsns(&list(&format!("node={node}"))).len(), 6);
+    assert!(lsns(&list("node=elsewhere")).is_empty());
     let other_worker = HashHex::of(b"no such worker");
     assert!(lsns(&list(&format!("worker={other_worker}"))).is_empty());
 
