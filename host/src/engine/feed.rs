@@ -264,6 +264,12 @@ impl Engine {
         self.feed.publish(Some(tenant), &data);
     }
 
+    /// Publishes a handler group's change (`deployed`, `deleted`).
+    pub fn group_changed(&self, tenant: &str, group: &str, state: &str) {
+        let data = json!({"kind": "group", "id": group, "tenant": tenant, "state": state});
+        self.feed.publish(Some(tenant), &data);
+    }
+
     /// Publishes a node's change (the fleet's: only the operator sees it).
     pub fn node_changed(&self, node: &str, state: &str) {
         let data = json!({"kind": "node", "node": node, "state": state});

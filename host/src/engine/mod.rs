@@ -81,8 +81,8 @@ pub struct Engine {
     metrics: Metrics,
     recorder: record::Recorder,
     webhooks: Arc<Webhooks>,
-    /// Every change, for `GET /compute/events`.
-    feed: feed::Feed,
+    /// Every change, for `GET /compute/events` (shared with the webhooks' deliverer).
+    feed: Arc<feed::Feed>,
     scheduler: Mutex<Scheduler>,
     /// Notified when a job becomes runnable.
     wake: Notify,
@@ -129,6 +129,11 @@ impl Engine {
             Webhooks::open(store.clone(), config.webhooks.clone()).context("loading webhooks")?,
         );
         let scheduler = Scheduler::new(config.quotas.clone(), config.fair_share_half_life);
+        let feed = Arc::new(feed::Feed::starting_now());
+        let deliveries = feed.clone();
+        webhooks.on_change(crate::webhooks::ChangeSink(Box::new(
+            move |tenant, change| deliveries.publish(Some(tenant), &change),
+        )));
         let engine = Arc::new(Self {
             config,
             store,
@@ -137,7 +142,7 @@ impl Engine {
             metrics: Metrics::default(),
             recorder: record::Recorder::default(),
             webhooks,
-            feed: feed::Feed::starting_now(),
+            feed,
             scheduler: Mutex::new(scheduler),
             wake: Notify::new(),
             finished: Notify::new(),

@@ -145,6 +145,27 @@ async fn deliver_loop(hooks: Arc<Webhooks>, stop: CancellationToken) {
 }
 
 /// One attempt of one delivery, and what it means for the delivery and its endpoint.
+/// Tells the change feed how an attempt ended (`pending`: it will be tried again).
+fn announce(
+    hooks: &Webhooks,
+    hook: &super::Webhook,
+    delivery: &Delivery,
+    state: DeliveryState,
+    attempts: u32,
+    status: Option<u16>,
+) {
+    let change = serde_json::json!({
+        "kind": "delivery",
+        "id": delivery.id,
+        "webhook": hook.id,
+        "event": delivery.event,
+        "state": state,
+        "attempts": attempts,
+        "last_status": status,
+    });
+    hooks.changed(&hook.tenant, change);
+}
+
 async fn attempt(hooks: &Webhooks, http: &reqwest::Client, delivery: Delivery) {
     let Ok(Some(hook)) = hooks.store.unscoped().webhook(&delivery.webhook) else {
         return;
@@ -202,6 +223,14 @@ async fn attempt(hooks: &Webhooks, http: &reqwest::Client, delivery: Delivery) {
             {
                 tracing::error!(delivery = %delivery.id, error = %e, "recording a webhook delivery");
             }
+            announce(
+                hooks,
+                &hook,
+                &delivery,
+                DeliveryState::Delivered,
+                attempts,
+                status,
+            );
             return;
         }
         Ok(response) => (
@@ -212,6 +241,7 @@ async fn attempt(hooks: &Webhooks, http: &reqwest::Client, delivery: Delivery) {
     };
     let config = &hooks.config;
     let failures = hook.failures + 1;
+    let mut ended = DeliveryState::Failed;
     let recorded = if failures >= config.disable_after {
         let reason = format!("disabled after {failures} consecutive failed attempts");
         tracing::warn!(webhook = %hook.id, url = %hook.url, "{reason}");
@@ -242,6 +272,7 @@ async fn attempt(hooks: &Webhooks, http: &reqwest::Client, delivery: Delivery) {
             let wait = backoff(config.retry_base, attempts);
             (DeliveryState::Pending, now_ms() + wait.as_millis() as i64)
         };
+        ended = state;
         hooks
             .store
             .end_attempt(&delivery.id, state, attempts, next, status, Some(&error))
@@ -251,6 +282,7 @@ async fn attempt(hooks: &Webhooks, http: &reqwest::Client, delivery: Delivery) {
                     .set_webhook_state(&hook.id, WebhookState::Active, failures, None)
             })
     };
+    announce(hooks, &hook, &delivery, ended, attempts, status);
     if let Err(e) = recorded {
         tracing::error!(delivery = %delivery.id, error = %e, "recording a failed webhook attempt");
     }

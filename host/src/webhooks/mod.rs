@@ -122,6 +122,20 @@ pub struct Webhooks {
     wake: Notify,
     /// (queue, jobs in it) already announced as complete.
     completed: Mutex<HashSet<(u64, u64)>>,
+    /// Told of every attempt's outcome (the engine's change feed).
+    on_change: std::sync::OnceLock<ChangeSink>,
+}
+
+/// Where a delivery's changes go: (the webhook's tenant, the change as JSON).
+pub struct ChangeSink(pub Box<SinkFn>);
+
+/// What a [`ChangeSink`] calls.
+pub type SinkFn = dyn Fn(&str, Value) + Send + Sync;
+
+impl std::fmt::Debug for ChangeSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeSink")
+    }
 }
 
 impl Webhooks {
@@ -133,9 +147,21 @@ impl Webhooks {
             subscriptions: Mutex::new(Vec::new()),
             wake: Notify::new(),
             completed: Mutex::new(HashSet::new()),
+            on_change: std::sync::OnceLock::new(),
         };
         hooks.reload()?;
         Ok(hooks)
+    }
+
+    /// Sends every delivery attempt's outcome to `sink` (set once).
+    pub fn on_change(&self, sink: ChangeSink) {
+        let _ = self.on_change.set(sink);
+    }
+
+    fn changed(&self, tenant: &str, change: Value) {
+        if let Some(sink) = self.on_change.get() {
+            (sink.0)(tenant, change);
+        }
     }
 
     fn subscriptions(&self) -> MutexGuard<'_, Vec<Subscription>> {

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::Server;
 use crate::server::{WAIT, action, upload_test_guest};
@@ -95,6 +95,11 @@ fn the_feed_pushes_each_tenants_changes_to_it_alone_and_resumes_after_the_last_i
         NODE_KEY,
         "--heartbeat-interval",
         "100ms",
+        "--webhook-allow-private",
+        "--webhook-retry-base",
+        "20ms",
+        "--webhook-attempts",
+        "2",
     ]);
     let operator = subscribe(&coordinator, ADMIN, None);
     let acme_feed = subscribe(&coordinator, "acme-key-0123456789", None);
@@ -119,6 +124,13 @@ fn the_feed_pushes_each_tenants_changes_to_it_alone_and_resumes_after_the_last_i
 
     let acme = coordinator.client_with_key("acme-key-0123456789");
     let worker = upload_test_guest(&acme);
+    // A webhook nobody answers (a closed port): its attempts' outcomes are changes too.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    let hook = json!({"url": url, "events": ["job.succeeded"]});
+    acme.call(reqwest::Method::POST, "/api/v1/webhooks", Some(&hook))
+        .unwrap();
     let lsn = acme
         .submit(&action(&acme, worker, &["echo"], Some(b"hi")), None, None)
         .unwrap();
@@ -185,6 +197,46 @@ fn the_feed_pushes_each_tenants_changes_to_it_alone_and_resumes_after_the_last_i
         .send()
         .unwrap();
     assert_eq!(unauthenticated.status(), 401);
+
+    // The webhook's attempts: tried again, then failed.
+    let attempts = until(&acme_feed, |e| {
+        e["kind"] == "delivery" && e["state"] == "failed"
+    });
+    let last = &attempts.last().unwrap().1;
+    assert_eq!(last["event"], "job.succeeded");
+    assert_eq!(last["attempts"], 2);
+    assert!(
+        attempts
+            .iter()
+            .any(|(_, e)| e["kind"] == "delivery" && e["state"] == "pending"),
+        "{attempts:?}"
+    );
+    // A handler group's deploy and delete.
+    let group = json!({
+        "name": "g",
+        "handlers": [{"name": "h", "worker": worker}],
+        "routes": [{"from": "_external", "to": "h", "event_types": ["T*"]}],
+    });
+    let id = acme
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/cluster/groups",
+            Some(&group),
+        )
+        .unwrap()["id"]
+        .clone();
+    until(&acme_feed, |e| {
+        e["kind"] == "group" && e["id"] == id && e["state"] == "deployed"
+    });
+    acme.call(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/cluster/groups/{}", id.as_str().unwrap()),
+        None,
+    )
+    .unwrap();
+    until(&acme_feed, |e| {
+        e["kind"] == "group" && e["id"] == id && e["state"] == "deleted"
+    });
 
     // Killing the node turns it unhealthy on the operator's feed.
     node.kill();

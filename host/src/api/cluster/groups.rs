@@ -46,6 +46,7 @@ async fn deploy(
         .tenant(&tenant)
         .put_group(&id, &spec_json, &placements_json)?;
     tracing::info!(group = %id, name = %spec.name, "group deployed");
+    state.engine.group_changed(&tenant, &id, "deployed");
     let mut answer = describe(&id, &spec, &placements);
     answer["id"] = json!(id);
     Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
@@ -70,6 +71,7 @@ async fn delete(
     if !state.engine.store().tenant(&tenant).delete_group(&id)? {
         return Err(ApiError::NotFound(format!("group {id} not found")));
     }
+    state.engine.group_changed(&tenant, &id, "deleted");
     Ok(axum::Json(json!({"id": id, "deleted": true})))
 }
 
