@@ -488,7 +488,7 @@ async function job(lsn) {
     body.replaceChildren(kv, actions, h("h2", {}, "Output"), preview);
     if (status === 200) {
       const out = await fetch(`/cas/${r.output}`, { credentials: "same-origin" });
-      const text = out.ok ? await out.text() : `(${out.status})`;
+      const text = out.ok ? await out.text() : out.status === 404 ? "(the output's bytes are its tenant's to read)" : `(${out.status})`;
       preview.textContent = text.length > 4096 ? `${text.slice(0, 4096)}\n… (${r.output_size} bytes in all)` : text || "(empty)";
     }
   };

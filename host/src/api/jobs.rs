@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::AppState;
-use crate::api::auth::Tenant;
+use crate::api::auth::{Role, Tenant};
 use crate::api::body::{descriptor, path_hash};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::json::{Json, JsonBody};
@@ -266,13 +266,27 @@ fn pending_status(job: &crate::store::JobRow) -> Value {
 }
 
 /// `GET /compute/jobs/{lsn}`.
+///
+/// The operator reads every tenant's jobs (as it lists them); their outputs' bytes
+/// stay their tenants' (`/cas` checks ownership).
 pub async fn get(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
+    Extension(role): Extension<Role>,
     Path(lsn): Path<String>,
     Query(wait): Query<WaitQuery>,
 ) -> ApiResult<Response> {
-    job_response_waiting(&state, &tenant, path_lsn(&lsn)?, None, wait).await
+    let lsn = path_lsn(&lsn)?;
+    let tenant = match role {
+        Role::Operator => state
+            .engine
+            .store()
+            .unscoped()
+            .job(lsn)?
+            .map_or(tenant, |job| job.tenant),
+        Role::Tenant => tenant,
+    };
+    job_response_waiting(&state, &tenant, lsn, None, wait).await
 }
 
 /// `GET /compute/jobs/{worker}/{action}`: the cached result of an action.

@@ -68,7 +68,11 @@ fn jobs_are_listed_newest_first_filtered_and_paged_for_their_tenant() {
     let theirs = upload_test_guest(&globex);
     assert_eq!(theirs, worker, "the same module is the same worker");
     let their_lsn = globex
-        .submit(&action(&globex, theirs, &["noop"], None), None, None)
+        .submit(
+            &action(&globex, theirs, &["echo"], Some(b"globex's output")),
+            None,
+            None,
+        )
         .unwrap();
     globex.wait(their_lsn, WAIT).unwrap();
 
@@ -137,6 +141,22 @@ fn jobs_are_listed_newest_first_filtered_and_paged_for_their_tenant() {
             .any(|j| j["tenant"] == "globex" && j["lsn"] == their_lsn)
     );
     assert!(every.iter().any(|j| j["tenant"] == "acme"));
+    // The operator opens any tenant's job (not its output's bytes); a tenant only its own.
+    let their_job = operator
+        .call(Method::GET, &format!("/compute/jobs/{their_lsn}"), None)
+        .unwrap();
+    assert_eq!(their_job["state"], "succeeded", "{their_job}");
+    let output: HashHex = serde_json::from_value(their_job["output"].clone()).unwrap();
+    let (status, _) = crate::server::api_code(operator.blob(&output).unwrap_err());
+    assert_eq!(
+        status, 404,
+        "the operator reads the job, not the tenant's bytes"
+    );
+    let (status, _) = crate::server::api_code(
+        acme.call(Method::GET, &format!("/compute/jobs/{their_lsn}"), None)
+            .unwrap_err(),
+    );
+    assert_eq!(status, 404, "another tenant's job does not exist for acme");
     // A tenant never sees another's.
     let theirs_only = globex.call(Method::GET, "/compute/jobs", None).unwrap();
     assert_eq!(lsns(&theirs_only), [their_lsn]);
