@@ -156,8 +156,29 @@ impl Store {
                 .flatten();
             return Ok(JobPage { jobs, next });
         }
+        // The window's lowest LSN (an index-only walk of at most `scan` entries); the
+        // page is then a range of the same index from the cursor down to it, which
+        // stops as soon as a page matched.
         let window = format!("{window} LIMIT {scan}");
-        let mut sql = format!("SELECT {SUMMARY} FROM jobs WHERE lsn IN ({window})");
+        let (looked, floor): (i64, Option<i64>) = conn
+            .prepare_cached(&format!("SELECT COUNT(*), MIN(lsn) FROM ({window})"))?
+            .query_row(params_from_iter(&args), |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+        let Some(floor) = floor else {
+            return Ok(JobPage {
+                jobs: Vec::new(),
+                next: None,
+            });
+        };
+        args.push(Sql::Integer(floor));
+        let mut sql = format!(
+            "SELECT {SUMMARY} FROM jobs WHERE lsn < ?1 AND lsn >= ?{}",
+            args.len()
+        );
+        if tenant.is_some() {
+            sql.push_str(" AND tenant = ?2");
+        }
         let mut push = |clause: &str, value: Sql| {
             args.push(value);
             sql.push_str(&format!(" AND {clause} ?{}", args.len()));
@@ -188,21 +209,12 @@ impl Store {
             .prepare_cached(&sql)?
             .query_map(params_from_iter(&args), summary)?
             .collect::<Result<Vec<_>, _>>()?;
-        if jobs.len() == limit {
-            let next = jobs.last().map(|j| j.lsn);
-            return Ok(JobPage { jobs, next });
-        }
-        // Fewer than a page matched: go on below the window, if it was full.
-        let window_args = if tenant.is_some() { 2 } else { 1 };
-        let (looked, lowest): (i64, Option<i64>) = conn
-            .prepare_cached(&format!("SELECT COUNT(*), MIN(lsn) FROM ({window})"))?
-            .query_row(params_from_iter(&args[..window_args]), |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?;
-        let next = (looked as usize == scan)
-            .then_some(lowest)
-            .flatten()
-            .map(|l| l as u64);
+        let next = if jobs.len() == limit {
+            jobs.last().map(|j| j.lsn)
+        } else {
+            // Fewer than a page matched: go on below the window, if it was full.
+            (looked as usize == scan).then_some(floor as u64)
+        };
         Ok(JobPage { jobs, next })
     }
 }
@@ -398,6 +410,14 @@ mod tests {
         assert!(
             every.contains("INTEGER PRIMARY KEY") || every.contains("rowid"),
             "{every}"
+        );
+        let filtered = plan(
+            "SELECT lsn FROM jobs WHERE lsn < 9 AND lsn >= 1 AND tenant = 'a' \
+             AND state = 'failed' ORDER BY lsn DESC LIMIT 50",
+        );
+        assert!(
+            filtered.contains("jobs_by_tenant") && !filtered.contains("TEMP B-TREE"),
+            "{filtered}"
         );
     }
 }
