@@ -435,3 +435,70 @@ fn the_dashboard_shows_the_fleet_and_each_tenants_jobs_live_in_chromium() {
         client.close().await.unwrap();
     });
 }
+
+/// A lone node serves the same dashboard; without keys it opens at once, and the fleet
+/// pages (nodes, groups) are not offered.
+#[test]
+fn a_lone_node_serves_the_dashboard_live_without_a_login() {
+    let node = Server::start(&[]);
+    let api = node.client();
+    let worker = upload_test_guest(&api);
+    let driver = Driver::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = browser(&driver).await;
+        let ui = Ui {
+            driver: &driver,
+            client: &client,
+            server: &node,
+        };
+        open(&ui, "/ui", "Overview", "node-overview").await;
+        until_text(&client, "#who", |t| t == "default (operator)").await;
+        until_text(&client, "#live", |t| t == "live").await;
+        for link in ["/ui/nodes", "/ui/groups"] {
+            let shown = client
+                .find(Locator::Css(&format!("nav a[href=\"{link}\"]")))
+                .await
+                .unwrap()
+                .is_displayed()
+                .await
+                .unwrap();
+            assert!(!shown, "{link} is offered on a lone node");
+        }
+        assert!(
+            !client
+                .find(Locator::Css("#logout"))
+                .await
+                .unwrap()
+                .is_displayed()
+                .await
+                .unwrap()
+        );
+        open(&ui, "/ui/jobs", "Jobs", "node-jobs").await;
+        let lsn = blocking(move || {
+            let job = action(&api, worker, &["echo"], Some(b"from a lone node"));
+            api.submit(&job, None, None).unwrap()
+        })
+        .await;
+        until_text(
+            &client,
+            &format!("tr[data-lsn=\"{lsn}\"] [data-field=\"state\"]"),
+            |t| t == "succeeded",
+        )
+        .await;
+        client
+            .find(Locator::Css(&format!("tr[data-lsn=\"{lsn}\"] a")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until_text(&client, "main pre", |t| t == "from a lone node").await;
+        assert!(console_errors(&driver, &client).await.is_empty());
+        client.close().await.unwrap();
+    });
+}
