@@ -94,6 +94,20 @@ impl Auth {
         &self.sessions
     }
 
+    /// Who a request is: its key's tenant and role when it presents a key (a wrong
+    /// key is nobody, whatever cookie comes with it), else its session cookie's. Without
+    /// keys configured, everyone is the `default` tenant with the operator role.
+    pub fn caller(&self, headers: &HeaderMap) -> Option<(String, Role)> {
+        if !self.required() {
+            return Some((DEFAULT_TENANT.to_string(), Role::Operator));
+        }
+        match presented_key(headers) {
+            Some(key) => self.principal(key),
+            None => presented_session(headers)
+                .and_then(|secret| self.sessions.principal(secret, std::time::Instant::now())),
+        }
+    }
+
     /// Whether keys are required.
     pub fn required(&self) -> bool {
         !self.keys.is_empty()
@@ -137,21 +151,10 @@ pub async fn require_tenant(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let (tenant, role) = if state.auth.required() {
-        let headers = request.headers();
-        match presented_key(headers) {
-            Some(key) => state.auth.principal(key),
-            None => presented_session(headers).and_then(|secret| {
-                state
-                    .auth
-                    .sessions()
-                    .principal(secret, std::time::Instant::now())
-            }),
-        }
-        .ok_or(ApiError::Unauthorized)?
-    } else {
-        (DEFAULT_TENANT.to_string(), Role::Operator)
-    };
+    let (tenant, role) = state
+        .auth
+        .caller(request.headers())
+        .ok_or(ApiError::Unauthorized)?;
     request.extensions_mut().insert(Tenant(tenant));
     request.extensions_mut().insert(role);
     Ok(next.run(request).await)

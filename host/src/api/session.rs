@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::AppState;
-use crate::api::auth::{Role, presented_key};
+use crate::api::auth::Role;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::json::Json;
 use crate::model::DEFAULT_TENANT;
@@ -163,17 +163,7 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Respon
 /// `GET /ui/session`: who the caller is (by key or session cookie); `tenant` and
 /// `role` are null for nobody (a page about to ask for a key: not an error).
 pub async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let principal = if state.auth.required() {
-        let by_key = presented_key(&headers).and_then(|key| state.auth.principal(key));
-        let by_cookie = || {
-            presented_session(&headers)
-                .and_then(|secret| state.auth.sessions().principal(secret, Instant::now()))
-        };
-        by_key.or_else(by_cookie)
-    } else {
-        Some((DEFAULT_TENANT.to_string(), Role::Operator))
-    };
-    let (tenant, role) = match principal {
+    let (tenant, role) = match state.auth.caller(&headers) {
         Some((tenant, role)) => (json!(tenant), json!(role_name(role))),
         None => (json!(null), json!(null)),
     };

@@ -111,6 +111,20 @@ fn a_login_trades_a_key_for_a_session_cookie_the_api_accepts_until_logout() {
         "the feed takes the cookie too"
     );
     drop(feed);
+    // A key, when one comes, is what counts: a wrong one is nobody, cookie or not.
+    let wrong_key = |path: &str| {
+        http.get(server.at(path))
+            .header("cookie", &cookie)
+            .header("x-api-key", "wrong-key-0123456789")
+            .send()
+            .unwrap()
+    };
+    assert_eq!(
+        wrong_key("/compute/jobs").status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let nobody: Value = wrong_key("/ui/session").json().unwrap();
+    assert!(nobody["tenant"].is_null(), "{nobody}");
     // A made-up session is nobody.
     let forged = http
         .get(server.at("/compute/jobs"))
