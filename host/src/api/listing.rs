@@ -11,6 +11,7 @@ use crate::api::AppState;
 use crate::api::auth::{Role, Tenant};
 use crate::api::body::path_hash;
 use crate::api::error::{ApiError, ApiResult};
+use crate::api::queues::counted;
 use crate::model::JobState;
 use crate::store::{JobFilter, JobPage};
 
@@ -117,16 +118,10 @@ pub async fn queues(
         };
         let mut listed = Vec::with_capacity(queues.len());
         for queue in queues {
-            let mut counts: serde_json::Map<String, Value> = JobState::ALL
-                .iter()
-                .map(|s| (s.as_str().to_string(), json!(0)))
-                .collect();
-            for (job_state, n) in store.tenant(&queue.tenant).queue_counts(queue.queue_id)? {
-                counts.insert(job_state.as_str().to_string(), json!(n));
-            }
+            let (counts, _) = counted(store.tenant(&queue.tenant), queue.queue_id)?;
             let mut entry = serde_json::to_value(&queue)
                 .map_err(|e| ApiError::Internal(format!("listing queues: {e}")))?;
-            entry["counts"] = Value::Object(counts);
+            entry["counts"] = counts;
             listed.push(entry);
         }
         Ok(json!({"queues": listed, "next": next}))

@@ -16,7 +16,7 @@ use crate::api::jobs::{SubmitQuery, WaitQuery, job_response_waiting, path_lsn, s
 use crate::api::json::{self, Json, JsonBody};
 use crate::engine::QueuePolicy;
 use crate::model::{JobState, QueueState};
-use crate::store::QueueRow;
+use crate::store::{QueueRow, TenantStore};
 
 /// Length of a remote queue token: 12 random bytes (96 bits) in hex.
 const TOKEN_HEX: usize = 24;
@@ -122,22 +122,29 @@ fn resolve(state: &AppState, tenant: &str, q: &str, peer: Peer) -> ApiResult<Que
 }
 
 /// A queue's status as `GET /compute/queues/{q}` answers it.
-fn status(state: &AppState, queue: &QueueRow) -> ApiResult<serde_json::Value> {
-    // The queue's own state may have changed (drain, cancel, expiry) since it was read.
-    let store = state.engine.store().tenant(&queue.tenant);
-    let queue_state = store.queue(queue.id)?.map_or(queue.state, |row| row.state);
+/// A queue's jobs counted by state (every state named, 0 when none), and how many of
+/// them are pending.
+pub(super) fn counted(store: TenantStore<'_>, queue: u64) -> ApiResult<(serde_json::Value, u64)> {
     let mut counts = serde_json::Map::new();
     for job_state in JobState::ALL {
         counts.insert(job_state.as_str().into(), json!(0));
     }
     let mut counts = serde_json::Value::Object(counts);
     let mut pending = 0;
-    for (job_state, n) in store.queue_counts(queue.id)? {
+    for (job_state, n) in store.queue_counts(queue)? {
         counts[job_state.as_str()] = json!(n);
         if !job_state.is_finished() {
             pending += n;
         }
     }
+    Ok((counts, pending))
+}
+
+fn status(state: &AppState, queue: &QueueRow) -> ApiResult<serde_json::Value> {
+    // The queue's own state may have changed (drain, cancel, expiry) since it was read.
+    let store = state.engine.store().tenant(&queue.tenant);
+    let queue_state = store.queue(queue.id)?.map_or(queue.state, |row| row.state);
+    let (counts, pending) = counted(store, queue.id)?;
     Ok(json!({
         "queue_id": queue.id,
         "state": queue_state,

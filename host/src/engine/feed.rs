@@ -19,7 +19,7 @@ use wasmesh_runtime::CancellationToken;
 
 use super::Engine;
 use crate::model::{HashHex, JobResult, JobState};
-use crate::store::JobRow;
+use crate::store::{JobRow, NewJob};
 
 /// Changes kept for subscribers that fall behind or reconnect.
 pub const CAPACITY: usize = 65_536;
@@ -206,15 +206,36 @@ struct JobChange<'a> {
 }
 
 impl<'a> JobChange<'a> {
-    fn of(job: &'a JobRow, state: JobState) -> Self {
+    fn new(
+        lsn: u64,
+        tenant: &'a str,
+        queue_id: Option<u64>,
+        worker: &'a HashHex,
+        state: JobState,
+    ) -> Self {
         Self {
             kind: "job",
-            lsn: job.lsn,
-            tenant: &job.tenant,
-            queue_id: job.queue_id,
-            worker: Some(&job.worker),
+            lsn,
+            tenant,
+            queue_id,
+            worker: Some(worker),
             state: Some(state),
             ..Self::default()
+        }
+    }
+
+    fn of(job: &'a JobRow, state: JobState) -> Self {
+        Self::new(job.lsn, &job.tenant, job.queue_id, &job.worker, state)
+    }
+
+    /// What an attempt's `result` says: where it ran and how it ended.
+    fn ended(self, result: &'a JobResult) -> Self {
+        Self {
+            node: Some(&result.node),
+            attempts: Some(result.attempts),
+            outcome: Some(&result.outcome),
+            cached: Some(result.cached),
+            ..self
         }
     }
 }
@@ -248,14 +269,15 @@ impl Engine {
         } else {
             result.state
         };
-        let change = JobChange {
-            node: Some(&result.node),
-            attempts: Some(result.attempts),
-            outcome: Some(&result.outcome),
-            cached: Some(result.cached),
-            ..JobChange::of(job, state)
-        };
+        let change = JobChange::of(job, state).ended(result);
         self.feed.publish(Some(&job.tenant), &change);
+    }
+
+    /// Publishes that job `lsn`, just written as `new`, was answered from the cache.
+    pub(super) fn job_answered(&self, lsn: u64, new: &NewJob<'_>, result: &JobResult) {
+        let change =
+            JobChange::new(lsn, new.tenant, new.queue_id, &new.worker, result.state).ended(result);
+        self.feed.publish(Some(new.tenant), &change);
     }
 
     /// Publishes a queue's change (`state`: what it is now).

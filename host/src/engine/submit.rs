@@ -313,18 +313,18 @@ impl Engine {
             self.recorder.append(&self.cas, tenant, &entries)?;
         }
         self.metrics.jobs_submitted.add(lsns.len() as u64);
-        for (lsn, (_, cached)) in lsns.iter().zip(&rows) {
+        for (lsn, (new, cached)) in lsns.iter().zip(&rows) {
+            if let Some(result) = cached {
+                self.metrics.cache_answers.add(1);
+                self.job_answered(*lsn, new, result);
+                self.announce(*lsn);
+                continue;
+            }
             let job = self
                 .store
                 .tenant(tenant)
                 .job(*lsn)?
                 .ok_or_else(|| EngineError::Internal("job vanished".into()))?;
-            if let Some(result) = cached {
-                self.metrics.cache_answers.add(1);
-                self.job_ended(&job, result, false);
-                self.announce(*lsn);
-                continue;
-            }
             self.job_queued(&job, None);
             self.schedule(&job)?;
         }

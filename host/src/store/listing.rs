@@ -134,50 +134,38 @@ impl Store {
     ) -> StoreResult<JobPage> {
         let limit = limit.clamp(1, MAX_PAGE);
         let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
-        // The window: the newest jobs below the cursor, from an index.
+        // The jobs below the cursor, newest first: a range of `jobs_by_tenant` (or of
+        // the primary key).
         let mut args: Vec<Sql> = vec![Sql::Integer(before)];
-        let mut window = String::from("SELECT lsn FROM jobs WHERE lsn < ?1");
+        let mut scope = String::from("lsn < ?1");
         if let Some(tenant) = tenant {
-            window.push_str(" AND tenant = ?2");
+            scope.push_str(" AND tenant = ?2");
             args.push(Sql::Text(tenant.to_string()));
         }
-        window.push_str(" ORDER BY lsn DESC");
         let conn = self.conn();
-        if filter.is_empty() {
-            let sql = format!(
-                "SELECT {SUMMARY} FROM jobs WHERE lsn IN ({window} LIMIT {limit}) ORDER BY lsn DESC"
-            );
-            let jobs = conn
-                .prepare_cached(&sql)?
-                .query_map(params_from_iter(&args), summary)?
-                .collect::<Result<Vec<_>, _>>()?;
-            let next = (jobs.len() == limit)
-                .then(|| jobs.last().map(|j| j.lsn))
-                .flatten();
-            return Ok(JobPage { jobs, next });
-        }
-        // The window's lowest LSN (an index-only walk of at most `scan` entries); the
-        // page is then a range of the same index from the cursor down to it, which
-        // stops as soon as a page matched.
-        let window = format!("{window} LIMIT {scan}");
-        let (looked, floor): (i64, Option<i64>) = conn
-            .prepare_cached(&format!("SELECT COUNT(*), MIN(lsn) FROM ({window})"))?
-            .query_row(params_from_iter(&args), |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?;
-        let Some(floor) = floor else {
-            return Ok(JobPage {
-                jobs: Vec::new(),
-                next: None,
-            });
-        };
-        args.push(Sql::Integer(floor));
-        let mut sql = format!(
-            "SELECT {SUMMARY} FROM jobs WHERE lsn < ?1 AND lsn >= ?{}",
-            args.len()
-        );
-        if tenant.is_some() {
-            sql.push_str(" AND tenant = ?2");
+        let mut sql = format!("SELECT {SUMMARY} FROM jobs WHERE {scope}");
+        // A filtered page looks no further than the window of the `scan` newest jobs:
+        // its lowest LSN (an index-only walk) bounds the range, which still stops as
+        // soon as a page matched.
+        let mut window = None;
+        if !filter.is_empty() {
+            let (looked, floor): (i64, Option<i64>) = conn
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*), MIN(lsn) FROM \
+                     (SELECT lsn FROM jobs WHERE {scope} ORDER BY lsn DESC LIMIT {scan})"
+                ))?
+                .query_row(params_from_iter(&args), |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+            let Some(floor) = floor else {
+                return Ok(JobPage {
+                    jobs: Vec::new(),
+                    next: None,
+                });
+            };
+            args.push(Sql::Integer(floor));
+            sql.push_str(&format!(" AND lsn >= ?{}", args.len()));
+            window = Some((looked as usize, floor as u64));
         }
         let mut push = |clause: &str, value: Sql| {
             args.push(value);
@@ -213,7 +201,9 @@ impl Store {
             jobs.last().map(|j| j.lsn)
         } else {
             // Fewer than a page matched: go on below the window, if it was full.
-            (looked as usize == scan).then_some(floor as u64)
+            window
+                .filter(|(looked, _)| *looked == scan)
+                .map(|(_, floor)| floor)
         };
         Ok(JobPage { jobs, next })
     }
@@ -388,8 +378,8 @@ mod tests {
         assert!(all_pages(&store, Some("a"), &none, 5).0.is_empty());
     }
 
-    /// Pins the dashboard's first paint on a large journal: the window is a range of
-    /// an index, never a scan of the table or a sort.
+    /// Pins the dashboard's first paint on a large journal: a page, filtered or not,
+    /// is a range of an index, never a scan of the table or a sort.
     #[test]
     fn the_window_is_an_index_range() {
         let dir = tempfile::tempdir().unwrap();
@@ -400,10 +390,13 @@ mod tests {
             let rows = stmt.query_map([], |row| row.get::<_, String>(3)).unwrap();
             rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
         };
-        let tenant =
-            plan("SELECT lsn FROM jobs WHERE lsn < 9 AND tenant = 'a' ORDER BY lsn DESC LIMIT 50");
+        let tenant = plan(&format!(
+            "SELECT {SUMMARY} FROM jobs WHERE lsn < 9 AND tenant = 'a' ORDER BY lsn DESC LIMIT 50"
+        ));
         assert!(tenant.contains("jobs_by_tenant"), "{tenant}");
-        let every = plan("SELECT lsn FROM jobs WHERE lsn < 9 ORDER BY lsn DESC LIMIT 50");
+        let every = plan(&format!(
+            "SELECT {SUMMARY} FROM jobs WHERE lsn < 9 ORDER BY lsn DESC LIMIT 50"
+        ));
         for plan in [&tenant, &every] {
             assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
         }
@@ -411,10 +404,10 @@ mod tests {
             every.contains("INTEGER PRIMARY KEY") || every.contains("rowid"),
             "{every}"
         );
-        let filtered = plan(
-            "SELECT lsn FROM jobs WHERE lsn < 9 AND lsn >= 1 AND tenant = 'a' \
-             AND state = 'failed' ORDER BY lsn DESC LIMIT 50",
-        );
+        let filtered = plan(&format!(
+            "SELECT {SUMMARY} FROM jobs WHERE lsn < 9 AND tenant = 'a' AND lsn >= 1 \
+             AND state = 'failed' ORDER BY lsn DESC LIMIT 50"
+        ));
         assert!(
             filtered.contains("jobs_by_tenant") && !filtered.contains("TEMP B-TREE"),
             "{filtered}"

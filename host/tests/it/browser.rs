@@ -132,6 +132,16 @@ async fn open(ui: &Ui<'_>, path: &str, heading: &str, shot: &str) {
     std::fs::write(dir.join(format!("{shot}.png")), png).unwrap();
 }
 
+/// The runtime a browser session is driven on (blocking client calls go to its
+/// blocking pool through [`blocking`]).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Runs blocking client code (the API client, killing a process) off the runtime.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
@@ -221,12 +231,7 @@ fn the_dashboard_shows_the_fleet_and_each_tenants_jobs_live_in_chromium() {
     globex.wait(theirs, WAIT).unwrap();
 
     let driver = Driver::start();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    runtime().block_on(async {
         let client = browser(&driver).await;
         let ui = Ui {
             driver: &driver,
@@ -444,12 +449,7 @@ fn a_lone_node_serves_the_dashboard_live_without_a_login() {
     let api = node.client();
     let worker = upload_test_guest(&api);
     let driver = Driver::start();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    runtime().block_on(async {
         let client = browser(&driver).await;
         let ui = Ui {
             driver: &driver,

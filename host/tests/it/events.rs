@@ -154,6 +154,19 @@ fn the_feed_pushes_each_tenants_changes_to_it_alone_and_resumes_after_the_last_i
     );
     // The operator sees the tenant's job too.
     until(&operator, is_job(lsn, "succeeded"));
+    // The same action again is answered from the cache: one change, already finished.
+    let again = acme
+        .submit(&action(&acme, worker, &["echo"], Some(b"hi")), None, None)
+        .unwrap();
+    let seen = until(&acme_feed, is_job(again, "succeeded"));
+    let answer = &seen.last().unwrap().1;
+    assert_eq!(answer["cached"], true, "{answer}");
+    assert_eq!(answer["tenant"], "acme");
+    assert_eq!(answer["worker"], worker.to_string());
+    assert!(
+        seen.iter().all(|(_, e)| e["lsn"] != again || e == answer),
+        "a cached answer is never queued or running: {seen:?}"
+    );
 
     // Globex's own job: once its end arrived, every earlier change was sent, and
     // none of acme's was among them.
