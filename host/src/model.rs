@@ -544,6 +544,28 @@ impl JobResult {
     }
 }
 
+/// One attempt at a job: where it was handed out and how it ended (the journal keeps
+/// every attempt; a job's result is its last one's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Its number, from 1; on a coordinator also the lease's fencing token.
+    pub attempt: u32,
+    /// The node it was given to (a lone node: its own id).
+    pub node: String,
+    /// When it was handed out (leased, or taken by a local slot): Unix ms, journal's clock.
+    pub started_ms: i64,
+    /// When its end was written; `None` while it runs.
+    pub ended_ms: Option<i64>,
+    /// How it ended (the result's outcome, `node_lost` when its node stopped).
+    pub outcome: Option<String>,
+    /// The guest's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The trap text or the reason it ended without a run of its own.
+    pub message: Option<String>,
+    /// Whether the job was queued again after it (an automatic retry).
+    pub retried: bool,
+}
+
 /// When a run started and ended: Unix milliseconds on the clock of the node that ran
 /// it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

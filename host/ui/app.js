@@ -460,36 +460,79 @@ async function jobs() {
   });
 }
 
+// A run's length, from two Unix-ms times.
+function took(from, to) {
+  if (from === null || from === undefined || to === null || to === undefined) return "–";
+  const ms = Math.max(0, to - from);
+  return ms < 1000 ? `${ms} ms` : ms < 60000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 60000)} min`;
+}
+
+// Links to jobs by LSN, or a dash.
+const jobLinks = (lsns) => (lsns && lsns.length ? lsns.flatMap((l, i) => [i ? " " : "", link(`/ui/jobs/${l}`, `#${l}`)]) : "–");
+
+// The first 4 KiB of a blob as text, or why it cannot be shown.
+async function previewOf(hash, size) {
+  const out = await fetch(`/cas/${hash}`, { credentials: "same-origin" });
+  if (!out.ok) return out.status === 404 ? "(the output's bytes are its tenant's to read)" : `(${out.status})`;
+  const text = await out.text();
+  return text.length > 4096 ? `${text.slice(0, 4096)}\n… (${size ?? text.length} bytes in all)` : text || "(empty)";
+}
+
+function attemptsTable(history, fleet) {
+  if (!history.length) return h("p", { class: "muted" }, "No attempt started (queued, cancelled or answered from the cache).");
+  return table(["Attempt", "Node", "Started", "Took", "Outcome", "Exit", "Message", "Then"], history.map((a) =>
+    h("tr", { "data-attempt": a.attempt },
+      h("td", {}, a.attempt), h("td", { class: "mono" }, fleet ? link(`/ui/nodes/${encodeURIComponent(a.node)}`, a.node) : a.node),
+      h("td", {}, ago(a.started_ms)), h("td", {}, a.ended_ms === null ? "running" : took(a.started_ms, a.ended_ms)),
+      h("td", {}, a.outcome || "–"), h("td", {}, a.exit_code ?? "–"), h("td", {}, a.message || "–"),
+      h("td", {}, a.ended_ms === null ? "–" : a.retried ? "retried" : "final"))));
+}
+
 async function job(lsn) {
   const body = h("div");
   show(`Job #${lsn}`, body);
   const load = async () => {
-    const { status, body: r } = await api(`/compute/jobs/${lsn}`);
-    const rows = [["State", stateCell(r.state)]];
-    if (status === 200) {
+    const [{ status, body: r }, { body: d }] = await Promise.all([api(`/compute/jobs/${lsn}`), api(`/compute/jobs/${lsn}/details`)]);
+    const fleet = who.role === "operator" && who.serverRole === "coordinator";
+    const done = status === 200;
+    const rows = [["State", stateCell(d.state)]];
+    if (who.role === "operator") rows.push(["Tenant", d.tenant]);
+    rows.push(["Queue", d.queue_id === null ? "–" : link(`/ui/jobs?queue=${d.queue_id}`, `#${d.queue_id}`)],
+      ["Priority", d.priority], ["Attempts", `${d.attempts} of ${d.max_retries + 1}`],
+      ["Submitted", ago(d.created_ms)], ["Finished", ago(d.finished_ms)],
+      ["Worker", link(`/ui/jobs?worker=${d.worker}`, h("code", {}, d.worker))], ["Action", h("code", {}, d.action)],
+      ["Depends on", jobLinks(d.after)], ["Dependents", jobLinks(d.dependents)],
+      ["Checkpoint", d.checkpoint ? h("code", { title: "the next attempt resumes from it" }, d.checkpoint) : "–"]);
+    if (done) {
       rows.push(["Outcome", r.outcome], ["Exit code", r.exit_code ?? "–"], ["Message", r.message || "–"], ["Node", r.node || "–"],
-        ["Attempts", r.attempts], ["Cached", r.cached ? "yes" : "no"], ["Worker", h("code", {}, r.worker)], ["Action", h("code", {}, r.action)],
+        ["Cached", r.cached ? "yes" : "no"],
         ["Output", h("a", { href: `/cas/${r.output}`, download: `job-${lsn}.out` }, `${r.output_size} bytes`)],
         ["Stderr", h("a", { href: `/cas/${r.stderr}`, download: `job-${lsn}.err` }, "download")]);
       if (r.usage) rows.push(["Usage", h("code", {}, JSON.stringify(r.usage))]);
-      if (r.timing) rows.push(["Timing", h("code", {}, JSON.stringify(r.timing))]);
+      if (r.timing) rows.push(["Timing", h("span", { title: JSON.stringify(r.timing) }, took(r.timing.started_ms, r.timing.finished_ms))]);
       if (r.placement) rows.push(["Placement", h("code", {}, JSON.stringify(r.placement))]);
       if (r.events && r.events.length) rows.push(["Events", h("code", {}, JSON.stringify(r.events))]);
+    } else if (d.node) {
+      rows.push(["Node", d.node]);
     }
     const actions = h("div", { class: "actions" },
       status === 202 ? h("button", { type: "button", onclick: () => act(`/compute/jobs/${lsn}/cancel`, "POST", load) }, "Cancel") : null,
-      status === 200 && ["failed", "cancelled"].includes(r.state) ? h("button", { type: "button", onclick: () => act(`/compute/jobs/${lsn}/reschedule`, "POST", load) }, "Reschedule") : null,
-      r.state === "queued" ? h("button", { type: "button", class: "secondary", onclick: () => {
+      done && ["failed", "cancelled"].includes(r.state) ? h("button", { type: "button", onclick: () => act(`/compute/jobs/${lsn}/reschedule`, "POST", load) }, "Reschedule") : null,
+      d.state === "queued" ? h("button", { type: "button", class: "secondary", onclick: () => {
         const p = prompt("New priority (-1000 to 1000)", "0");
         if (p !== null) act(`/compute/jobs/${lsn}/priority`, "POST", load, { priority: Number(p) });
       } }, "Priority") : null);
     const kv = h("dl", { class: "kv" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
-    const preview = h("pre", { "aria-label": "stdout preview" }, status === 200 ? "…" : "(not finished)");
-    body.replaceChildren(kv, actions, h("h2", {}, "Output"), preview);
-    if (status === 200) {
-      const out = await fetch(`/cas/${r.output}`, { credentials: "same-origin" });
-      const text = out.ok ? await out.text() : out.status === 404 ? "(the output's bytes are its tenant's to read)" : `(${out.status})`;
-      preview.textContent = text.length > 4096 ? `${text.slice(0, 4096)}\n… (${r.output_size} bytes in all)` : text || "(empty)";
+    const preview = h("pre", { "aria-label": "stdout preview" }, done ? "…" : "(not finished)");
+    const stderr = h("pre", { "aria-label": "stderr preview" }, done ? "…" : "(not finished)");
+    body.replaceChildren(kv, actions,
+      h("h2", {}, "Attempts"), attemptsTable(d.history, fleet),
+      h("h2", {}, "Output"), preview, h("h2", {}, "Stderr"), stderr,
+      h("h2", {}, "Descriptor"), h("pre", { "aria-label": "action descriptor" }, JSON.stringify(d.descriptor, null, 2)));
+    if (done) {
+      const [out, err] = await Promise.all([previewOf(r.output, r.output_size), previewOf(r.stderr)]);
+      preview.textContent = out;
+      stderr.textContent = err;
     }
   };
   try {

@@ -277,7 +277,14 @@ pub async fn get(
     Query(wait): Query<WaitQuery>,
 ) -> ApiResult<Response> {
     let lsn = path_lsn(&lsn)?;
-    let tenant = match role {
+    let tenant = reader(&state, tenant, role, lsn)?;
+    job_response_waiting(&state, &tenant, lsn, None, wait).await
+}
+
+/// Whose job `lsn` the caller reads it as: its own tenant's, or for the operator the
+/// job's owner (the operator reads every tenant's jobs, as it lists them).
+fn reader(state: &AppState, tenant: String, role: Role, lsn: u64) -> ApiResult<String> {
+    Ok(match role {
         Role::Operator => state
             .engine
             .store()
@@ -285,8 +292,60 @@ pub async fn get(
             .job(lsn)?
             .map_or(tenant, |job| job.tenant),
         Role::Tenant => tenant,
-    };
-    job_response_waiting(&state, &tenant, lsn, None, wait).await
+    })
+}
+
+/// Dependents a job's details list at most.
+const MAX_DEPENDENTS: usize = 100;
+
+/// `GET /compute/jobs/{lsn}/details`: everything the journal knows of a job, pending
+/// or finished: its descriptor, its neighbours both ways, its checkpoint and every
+/// attempt (node, fencing token, when, how it ended).
+pub async fn details(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Extension(role): Extension<Role>,
+    Path(lsn): Path<String>,
+) -> ApiResult<Response> {
+    let lsn = path_lsn(&lsn)?;
+    let tenant = reader(&state, tenant, role, lsn)?;
+    let store = state.engine.store().tenant(&tenant);
+    let job = store
+        .job(lsn)?
+        .ok_or_else(|| ApiError::NotFound(format!("job {lsn} not found")))?;
+    let descriptor: Value = serde_json::from_str(&job.descriptor)
+        .map_err(|e| ApiError::Internal(format!("stored action does not parse: {e}")))?;
+    let history = store.attempts(lsn)?;
+    // Where it is: its lease's node, the node of its open attempt (a lone node's own
+    // run), or the node that ran it.
+    let node = job
+        .lease_node
+        .or_else(|| {
+            let open = history.last().filter(|a| a.ended_ms.is_none());
+            open.map(|a| a.node.clone())
+        })
+        .or_else(|| job.result.as_ref().map(|r| r.node.clone()));
+    Ok(axum::Json(json!({
+        "lsn": job.lsn,
+        "tenant": job.tenant,
+        "queue_id": job.queue_id,
+        "state": job.state,
+        "priority": job.priority,
+        "worker": job.worker,
+        "action": job.action,
+        "descriptor": descriptor,
+        "after": job.after,
+        "dependents": store.dependents(lsn, MAX_DEPENDENTS)?,
+        "checkpoint": job.checkpoint,
+        "node": node,
+        "attempts": job.attempts,
+        "max_retries": job.max_retries,
+        "retry_guest_failures": job.retry_guest_failures,
+        "created_ms": job.created_ms,
+        "finished_ms": job.finished_ms,
+        "history": history,
+    }))
+    .into_response())
 }
 
 /// `GET /compute/jobs/{worker}/{action}`: the cached result of an action.

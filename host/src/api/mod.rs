@@ -113,6 +113,7 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
                 .delete(jobs::retire),
         )
         .route("/compute/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/compute/jobs/{id}/details", get(jobs::details))
         .route("/compute/jobs/{id}/priority", post(jobs::priority))
         .route("/compute/jobs/{id}/reschedule", post(jobs::reschedule))
         .route("/compute/jobs/{id}/{action}", get(jobs::cached))

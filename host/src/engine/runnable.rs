@@ -86,7 +86,7 @@ impl Engine {
     /// Counts the attempt of a job a local runner is about to run (marked running in
     /// the journal); returns the attempt number.
     pub fn start_attempt(&self, job: &JobRow) -> Result<u32, EngineError> {
-        let attempt = self.store.start_job(job.lsn)?;
+        let attempt = self.store.start_job(job.lsn, &self.config.id)?;
         self.job_started(job, &self.config.id, attempt);
         Ok(attempt)
     }

@@ -89,9 +89,9 @@ impl Engine {
         }
         let writes: Vec<(Settle<'_>, Fence)> = decided
             .iter()
-            .map(|(job, retry, result, fence)| {
+            .map(|(_, retry, result, fence)| {
                 let settle = if *retry {
-                    Settle::Requeue(job.lsn)
+                    Settle::Requeue(result)
                 } else {
                     Settle::Finish(result)
                 };

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, StoreResult, now_ms, parse_hash};
+use super::{Store, StoreResult, attempts, now_ms, parse_hash};
 use crate::model::{HashHex, JobResult, JobState};
 
 /// A job as stored.
@@ -38,6 +38,10 @@ pub struct JobRow {
     pub checkpoint: Option<HashHex>,
     /// Jobs this one waits for.
     pub after: Vec<u64>,
+    /// When it was submitted (Unix ms).
+    pub created_ms: i64,
+    /// When it finished (Unix ms).
+    pub finished_ms: Option<i64>,
 }
 
 /// What a new job row holds.
@@ -113,12 +117,14 @@ impl Fence {
 pub enum Settle<'a> {
     /// Its final result: the job is finished and its checkpoint goes.
     Finish(&'a JobResult),
-    /// Back to the queue for another attempt (a retry), its attempts kept.
-    Requeue(u64),
+    /// Back to the queue for another attempt (a retry), its attempts kept; the
+    /// result says how the attempt ended.
+    Requeue(&'a JobResult),
 }
 
 const JOB_COLUMNS: &str = "lsn, tenant, queue_id, action, worker, descriptor, priority, state, attempts, \
-                           max_retries, retry_guest_failures, result, lease_node, checkpoint";
+                           max_retries, retry_guest_failures, result, lease_node, checkpoint, \
+                           created_ms, finished_ms";
 
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let result: Option<String> = row.get(11)?;
@@ -141,6 +147,8 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
             .map(parse_hash)
             .transpose()?,
         after: Vec::new(),
+        created_ms: row.get(14)?,
+        finished_ms: row.get(15)?,
     })
 }
 
@@ -260,13 +268,20 @@ impl Store {
         Ok(result.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
-    /// Marks a job running and counts the attempt; returns the attempt number.
-    pub fn start_job(&self, lsn: u64) -> StoreResult<u32> {
-        Ok(self.conn().prepare_cached(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1 WHERE lsn = ?1 RETURNING attempts")?.query_row(
-            params![lsn as i64],
-            |row| row.get(0),
-        )?)
+    /// Marks a job running on this node (`node`, its id) and counts the attempt;
+    /// returns the attempt number.
+    pub fn start_job(&self, lsn: u64, node: &str) -> StoreResult<u32> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let attempt = tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1 WHERE lsn = ?1 \
+                 RETURNING attempts",
+            )?
+            .query_row(params![lsn as i64], |row| row.get(0))?;
+        attempts::open(&tx, lsn, attempt, node)?;
+        tx.commit()?;
+        Ok(attempt)
     }
 
     /// Leases queued jobs to nodes in one transaction: each is marked running on its
@@ -282,7 +297,9 @@ impl Store {
                  WHERE lsn = ?1 RETURNING attempts",
             )?;
             for (lsn, node) in leases {
-                attempts.push(stmt.query_row(params![*lsn as i64, node], |row| row.get(0))?);
+                let attempt = stmt.query_row(params![*lsn as i64, node], |row| row.get(0))?;
+                attempts::open(&tx, *lsn, attempt, node)?;
+                attempts.push(attempt);
             }
         }
         tx.commit()?;
@@ -292,13 +309,18 @@ impl Store {
     /// Takes back a lease its node never received: the job is queued again and the
     /// attempt uncounted (it never ran). False when the attempt is no longer current.
     pub fn unlease_job(&self, lsn: u64, attempt: u32) -> StoreResult<bool> {
-        let changed = self
-            .conn()
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_node = NULL \
                  WHERE lsn = ?1 AND state = 'running' AND attempts = ?2",
             )?
             .execute(params![lsn as i64, attempt])?;
+        if changed == 1 {
+            attempts::forget(&tx, lsn, attempt)?;
+        }
+        tx.commit()?;
         Ok(changed == 1)
     }
 
@@ -360,18 +382,24 @@ impl Store {
                                 json,
                                 now_ms()
                             ])?;
+                            attempts::close(&tx, result, false)?;
                             true
                         }
                     }
                 }
-                Settle::Requeue(lsn) => {
-                    tx.prepare_cached(
-                        "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, \
-                         retired = 0, lease_node = NULL WHERE lsn = ?1 \
-                         AND (?2 IS NULL OR (state = 'running' AND attempts = ?2))",
-                    )?
-                    .execute(params![*lsn as i64, attempt])?
-                        == 1
+                Settle::Requeue(result) => {
+                    let requeued = tx
+                        .prepare_cached(
+                            "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, \
+                             retired = 0, lease_node = NULL WHERE lsn = ?1 \
+                             AND (?2 IS NULL OR (state = 'running' AND attempts = ?2))",
+                        )?
+                        .execute(params![result.lsn as i64, attempt])?
+                        == 1;
+                    if requeued {
+                        attempts::close(&tx, result, true)?;
+                    }
+                    requeued
                 }
             });
         }
@@ -421,15 +449,26 @@ impl Store {
         Ok(())
     }
 
-    /// Puts a job back in the queue (a retry, a reschedule, a restart), keeping its
-    /// attempt count; a cancel asked for earlier is forgotten, so callers check it first.
+    /// Puts a job back in the queue (a reschedule, a restart), keeping its attempt
+    /// count; a cancel asked for earlier is forgotten, so callers check it first. An
+    /// attempt still open (the node stopped while running it) is closed as lost.
     pub fn requeue_job(&self, lsn: u64) -> StoreResult<()> {
-        self.conn()
-            .prepare_cached(
-                "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, retired = 0, \
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.prepare_cached(
+            "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, retired = 0, \
              cancel_requested = NULL WHERE lsn = ?1",
-            )?
-            .execute(params![lsn as i64])?;
+        )?
+        .execute(params![lsn as i64])?;
+        attempts::close_open(
+            &tx,
+            lsn,
+            crate::model::outcome::NODE_LOST,
+            None,
+            Some("the node stopped while running it"),
+            true,
+        )?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -354,7 +354,7 @@ mod tests {
         insert(&store, "b", 4);
         let running: Vec<u64> = lsns.iter().copied().filter(|l| l % 4 == 0).collect();
         for lsn in &running {
-            store.start_job(*lsn).unwrap();
+            store.start_job(*lsn, "n1").unwrap();
         }
         let filter = JobFilter {
             state: Some(JobState::Running),

@@ -15,6 +15,7 @@
 //! process being killed at any point; only an operating-system crash can lose the last
 //! few commits (see docs/api.md, "Durability").
 
+mod attempts;
 mod blobs;
 mod gc;
 mod groups;

@@ -57,6 +57,18 @@ CREATE TABLE IF NOT EXISTS job_deps (
     after INTEGER NOT NULL,
     PRIMARY KEY (lsn, after)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    lsn INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    outcome TEXT,
+    exit_code INTEGER,
+    message TEXT,
+    retried INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (lsn, attempt)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -176,6 +188,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS blobs_by_hash ON blobs (hash); \
          CREATE INDEX IF NOT EXISTS blobs_by_touched ON blobs (touched_ms); \
+         CREATE INDEX IF NOT EXISTS job_deps_by_after ON job_deps (after); \
          CREATE INDEX IF NOT EXISTS jobs_by_checkpoint ON jobs (checkpoint) \
          WHERE checkpoint IS NOT NULL; \
          CREATE INDEX IF NOT EXISTS jobs_unretired ON jobs (finished_ms) \

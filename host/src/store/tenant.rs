@@ -8,7 +8,7 @@ use super::{
     IdempotencyBegin, JobFilter, JobPage, JobRow, QueueRow, QueueSummary, ReferencePage, Store,
     StoreResult, Webhook,
 };
-use crate::model::{HashHex, JobResult, JobState, QueueState, UsageBy, UsageRow};
+use crate::model::{Attempt, HashHex, JobResult, JobState, QueueState, UsageBy, UsageRow};
 
 /// The journal as one tenant sees it. It has no unscoped lookup: the tenancy
 /// invariant is this type.
@@ -78,6 +78,16 @@ impl<'a> TenantStore<'a> {
     /// One of the tenant's jobs.
     pub fn job(&self, lsn: u64) -> StoreResult<Option<JobRow>> {
         self.store.job(self.tenant, lsn)
+    }
+
+    /// Every attempt at one of the tenant's jobs, first first.
+    pub fn attempts(&self, lsn: u64) -> StoreResult<Vec<Attempt>> {
+        self.store.attempts(self.tenant, lsn)
+    }
+
+    /// Up to `limit` of the tenant's jobs that wait for its job `lsn`, by LSN.
+    pub fn dependents(&self, lsn: u64, limit: usize) -> StoreResult<Vec<u64>> {
+        self.store.dependents(self.tenant, lsn, limit)
     }
 
     /// A page of the tenant's jobs below LSN `before`, newest first.

@@ -216,6 +216,14 @@ fn the_dashboard_shows_the_fleet_and_each_tenants_jobs_live_in_chromium() {
         )
         .unwrap();
     acme.wait(echo, WAIT).unwrap();
+    let dependent = acme
+        .submit(
+            &json!({"worker": worker, "args": ["noop"], "after": [echo]}),
+            None,
+            None,
+        )
+        .unwrap();
+    acme.wait(dependent, WAIT).unwrap();
     let group = json!({
         "name": "alerts",
         "handlers": [{"name": "check", "worker": worker}],
@@ -255,6 +263,26 @@ fn the_dashboard_shows_the_fleet_and_each_tenants_jobs_live_in_chromium() {
         .await;
         // The job's page shows its real output.
         until_text(&client, "main pre", |t| t == "hello from the browser test").await;
+        // Its attempts, and its neighbours as links both ways.
+        until_text(&client, "main tr[data-attempt=\"1\"]", |t| {
+            t.contains("ui-node") && t.contains("exited") && t.contains("final")
+        })
+        .await;
+        client
+            .find(Locator::Css(&format!(
+                "main a[href=\"/ui/jobs/{dependent}\"]"
+            )))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until_text(&client, "main h1", |t| t == format!("Job #{dependent}")).await;
+        until_text(&client, &format!("main a[href=\"/ui/jobs/{echo}\"]"), |t| {
+            t == format!("#{echo}")
+        })
+        .await;
+        assert!(console_errors(&driver, &client).await.is_empty());
         // The other pages render too; a group's routing is drawn.
         open(&ui, "/ui/workers", "Workers", "workers").await;
         until_text(&client, "main td.mono", |t| {

@@ -60,6 +60,26 @@ fn wait_for_checkpoint(client: &Client, lsn: u64) -> Value {
     })
 }
 
+/// The job's attempts: the first lost with its node and retried from the checkpoint,
+/// the second the result; returns the first's node.
+fn assert_lost_then_resumed(client: &Client, lsn: u64, resumed: &JobResult) -> String {
+    let details = crate::details::details(client, lsn);
+    let history = details["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{details}");
+    let (lost, last) = (&history[0], &history[1]);
+    assert_eq!(lost["attempt"], 1);
+    assert_eq!(lost["outcome"], "node_lost", "{details}");
+    assert_eq!(lost["retried"], true);
+    assert!(lost["ended_ms"].is_i64(), "{details}");
+    assert_eq!(last["attempt"], 2);
+    assert_eq!(last["node"], json!(resumed.node));
+    assert_eq!(last["outcome"], "exited");
+    assert_eq!(last["retried"], false);
+    // A finished job's checkpoint goes.
+    assert_eq!(details["checkpoint"], Value::Null);
+    lost["node"].as_str().unwrap().to_string()
+}
+
 /// The resumed run's answer is the uninterrupted one, except for where it resumed.
 fn assert_same_answer(resumed: &Value, whole: &Value) {
     assert!(resumed["resumed_from"].as_u64().unwrap() > 0, "{resumed}");
@@ -97,6 +117,9 @@ fn a_node_killed_mid_run_resumes_its_job_from_the_checkpoint_after_restart() {
         Some((checkpoint, saved))
     });
     assert!(saved["done"].as_u64().unwrap() > 0, "{saved}");
+    let running = crate::details::details(&client, lsn);
+    assert_eq!(running["history"][0]["ended_ms"], Value::Null, "{running}");
+    assert!(running["checkpoint"].is_string(), "{running}");
     assert_eq!(
         crate::server::api_code(client.blob(&checkpoint).unwrap_err()).0,
         404,
@@ -108,6 +131,7 @@ fn a_node_killed_mid_run_resumes_its_job_from_the_checkpoint_after_restart() {
     let client = server.client();
     let resumed = client.wait(lsn, WAIT).unwrap();
     assert_eq!(resumed.attempts, 2, "{resumed:?}");
+    assert_lost_then_resumed(&client, lsn, &resumed);
     let resumed_answer = answer(&client, &resumed);
     assert!(
         resumed_answer["resumed_from"].as_u64().unwrap() >= saved["done"].as_u64().unwrap(),
@@ -148,6 +172,7 @@ fn a_leased_job_resumes_on_another_node_from_the_checkpoint_its_lease_carried() 
     let resumed = client.wait(lsn, WAIT).unwrap();
     assert_eq!(resumed.attempts, 2, "{resumed:?}");
     assert_ne!(resumed.node, victim);
+    assert_eq!(assert_lost_then_resumed(&client, lsn, &resumed), victim);
     let resumed_answer = answer(&client, &resumed);
 
     let whole = client

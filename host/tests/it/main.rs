@@ -6,6 +6,7 @@ mod checkpoints;
 mod cli;
 mod cluster;
 mod demo;
+mod details;
 mod events;
 mod exec;
 mod fairness;
