@@ -97,6 +97,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         slots: state.engine.config().slots,
         cache: state.engine.sandbox().cache().stats(),
         shares: state.engine.shares(),
+        nodes: state.engine.nodes_by_state(),
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -87,7 +87,6 @@ pub fn app(state: AppState) -> Router {
 pub fn app_with(state: AppState, extra: Router) -> Router {
     let limit = usize::try_from(state.engine.config().max_request_bytes).unwrap_or(usize::MAX);
     let protected = Router::new()
-        .route("/compute/ready", get(info::ready))
         .route("/compute/sysinfo", get(info::sysinfo))
         .route("/metrics", get(info::metrics))
         .route("/compute/events", get(events::feed))
@@ -162,6 +161,8 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
         ));
     Router::new()
         .route("/health", get(info::health))
+        // Readiness says nothing but yes or no: probes (Kubernetes, Nomad) need no key.
+        .route("/compute/ready", get(info::ready))
         .route("/ui", get(ui::index))
         .route("/ui/", get(ui::index))
         .route("/ui/login", post(session::login))

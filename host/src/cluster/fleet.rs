@@ -691,6 +691,21 @@ impl Driver for Fleet {
             LeaseCancel::Sent | LeaseCancel::None => None,
         }
     }
+
+    fn nodes_by_state(&self) -> Vec<(&'static str, usize)> {
+        let inner = self.inner();
+        let mut counts: Vec<(&'static str, usize)> = ["ready", "busy", "draining", "unhealthy"]
+            .into_iter()
+            .map(|state| (state, 0))
+            .collect();
+        for view in &inner.views {
+            let state = self.state(view);
+            if let Some(count) = counts.iter_mut().find(|(s, _)| *s == state) {
+                count.1 += 1;
+            }
+        }
+        counts
+    }
 }
 
 #[cfg(test)]

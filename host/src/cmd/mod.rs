@@ -9,6 +9,7 @@ mod dag;
 mod demo;
 mod exec;
 mod gc;
+mod health;
 mod local;
 mod node;
 mod nodes;
@@ -64,6 +65,9 @@ enum Command {
     /// Collect the store's garbage now, or show what would go (`--dry-run`; an
     /// operator key).
     Gc(gc::Args),
+    /// Probe a server's health (`/health`, or `/compute/ready` with `--ready`): exit 0
+    /// when it answers 200, else 1. The container images' health check.
+    Health(health::Args),
     /// Resubmit a recording (from `POST /compute/record/stop`) to a server.
     Replay(replay::Args),
     /// Benchmark scenarios (see BENCHMARKS.md).
@@ -131,6 +135,7 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Usage(args) => usage::run(args),
         Command::Gc(args) => gc::run(args),
+        Command::Health(args) => health::run(args),
         Command::Bench { scenario } => bench::run(scenario),
         Command::Demo(args) => demo::run(args),
     };

@@ -203,6 +203,19 @@ impl Metrics {
             "Execution slots.",
             &[(String::new(), gauges.slots as f64)],
         );
+        if !gauges.nodes.is_empty() {
+            let lines: Vec<(String, f64)> = gauges
+                .nodes
+                .iter()
+                .map(|(state, n)| (format!("{{state=\"{state}\"}}"), *n as f64))
+                .collect();
+            metric(
+                "wasmesh_nodes",
+                "gauge",
+                "The fleet's nodes by state.",
+                &lines,
+            );
+        }
         let label = |tenant: &str| format!("{{tenant=\"{tenant}\"}}");
         metric(
             "wasmesh_tenant_running",
@@ -330,4 +343,6 @@ pub struct Gauges {
     pub cache: wasmesh_runtime::CacheStats,
     /// The fair share by tenant label: (label, jobs running, charge in slot-seconds).
     pub shares: Vec<(String, usize, f64)>,
+    /// A coordinator's nodes by state (empty on a node).
+    pub nodes: Vec<(&'static str, usize)>,
 }

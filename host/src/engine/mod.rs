@@ -54,6 +54,12 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// A running job was cancelled (its cancellation token is already cancelled).
     /// `Some(fence)` when it never reached a runner and ends now, under that fence.
     fn cancel(&self, lsn: u64) -> Option<Fence>;
+
+    /// How many nodes the driver has in each state (`ready`, `busy`, `draining`,
+    /// `unhealthy`), for `/metrics`; a node's own slots are no fleet.
+    fn nodes_by_state(&self) -> Vec<(&'static str, usize)> {
+        Vec::new()
+    }
 }
 
 /// The driver of a node's own slots: nothing survives a restart, and a cancelled run
@@ -105,6 +111,11 @@ impl Engine {
     /// node running its jobs on its own slots. Call [`Engine::start`] to begin.
     pub fn open(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
         Self::open_with(config, Arc::new(LocalDriver))
+    }
+
+    /// Nodes by state, as the driver counts them (none on a lone node).
+    pub fn nodes_by_state(&self) -> Vec<(&'static str, usize)> {
+        self.driver.nodes_by_state()
     }
 
     /// Opens the engine for `driver` (a coordinator passes its fleet).

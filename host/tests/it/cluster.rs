@@ -95,8 +95,17 @@ fn a_killed_node_turns_unhealthy_and_a_frozen_one_comes_back() {
     let killed = Server::start(&["--coordinator", &coordinator.url, "--node-id", "killed"]);
     wait_for_state(&coordinator, "frozen", "ready");
     wait_for_state(&coordinator, "killed", "ready");
+    let gauge = |state: &str| {
+        let line = format!("wasmesh_nodes{{state=\"{state}\"}} ");
+        let metrics = coordinator.metrics(None);
+        let value = metrics.lines().find_map(|l| l.strip_prefix(line.as_str()));
+        value.map(|v| v.parse::<u32>().unwrap())
+    };
+    assert_eq!(gauge("ready"), Some(2), "both nodes counted as ready");
     killed.kill();
     wait_for_state(&coordinator, "killed", "unhealthy");
+    assert_eq!(gauge("unhealthy"), Some(1));
+    assert_eq!(gauge("ready"), Some(1));
     signal(&frozen, "STOP");
     wait_for_state(&coordinator, "frozen", "unhealthy");
     signal(&frozen, "CONT");

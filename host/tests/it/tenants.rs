@@ -36,6 +36,14 @@ fn tenants_are_isolated_and_keys_are_required() {
 
     let health = server.http().get(server.at("/health")).send().unwrap();
     assert_eq!(health.status(), StatusCode::OK, "health needs no key");
+    // Readiness neither (the deployment artefacts' probes send none): a regression test
+    // for the Kubernetes and Nomad probes that got 401 while it wanted a key.
+    let ready = server
+        .http()
+        .get(server.at("/compute/ready"))
+        .send()
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "readiness needs no key");
     for key in [None, Some("wrong-key-0123456789")] {
         let mut request = server.http().get(server.at("/compute/workers"));
         if let Some(key) = key {
