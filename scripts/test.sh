@@ -73,6 +73,10 @@ cargo build --release "${GUESTS[@]}"
 echo "==> cargo test"
 cargo test
 
+# The SDK crates as they would be published (each verified by building the package).
+echo "==> cargo package (wasmesh-guest-macros, wasmesh-guest)"
+cargo package --quiet --allow-dirty -p wasmesh-guest-macros -p wasmesh-guest
+
 # Run after cargo test, which built target/debug/wasmesh and the guest jobs they use.
 echo "==> deployment artefacts (tests/deploy)"
 PATH="$PWD/$TOOLS/bin:$PWD/$VENV/bin:$PATH" WASMESH_BIN="$PWD/target/debug/wasmesh" \

@@ -11,6 +11,7 @@ mod exec;
 mod gc;
 mod health;
 mod local;
+mod new_job;
 mod node;
 mod nodes;
 mod replay;
@@ -48,6 +49,8 @@ enum Command {
     /// every job, leases each runnable one to a node, retries lost ones elsewhere and
     /// routes events to handler groups, behind the same client API as a node.
     Coordinator(coordinator::Args),
+    /// Start a new job: a crate with a `#[job]` that builds for wasm32-wasip1 anywhere.
+    New(new_job::Args),
     /// Upload a worker module with the needs dance; prints the worker id.
     Upload(upload::Args),
     /// Submit an action as a job; prints its LSN (or, with --wait, its output).
@@ -126,6 +129,7 @@ pub fn main() -> ExitCode {
         Command::Exec(args) => exec::run(args),
         Command::Node(args) => node::run(args),
         Command::Coordinator(args) => coordinator::run(args),
+        Command::New(args) => new_job::run(args),
         Command::Upload(args) => upload::run(args),
         Command::Submit(args) => submit::run(args),
         Command::Result(args) => result::run(args),

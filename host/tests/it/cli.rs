@@ -65,3 +65,66 @@ fn the_coordinator_is_described_as_the_fleet_scheduler() {
         "{long}"
     );
 }
+
+/// `wasmesh new` makes a crate that builds outside the repository and runs in the
+/// sandbox: built with the same cargo as this test, against this checkout's SDK.
+#[test]
+fn a_new_job_scaffolded_elsewhere_builds_and_runs_in_the_sandbox() {
+    use crate::{err, out, wasmesh};
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("greeter");
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+    let made = wasmesh(
+        &[
+            "new",
+            "greeter",
+            "--path",
+            crate_dir.to_str().unwrap(),
+            "--sdk-path",
+            sdk.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(made.status.success(), "{}", err(&made));
+    for file in [
+        "Cargo.toml",
+        "src/main.rs",
+        ".cargo/config.toml",
+        "README.md",
+    ] {
+        assert!(crate_dir.join(file).is_file(), "{file}");
+    }
+    // A second time refuses to write over it.
+    let again = wasmesh(
+        &["new", "greeter", "--path", crate_dir.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(again.status.code(), Some(2));
+    assert!(err(&again).contains("not empty"), "{}", err(&again));
+
+    // Its own `cargo build --release`: the target comes from its .cargo/config.toml.
+    // The guests' target directory is shared so the SDK's dependencies are built once.
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = std::process::Command::new(cargo)
+        .args(["build", "--release", "--quiet"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", err(&build));
+    let module = target.join("wasm32-wasip1/release/greeter.wasm");
+    let module = module.to_str().unwrap();
+
+    let ran = wasmesh(&["exec", module], br#"{"name":"fleet","times":2}"#);
+    assert!(ran.status.success(), "{}", err(&ran));
+    assert_eq!(out(&ran), r#"{"greeting":"Hello, fleet! Hello, fleet!"}"#);
+    let refused = wasmesh(&["exec", module], br#"{"name":""}"#);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        err(&refused).contains("a name is required"),
+        "{}",
+        err(&refused)
+    );
+}
