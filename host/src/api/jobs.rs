@@ -343,6 +343,8 @@ pub async fn details(
         "retry_guest_failures": job.retry_guest_failures,
         "created_ms": job.created_ms,
         "finished_ms": job.finished_ms,
+        "start_by_ms": job.start_by_ms,
+        "finish_by_ms": job.finish_by_ms,
         "history": history,
     }))
     .into_response())

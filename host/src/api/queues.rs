@@ -15,8 +15,8 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::jobs::{SubmitQuery, WaitQuery, job_response_waiting, path_lsn, submit_into};
 use crate::api::json::{self, Json, JsonBody};
 use crate::engine::QueuePolicy;
-use crate::model::{JobState, QueueState};
-use crate::store::{QueueRow, TenantStore};
+use crate::model::{Deadlines, JobState, QueueState};
+use crate::store::{QueueRow, QueueSpec, TenantStore};
 
 /// Length of a remote queue token: 12 random bytes (96 bits) in hex.
 const TOKEN_HEX: usize = 24;
@@ -28,6 +28,7 @@ pub(crate) struct QueueBody {
     max_retries: Option<u32>,
     priority: Option<i64>,
     retry_guest_failures: Option<bool>,
+    deadlines: Option<Deadlines>,
 }
 
 impl JsonBody for QueueBody {
@@ -47,13 +48,22 @@ fn create(
     body: &QueueBody,
     token_digest: Option<&str>,
 ) -> ApiResult<u64> {
-    let queue = state.engine.store().tenant(tenant).create_queue(
-        token_digest,
-        body.name.as_deref(),
-        body.max_retries.unwrap_or(3),
-        body.retry_guest_failures.unwrap_or(false),
-        crate::engine::scheduler::clamp_priority(body.priority.unwrap_or(0)),
-    )?;
+    let deadlines = body.deadlines.unwrap_or_default();
+    deadlines
+        .check()
+        .map_err(|e| ApiError::BadRequest("invalid_request", e))?;
+    let spec = QueueSpec {
+        name: body.name.as_deref(),
+        max_retries: body.max_retries.unwrap_or(3),
+        retry_guest_failures: body.retry_guest_failures.unwrap_or(false),
+        priority: crate::engine::scheduler::clamp_priority(body.priority.unwrap_or(0)),
+        deadlines,
+    };
+    let queue = state
+        .engine
+        .store()
+        .tenant(tenant)
+        .create_queue(token_digest, &spec)?;
     let active = QueueState::Active.as_str();
     state.engine.queue_changed(tenant, queue, active);
     Ok(queue)
@@ -298,6 +308,7 @@ fn policy(queue: &QueueRow) -> QueuePolicy {
         max_retries: queue.max_retries,
         retry_guest_failures: queue.retry_guest_failures,
         priority: queue.priority,
+        deadlines: queue.deadlines,
     }
 }
 

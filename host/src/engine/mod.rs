@@ -12,6 +12,7 @@
 
 mod checkpoints;
 mod config;
+mod deadlines;
 mod error;
 pub mod feed;
 pub mod gc;
@@ -102,6 +103,8 @@ pub struct Engine {
     /// When storage-time was last charged (Unix ms).
     storage_charged: Mutex<Option<i64>>,
     driver: Arc<dyn Driver>,
+    /// The pending jobs' deadlines.
+    deadlines: deadlines::Watch,
     shutdown: CancellationToken,
     started: Instant,
 }
@@ -162,6 +165,7 @@ impl Engine {
             gc: Mutex::new(()),
             storage_charged: Mutex::new(None),
             driver,
+            deadlines: deadlines::Watch::default(),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
         });
@@ -203,6 +207,7 @@ impl Engine {
             if self.driver.restore(&job) {
                 self.scheduler()
                     .add_running(job.lsn, &job.tenant, job.priority, Instant::now());
+                self.watch_deadlines(&job);
                 if self.store.cancel_requested(job.lsn)? {
                     // Cancelled before the restart: the runner is told again.
                     self.scheduler().cancel(job.lsn);
@@ -250,6 +255,7 @@ impl Engine {
         tokio::spawn(async move { engine.housekeeping().await });
         let engine = self.clone();
         tokio::spawn(async move { engine.collecting().await });
+        tokio::spawn(self.clone().enforcing_deadlines());
         self.webhooks.start(self.shutdown.clone());
     }
 
@@ -566,7 +572,9 @@ mod tests {
             .unwrap();
         let tenant = engine.store().tenant(TENANT);
         assert_eq!(tenant.completed(None).unwrap(), [lsn]);
-        let queue = tenant.create_queue(None, None, 0, false, 0).unwrap();
+        let queue = tenant
+            .create_queue(None, &crate::store::QueueSpec::default())
+            .unwrap();
         tenant
             .set_queue_state(queue, crate::model::QueueState::Cancelled)
             .unwrap();

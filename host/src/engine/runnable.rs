@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use wasmesh_runtime::CancellationToken;
 
-use super::{Engine, EngineError, Fence};
+use super::{Engine, EngineError, Fence, deadlines};
 use crate::model::{
     ActionDescriptor, JobState, WorkerDescriptor, canonical_json, content_id, outcome,
     substitute_refs,
 };
-use crate::store::JobRow;
+use crate::store::{JobRow, now_ms};
 
 /// A job taken to run: marked running in the scheduler, its action concrete. It exists
 /// only once its references are resolved, so nothing downstream sees a reference.
@@ -36,6 +36,14 @@ impl Engine {
         loop {
             let (lsn, cancel) = self.scheduler().pop(Instant::now())?;
             match self.prepare(lsn) {
+                Ok(Some((job, _, _))) if deadlines::late(&job, now_ms()).is_some() => {
+                    // Its deadline came before the watch ended it: it never runs.
+                    let why = deadlines::late(&job, now_ms()).unwrap_or_default();
+                    let result = self.deadline_failure(&job, &why);
+                    if let Err(e) = self.record(&job, result, false, Fence::Local) {
+                        tracing::error!(lsn, error = %e, "ending a job past its deadline");
+                    }
+                }
                 Ok(Some((job, worker, action))) => {
                     return Some(Runnable {
                         job,

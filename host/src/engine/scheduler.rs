@@ -13,7 +13,9 @@
 //! over time each active tenant's share of slots converges to its weight's fraction
 //! and an idle tenant's share goes to the others. A tenant below its `min_running`
 //! goes first; one at its `max_running` waits. A priority orders its own tenant's jobs
-//! only: no tenant can take another's share by asking for a high priority.
+//! only: no tenant can take another's share by asking for a high priority. Within a
+//! priority, a job with a deadline goes before one without, the nearest deadline
+//! first, then FIFO by LSN.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -47,6 +49,9 @@ enum Phase {
 struct Pending {
     tenant: String,
     priority: i64,
+    /// Its nearest deadline (Unix ms), `i64::MAX` for none: it orders a tenant's jobs
+    /// of one priority.
+    due: i64,
     phase: Phase,
     deps_left: HashSet<u64>,
     cancel: CancellationToken,
@@ -131,15 +136,20 @@ impl TurnKey {
     }
 }
 
+/// A runnable job in its tenant's heap: (priority, Reverse(deadline), Reverse(LSN)), so
+/// the greatest is the highest priority, then the nearest deadline, then the oldest.
+type ReadyEntry = (i64, Reverse<i64>, Reverse<u64>);
+
 /// A moving average's weight of the newest sample.
 const ESTIMATE_GAIN: f64 = 0.2;
 
 /// Pending jobs.
 #[derive(Debug)]
 pub struct Scheduler {
-    /// Runnable jobs by tenant; entries of jobs no longer queued (or queued at another
-    /// priority) are stale and skipped.
-    ready: HashMap<String, BinaryHeap<(i64, Reverse<u64>)>>,
+    /// Runnable jobs by tenant, highest priority, then nearest deadline, then oldest
+    /// first; entries of jobs no longer queued (or queued at another priority) are
+    /// stale and skipped.
+    ready: HashMap<String, BinaryHeap<ReadyEntry>>,
     /// Jobs handed out so far.
     turns: u64,
     /// Every tenant's share (one entry per tenant ever seen: the tenants are the
@@ -216,8 +226,8 @@ impl Scheduler {
         Some(p)
     }
 
-    /// Adds a job of `tenant` that waits for `deps` (the still-pending subset of its
-    /// `after`).
+    /// Adds a job of `tenant` with no deadline that waits for `deps` (the still-pending
+    /// subset of its `after`).
     pub fn add(
         &mut self,
         lsn: u64,
@@ -225,6 +235,19 @@ impl Scheduler {
         priority: i64,
         deps: impl IntoIterator<Item = u64>,
     ) {
+        self.add_due(lsn, tenant, priority, None, deps);
+    }
+
+    /// [`Scheduler::add`] for a job whose nearest deadline is `due` (Unix ms).
+    pub fn add_due(
+        &mut self,
+        lsn: u64,
+        tenant: &str,
+        priority: i64,
+        due: Option<i64>,
+        deps: impl IntoIterator<Item = u64>,
+    ) {
+        let due = due.unwrap_or(i64::MAX);
         let deps_left: HashSet<u64> = deps.into_iter().collect();
         for dep in &deps_left {
             self.dependents.entry(*dep).or_default().push(lsn);
@@ -235,13 +258,14 @@ impl Scheduler {
             Phase::Waiting
         };
         if phase == Phase::Queued {
-            self.push_ready(tenant, priority, lsn);
+            self.push_ready(tenant, priority, due, lsn);
         }
         self.insert(
             lsn,
             Pending {
                 tenant: tenant.to_string(),
                 priority,
+                due,
                 phase,
                 deps_left,
                 cancel: CancellationToken::new(),
@@ -260,6 +284,7 @@ impl Scheduler {
             Pending {
                 tenant: tenant.to_string(),
                 priority,
+                due: i64::MAX,
                 phase: Phase::Running,
                 deps_left: HashSet::new(),
                 cancel: CancellationToken::new(),
@@ -270,14 +295,13 @@ impl Scheduler {
         self.started_running(tenant, t, 0.0);
     }
 
-    fn push_ready(&mut self, tenant: &str, priority: i64, lsn: u64) {
+    fn push_ready(&mut self, tenant: &str, priority: i64, due: i64, lsn: u64) {
+        let entry = (priority, Reverse(due), Reverse(lsn));
         match self.ready.get_mut(tenant) {
-            Some(heap) => heap.push((priority, Reverse(lsn))),
+            Some(heap) => heap.push(entry),
             None => {
-                self.ready.insert(
-                    tenant.to_string(),
-                    BinaryHeap::from([(priority, Reverse(lsn))]),
-                );
+                self.ready
+                    .insert(tenant.to_string(), BinaryHeap::from([entry]));
             }
         }
     }
@@ -353,7 +377,7 @@ impl Scheduler {
         } = self;
         let mut best: Option<(TurnKey, &String)> = None;
         ready.retain(|_, heap| {
-            while let Some(&(priority, Reverse(lsn))) = heap.peek() {
+            while let Some(&(priority, _, Reverse(lsn))) = heap.peek() {
                 if pending
                     .get(&lsn)
                     .is_some_and(|p| p.phase == Phase::Queued && p.priority == priority)
@@ -366,7 +390,7 @@ impl Scheduler {
         });
         let idle = Share::default();
         for (tenant, heap) in ready.iter() {
-            let Some(&(_, Reverse(head))) = heap.peek() else {
+            let Some(&(_, _, Reverse(head))) = heap.peek() else {
                 continue;
             };
             let share = shares.get(tenant).unwrap_or(&idle);
@@ -395,7 +419,7 @@ impl Scheduler {
         self.turns += 1;
         let heap = self.ready.get_mut(&tenant)?;
         // `next_tenant` left a live entry at the head.
-        let (_, Reverse(lsn)) = heap.pop()?;
+        let (_, _, Reverse(lsn)) = heap.pop()?;
         let turns = self.turns;
         let share = self.share(&tenant);
         share.served = turns;
@@ -427,12 +451,12 @@ impl Scheduler {
         }
         let was_running = p.phase == Phase::Running;
         p.phase = Phase::Queued;
-        let (tenant, priority, started, charged) =
-            (p.tenant.clone(), p.priority, p.started, p.charged);
+        let (tenant, priority, due, started, charged) =
+            (p.tenant.clone(), p.priority, p.due, p.started, p.charged);
         if was_running {
             self.stopped_running(&tenant, started, charged, now, false);
         }
-        self.push_ready(&tenant, priority, lsn);
+        self.push_ready(&tenant, priority, due, lsn);
         true
     }
 
@@ -449,8 +473,8 @@ impl Scheduler {
             Some(p) if p.phase != Phase::Running => {
                 p.priority = priority;
                 if p.phase == Phase::Queued {
-                    let tenant = p.tenant.clone();
-                    self.push_ready(&tenant, priority, lsn);
+                    let (tenant, due) = (p.tenant.clone(), p.due);
+                    self.push_ready(&tenant, priority, due, lsn);
                 }
                 true
             }
@@ -498,8 +522,8 @@ impl Scheduler {
             p.deps_left.remove(&lsn);
             if p.deps_left.is_empty() && p.phase == Phase::Waiting {
                 p.phase = Phase::Queued;
-                let (tenant, priority) = (p.tenant.clone(), p.priority);
-                self.push_ready(&tenant, priority, dependent);
+                let (tenant, priority, due) = (p.tenant.clone(), p.priority, p.due);
+                self.push_ready(&tenant, priority, due, dependent);
                 runnable.push(dependent);
             }
         }

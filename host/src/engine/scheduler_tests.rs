@@ -349,3 +349,29 @@ fn a_job_cancelled_while_popped_is_not_requeued() {
     assert!(s.requeue(lsn, s.epoch));
     assert_eq!(drain(&mut s), vec![2]);
 }
+
+/// Within a tenant and a priority, the nearest deadline goes first, then jobs without
+/// one, oldest first; a higher priority still goes before any deadline, and a
+/// requeued job keeps its place by deadline.
+#[test]
+fn a_tenants_jobs_of_one_priority_run_nearest_deadline_first() {
+    let mut s = Scheduler::default();
+    s.add(1, "a", 0, []);
+    s.add_due(2, "a", 0, Some(9_000), []);
+    s.add_due(3, "a", 0, Some(5_000), []);
+    s.add(4, "a", 0, []);
+    s.add_due(5, "a", 0, Some(7_000), []);
+    s.add(6, "a", 1, []);
+    assert_eq!(pop(&mut s), Some(6), "priority first");
+    assert_eq!(pop(&mut s), Some(3));
+    assert!(s.requeue(3, s.epoch));
+    assert_eq!(drain(&mut s), [3, 5, 2, 1, 4]);
+    // A dependent that becomes runnable keeps its deadline.
+    let mut s = Scheduler::default();
+    s.add(10, "a", 0, []);
+    s.add_due(11, "a", 0, Some(1_000), [10]);
+    s.add(12, "a", 0, []);
+    assert_eq!(pop(&mut s), Some(10));
+    s.finish(10, true, s.epoch);
+    assert_eq!(drain(&mut s), [11, 12]);
+}

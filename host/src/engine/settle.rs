@@ -4,9 +4,9 @@
 use std::time::Instant;
 
 use super::scheduler::Cancelled;
-use super::{Engine, EngineError, Fence, scheduler};
+use super::{Engine, EngineError, Fence, deadlines, scheduler};
 use crate::model::{JobResult, JobState, QueueState, outcome};
-use crate::store::{JobRow, Settle};
+use crate::store::{JobRow, Settle, now_ms};
 
 /// How one attempt ended, for [`Engine::record_many`].
 #[derive(Debug)]
@@ -59,10 +59,20 @@ impl Engine {
                 Fence::Lease(attempt) => attempt,
                 Fence::Local => job.attempts,
             };
+            // Past its finish deadline, an attempt that did not succeed is the job's
+            // last: it ends as the deadline's (a stop for the deadline is a cancel).
+            let late = (result.state != JobState::Succeeded)
+                .then(|| deadlines::late_to_finish(job, now_ms()))
+                .flatten();
+            if let Some(why) = &late {
+                result.state = JobState::Failed;
+                result.outcome = outcome::DEADLINE_EXCEEDED.into();
+                result.message = Some(why.clone());
+            }
             // A cancel asked for while this attempt ran is honoured: no retry, and an
             // attempt that failed on the host ends as cancelled.
             let cancelled = self.scheduler().cancel_requested(lsn);
-            if cancelled && host_failure {
+            if cancelled && host_failure && late.is_none() {
                 let message = result.message.take().unwrap_or_default();
                 result = JobResult {
                     node: result.node,
@@ -80,6 +90,7 @@ impl Engine {
             let guest_failure = result.state == JobState::Failed && !host_failure;
             let retry = (host_failure || (guest_failure && job.retry_guest_failures))
                 && !cancelled
+                && late.is_none()
                 && attempts <= job.max_retries
                 && !self.shutdown.is_cancelled();
             if retry {
@@ -139,20 +150,16 @@ impl Engine {
         }
     }
 
-    /// Ends a job that was cancelled before (another attempt of) it ran.
+    /// Ends a job that was cancelled, or missed its deadline, before (another
+    /// attempt of) it ran.
     pub(super) fn end_cancelled(&self, lsn: u64) -> Result<(), EngineError> {
         let Some(job) = self.job_any(lsn)? else {
             return Ok(());
         };
-        let result = self.failure(
-            &job,
-            JobState::Cancelled,
-            outcome::CANCELLED,
-            "cancelled before it ran",
-        );
+        let result = self.ended_early(&job);
         self.store.finish_job(&result, Fence::Local)?;
         self.job_ended(&job, &result, false);
-        self.metrics.finished(JobState::Cancelled);
+        self.metrics.finished(result.state);
         self.settle(lsn, false);
         Ok(())
     }
@@ -193,7 +200,12 @@ impl Engine {
             JobState::Failed => "job.failed",
             _ => "",
         };
-        if !event.is_empty() && self.webhooks.wants(tenant, event) {
+        let late = result.outcome == outcome::DEADLINE_EXCEEDED;
+        let events = [event, if late { "job.deadline_exceeded" } else { "" }];
+        for event in events {
+            if event.is_empty() || !self.webhooks.wants(tenant, event) {
+                continue;
+            }
             let data = serde_json::json!({
                 "lsn": lsn,
                 "queue_id": job.queue_id,
@@ -253,28 +265,44 @@ impl Engine {
             .tenant(tenant)
             .job(lsn)?
             .ok_or_else(|| EngineError::NotFound(format!("job {lsn} not found")))?;
+        self.stop_job(&job)
+    }
+
+    /// Stops a pending job (a cancel, or its deadline): a queued one ends now, a
+    /// running one within a tick, its attempt's end written by whoever runs it. How
+    /// it ends is [`Engine::ended_early`]'s.
+    pub(super) fn stop_job(&self, job: &JobRow) -> Result<(), EngineError> {
+        let lsn = job.lsn;
+        // Bound first: the scheduler's lock must be let go before the job is ended.
         let cancelled = self.scheduler().cancel(lsn);
         match cancelled {
-            Cancelled::NotStarted => {}
+            Cancelled::NotStarted => self.end_cancelled(lsn),
             Cancelled::Running => {
                 // Kept in the journal, so a requeue (a host failure, no node able to
                 // take it, a restart) can never run it again.
                 self.store.request_cancel(lsn)?;
                 if let Some(fence) = self.driver.cancel(lsn) {
                     // It never reached a runner: it ends here.
-                    let result = self.failure(
-                        &job,
-                        JobState::Cancelled,
-                        outcome::CANCELLED,
-                        "cancelled before it ran",
-                    );
-                    self.record(&job, result, false, fence)?;
+                    self.record(job, self.ended_early(job), false, fence)?;
                 }
-                return Ok(());
+                Ok(())
             }
-            Cancelled::NotPending => return Ok(()),
+            Cancelled::NotPending => Ok(()),
         }
-        self.end_cancelled(lsn)
+    }
+
+    /// How a job stopped before (another attempt of) it ran ends: past its deadline,
+    /// `deadline_exceeded`; else cancelled.
+    fn ended_early(&self, job: &JobRow) -> JobResult {
+        match deadlines::late(job, now_ms()) {
+            Some(why) => self.deadline_failure(job, &why),
+            None => self.failure(
+                job,
+                JobState::Cancelled,
+                outcome::CANCELLED,
+                "cancelled before it ran",
+            ),
+        }
     }
 
     /// Changes the priority of a queued job.
@@ -389,11 +417,18 @@ mod tests {
             id: engine
                 .store()
                 .tenant(TENANT)
-                .create_queue(None, None, 1, false, 0)
+                .create_queue(
+                    None,
+                    &crate::store::QueueSpec {
+                        max_retries: 1,
+                        ..Default::default()
+                    },
+                )
                 .unwrap(),
             max_retries: 1,
             retry_guest_failures: false,
             priority: 0,
+            deadlines: Default::default(),
         };
         let lsn = submit(&engine, worker, &["noop"], Some(policy));
         for attempt in 1..=2 {

@@ -7,8 +7,8 @@ use wasmesh_runtime::RuntimeError;
 
 use super::{Engine, EngineError, Fence, scheduler};
 use crate::model::{
-    ActionDescriptor, HashHex, JobState, QueueState, WorkerDescriptor, canonical_json, outcome,
-    output_refs, substitute_refs,
+    ActionDescriptor, Deadlines, HashHex, JobState, QueueState, WorkerDescriptor, canonical_json,
+    outcome, output_refs, substitute_refs,
 };
 use crate::store::{JobRow, NewJob, StoreResult};
 
@@ -44,11 +44,20 @@ pub struct ActionSubmission {
     /// LSNs of the jobs whose outputs it names (`{"output_of": LSN}`); `action` then
     /// holds the empty hash in their places until they are substituted.
     pub refs: Vec<u64>,
+    /// Its `deadlines` (not part of the action: its id is the same without them).
+    pub deadlines: Deadlines,
 }
 
 impl ActionSubmission {
     /// Parses an action descriptor as sent; the error says what is wrong with it.
     pub fn parse(mut value: serde_json::Value) -> Result<Self, String> {
+        let deadlines = match value.as_object_mut().and_then(|o| o.remove("deadlines")) {
+            Some(d) => {
+                serde_json::from_value::<Deadlines>(d).map_err(|e| format!("deadlines: {e}"))?
+            }
+            None => Deadlines::default(),
+        };
+        deadlines.check()?;
         let canonical = canonical_json(&value).map_err(|e| e.0)?;
         let refs = output_refs(&value)?;
         if !refs.is_empty() {
@@ -66,6 +75,7 @@ impl ActionSubmission {
             action,
             canonical,
             refs,
+            deadlines,
         })
     }
 }
@@ -81,6 +91,8 @@ pub struct QueuePolicy {
     pub retry_guest_failures: bool,
     /// The queue's default priority.
     pub priority: i64,
+    /// Deadlines for its jobs that give none of their own.
+    pub deadlines: Deadlines,
 }
 
 impl Engine {
@@ -286,6 +298,9 @@ impl Engine {
                     max_retries: queue.map_or(self.config.default_max_retries, |q| q.max_retries),
                     retry_guest_failures: queue.is_some_and(|q| q.retry_guest_failures),
                     after,
+                    deadlines: submission
+                        .deadlines
+                        .or(queue.map(|q| q.deadlines).unwrap_or_default()),
                 },
                 cached,
             ));
@@ -358,8 +373,13 @@ impl Engine {
                 return self.doom(job.lsn, &message);
             }
         }
-        scheduler.add(job.lsn, &job.tenant, job.priority, waiting);
+        let due = [job.start_by_ms, job.finish_by_ms]
+            .into_iter()
+            .flatten()
+            .min();
+        scheduler.add_due(job.lsn, &job.tenant, job.priority, due, waiting);
         drop(scheduler);
+        self.watch_deadlines(job);
         self.wake.notify_one();
         Ok(())
     }

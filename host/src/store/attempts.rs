@@ -120,6 +120,7 @@ mod tests {
             max_retries: 3,
             retry_guest_failures: false,
             after: &[],
+            deadlines: Default::default(),
         };
         store.insert_jobs(&[(job, None)]).unwrap()[0]
     }

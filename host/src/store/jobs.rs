@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Store, StoreResult, attempts, now_ms, parse_hash};
-use crate::model::{HashHex, JobResult, JobState};
+use crate::model::{Deadlines, HashHex, JobResult, JobState};
 
 /// A job as stored.
 #[derive(Clone, Debug)]
@@ -42,6 +42,10 @@ pub struct JobRow {
     pub created_ms: i64,
     /// When it finished (Unix ms).
     pub finished_ms: Option<i64>,
+    /// Its first attempt must start by then (Unix ms).
+    pub start_by_ms: Option<i64>,
+    /// It must finish by then (Unix ms).
+    pub finish_by_ms: Option<i64>,
 }
 
 /// What a new job row holds.
@@ -65,6 +69,8 @@ pub struct NewJob<'a> {
     pub retry_guest_failures: bool,
     /// Dependencies.
     pub after: &'a [u64],
+    /// Its deadlines, from its submission (the moment its row is written).
+    pub deadlines: Deadlines,
 }
 
 /// Adds a finished job's usage to the ledger (in the transaction of its result).
@@ -124,7 +130,7 @@ pub enum Settle<'a> {
 
 const JOB_COLUMNS: &str = "lsn, tenant, queue_id, action, worker, descriptor, priority, state, attempts, \
                            max_retries, retry_guest_failures, result, lease_node, checkpoint, \
-                           created_ms, finished_ms";
+                           created_ms, finished_ms, start_by_ms, finish_by_ms";
 
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let result: Option<String> = row.get(11)?;
@@ -149,6 +155,8 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         after: Vec::new(),
         created_ms: row.get(14)?,
         finished_ms: row.get(15)?,
+        start_by_ms: row.get(16)?,
+        finish_by_ms: row.get(17)?,
     })
 }
 
@@ -179,15 +187,19 @@ impl Store {
         let mut lsns = Vec::with_capacity(jobs.len());
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO jobs (tenant, queue_id, action, worker, descriptor, priority, state, max_retries, \
-                 retry_guest_failures, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9)",
+                "INSERT INTO jobs (tenant, queue_id, action, worker, descriptor, priority, state, \
+                 max_retries, retry_guest_failures, created_ms, start_by_ms, finish_by_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?10, ?11)",
             )?;
             let mut finish = tx.prepare_cached(
                 "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4 WHERE lsn = ?1",
             )?;
             let mut dep =
                 tx.prepare_cached("INSERT OR IGNORE INTO job_deps (lsn, after) VALUES (?1, ?2)")?;
+            // One instant for the batch: its submission time, from which deadlines count.
+            let now = now_ms();
             for (job, cached) in jobs {
+                let (start_by_ms, finish_by_ms) = job.deadlines.from(now);
                 insert.execute(params![
                     job.tenant,
                     job.queue_id.map(|q| q as i64),
@@ -197,7 +209,9 @@ impl Store {
                     job.priority,
                     job.max_retries,
                     job.retry_guest_failures,
-                    now_ms(),
+                    now,
+                    start_by_ms,
+                    finish_by_ms,
                 ])?;
                 let lsn = tx.last_insert_rowid() as u64;
                 for after in job.after {

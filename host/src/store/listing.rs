@@ -292,6 +292,7 @@ mod tests {
                     max_retries: 0,
                     retry_guest_failures: false,
                     after: &[],
+                    deadlines: Default::default(),
                 };
                 (job, None)
             })

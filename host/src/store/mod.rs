@@ -41,7 +41,7 @@ pub use gc::ReferencePage;
 pub use idempotency::IdempotencyBegin;
 pub use jobs::{Fence, JobRow, NewJob, Settle};
 pub use listing::{JobFilter, JobPage, JobSummary, QueueSummary};
-pub use queues::QueueRow;
+pub use queues::{QueueRow, QueueSpec};
 pub use tenant::{TenantStore, Unscoped};
 pub use webhooks::{Delivery, Webhook};
 

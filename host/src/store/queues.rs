@@ -3,7 +3,22 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreResult, now_ms};
-use crate::model::{JobState, QueueState};
+use crate::model::{Deadlines, JobState, QueueState};
+
+/// What a new queue is: its policy for the jobs submitted into it.
+#[derive(Clone, Debug, Default)]
+pub struct QueueSpec<'a> {
+    /// Its name, if any.
+    pub name: Option<&'a str>,
+    /// Retries allowed per job.
+    pub max_retries: u32,
+    /// Whether guest failures are retried.
+    pub retry_guest_failures: bool,
+    /// Default priority of its jobs.
+    pub priority: i64,
+    /// Deadlines of its jobs that give none of their own.
+    pub deadlines: Deadlines,
+}
 
 /// A queue as stored.
 #[derive(Clone, Debug)]
@@ -24,6 +39,8 @@ pub struct QueueRow {
     pub priority: i64,
     /// Last time it was used (ms since the epoch).
     pub touched_ms: i64,
+    /// Deadlines of its jobs that give none of their own.
+    pub deadlines: Deadlines,
 }
 
 fn queue_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
@@ -36,11 +53,15 @@ fn queue_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
         retry_guest_failures: row.get(5)?,
         priority: row.get(6)?,
         touched_ms: row.get(7)?,
+        deadlines: Deadlines {
+            start_within_ms: row.get::<_, Option<i64>>(8)?.map(|ms| ms as u64),
+            finish_within_ms: row.get::<_, Option<i64>>(9)?.map(|ms| ms as u64),
+        },
     })
 }
 
-const QUEUE_COLUMNS: &str =
-    "id, tenant, token, state, max_retries, retry_guest_failures, priority, touched_ms";
+const QUEUE_COLUMNS: &str = "id, tenant, token, state, max_retries, retry_guest_failures, priority, \
+                             touched_ms, start_within_ms, finish_within_ms";
 
 /// The scoping term of a statement about queue `?1` asked by tenant `?2`: the queue is
 /// the tenant's (a primary-key lookup).
@@ -64,17 +85,25 @@ impl Store {
         &self,
         tenant: &str,
         token: Option<&str>,
-        name: Option<&str>,
-        max_retries: u32,
-        retry_guest_failures: bool,
-        priority: i64,
+        spec: &QueueSpec<'_>,
     ) -> StoreResult<u64> {
         let conn = self.conn();
         conn.prepare_cached(
-            "INSERT INTO queues (tenant, token, name, state, max_retries, retry_guest_failures, priority, \
-             created_ms, touched_ms) VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?7)")?.execute(
-            params![tenant, token, name, max_retries, retry_guest_failures, priority, now_ms()],
-        )?;
+            "INSERT INTO queues (tenant, token, name, state, max_retries, retry_guest_failures, \
+             priority, created_ms, touched_ms, start_within_ms, finish_within_ms) \
+             VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            tenant,
+            token,
+            spec.name,
+            spec.max_retries,
+            spec.retry_guest_failures,
+            spec.priority,
+            now_ms(),
+            spec.deadlines.start_within_ms.map(|ms| ms as i64),
+            spec.deadlines.finish_within_ms.map(|ms| ms as i64),
+        ])?;
         Ok(conn.last_insert_rowid() as u64)
     }
 

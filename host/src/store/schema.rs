@@ -152,6 +152,22 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} TEXT"))?;
         }
     }
+    // Deadlines (absolute, Unix ms) of jobs, and the relative ones of queues.
+    for (table, column) in [
+        ("jobs", "start_by_ms"),
+        ("jobs", "finish_by_ms"),
+        ("queues", "start_within_ms"),
+        ("queues", "finish_within_ms"),
+    ] {
+        let present: bool = conn
+            .prepare(&format!(
+                "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"
+            ))?
+            .query_row([], |row| row.get::<_, i64>(0).map(|n| n > 0))?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} INTEGER"))?;
+        }
+    }
     let touched: bool = conn
         .prepare("SELECT COUNT(*) FROM pragma_table_info('blobs') WHERE name = 'touched_ms'")?
         .query_row([], |row| row.get::<_, i64>(0).map(|n| n > 0))?;

@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    IdempotencyBegin, JobFilter, JobPage, JobRow, QueueRow, QueueSummary, ReferencePage, Store,
-    StoreResult, Webhook,
+    IdempotencyBegin, JobFilter, JobPage, JobRow, QueueRow, QueueSpec, QueueSummary, ReferencePage,
+    Store, StoreResult, Webhook,
 };
 use crate::model::{Attempt, HashHex, JobResult, JobState, QueueState, UsageBy, UsageRow};
 
@@ -132,22 +132,8 @@ impl<'a> TenantStore<'a> {
     }
 
     /// Creates a queue; returns its id.
-    pub fn create_queue(
-        &self,
-        token: Option<&str>,
-        name: Option<&str>,
-        max_retries: u32,
-        retry_guest_failures: bool,
-        priority: i64,
-    ) -> StoreResult<u64> {
-        self.store.create_queue(
-            self.tenant,
-            token,
-            name,
-            max_retries,
-            retry_guest_failures,
-            priority,
-        )
+    pub fn create_queue(&self, token: Option<&str>, spec: &QueueSpec<'_>) -> StoreResult<u64> {
+        self.store.create_queue(self.tenant, token, spec)
     }
 
     /// One of the tenant's queues by id.

@@ -28,6 +28,7 @@ pub use deliver::{sign, verify};
 pub const EVENTS: &[&str] = &[
     "job.succeeded",
     "job.failed",
+    "job.deadline_exceeded",
     "queue.completed",
     "node.unhealthy",
     "node.ready",

@@ -5,6 +5,7 @@ mod cas;
 mod checkpoints;
 mod cli;
 mod cluster;
+mod deadlines;
 mod demo;
 mod details;
 mod events;

@@ -413,3 +413,35 @@ fn a_coordinator_announces_nodes_becoming_ready_and_unhealthy() {
     });
     assert!(receiver.hits().iter().all(|h| verifies(&secret, h)));
 }
+
+/// A job stopped at its deadline is announced as `job.deadline_exceeded` (besides
+/// `job.failed`), to the webhooks that ask for it.
+#[test]
+fn a_missed_deadline_is_a_webhook_event() {
+    let receiver = Receiver::start(200);
+    let server = Server::start(&["--webhook-allow-private", "--webhook-retry-base", "20ms"]);
+    let client = server.client();
+    let hook = create_webhook(&client, &receiver.url, &["job.deadline_exceeded"]);
+    let worker = upload_test_guest(&client);
+    let mut late = action(&client, worker, &["sleep", "60000"], None);
+    late["deadlines"] = json!({"finish_within_ms": 300});
+    let lsn = client.submit(&late, None, None).unwrap();
+    let on_time = client
+        .submit(&action(&client, worker, &["noop"], None), None, None)
+        .unwrap();
+    client.wait(on_time, WAIT).unwrap();
+    assert_eq!(client.wait(lsn, WAIT).unwrap().outcome, "deadline_exceeded");
+    let hit = eventually(WAIT, || receiver.delivered("job.deadline_exceeded").pop());
+    assert!(verifies(hook["secret"].as_str().unwrap(), &hit));
+    let event = hit.json();
+    assert_eq!(event["data"]["lsn"], json!(lsn));
+    assert_eq!(event["data"]["outcome"], json!("deadline_exceeded"));
+    assert_eq!(event["data"]["state"], json!("failed"));
+    // Only the late job is announced; nothing else was asked for.
+    assert!(
+        receiver
+            .hits()
+            .iter()
+            .all(|h| h.json()["data"]["lsn"] == json!(lsn))
+    );
+}
