@@ -102,6 +102,14 @@ job "wasmesh" {
   group "node" {
     count = var.nodes
 
+    # The coordinator's autoscaler (`--autoscale nomad --nomad-job wasmesh
+    # --nomad-group node`) sets this group's count within these bounds.
+    scaling {
+      enabled = true
+      min     = 0
+      max     = 20
+    }
+
     network {
       port "http" {
         to = 9000

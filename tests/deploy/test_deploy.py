@@ -560,3 +560,38 @@ def test_the_plain_yaml_files_lint_clean():
     config = "{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: {check-keys: false}}}"
     out = run("yamllint", "-s", "-d", config, *files, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_charts_autoscaling_may_scale_the_node_statefulset_and_nothing_else(fleet, tmp_path):
+    chart = DEPLOY / "helm/wasmesh"
+    rendered = helm("template", "t", chart, "--set", HELM_SET, "--set", "autoscaling.enabled=true,autoscaling.maxNodes=6").stdout
+    kube_validate(rendered, tmp_path)
+    docs = k8s_docs(rendered)
+    by_kind = {d["kind"]: d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")}
+    node_set = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "node")
+    coord_set = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "coordinator")
+    rules = by_kind["Role"]["rules"]
+    assert rules == [{
+        "apiGroups": ["apps"], "resources": ["statefulsets/scale"],
+        "resourceNames": [node_set["metadata"]["name"]], "verbs": ["get", "patch"],
+    }], rules
+    binding = by_kind["RoleBinding"]
+    assert binding["subjects"][0]["name"] == by_kind["ServiceAccount"]["metadata"]["name"]
+    assert binding["roleRef"]["name"] == by_kind["Role"]["metadata"]["name"]
+    pod = coord_set["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == by_kind["ServiceAccount"]["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is True
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--autoscale") + 1] == "kubernetes"
+    assert args[args.index("--k8s-statefulset") + 1] == node_set["metadata"]["name"]
+    assert args[args.index("--max-nodes") + 1] == "6"
+    # The binary takes those flags (the service account's files given here by hand).
+    token = tmp_path / "token"
+    token.write_text("t")
+    extra = ["--k8s-namespace", "default", "--k8s-token-file", str(token), "--k8s-api", f"http://127.0.0.1:{free_port()}"]
+    secrets = next(d for d in docs if d["kind"] == "Secret")["stringData"]
+    env = container_env(pod["containers"][0], secrets)
+    port = free_port()
+    url = fleet.start(localise(args, fleet, "coordinator", port) + extra, localise(env, fleet, "c", port), "coordinator")
+    status, body = get(f"{url}/api/v1/cluster/autoscaler", KEYS["admin"])
+    assert status == 200 and json.loads(body)["provisioner"] == "kubernetes", body

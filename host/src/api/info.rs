@@ -101,7 +101,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.engine.metrics().render(&gauges),
+        state.engine.metrics().render(&gauges) + &state.engine.extra_metrics(),
     )
         .into_response()
 }

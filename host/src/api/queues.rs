@@ -29,6 +29,7 @@ pub(crate) struct QueueBody {
     priority: Option<i64>,
     retry_guest_failures: Option<bool>,
     deadlines: Option<Deadlines>,
+    target_wait_ms: Option<u64>,
 }
 
 impl JsonBody for QueueBody {
@@ -58,6 +59,7 @@ fn create(
         retry_guest_failures: body.retry_guest_failures.unwrap_or(false),
         priority: crate::engine::scheduler::clamp_priority(body.priority.unwrap_or(0)),
         deadlines,
+        target_wait_ms: body.target_wait_ms,
     };
     let queue = state
         .engine

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::json;
 
-use super::fleet::{Fleet, Lease, Reservation};
+use super::fleet::{Fleet, Lease, LeaseCancel, Reservation};
 use super::placement::Demand;
 use super::protocol::{Assignment, CheckpointNote, Report, Token};
-use crate::engine::{Ended, Engine, Fence, Runnable};
+use crate::engine::{Driver, Ended, Engine, Fence, Runnable};
 use crate::model::{HashHex, JobResult, JobState, outcome};
 use crate::store::JobRow;
 
@@ -407,6 +407,38 @@ fn lease_lost(engine: &Engine, lease: Lease) {
     result.placement = Some(lease.placement);
     if let Err(e) = engine.record(&job, result, host_failure, Fence::Lease(token.attempt)) {
         tracing::error!(lsn = token.lsn, error = %e, "requeueing a lost job");
+    }
+}
+
+/// The fleet is a coordinator engine's driver: a running job's lease is restored at
+/// start-up (its node gets two lease periods to renew it), and a cancelled job whose
+/// lease never reached its node ends at once.
+impl Driver for Fleet {
+    fn restore(&self, job: &JobRow) -> bool {
+        let Some(node) = &job.lease_node else {
+            return false;
+        };
+        let token = Token {
+            lsn: job.lsn,
+            attempt: job.attempts,
+        };
+        Fleet::restore(self, token, node, self.config.lease * 2, Instant::now());
+        true
+    }
+
+    fn cancel(&self, lsn: u64) -> Option<Fence> {
+        match Fleet::cancel(self, lsn) {
+            LeaseCancel::Withdrawn(token) => Some(Fence::Lease(token.attempt)),
+            LeaseCancel::Sent | LeaseCancel::None => None,
+        }
+    }
+
+    fn nodes_by_state(&self) -> Vec<(&'static str, usize)> {
+        let members = self.members();
+        ["ready", "busy", "draining", "unhealthy"]
+            .into_iter()
+            .map(|state| (state, members.iter().filter(|m| m.state == state).count()))
+            .collect()
     }
 }
 

@@ -15,8 +15,6 @@ use super::budget::InjectBudget;
 use super::placement::{Decision, Demand, NodeView, Placer, Strategy, Weights};
 use super::prefetch::Prefetch;
 use super::protocol::{Assignment, Heartbeat, HeartbeatAnswer, Registration, Token};
-use crate::engine::{Driver, Fence};
-use crate::store::JobRow;
 
 /// Coordinator settings.
 #[derive(Clone, Debug)]
@@ -125,6 +123,19 @@ pub enum LeaseCancel {
     Sent,
     /// No lease for that job.
     None,
+}
+
+/// A node as the fleet sees it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its id.
+    pub id: String,
+    /// `ready`, `busy`, `draining` or `unhealthy`.
+    pub state: &'static str,
+    /// Its slots.
+    pub slots: u64,
+    /// Leases it holds.
+    pub leased: u64,
 }
 
 /// Registered nodes and leases.
@@ -661,6 +672,23 @@ impl Fleet {
         true
     }
 
+    /// Every node's id, state, slots and leases held, by id.
+    pub fn members(&self) -> Vec<Member> {
+        let inner = self.inner();
+        let mut members: Vec<Member> = inner
+            .views
+            .iter()
+            .map(|view| Member {
+                id: view.id.clone(),
+                state: self.state(view),
+                slots: view.slots,
+                leased: view.leased,
+            })
+            .collect();
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        members
+    }
+
     /// Marks a node draining: no new work; what it runs finishes.
     pub fn drain(&self, id: &str) -> Option<Value> {
         let mut inner = self.inner();
@@ -669,45 +697,6 @@ impl Fleet {
         Some(self.describe(&inner, i))
     }
 }
-/// The fleet is a coordinator engine's driver: a running job's lease is restored at
-/// start-up (its node gets two lease periods to renew it), and a cancelled job whose
-/// lease never reached its node ends at once.
-impl Driver for Fleet {
-    fn restore(&self, job: &JobRow) -> bool {
-        let Some(node) = &job.lease_node else {
-            return false;
-        };
-        let token = Token {
-            lsn: job.lsn,
-            attempt: job.attempts,
-        };
-        Fleet::restore(self, token, node, self.config.lease * 2, Instant::now());
-        true
-    }
-
-    fn cancel(&self, lsn: u64) -> Option<Fence> {
-        match Fleet::cancel(self, lsn) {
-            LeaseCancel::Withdrawn(token) => Some(Fence::Lease(token.attempt)),
-            LeaseCancel::Sent | LeaseCancel::None => None,
-        }
-    }
-
-    fn nodes_by_state(&self) -> Vec<(&'static str, usize)> {
-        let inner = self.inner();
-        let mut counts: Vec<(&'static str, usize)> = ["ready", "busy", "draining", "unhealthy"]
-            .into_iter()
-            .map(|state| (state, 0))
-            .collect();
-        for view in &inner.views {
-            let state = self.state(view);
-            if let Some(count) = counts.iter_mut().find(|(s, _)| *s == state) {
-                count.1 += 1;
-            }
-        }
-        counts
-    }
-}
-
 #[cfg(test)]
 #[path = "fleet_tests.rs"]
 mod tests;

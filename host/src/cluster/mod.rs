@@ -11,11 +11,14 @@
 //! - `groups`: event-handler groups (routing and the hop engine), `budget` their
 //!   per-inject limits.
 //! - `member`: a node's side (its agent for leased work, and its membership).
+//! - `autoscale`: how many nodes the work needs (`policy`, pure) and the provisioners
+//!   that start and stop them (`provision`: static, local, nomad, kubernetes).
 //!
 //! Jobs, queues, workers and results live in the engine's journal, so a coordinator
 //! killed at any point and restarted loses nothing accepted; running jobs' leases are
 //! restored from it and renewed by their nodes' heartbeats.
 
+pub mod autoscale;
 pub mod budget;
 pub mod driver;
 pub mod fleet;

@@ -81,6 +81,8 @@ pub struct Args {
     pub webhooks: WebhookArgs,
     #[command(flatten)]
     pub upkeep: UpkeepArgs,
+    #[command(flatten)]
+    pub autoscale: super::autoscale::AutoscaleArgs,
 }
 
 /// Runs `wasmesh coordinator` until SIGINT/SIGTERM.
@@ -122,6 +124,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let node_auth = Arc::new(node_auth);
+    if args.autoscale.kind == super::autoscale::Kind::Local
+        && args.node_key.is_none()
+        && args.node_keys.is_some()
+    {
+        bail!("--autoscale local starts nodes with --node-key: pass it (not only --node-keys)");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -133,11 +141,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let engine = Engine::open_with(config, fleet.clone())?;
         engine.start();
         wasmesh_host::cluster::start(&engine, &fleet);
+        let autoscaling = args.autoscale.build(
+            &format!("http://{address}"),
+            &args.data_dir,
+            args.node_key.as_deref(),
+        )?;
+        autoscaling.start(engine.clone(), fleet.clone());
         let cluster = wasmesh_host::api::cluster::routes(CoordinatorState {
             engine: engine.clone(),
             fleet: fleet.clone(),
             auth: auth.clone(),
             node_auth,
+            autoscaling: autoscaling.clone(),
         });
         let router = wasmesh_host::api::app_with(
             AppState {
@@ -152,6 +167,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::io::stdout().flush()?;
         wasmesh_host::api::serve(listener, router, closing(engine.clone())).await?;
         engine.stop();
+        // Off the runtime: it waits for the local nodes to stop.
+        tokio::task::spawn_blocking(move || autoscaling.stop()).await?;
         println!("wasmesh coordinator stopped");
         anyhow::Ok(())
     })?;

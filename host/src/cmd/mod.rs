@@ -2,6 +2,7 @@
 //! file declaring its arguments (`Args`) and one `run` that turns them into calls to the
 //! library (`wasmesh_host`).
 
+mod autoscale;
 mod bench;
 mod client;
 mod coordinator;
@@ -44,11 +45,11 @@ enum Command {
     Exec(exec::Args),
     /// Run a node: a content-addressed store and a compute server (see docs/api.md);
     /// with `--coordinator`, also a member of that coordinator's fleet.
-    Node(node::Args),
+    Node(Box<node::Args>),
     /// Run a coordinator: the scheduler of a fleet of nodes. It keeps the journal of
     /// every job, leases each runnable one to a node, retries lost ones elsewhere and
     /// routes events to handler groups, behind the same client API as a node.
-    Coordinator(coordinator::Args),
+    Coordinator(Box<coordinator::Args>),
     /// Start a new job: a crate with a `#[job]` that builds for wasm32-wasip1 anywhere.
     New(new_job::Args),
     /// Upload a worker module with the needs dance; prints the worker id.
@@ -127,8 +128,8 @@ pub fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Exec(args) => exec::run(args),
-        Command::Node(args) => node::run(args),
-        Command::Coordinator(args) => coordinator::run(args),
+        Command::Node(args) => node::run(*args),
+        Command::Coordinator(args) => coordinator::run(*args),
         Command::New(args) => new_job::run(args),
         Command::Upload(args) => upload::run(args),
         Command::Submit(args) => submit::run(args),

@@ -82,6 +82,10 @@ pub struct Args {
     /// The key nodes present to the coordinator.
     #[arg(long, env = "WASMESH_NODE_KEY")]
     pub node_key: Option<String>,
+    /// Shut down (gracefully) when the process that started this one goes: the
+    /// coordinator's local autoscaler starts its nodes so.
+    #[arg(long, hide = true)]
+    pub exit_with_parent: bool,
 }
 
 /// The `--config` file: the same settings as the flags (flags win).
@@ -173,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .or(file.listen)
         .unwrap_or_else(|| "127.0.0.1:9000".into());
     let (coordinator, advertise, node_key) = (args.coordinator, args.advertise, args.node_key);
+    let exit_with_parent = args.exit_with_parent;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -211,7 +216,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         use std::io::Write;
         std::io::stdout().flush()?;
         let app = wasmesh_host::api::app(state);
-        wasmesh_host::api::serve(listener, app, closing(engine.clone())).await?;
+        let closed = closing(engine.clone());
+        let orphaned = async move {
+            if !exit_with_parent {
+                return std::future::pending().await;
+            }
+            let parent = rustix::process::getppid();
+            while rustix::process::getppid() == parent {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            tracing::warn!("the process that started this node is gone: shutting down");
+        };
+        let stop = async move {
+            tokio::select! {
+                () = closed => {}
+                () = orphaned => {}
+            }
+        };
+        wasmesh_host::api::serve(listener, app, stop).await?;
         tracing::info!("shutting down: waiting for running jobs");
         // No new leases (those not yet received go back to the coordinator's queue);
         // running ones finish (heartbeats keep renewing them), their results are

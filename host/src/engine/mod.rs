@@ -10,6 +10,7 @@
 //! local driver is `crate::run`; a coordinator's is `crate::cluster::driver`. The
 //! engine knows neither: what it needs of a driver is the [`Driver`] trait.
 
+pub mod backlog;
 mod checkpoints;
 mod config;
 mod deadlines;
@@ -105,6 +106,10 @@ pub struct Engine {
     driver: Arc<dyn Driver>,
     /// The pending jobs' deadlines.
     deadlines: deadlines::Watch,
+    /// Each worker's mean run time (the autoscaler's measure of queued work).
+    run_times: backlog::RunTimes,
+    /// What a coordinator adds to `/metrics`.
+    extra_metrics: backlog::ExtraMetrics,
     shutdown: CancellationToken,
     started: Instant,
 }
@@ -166,6 +171,8 @@ impl Engine {
             storage_charged: Mutex::new(None),
             driver,
             deadlines: deadlines::Watch::default(),
+            run_times: backlog::RunTimes::default(),
+            extra_metrics: backlog::ExtraMetrics::default(),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
         });

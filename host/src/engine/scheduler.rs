@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use wasmesh_runtime::CancellationToken;
 
 use super::quota::Quotas;
+use crate::model::HashHex;
 
 /// The lowest priority a job can have; lower ones are raised to it.
 pub const PRIORITY_MIN: i64 = -1000;
@@ -52,6 +53,10 @@ struct Pending {
     /// Its nearest deadline (Unix ms), `i64::MAX` for none: it orders a tenant's jobs
     /// of one priority.
     due: i64,
+    /// Its worker and queue (what the autoscaler's backlog counts by).
+    origin: Origin,
+    /// While queued: since when (seconds since the scheduler's epoch).
+    queued_at: f64,
     phase: Phase,
     deps_left: HashSet<u64>,
     cancel: CancellationToken,
@@ -59,6 +64,34 @@ struct Pending {
     /// slot-seconds charged for it then.
     started: f64,
     charged: f64,
+}
+
+/// Where a job comes from: its worker and queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// Its worker.
+    pub worker: HashHex,
+    /// Its queue, if any.
+    pub queue: Option<u64>,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Self {
+            worker: HashHex::empty(),
+            queue: None,
+        }
+    }
+}
+
+/// The runnable jobs at one moment, for the autoscaler.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// Queued (runnable) jobs by worker.
+    pub by_worker: HashMap<HashHex, usize>,
+    /// The longest a runnable job of each queue (`None`: no queue) has waited, in
+    /// seconds.
+    pub oldest_by_queue: HashMap<Option<u64>, f64>,
 }
 
 /// What cancelling a job did.
@@ -235,18 +268,21 @@ impl Scheduler {
         priority: i64,
         deps: impl IntoIterator<Item = u64>,
     ) {
-        self.add_due(lsn, tenant, priority, None, deps);
+        self.add_due(lsn, tenant, priority, None, Origin::default(), deps);
     }
 
-    /// [`Scheduler::add`] for a job whose nearest deadline is `due` (Unix ms).
+    /// [`Scheduler::add`] for a job of `origin` whose nearest deadline is `due` (Unix
+    /// ms).
     pub fn add_due(
         &mut self,
         lsn: u64,
         tenant: &str,
         priority: i64,
         due: Option<i64>,
+        origin: Origin,
         deps: impl IntoIterator<Item = u64>,
     ) {
+        let queued_at = self.secs(Instant::now());
         let due = due.unwrap_or(i64::MAX);
         let deps_left: HashSet<u64> = deps.into_iter().collect();
         for dep in &deps_left {
@@ -266,6 +302,8 @@ impl Scheduler {
                 tenant: tenant.to_string(),
                 priority,
                 due,
+                origin,
+                queued_at,
                 phase,
                 deps_left,
                 cancel: CancellationToken::new(),
@@ -285,6 +323,8 @@ impl Scheduler {
                 tenant: tenant.to_string(),
                 priority,
                 due: i64::MAX,
+                origin: Origin::default(),
+                queued_at: t,
                 phase: Phase::Running,
                 deps_left: HashSet::new(),
                 cancel: CancellationToken::new(),
@@ -451,6 +491,7 @@ impl Scheduler {
         }
         let was_running = p.phase == Phase::Running;
         p.phase = Phase::Queued;
+        p.queued_at = now.saturating_duration_since(self.epoch).as_secs_f64();
         let (tenant, priority, due, started, charged) =
             (p.tenant.clone(), p.priority, p.due, p.started, p.charged);
         if was_running {
@@ -522,6 +563,7 @@ impl Scheduler {
             p.deps_left.remove(&lsn);
             if p.deps_left.is_empty() && p.phase == Phase::Waiting {
                 p.phase = Phase::Queued;
+                p.queued_at = now.saturating_duration_since(self.epoch).as_secs_f64();
                 let (tenant, priority, due) = (p.tenant.clone(), p.priority, p.due);
                 self.push_ready(&tenant, priority, due, dependent);
                 runnable.push(dependent);
@@ -533,6 +575,20 @@ impl Scheduler {
     /// Jobs of `tenant` not yet finished (waiting, queued or running).
     pub fn pending_of(&self, tenant: &str) -> usize {
         self.shares.get(tenant).map_or(0, |s| s.pending)
+    }
+
+    /// The runnable jobs at `now`: how many of each worker, and how long the oldest of
+    /// each queue has waited. (One pass over the pending jobs, in memory.)
+    pub fn backlog(&self, now: Instant) -> Backlog {
+        let t = self.secs(now);
+        let mut backlog = Backlog::default();
+        for p in self.pending.values().filter(|p| p.phase == Phase::Queued) {
+            *backlog.by_worker.entry(p.origin.worker).or_default() += 1;
+            let waited = (t - p.queued_at).max(0.0);
+            let oldest = backlog.oldest_by_queue.entry(p.origin.queue).or_default();
+            *oldest = oldest.max(waited);
+        }
+        backlog
     }
 
     /// Jobs waiting or queued.

@@ -357,10 +357,10 @@ fn a_job_cancelled_while_popped_is_not_requeued() {
 fn a_tenants_jobs_of_one_priority_run_nearest_deadline_first() {
     let mut s = Scheduler::default();
     s.add(1, "a", 0, []);
-    s.add_due(2, "a", 0, Some(9_000), []);
-    s.add_due(3, "a", 0, Some(5_000), []);
+    s.add_due(2, "a", 0, Some(9_000), Origin::default(), []);
+    s.add_due(3, "a", 0, Some(5_000), Origin::default(), []);
     s.add(4, "a", 0, []);
-    s.add_due(5, "a", 0, Some(7_000), []);
+    s.add_due(5, "a", 0, Some(7_000), Origin::default(), []);
     s.add(6, "a", 1, []);
     assert_eq!(pop(&mut s), Some(6), "priority first");
     assert_eq!(pop(&mut s), Some(3));
@@ -369,9 +369,33 @@ fn a_tenants_jobs_of_one_priority_run_nearest_deadline_first() {
     // A dependent that becomes runnable keeps its deadline.
     let mut s = Scheduler::default();
     s.add(10, "a", 0, []);
-    s.add_due(11, "a", 0, Some(1_000), [10]);
+    s.add_due(11, "a", 0, Some(1_000), Origin::default(), [10]);
     s.add(12, "a", 0, []);
     assert_eq!(pop(&mut s), Some(10));
     s.finish(10, true, s.epoch);
     assert_eq!(drain(&mut s), [11, 12]);
+}
+
+/// The backlog counts runnable jobs only (not waiting, not running), by worker, and
+/// how long each queue's oldest has waited since it became runnable.
+#[test]
+fn the_backlog_counts_runnable_jobs_by_worker_and_queue() {
+    let mut s = Scheduler::default();
+    let (a, b) = (HashHex::of(b"a"), HashHex::of(b"b"));
+    let origin = |worker, queue| Origin { worker, queue };
+    s.add_due(1, "t", 0, None, origin(a, Some(7)), []);
+    s.add_due(2, "t", 0, None, origin(a, Some(7)), []);
+    s.add_due(3, "t", 0, None, origin(b, None), []);
+    s.add_due(4, "t", 0, None, origin(b, None), [1]);
+    assert_eq!(pop(&mut s), Some(1));
+    let later = s.epoch + Duration::from_secs(5);
+    let backlog = s.backlog(later);
+    assert_eq!(backlog.by_worker, HashMap::from([(a, 1), (b, 1)]));
+    assert!(backlog.oldest_by_queue[&Some(7)] >= 4.9);
+    // Runnable again after its dependency: it waits from then on.
+    s.finish(1, true, later);
+    let backlog = s.backlog(later + Duration::from_secs(1));
+    assert_eq!(backlog.by_worker[&b], 2);
+    let waited = backlog.oldest_by_queue[&None];
+    assert!((5.9..7.0).contains(&waited), "{waited}");
 }

@@ -129,6 +129,10 @@ impl Engine {
             }
             self.metrics.finished(result.state);
             self.metrics.fuel.add(result.usage.fuel);
+            if result.timing.is_some() && !result.cached {
+                let seconds = result.usage.wall_ms as f64 / 1000.0;
+                self.run_times.learn(job.worker, seconds);
+            }
             if !result.cached {
                 self.metrics
                     .tenant_usage(self.tenant_label(tenant), &result.usage);

@@ -377,7 +377,11 @@ impl Engine {
             .into_iter()
             .flatten()
             .min();
-        scheduler.add_due(job.lsn, &job.tenant, job.priority, due, waiting);
+        let origin = scheduler::Origin {
+            worker: job.worker,
+            queue: job.queue_id,
+        };
+        scheduler.add_due(job.lsn, &job.tenant, job.priority, due, origin, waiting);
         drop(scheduler);
         self.watch_deadlines(job);
         self.wake.notify_one();

@@ -18,6 +18,8 @@ pub struct QueueSpec<'a> {
     pub priority: i64,
     /// Deadlines of its jobs that give none of their own.
     pub deadlines: Deadlines,
+    /// How long its runnable jobs may wait before the autoscaler adds nodes.
+    pub target_wait_ms: Option<u64>,
 }
 
 /// A queue as stored.
@@ -41,6 +43,8 @@ pub struct QueueRow {
     pub touched_ms: i64,
     /// Deadlines of its jobs that give none of their own.
     pub deadlines: Deadlines,
+    /// How long its runnable jobs may wait before the autoscaler adds nodes.
+    pub target_wait_ms: Option<u64>,
 }
 
 fn queue_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
@@ -57,11 +61,12 @@ fn queue_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
             start_within_ms: row.get::<_, Option<i64>>(8)?.map(|ms| ms as u64),
             finish_within_ms: row.get::<_, Option<i64>>(9)?.map(|ms| ms as u64),
         },
+        target_wait_ms: row.get::<_, Option<i64>>(10)?.map(|ms| ms as u64),
     })
 }
 
 const QUEUE_COLUMNS: &str = "id, tenant, token, state, max_retries, retry_guest_failures, priority, \
-                             touched_ms, start_within_ms, finish_within_ms";
+                             touched_ms, start_within_ms, finish_within_ms, target_wait_ms";
 
 /// The scoping term of a statement about queue `?1` asked by tenant `?2`: the queue is
 /// the tenant's (a primary-key lookup).
@@ -90,8 +95,8 @@ impl Store {
         let conn = self.conn();
         conn.prepare_cached(
             "INSERT INTO queues (tenant, token, name, state, max_retries, retry_guest_failures, \
-             priority, created_ms, touched_ms, start_within_ms, finish_within_ms) \
-             VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
+             priority, created_ms, touched_ms, start_within_ms, finish_within_ms, \
+             target_wait_ms) VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
             tenant,
@@ -103,8 +108,18 @@ impl Store {
             now_ms(),
             spec.deadlines.start_within_ms.map(|ms| ms as i64),
             spec.deadlines.finish_within_ms.map(|ms| ms as i64),
+            spec.target_wait_ms.map(|ms| ms as i64),
         ])?;
         Ok(conn.last_insert_rowid() as u64)
+    }
+
+    /// A queue by id, whoever's it is.
+    pub(super) fn queue_any(&self, id: u64) -> StoreResult<Option<QueueRow>> {
+        Ok(self
+            .conn()
+            .prepare_cached(&format!("SELECT {QUEUE_COLUMNS} FROM queues WHERE id = ?1"))?
+            .query_row(params![id as i64], queue_row)
+            .optional()?)
     }
 
     /// A queue by id.

@@ -158,6 +158,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         ("jobs", "finish_by_ms"),
         ("queues", "start_within_ms"),
         ("queues", "finish_within_ms"),
+        ("queues", "target_wait_ms"),
     ] {
         let present: bool = conn
             .prepare(&format!(

@@ -291,6 +291,11 @@ impl<'a> Unscoped<'a> {
         self.store.job_counts()
     }
 
+    /// A queue by id, whoever's it is.
+    pub fn queue(&self, id: u64) -> StoreResult<Option<QueueRow>> {
+        self.store.queue_any(id)
+    }
+
     /// Active queues untouched since `before_ms` with nothing pending.
     pub fn idle_queues(&self, before_ms: i64) -> StoreResult<Vec<u64>> {
         self.store.idle_queues(before_ms)

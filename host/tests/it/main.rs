@@ -1,5 +1,6 @@
 //! End-to-end tests of the `wasmesh` binary (one test binary, a module per area).
 
+mod autoscale;
 mod browser;
 mod cas;
 mod checkpoints;

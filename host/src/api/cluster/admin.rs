@@ -19,6 +19,16 @@ pub(super) async fn list(
     Ok(Json(json!({"nodes": state.fleet.list()})))
 }
 
+/// `GET /api/v1/cluster/autoscaler`: the signal, desired and current nodes, and the
+/// decisions with their reasons (the operator only).
+pub(super) async fn autoscaler(
+    State(state): State<CoordinatorState>,
+    axum::Extension(role): axum::Extension<Role>,
+) -> ApiResult<Json<Value>> {
+    role.require_operator()?;
+    Ok(Json(state.autoscaling.status()))
+}
+
 pub(super) async fn details(
     State(state): State<CoordinatorState>,
     axum::Extension(role): axum::Extension<Role>,

@@ -28,6 +28,8 @@ pub struct CoordinatorState {
     pub auth: Arc<Auth>,
     /// Node keys (the node-facing routes).
     pub node_auth: Arc<node_auth::NodeAuth>,
+    /// The autoscaler.
+    pub autoscaling: Arc<crate::cluster::autoscale::Autoscaling>,
 }
 
 impl axum::extract::FromRef<CoordinatorState> for JsonLimits {
@@ -72,6 +74,7 @@ pub fn routes(state: CoordinatorState) -> Router {
         )
         .route("/api/v1/cluster/nodes/{id}/drain", post(admin::drain))
         .route("/api/v1/cluster/topology", get(admin::topology))
+        .route("/api/v1/cluster/autoscaler", get(admin::autoscaler))
         .route_layer(axum::middleware::from_fn_with_state(
             app_state.clone(),
             crate::api::idempotency::idempotency,

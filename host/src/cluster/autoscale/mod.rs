@@ -1,0 +1,280 @@
+//! The autoscaler: at every interval it reads the work ahead (the engine's backlog at
+//! its workers' measured run times, what runs, the oldest runnable job's wait against
+//! its queue's `target_wait_ms`) and the fleet, decides with [`policy::Autoscaler`],
+//! and has its [`provision::Provisioner`] act: grow at once, shrink only after the
+//! nodes that go were drained (no new leases) and hold no lease, so no job is
+//! stranded. Every decision is kept with its reason (`GET /api/v1/cluster/autoscaler`)
+//! and the signal is exported to `/metrics` (`wasmesh_autoscaler_*`), so an external
+//! autoscaler (KEDA, the Nomad Autoscaler) can use the same numbers.
+
+pub mod policy;
+pub mod provision;
+
+use std::collections::VecDeque;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::cluster::Fleet;
+use crate::engine::Engine;
+use crate::store::now_ms;
+use policy::{Action, Autoscaler, Decision, Policy, Signal};
+use provision::Provisioner;
+
+/// Decisions that changed something, kept for the status.
+const KEPT_DECISIONS: usize = 50;
+
+/// The autoscaler of a coordinator.
+#[derive(Debug)]
+pub struct Autoscaling {
+    provisioner: Box<dyn Provisioner>,
+    interval: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    scaler: Autoscaler,
+    signal: Signal,
+    last: Option<Decision>,
+    decisions: VecDeque<Decision>,
+    /// A scale-in under way: the count it goes to and the nodes draining for it.
+    draining: Option<(u32, Vec<String>)>,
+    ups: u64,
+    downs: u64,
+    error: Option<String>,
+}
+
+impl Autoscaling {
+    /// An autoscaler following `policy` through `provisioner`, evaluating every
+    /// `interval`.
+    pub fn new(policy: Policy, provisioner: Box<dyn Provisioner>, interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            provisioner,
+            interval,
+            state: Mutex::new(State {
+                scaler: Autoscaler::new(policy),
+                signal: Signal::default(),
+                last: None,
+                decisions: VecDeque::new(),
+                draining: None,
+                ups: 0,
+                downs: 0,
+                error: None,
+            }),
+        })
+    }
+
+    /// Starts evaluating, on a thread of its own (provisioners block on processes and
+    /// HTTP), until the engine stops; exports the signal to the engine's `/metrics`.
+    pub fn start(self: &Arc<Self>, engine: Arc<Engine>, fleet: Arc<Fleet>) {
+        let metrics = self.clone();
+        engine.set_extra_metrics(Box::new(move || metrics.metrics()));
+        let scaling = self.clone();
+        std::thread::Builder::new()
+            .name("autoscaler".into())
+            .spawn(move || {
+                while !engine.stopping().is_cancelled() {
+                    scaling.tick(&engine, &fleet, Instant::now());
+                    std::thread::sleep(scaling.interval);
+                }
+            })
+            .expect("starting the autoscaler's thread");
+    }
+
+    /// Stops the nodes that are this coordinator's own processes (the local
+    /// provisioner's), waiting for each to finish what it runs.
+    pub fn stop(&self) {
+        self.provisioner.stop_all();
+    }
+
+    /// What the autoscaler sees now.
+    fn signal(&self, engine: &Engine, fleet: &Fleet) -> Signal {
+        let policy = self
+            .state
+            .lock()
+            .expect("autoscaler")
+            .scaler
+            .policy()
+            .clone();
+        let members = fleet.members();
+        let serving: Vec<_> = members
+            .iter()
+            .filter(|m| m.state == "ready" || m.state == "busy")
+            .collect();
+        let ready = serving.len() as u32;
+        let starting = self
+            .provisioner
+            .requested()
+            .map_or(0, |asked| asked.saturating_sub(ready));
+        let ahead = engine.work_ahead();
+        let default_target = policy.target_wait;
+        let overdue = ahead
+            .oldest_by_queue
+            .iter()
+            .map(|(queue, waited)| {
+                let target = queue
+                    .and_then(|q| engine.queue_target_wait(q))
+                    .unwrap_or(default_target);
+                waited.saturating_sub(target).as_secs_f64()
+            })
+            .fold(0.0, f64::max);
+        let slots: u64 = serving.iter().map(|m| m.slots).sum();
+        Signal {
+            queued_jobs: ahead.queued_jobs,
+            queued_work_seconds: ahead.work_seconds,
+            running_jobs: ahead.running_jobs,
+            overdue_wait_seconds: overdue,
+            target_wait_seconds: default_target.as_secs_f64(),
+            ready_nodes: ready,
+            starting_nodes: starting,
+            slots_per_node: if serving.is_empty() {
+                policy.slots_per_node as f64
+            } else {
+                slots as f64 / serving.len() as f64
+            },
+        }
+    }
+
+    /// One evaluation at `now`.
+    pub fn tick(&self, engine: &Engine, fleet: &Fleet, now: Instant) {
+        let signal = self.signal(engine, fleet);
+        let mut state = self.state.lock().expect("autoscaler");
+        state.signal = signal.clone();
+        if let Some((count, leaving)) = state.draining.clone() {
+            let members = fleet.members();
+            let busy: Vec<&String> = leaving
+                .iter()
+                .filter(|id| members.iter().any(|m| &m.id == *id && m.leased > 0))
+                .collect();
+            if !busy.is_empty() {
+                return;
+            }
+            let reason = format!("drained {leaving:?}: none holds a lease; removing them");
+            match self.provisioner.shrink(count, &leaving, &reason) {
+                Ok(()) => {
+                    for id in &leaving {
+                        fleet.deregister(id);
+                    }
+                    state.draining = None;
+                    state.error = None;
+                }
+                Err(e) => state.error = Some(format!("{e:#}")),
+            }
+            return;
+        }
+        let decision = state.scaler.evaluate(&signal, now, now_ms());
+        if self.provisioner.kind() != "static" {
+            let acted = match decision.action {
+                Action::Up => self.provisioner.grow(decision.desired, &decision.reason),
+                Action::Down => {
+                    let leaving = self.provisioner.leaving(decision.desired, &fleet.members());
+                    for id in &leaving {
+                        fleet.drain(id);
+                    }
+                    state.draining = Some((decision.desired, leaving));
+                    Ok(())
+                }
+                Action::Hold => Ok(()),
+            };
+            state.error = acted.err().map(|e| format!("{e:#}"));
+        }
+        match decision.action {
+            Action::Up => state.ups += 1,
+            Action::Down => state.downs += 1,
+            Action::Hold => {}
+        }
+        if decision.action != Action::Hold {
+            tracing::info!(action = ?decision.action, desired = decision.desired, reason = %decision.reason, "autoscaler");
+            state.decisions.push_back(decision.clone());
+            if state.decisions.len() > KEPT_DECISIONS {
+                state.decisions.pop_front();
+            }
+        }
+        state.last = Some(decision);
+    }
+
+    /// The status: provisioner, policy, signal, desired and current nodes, what is
+    /// draining, the last decision and the recent ones that changed something.
+    pub fn status(&self) -> Value {
+        let state = self.state.lock().expect("autoscaler");
+        let p = state.scaler.policy();
+        let current = state.signal.ready_nodes + state.signal.starting_nodes;
+        json!({
+            "provisioner": self.provisioner.kind(),
+            "policy": {
+                "min_nodes": p.min_nodes,
+                "max_nodes": p.max_nodes,
+                "slots_per_node": p.slots_per_node,
+                "scale_up_cooldown_ms": p.scale_up_cooldown.as_millis() as u64,
+                "scale_down_cooldown_ms": p.scale_down_cooldown.as_millis() as u64,
+                "stabilization_ms": p.stabilization.as_millis() as u64,
+                "target_wait_ms": p.target_wait.as_millis() as u64,
+                "interval_ms": self.interval.as_millis() as u64,
+            },
+            "signal": state.signal,
+            "desired_nodes": state.last.as_ref().map_or(current, |d| d.desired),
+            "current_nodes": current,
+            "draining": state.draining.as_ref().map(|(_, ids)| ids.clone()).unwrap_or_default(),
+            "last": state.last,
+            "decisions": state.decisions.iter().rev().collect::<Vec<_>>(),
+            "error": state.error,
+        })
+    }
+
+    /// The autoscaler's lines of `/metrics`.
+    fn metrics(&self) -> String {
+        let state = self.state.lock().expect("autoscaler");
+        let s = &state.signal;
+        let current = s.ready_nodes + s.starting_nodes;
+        let desired = state.last.as_ref().map_or(current, |d| d.desired);
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
+            "wasmesh_autoscaler_desired_nodes",
+            "Nodes the autoscaler wants.",
+            desired as f64,
+        );
+        gauge(
+            "wasmesh_autoscaler_current_nodes",
+            "Nodes ready or starting.",
+            current as f64,
+        );
+        gauge(
+            "wasmesh_autoscaler_queued_jobs",
+            "Runnable jobs waiting.",
+            s.queued_jobs as f64,
+        );
+        gauge(
+            "wasmesh_autoscaler_queued_work_seconds",
+            "Queued jobs times their workers' mean run time.",
+            s.queued_work_seconds,
+        );
+        gauge(
+            "wasmesh_autoscaler_running_jobs",
+            "Jobs running.",
+            s.running_jobs as f64,
+        );
+        gauge(
+            "wasmesh_autoscaler_overdue_wait_seconds",
+            "How far the longest-waiting runnable job is past its queue's target wait.",
+            s.overdue_wait_seconds,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wasmesh_autoscaler_decisions_total Scaling decisions, by direction.\n\
+             # TYPE wasmesh_autoscaler_decisions_total counter\n\
+             wasmesh_autoscaler_decisions_total{{action=\"up\"}} {}\n\
+             wasmesh_autoscaler_decisions_total{{action=\"down\"}} {}",
+            state.ups, state.downs
+        );
+        out
+    }
+}

@@ -1,0 +1,100 @@
+//! The work ahead, as the autoscaler sees it: the runnable jobs counted at their
+//! workers' measured mean run times, what runs, and how long each queue's oldest
+//! runnable job has waited.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::Engine;
+use crate::model::HashHex;
+
+/// The run time a job of a worker that has not finished a run here yet is counted at.
+pub const UNMEASURED_RUN_SECONDS: f64 = 1.0;
+
+/// A moving average's weight of the newest run.
+const GAIN: f64 = 0.2;
+
+/// Each worker's mean run time, in seconds.
+#[derive(Debug, Default)]
+pub(super) struct RunTimes(std::sync::Mutex<HashMap<HashHex, f64>>);
+
+impl RunTimes {
+    /// Learns one run of `worker` that took `seconds`.
+    pub(super) fn learn(&self, worker: HashHex, seconds: f64) {
+        let mut means = self.0.lock().expect("run times");
+        let mean = means.entry(worker).or_insert(seconds);
+        *mean += GAIN * (seconds - *mean);
+    }
+}
+
+/// What a coordinator adds to `/metrics` (its autoscaler's gauges), set once.
+#[derive(Default)]
+pub(super) struct ExtraMetrics(std::sync::OnceLock<Box<dyn Fn() -> String + Send + Sync>>);
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ExtraMetrics(set)"
+        } else {
+            "ExtraMetrics"
+        })
+    }
+}
+
+/// The work ahead at one moment.
+#[derive(Debug, Default)]
+pub struct WorkAhead {
+    /// Runnable jobs.
+    pub queued_jobs: usize,
+    /// Their work in seconds: each at its worker's mean run time.
+    pub work_seconds: f64,
+    /// Jobs running.
+    pub running_jobs: usize,
+    /// The longest a runnable job of each queue (`None`: no queue) has waited.
+    pub oldest_by_queue: Vec<(Option<u64>, Duration)>,
+}
+
+impl Engine {
+    /// The work ahead now.
+    pub fn work_ahead(&self) -> WorkAhead {
+        let (backlog, running_jobs) = {
+            let scheduler = self.scheduler();
+            (scheduler.backlog(Instant::now()), scheduler.running())
+        };
+        let means = self.run_times.0.lock().expect("run times");
+        let mut ahead = WorkAhead {
+            running_jobs,
+            ..WorkAhead::default()
+        };
+        for (worker, count) in backlog.by_worker {
+            let mean = means
+                .get(&worker)
+                .copied()
+                .unwrap_or(UNMEASURED_RUN_SECONDS);
+            ahead.queued_jobs += count;
+            ahead.work_seconds += count as f64 * mean;
+        }
+        ahead.oldest_by_queue = backlog
+            .oldest_by_queue
+            .into_iter()
+            .map(|(queue, secs)| (queue, Duration::from_secs_f64(secs)))
+            .collect();
+        ahead
+    }
+
+    /// A queue's `target_wait_ms`, whoever's it is (for the autoscaler).
+    pub fn queue_target_wait(&self, queue: u64) -> Option<Duration> {
+        let row = self.store.unscoped().queue(queue).ok()??;
+        row.target_wait_ms.map(Duration::from_millis)
+    }
+
+    /// Text appended to `/metrics` (a coordinator's autoscaler sets it once).
+    pub fn extra_metrics(&self) -> String {
+        self.extra_metrics.0.get().map(|f| f()).unwrap_or_default()
+    }
+
+    /// Sets what [`Engine::extra_metrics`] appends; only the first call counts.
+    pub fn set_extra_metrics(&self, render: Box<dyn Fn() -> String + Send + Sync>) {
+        let _ = self.extra_metrics.0.set(render);
+    }
+}
