@@ -52,6 +52,9 @@ pub struct WorkAhead {
     pub running_jobs: usize,
     /// The longest a runnable job of each queue (`None`: no queue) has waited.
     pub oldest_by_queue: Vec<(Option<u64>, Duration)>,
+    /// The queues whose runnable jobs have deadlines: (queue, their work in seconds,
+    /// the nearest deadline in Unix ms).
+    pub deadlines_by_queue: Vec<(u64, f64, i64)>,
 }
 
 impl Engine {
@@ -74,6 +77,18 @@ impl Engine {
             ahead.queued_jobs += count;
             ahead.work_seconds += count as f64 * mean;
         }
+        for (queue, due) in &backlog.due_by_queue {
+            let Some(queue) = *queue else { continue };
+            let work: f64 = backlog
+                .by_queue_worker
+                .iter()
+                .filter(|((q, _), _)| *q == Some(queue))
+                .map(|((_, worker), count)| {
+                    *count as f64 * means.get(worker).copied().unwrap_or(UNMEASURED_RUN_SECONDS)
+                })
+                .sum();
+            ahead.deadlines_by_queue.push((queue, work, *due));
+        }
         ahead.oldest_by_queue = backlog
             .oldest_by_queue
             .into_iter()
@@ -86,6 +101,21 @@ impl Engine {
     pub fn queue_target_wait(&self, queue: u64) -> Option<Duration> {
         let row = self.store.unscoped().queue(queue).ok()??;
         row.target_wait_ms.map(Duration::from_millis)
+    }
+
+    /// Announces `queue.deadline_at_risk` to the queue's tenant's webhooks: its
+    /// runnable jobs' work, at the slots there are, ends after the nearest deadline.
+    pub fn deadline_at_risk(&self, queue: u64, data: serde_json::Value) {
+        if !self.webhooks.wants_job_events() {
+            return;
+        }
+        let Ok(Some(row)) = self.store.unscoped().queue(queue) else {
+            return;
+        };
+        let tenant = Some(row.tenant.as_str());
+        if self.webhooks.wants(tenant, "queue.deadline_at_risk") {
+            self.webhooks.emit(tenant, "queue.deadline_at_risk", data);
+        }
     }
 
     /// Text appended to `/metrics` (a coordinator's autoscaler sets it once).

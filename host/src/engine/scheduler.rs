@@ -92,6 +92,10 @@ pub struct Backlog {
     /// The longest a runnable job of each queue (`None`: no queue) has waited, in
     /// seconds.
     pub oldest_by_queue: HashMap<Option<u64>, f64>,
+    /// Runnable jobs by queue and worker.
+    pub by_queue_worker: HashMap<(Option<u64>, HashHex), usize>,
+    /// The nearest deadline (Unix ms) of each queue's runnable jobs, for those with one.
+    pub due_by_queue: HashMap<Option<u64>, i64>,
 }
 
 /// What cancelling a job did.
@@ -584,6 +588,14 @@ impl Scheduler {
         let mut backlog = Backlog::default();
         for p in self.pending.values().filter(|p| p.phase == Phase::Queued) {
             *backlog.by_worker.entry(p.origin.worker).or_default() += 1;
+            *backlog
+                .by_queue_worker
+                .entry((p.origin.queue, p.origin.worker))
+                .or_default() += 1;
+            if p.due != i64::MAX {
+                let due = backlog.due_by_queue.entry(p.origin.queue).or_insert(p.due);
+                *due = (*due).min(p.due);
+            }
             let waited = (t - p.queued_at).max(0.0);
             let oldest = backlog.oldest_by_queue.entry(p.origin.queue).or_default();
             *oldest = oldest.max(waited);

@@ -398,4 +398,11 @@ fn the_backlog_counts_runnable_jobs_by_worker_and_queue() {
     assert_eq!(backlog.by_worker[&b], 2);
     let waited = backlog.oldest_by_queue[&None];
     assert!((5.9..7.0).contains(&waited), "{waited}");
+    // The nearest deadline of each queue's runnable jobs, by queue and worker.
+    s.add_due(5, "t", 0, Some(9_000), origin(a, Some(7)), []);
+    s.add_due(6, "t", 0, Some(4_000), origin(b, Some(7)), []);
+    let backlog = s.backlog(later);
+    assert_eq!(backlog.due_by_queue, HashMap::from([(Some(7), 4_000)]));
+    assert_eq!(backlog.by_queue_worker[&(Some(7), a)], 2);
+    assert_eq!(backlog.by_queue_worker[&(Some(7), b)], 1);
 }

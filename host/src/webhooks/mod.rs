@@ -30,6 +30,7 @@ pub const EVENTS: &[&str] = &[
     "job.failed",
     "job.deadline_exceeded",
     "queue.completed",
+    "queue.deadline_at_risk",
     "node.unhealthy",
     "node.ready",
 ];

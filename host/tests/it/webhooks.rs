@@ -445,3 +445,58 @@ fn a_missed_deadline_is_a_webhook_event() {
             .all(|h| h.json()["data"]["lsn"] == json!(lsn))
     );
 }
+
+/// A coordinator whose queue's work cannot finish before its jobs' deadlines at the
+/// slots there are announces `queue.deadline_at_risk` to the queue's tenant, once.
+#[test]
+fn a_queue_that_will_miss_its_deadline_is_announced() {
+    let receiver = Receiver::start(200);
+    let coordinator = Server::coordinator(&[
+        "--webhook-allow-private",
+        "--webhook-retry-base",
+        "20ms",
+        "--autoscale-interval",
+        "50ms",
+    ]);
+    let client = coordinator.client();
+    let hook = create_webhook(&client, &receiver.url, &["queue.deadline_at_risk"]);
+    let worker = upload_test_guest(&client);
+    let queue = client
+        .call(
+            reqwest::Method::POST,
+            "/compute/queues",
+            Some(&json!({"deadlines": {"finish_within_ms": 600_000}})),
+        )
+        .unwrap()["queue_id"]
+        .as_u64()
+        .unwrap();
+    // No node: no slot will ever run them.
+    for _ in 0..3 {
+        client
+            .submit(
+                &action(&client, worker, &["noop"], None),
+                Some(&queue.to_string()),
+                None,
+            )
+            .unwrap();
+    }
+    let hit = eventually(WAIT, || receiver.delivered("queue.deadline_at_risk").pop());
+    let data = &hit.json()["data"];
+    assert_eq!(data["queue_id"], json!(queue));
+    assert_eq!(data["queued_work_seconds"], json!(3.0), "{data}");
+    assert_eq!(data["slots"], json!(0.0));
+    assert!(data["predicted_finish_ms"].is_null(), "{data}");
+    assert!(data["nearest_deadline_ms"].as_i64().unwrap() > 0);
+    // The autoscaler keeps evaluating (its status moves) without announcing it again.
+    let evaluated = |client: &Client| {
+        client
+            .call(reqwest::Method::GET, "/api/v1/cluster/autoscaler", None)
+            .unwrap()["last"]["at_ms"]
+            .as_i64()
+            .unwrap()
+    };
+    let seen = evaluated(&client);
+    eventually(WAIT, || (evaluated(&client) > seen + 200).then_some(()));
+    // Every delivery created, sent or not.
+    assert_eq!(deliveries(&client, hook["id"].as_str().unwrap()).len(), 1);
+}

@@ -42,6 +42,8 @@ struct State {
     decisions: VecDeque<Decision>,
     /// A scale-in under way: the count it goes to and the nodes draining for it.
     draining: Option<(u32, Vec<String>)>,
+    /// Queues announced at risk of missing a deadline (again only once they were not).
+    at_risk: std::collections::HashSet<u64>,
     ups: u64,
     downs: u64,
     error: Option<String>,
@@ -60,6 +62,7 @@ impl Autoscaling {
                 last: None,
                 decisions: VecDeque::new(),
                 draining: None,
+                at_risk: Default::default(),
                 ups: 0,
                 downs: 0,
                 error: None,
@@ -90,8 +93,45 @@ impl Autoscaling {
         self.provisioner.stop_all();
     }
 
-    /// What the autoscaler sees now.
-    fn signal(&self, engine: &Engine, fleet: &Fleet) -> Signal {
+    /// Announces each queue whose runnable jobs, at the slots there are and are
+    /// coming, would finish after their nearest deadline (`queue.deadline_at_risk`),
+    /// once until it is no longer at risk.
+    fn predict_deadlines(&self, engine: &Engine, signal: &Signal, queues: &[(u64, f64, i64)]) {
+        let slots = (signal.ready_nodes + signal.starting_nodes) as f64 * signal.slots_per_node;
+        let now = now_ms();
+        let mut state = self.state.lock().expect("autoscaler");
+        let mut risky = std::collections::HashSet::new();
+        for &(queue, work, due) in queues {
+            // Work spread over every slot: the best the fleet can do.
+            let finish = if slots > 0.0 {
+                now + (work / slots * 1000.0) as i64
+            } else {
+                i64::MAX
+            };
+            if finish <= due {
+                continue;
+            }
+            risky.insert(queue);
+            if state.at_risk.contains(&queue) {
+                continue;
+            }
+            tracing::info!(queue, due, "a queue is at risk of missing its deadline");
+            engine.deadline_at_risk(
+                queue,
+                json!({
+                    "queue_id": queue,
+                    "queued_work_seconds": work,
+                    "nearest_deadline_ms": due,
+                    "predicted_finish_ms": (finish != i64::MAX).then_some(finish),
+                    "slots": slots,
+                }),
+            );
+        }
+        state.at_risk = risky;
+    }
+
+    /// What the autoscaler sees now, and the queues with deadlines.
+    fn signal(&self, engine: &Engine, fleet: &Fleet) -> (Signal, Vec<(u64, f64, i64)>) {
         let policy = self
             .state
             .lock()
@@ -122,7 +162,7 @@ impl Autoscaling {
             })
             .fold(0.0, f64::max);
         let slots: u64 = serving.iter().map(|m| m.slots).sum();
-        Signal {
+        let signal = Signal {
             queued_jobs: ahead.queued_jobs,
             queued_work_seconds: ahead.work_seconds,
             running_jobs: ahead.running_jobs,
@@ -135,12 +175,14 @@ impl Autoscaling {
             } else {
                 slots as f64 / serving.len() as f64
             },
-        }
+        };
+        (signal, ahead.deadlines_by_queue)
     }
 
     /// One evaluation at `now`.
     pub fn tick(&self, engine: &Engine, fleet: &Fleet, now: Instant) {
-        let signal = self.signal(engine, fleet);
+        let (signal, deadlines) = self.signal(engine, fleet);
+        self.predict_deadlines(engine, &signal, &deadlines);
         let mut state = self.state.lock().expect("autoscaler");
         state.signal = signal.clone();
         if let Some((count, leaving)) = state.draining.clone() {
