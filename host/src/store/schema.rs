@@ -138,41 +138,34 @@ CREATE TABLE IF NOT EXISTS groups (
 ) WITHOUT ROWID;
 "#;
 
+/// Whether `table` has `column` (tables and columns are this file's own names).
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2")?
+        .query_row([table, column], |row| row.get::<_, i64>(0).map(|n| n > 0))
+}
+
 /// Creates what is missing: the tables, the columns added after the first release
 /// (data directories written by an older version get them here), their indexes.
 pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
-    for column in ["lease_node", "checkpoint", "cancel_requested"] {
-        let present: bool = conn
-            .prepare(&format!(
-                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = '{column}'"
-            ))?
-            .query_row([], |row| row.get::<_, i64>(0).map(|n| n > 0))?;
-        if !present {
-            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} TEXT"))?;
-        }
-    }
-    // Deadlines (absolute, Unix ms) of jobs, and the relative ones of queues.
-    for (table, column) in [
-        ("jobs", "start_by_ms"),
-        ("jobs", "finish_by_ms"),
-        ("queues", "start_within_ms"),
-        ("queues", "finish_within_ms"),
-        ("queues", "target_wait_ms"),
+    // Columns added after the first release: the lease's node, the checkpoint and a
+    // cancel asked for of jobs; deadlines (absolute, Unix ms) of jobs; the relative
+    // deadlines and target wait of queues.
+    for (table, column, kind) in [
+        ("jobs", "lease_node", "TEXT"),
+        ("jobs", "checkpoint", "TEXT"),
+        ("jobs", "cancel_requested", "TEXT"),
+        ("jobs", "start_by_ms", "INTEGER"),
+        ("jobs", "finish_by_ms", "INTEGER"),
+        ("queues", "start_within_ms", "INTEGER"),
+        ("queues", "finish_within_ms", "INTEGER"),
+        ("queues", "target_wait_ms", "INTEGER"),
     ] {
-        let present: bool = conn
-            .prepare(&format!(
-                "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"
-            ))?
-            .query_row([], |row| row.get::<_, i64>(0).map(|n| n > 0))?;
-        if !present {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} INTEGER"))?;
+        if !has_column(conn, table, column)? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
         }
     }
-    let touched: bool = conn
-        .prepare("SELECT COUNT(*) FROM pragma_table_info('blobs') WHERE name = 'touched_ms'")?
-        .query_row([], |row| row.get::<_, i64>(0).map(|n| n > 0))?;
-    if !touched {
+    if !has_column(conn, "blobs", "touched_ms")? {
         // Rows of an older version count as touched now: their grace period starts
         // with the upgrade.
         conn.execute_batch(&format!(
@@ -213,4 +206,58 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
          CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (finished_ms) \
          WHERE state != 'pending'",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal written before the later columns existed gets them, keeps its rows,
+    /// and migrating twice changes nothing.
+    #[test]
+    fn an_older_journal_gets_the_later_columns() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE jobs (lsn INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, \
+             queue_id INTEGER, action TEXT NOT NULL, worker TEXT NOT NULL, descriptor TEXT NOT NULL, \
+             priority INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, \
+             max_retries INTEGER NOT NULL, retry_guest_failures INTEGER NOT NULL, result TEXT, \
+             retired INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL, finished_ms INTEGER); \
+             CREATE TABLE queues (id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, \
+             token TEXT UNIQUE, name TEXT, state TEXT NOT NULL, max_retries INTEGER NOT NULL, \
+             retry_guest_failures INTEGER NOT NULL, priority INTEGER NOT NULL, \
+             created_ms INTEGER NOT NULL, touched_ms INTEGER NOT NULL); \
+             CREATE TABLE blobs (tenant TEXT NOT NULL, hash TEXT NOT NULL, size INTEGER NOT NULL, \
+             PRIMARY KEY (tenant, hash)) WITHOUT ROWID; \
+             INSERT INTO jobs (tenant, action, worker, descriptor, priority, state, max_retries, \
+             retry_guest_failures, created_ms) VALUES ('t', 'a', 'w', '{}', 0, 'queued', 3, 0, 1);",
+        )
+        .unwrap();
+        for (table, column) in [("jobs", "finish_by_ms"), ("queues", "target_wait_ms")] {
+            assert!(!has_column(&conn, table, column).unwrap());
+        }
+        migrate(&conn).unwrap();
+        migrate(&conn).unwrap();
+        for (table, column) in [
+            ("jobs", "lease_node"),
+            ("jobs", "start_by_ms"),
+            ("jobs", "finish_by_ms"),
+            ("queues", "start_within_ms"),
+            ("queues", "target_wait_ms"),
+            ("blobs", "touched_ms"),
+        ] {
+            assert!(
+                has_column(&conn, table, column).unwrap(),
+                "{table}.{column}"
+            );
+        }
+        let kept: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE finish_by_ms IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kept, 1);
+    }
 }
