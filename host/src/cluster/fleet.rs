@@ -1,7 +1,6 @@
-//! The fleet: registered nodes (soft state) and the leases of the jobs they run.
-//!
-//! Every lease carries a fencing token (job, attempt). The database is the authority
-//! on which attempt is current (`Db::finish_job_fenced`); the fleet is the in-memory
+//! The fleet: registered nodes (soft state) and the leases of the jobs they run. Every
+//! lease carries a fencing token (job, attempt); the journal is the authority on which
+//! attempt is current (`Store::settle_jobs` under a `Fence`), the fleet the in-memory
 //! view that decides who gets work, renews leases from heartbeats and expires them.
 
 use std::collections::HashMap;
@@ -674,10 +673,7 @@ impl Fleet {
 
     /// Every node's id, state, slots and leases held, by id.
     pub fn members(&self) -> Vec<Member> {
-        let inner = self.inner();
-        let mut members: Vec<Member> = inner
-            .views
-            .iter()
+        let mut members: Vec<Member> = (self.inner().views.iter())
             .map(|view| Member {
                 id: view.id.clone(),
                 state: self.state(view),

@@ -36,15 +36,15 @@ impl Engine {
         loop {
             let (lsn, cancel) = self.scheduler().pop(Instant::now())?;
             match self.prepare(lsn) {
-                Ok(Some((job, _, _))) if deadlines::late(&job, now_ms()).is_some() => {
-                    // Its deadline came before the watch ended it: it never runs.
-                    let why = deadlines::late(&job, now_ms()).unwrap_or_default();
-                    let result = self.deadline_failure(&job, &why);
-                    if let Err(e) = self.record(&job, result, false, Fence::Local) {
-                        tracing::error!(lsn, error = %e, "ending a job past its deadline");
-                    }
-                }
                 Ok(Some((job, worker, action))) => {
+                    if let Some(why) = deadlines::late(&job, now_ms()) {
+                        // Its deadline came before the watch ended it: it never runs.
+                        let result = self.deadline_failure(&job, &why);
+                        if let Err(e) = self.record(&job, result, false, Fence::Local) {
+                            tracing::error!(lsn, error = %e, "ending a job past its deadline");
+                        }
+                        continue;
+                    }
                     return Some(Runnable {
                         job,
                         worker,
