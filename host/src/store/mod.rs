@@ -147,6 +147,8 @@ impl Store {
         // Every statement is prepared once and reused (the parser showed up in
         // profiles); there are a few dozen distinct ones.
         conn.set_prepared_statement_cache_capacity(64);
+        schema::check_version(&conn)?
+            .map_err(|why| failure(format!("{}: {why}", path.display())))?;
         schema::migrate(&conn)?;
         let conn = Arc::new(Mutex::new(conn));
         let wal = wal::Checkpointer::start(path, Arc::downgrade(&conn), wal::RESTART_FRAMES)?;

@@ -144,8 +144,30 @@ fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<
         .query_row([table, column], |row| row.get::<_, i64>(0).map(|n| n > 0))
 }
 
+/// The version of the journal's schema this binary writes, kept in SQLite's
+/// `user_version`. 0 is every journal written before versions were kept; 1 added the
+/// attempts table, deadlines and queues' target waits. A change to the schema bumps it
+/// (with the step that brings an older journal up in [`migrate`]).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Why a journal cannot be opened by this binary, if it cannot: one written by a newer
+/// release (its schema may hold what this one would lose or misread).
+pub(super) fn check_version(conn: &Connection) -> rusqlite::Result<Result<i64, String>> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Ok(Err(format!(
+            "the journal's schema is version {found}, newer than this wasmesh {} knows \
+             (version {SCHEMA_VERSION}): it was written by a newer release; run that \
+             release or a later one, or restore the data directory from before the upgrade",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    Ok(Ok(found))
+}
+
 /// Creates what is missing: the tables, the columns added after the first release
-/// (data directories written by an older version get them here), their indexes.
+/// (data directories written by an older version get them here), their indexes; then
+/// records [`SCHEMA_VERSION`]. Call [`check_version`] first.
 pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
     // Columns added after the first release: the lease's node, the checkpoint and a
@@ -205,7 +227,8 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
          WHERE retired = 0 AND finished_ms IS NOT NULL; \
          CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (finished_ms) \
          WHERE state != 'pending'",
-    )
+    )?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
 }
 
 #[cfg(test)]
@@ -236,8 +259,10 @@ mod tests {
         for (table, column) in [("jobs", "finish_by_ms"), ("queues", "target_wait_ms")] {
             assert!(!has_column(&conn, table, column).unwrap());
         }
+        assert_eq!(check_version(&conn).unwrap(), Ok(0), "unversioned");
         migrate(&conn).unwrap();
         migrate(&conn).unwrap();
+        assert_eq!(check_version(&conn).unwrap(), Ok(SCHEMA_VERSION));
         for (table, column) in [
             ("jobs", "lease_node"),
             ("jobs", "start_by_ms"),
@@ -259,5 +284,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!(kept, 1);
+    }
+
+    #[test]
+    fn a_journal_of_a_newer_release_is_refused() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let why = check_version(&conn).unwrap().unwrap_err();
+        assert!(why.contains("newer release"), "{why}");
     }
 }

@@ -128,3 +128,35 @@ fn a_new_job_scaffolded_elsewhere_builds_and_runs_in_the_sandbox() {
         err(&refused)
     );
 }
+
+/// A data directory whose journal a newer release wrote is refused at start, with a
+/// message that says so, and left as it was.
+#[test]
+fn a_node_refuses_a_journal_written_by_a_newer_release() {
+    use crate::{err, wasmesh};
+    let dir = tempfile::tempdir().unwrap();
+    crate::Server::start_in(dir.path(), &[]).kill();
+    let db = dir.path().join("wasmesh.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert!(version >= 1, "a journal records its schema version");
+    conn.pragma_update(None, "user_version", version + 1)
+        .unwrap();
+    drop(conn);
+    let data_dir = dir.path().to_str().unwrap();
+    let refused = wasmesh(
+        &["node", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
+        b"",
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let said = err(&refused);
+    assert!(said.contains("newer release"), "{said}");
+    assert!(said.contains(&format!("version {}", version + 1)), "{said}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let kept: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(kept, version + 1, "left as it was");
+}
