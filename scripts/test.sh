@@ -79,5 +79,6 @@ cargo package --quiet --allow-dirty -p wasmesh-guest-macros -p wasmesh-guest
 
 # Run after cargo test, which built target/debug/wasmesh and the guest jobs they use.
 echo "==> deployment artefacts (tests/deploy)"
-PATH="$PWD/$TOOLS/bin:$PWD/$VENV/bin:$PATH" WASMESH_BIN="$PWD/target/debug/wasmesh" \
+BUILT=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
+PATH="$PWD/$TOOLS/bin:$PWD/$VENV/bin:$PATH" WASMESH_BIN="$BUILT/debug/wasmesh" \
   HELM="$PWD/$TOOLS/bin/helm" "$VENV/bin/pytest" -q tests/deploy
