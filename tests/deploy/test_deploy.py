@@ -404,7 +404,8 @@ def test_compose_is_valid_and_its_services_run(fleet):
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"wasmesh_\w+", e)}
     assert used and used <= exported, used - exported
-    for title in ("Jobs finished per second", "Queue depth", "Run latency", "Fuel consumed per second", "Nodes by state"):
+    for title in ("Jobs finished per second", "Queue depth", "Run latency", "Fuel consumed per second", "Nodes by state",
+                  "Autoscaler: nodes wanted and there"):
         assert title in [p["title"] for p in dashboard["panels"]], title
     provisioned = yaml.safe_load((DEPLOY / "compose/grafana/provisioning/dashboards/wasmesh.yaml").read_text())
     assert provisioned["providers"][0]["options"]["path"] in " ".join(services["grafana"]["volumes"])
