@@ -295,12 +295,28 @@ async function overview() {
   });
 }
 
+// The autoscaler's standing: what it wants, what there is, and why.
+function autoscalerPanel(a) {
+  const last = a.last;
+  return h("section", { "aria-label": "autoscaler", class: "card", "data-autoscaler": a.provisioner },
+    h("div", { class: "label" }, `Autoscaler (${a.provisioner})`),
+    h("div", {}, "Wants ", h("strong", { "data-field": "desired" }, a.desired_nodes), ` node${a.desired_nodes === 1 ? "" : "s"}; `,
+      h("strong", { "data-field": "current" }, a.current_nodes), " ready or starting",
+      a.draining.length ? `, draining ${a.draining.join(" ")}` : "",
+      ` · ${a.signal.queued_jobs} queued (${a.signal.queued_work_seconds.toFixed(1)} s of work), ${a.signal.running_jobs} running`),
+    last ? h("div", { class: "muted" }, `${last.action}: ${last.reason} `, ago(last.at_ms)) : null,
+    a.error ? h("div", { class: "error" }, a.error) : null);
+}
+
 async function nodes() {
   const body = h("div");
   show("Nodes", body);
   const load = async () => {
-    const list = (await api("/api/v1/cluster/nodes")).body.nodes;
-    body.replaceChildren(list.length ? table(["Node", "State", "Slots", "Running", "Leases", "Labels", "Last heartbeat", ""], list.map((n) =>
+    const [list, scaler] = await Promise.all([
+      api("/api/v1/cluster/nodes").then((r) => r.body.nodes),
+      api("/api/v1/cluster/autoscaler").then((r) => r.body),
+    ]);
+    body.replaceChildren(autoscalerPanel(scaler), list.length ? table(["Node", "State", "Slots", "Running", "Leases", "Labels", "Last heartbeat", ""], list.map((n) =>
       h("tr", { "data-node": n.id },
         h("td", { class: "mono" }, link(`/ui/nodes/${encodeURIComponent(n.id)}`, n.id)), h("td", {}, stateCell(n.state)), h("td", {}, n.slots), h("td", {}, n.running),
         h("td", {}, n.leased ?? "–"), h("td", { class: "mono" }, Object.entries(n.labels || {}).map(([k, v]) => `${k}=${v}`).join(" ") || "–"),

@@ -393,6 +393,12 @@ fn the_dashboard_shows_the_fleet_and_each_tenants_jobs_live_in_chromium() {
         open(&ui, "/ui/nodes", "Nodes", "nodes").await;
         let state = "tr[data-node=\"ui-node\"] td:nth-child(2)";
         until_text(&client, state, |t| t == "ready" || t == "busy").await;
+        // The autoscaler's standing (static here: it reports and does not scale).
+        until_text(&client, "main section[data-autoscaler=\"static\"]", |t| {
+            // Idle: the work wants no node (min 0), one is there.
+            t.contains("Autoscaler (static)") && t.contains("Wants 0 nodes; 1 ready or starting")
+        })
+        .await;
         // The node's page: its recent jobs, and why each was placed there.
         client
             .find(Locator::Css("tr[data-node=\"ui-node\"] a"))

@@ -257,7 +257,7 @@ impl Autoscaling {
                 "interval_ms": self.interval.as_millis() as u64,
             },
             "signal": state.signal,
-            "desired_nodes": state.last.as_ref().map_or(current, |d| d.desired),
+            "desired_nodes": self.desired(&state),
             "current_nodes": current,
             "draining": state.draining.as_ref().map(|(_, ids)| ids.clone()).unwrap_or_default(),
             "last": state.last,
@@ -266,12 +266,24 @@ impl Autoscaling {
         })
     }
 
+    /// The nodes wanted: what the last decision set the fleet to; with the static
+    /// provisioner, which acts on nothing, what the work needs (the signal an external
+    /// autoscaler follows).
+    fn desired(&self, state: &State) -> u32 {
+        let current = state.signal.ready_nodes + state.signal.starting_nodes;
+        match &state.last {
+            Some(d) if self.provisioner.kind() == "static" => d.wanted,
+            Some(d) => d.desired,
+            None => current,
+        }
+    }
+
     /// The autoscaler's lines of `/metrics`.
     fn metrics(&self) -> String {
         let state = self.state.lock().expect("autoscaler");
         let s = &state.signal;
         let current = s.ready_nodes + s.starting_nodes;
-        let desired = state.last.as_ref().map_or(current, |d| d.desired);
+        let desired = self.desired(&state);
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, value: f64| {
             let _ = writeln!(
