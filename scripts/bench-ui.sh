@@ -4,7 +4,7 @@
 # page following a burst of jobs. Needs chromium and chromedriver (scripts/test.sh
 # installs them); installs selenium into a virtual environment when missing
 # (target/bench-venv, or $WASMESH_BENCH_VENV). Arguments go to scripts/bench_ui.py
-# (--jobs, --burst).
+# (--jobs, --burst, --fail).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

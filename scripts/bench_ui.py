@@ -27,10 +27,12 @@ def call(server, method, path, body=None):
         return json.loads(response.read() or b"null")
 
 
-def submit(server, worker, first, count, batch=500):
+def submit(server, worker, first, count, batch=500, fail=False):
     lsns = []
+    # A failing job: the hash example asked for a file it does not have (exit 1).
+    extra = {"args": ["/no/such/file"]} if fail else {}
     for start in range(first, first + count, batch):
-        actions = [{"worker": worker, "env": {"N": str(i)}} for i in range(start, min(first + count, start + batch))]
+        actions = [{"worker": worker, "env": {"N": str(i)}, **extra} for i in range(start, min(first + count, start + batch))]
         lsns += [j["lsn"] for j in call(server, "POST", "/compute/jobs", {"actions": actions})["jobs"]]
     return lsns
 
@@ -69,13 +71,14 @@ def main():
     p.add_argument("--worker", required=True)
     p.add_argument("--jobs", type=int, default=100_000)
     p.add_argument("--burst", type=int, default=10_000)
+    p.add_argument("--fail", action="store_true", help="every job fails (a journal of failures)")
     args = p.parse_args()
     server, worker = args.server, args.worker
 
     started = time.perf_counter()
-    lsns = submit(server, worker, 0, args.jobs)
+    lsns = submit(server, worker, 0, args.jobs, fail=args.fail)
     drained(server)
-    print(f"{args.jobs:,} jobs in the journal ({time.perf_counter() - started:.0f} s to fill)")
+    print(f"{args.jobs:,} {'failed ' if args.fail else ''}jobs in the journal ({time.perf_counter() - started:.0f} s to fill)")
 
     options = webdriver.ChromeOptions()
     for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]:
@@ -101,11 +104,12 @@ def main():
         driver.execute_async_script(FIRST_DATA, "#live.on")
         before = int(driver.find_element("id", "live").get_attribute("data-changes") or 0)
         started = time.perf_counter()
-        burst = submit(server, worker, args.jobs, args.burst)
+        burst = submit(server, worker, args.jobs, args.burst, fail=args.fail)
         last = burst[-1]
         call(server, "GET", f"/compute/jobs/{last}?wait_ms=60000")
         api_done = time.perf_counter()
-        selector = f'tr[data-lsn="{last}"] [data-field="state"] .state-succeeded'
+        ended = "failed" if args.fail else "succeeded"
+        selector = f'tr[data-lsn="{last}"] [data-field="state"] .state-{ended}'
         driver.execute_async_script(FIRST_DATA, selector)
         page_done = time.perf_counter()
         changes = int(driver.find_element("id", "live").get_attribute("data-changes")) - before
