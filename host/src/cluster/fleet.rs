@@ -685,11 +685,11 @@ impl Fleet {
         members
     }
 
-    /// Marks a node draining: no new work; what it runs finishes.
-    pub fn drain(&self, id: &str) -> Option<Value> {
+    /// Marks a node draining (no new work; what it runs finishes), or serving again.
+    pub fn set_draining(&self, id: &str, draining: bool) -> Option<Value> {
         let mut inner = self.inner();
         let i = *inner.index.get(id)?;
-        inner.views[i].draining = true;
+        inner.views[i].draining = draining;
         Some(self.describe(&inner, i))
     }
 }

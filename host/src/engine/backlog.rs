@@ -128,3 +128,45 @@ impl Engine {
         let _ = self.extra_metrics.0.set(render);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testing::{engine_with, submit};
+    use crate::engine::{Fence, LocalDriver, NodeConfig};
+    use crate::model::JobState;
+
+    /// Queued work counts each job at its worker's measured mean run time, learned as
+    /// jobs finish and recalled from the usage ledger after a restart.
+    #[test]
+    fn queued_work_is_counted_at_measured_run_times_across_a_restart() {
+        let (dir, engine, worker) = engine_with(std::sync::Arc::new(LocalDriver));
+        submit(&engine, worker, &["noop"], None);
+        let ahead = engine.work_ahead();
+        assert_eq!(ahead.queued_jobs, 1);
+        assert_eq!(
+            ahead.work_seconds, UNMEASURED_RUN_SECONDS,
+            "nothing measured yet"
+        );
+        // A run of 4 s finishes.
+        let taken = engine.next_runnable().unwrap();
+        let mut result = engine.failure(&taken.job, JobState::Succeeded, "exited", "");
+        result.usage.wall_ms = 4_000;
+        result.timing = Some(crate::model::RunTiming::default());
+        engine.start_attempt(&taken.job).unwrap();
+        engine
+            .record(&taken.job, result, false, Fence::Local)
+            .unwrap();
+        for _ in 0..3 {
+            submit(&engine, worker, &["args", "more"], None);
+        }
+        assert_eq!(engine.work_ahead().work_seconds, 12.0);
+        drop(engine);
+        // Restarted on the same journal: the ledger says 4 s a run.
+        let config = NodeConfig::new(dir.path().to_path_buf());
+        let engine =
+            crate::engine::Engine::open_with(config, std::sync::Arc::new(LocalDriver)).unwrap();
+        let ahead = engine.work_ahead();
+        assert_eq!((ahead.queued_jobs, ahead.work_seconds), (3, 12.0));
+    }
+}

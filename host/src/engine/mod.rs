@@ -194,6 +194,18 @@ impl Engine {
             let seconds = wall_ms as f64 / 1000.0 * 0.5f64.powf(age / half_life_ms);
             scheduler.charge_history(&tenant, seconds, now);
         }
+        drop(scheduler);
+        // Each worker's mean run time over the last hour, so the autoscaler measures
+        // queued work from the start.
+        for (worker, mean_ms) in self
+            .store
+            .unscoped()
+            .mean_run_by_worker(now_ms - 3_600_000)?
+        {
+            if let Ok(worker) = worker.parse() {
+                self.run_times.learn(worker, mean_ms / 1000.0);
+            }
+        }
         Ok(())
     }
 

@@ -371,6 +371,11 @@ impl<'a> Unscoped<'a> {
         self.store.charge_storage(charges, at_ms)
     }
 
+    /// Each worker's mean run time (ms) since `since_ms` (to seed the autoscaler's).
+    pub fn mean_run_by_worker(&self, since_ms: i64) -> StoreResult<Vec<(String, f64)>> {
+        self.store.mean_run_by_worker(since_ms)
+    }
+
     /// Every tenant's run time since `since_ms` by minute (to rebuild the fair share).
     pub fn run_time_by_minute(&self, since_ms: i64) -> StoreResult<Vec<(String, i64, u64)>> {
         self.store.run_time_by_minute(since_ms)

@@ -128,6 +128,16 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Each worker's mean run time (ms) over its jobs that finished since `since_ms`.
+    pub(super) fn mean_run_by_worker(&self, since_ms: i64) -> StoreResult<Vec<(String, f64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT worker, AVG(wall_ms) FROM usage WHERE finished_ms >= ?1 GROUP BY worker",
+        )?;
+        let rows = stmt.query_map(params![since_ms], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Fuel `tenant`'s jobs that finished since `since_ms` consumed.
     pub(super) fn fuel_since(&self, tenant: &str, since_ms: i64) -> StoreResult<u64> {
         let conn = self.conn();

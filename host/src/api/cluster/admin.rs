@@ -64,7 +64,7 @@ pub(super) async fn drain(
     role.require_operator()?;
     let described = state
         .fleet
-        .drain(&id)
+        .set_draining(&id, true)
         .ok_or_else(|| ApiError::NotFound(format!("node {id} not found")))?;
     state.engine.node_changed(&id, "draining");
     tracing::info!(node = %id, "node draining");

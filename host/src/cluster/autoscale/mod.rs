@@ -34,6 +34,25 @@ pub struct Autoscaling {
     state: Mutex<State>,
 }
 
+impl State {
+    /// Records a decision: the last one, and among the recent ones unless it held.
+    fn keep(&mut self, decision: Decision) {
+        match decision.action {
+            Action::Up => self.ups += 1,
+            Action::Down => self.downs += 1,
+            Action::Hold => {}
+        }
+        if decision.action != Action::Hold {
+            tracing::info!(action = ?decision.action, desired = decision.desired, reason = %decision.reason, "autoscaler");
+            self.decisions.push_back(decision.clone());
+            if self.decisions.len() > KEPT_DECISIONS {
+                self.decisions.pop_front();
+            }
+        }
+        self.last = Some(decision);
+    }
+}
+
 #[derive(Debug)]
 struct State {
     scaler: Autoscaler,
@@ -186,6 +205,25 @@ impl Autoscaling {
         let mut state = self.state.lock().expect("autoscaler");
         state.signal = signal.clone();
         if let Some((count, leaving)) = state.draining.clone() {
+            let (wanted, why) = state.scaler.wanted(&signal);
+            if wanted > count {
+                // Work came back before the nodes went: they serve again.
+                for id in &leaving {
+                    fleet.set_draining(id, false);
+                }
+                state.draining = None;
+                let reason =
+                    format!("scale-in to {count} cancelled, {leaving:?} serve again: {why}");
+                state.keep(Decision {
+                    at_ms: now_ms(),
+                    wanted,
+                    desired: signal.ready_nodes + leaving.len() as u32,
+                    current: signal.ready_nodes + signal.starting_nodes,
+                    action: Action::Up,
+                    reason,
+                });
+                return;
+            }
             let members = fleet.members();
             let busy: Vec<&String> = leaving
                 .iter()
@@ -214,7 +252,7 @@ impl Autoscaling {
                 Action::Down => {
                     let leaving = self.provisioner.leaving(decision.desired, &fleet.members());
                     for id in &leaving {
-                        fleet.drain(id);
+                        fleet.set_draining(id, true);
                     }
                     state.draining = Some((decision.desired, leaving));
                     Ok(())
@@ -223,19 +261,7 @@ impl Autoscaling {
             };
             state.error = acted.err().map(|e| format!("{e:#}"));
         }
-        match decision.action {
-            Action::Up => state.ups += 1,
-            Action::Down => state.downs += 1,
-            Action::Hold => {}
-        }
-        if decision.action != Action::Hold {
-            tracing::info!(action = ?decision.action, desired = decision.desired, reason = %decision.reason, "autoscaler");
-            state.decisions.push_back(decision.clone());
-            if state.decisions.len() > KEPT_DECISIONS {
-                state.decisions.pop_front();
-            }
-        }
-        state.last = Some(decision);
+        state.keep(decision);
     }
 
     /// The status: provisioner, policy, signal, desired and current nodes, what is
@@ -330,5 +356,130 @@ impl Autoscaling {
             state.ups, state.downs
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::fleet::Member;
+    use crate::cluster::protocol::Registration;
+    use crate::engine::testing::{TENANT, engine_with, submit};
+
+    /// A provisioner that records what it is asked; its nodes are `n-0`, `n-1`, ...
+    #[derive(Debug, Default)]
+    struct Recorder {
+        count: Mutex<u32>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    /// Shared with the test, which reads what it was asked.
+    impl Provisioner for Arc<Recorder> {
+        fn kind(&self) -> &'static str {
+            "recorder"
+        }
+        fn requested(&self) -> Option<u32> {
+            Some(*self.count.lock().unwrap())
+        }
+        fn grow(&self, count: u32, _reason: &str) -> anyhow::Result<()> {
+            self.calls.lock().unwrap().push(format!("grow {count}"));
+            *self.count.lock().unwrap() = count;
+            Ok(())
+        }
+        fn leaving(&self, count: u32, _members: &[Member]) -> Vec<String> {
+            (count..*self.count.lock().unwrap())
+                .map(|i| format!("n-{i}"))
+                .collect()
+        }
+        fn shrink(&self, count: u32, leaving: &[String], _reason: &str) -> anyhow::Result<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("shrink {count} {leaving:?}"));
+            *self.count.lock().unwrap() = count;
+            Ok(())
+        }
+    }
+
+    fn states(fleet: &Fleet) -> Vec<&'static str> {
+        fleet.members().iter().map(|m| m.state).collect()
+    }
+
+    /// Scale-in drains first and removes only nodes holding no lease; work that comes
+    /// back while they drain cancels it and they serve again.
+    #[test]
+    fn a_scale_in_drains_first_and_is_called_off_when_work_returns() {
+        let fleet = Arc::new(Fleet::new(crate::cluster::CoordinatorConfig::default()));
+        let (_dir, engine, worker) = engine_with(fleet.clone());
+        let now = Instant::now();
+        for id in ["n-0", "n-1"] {
+            let registration = Registration {
+                id: id.into(),
+                address: format!("http://{id}.invalid"),
+                slots: 1,
+                ..Registration::default()
+            };
+            fleet.register(registration, now);
+        }
+        let recorder = Arc::new(Recorder::default());
+        *recorder.count.lock().unwrap() = 2;
+        let policy = Policy {
+            min_nodes: 0,
+            max_nodes: 4,
+            slots_per_node: 1,
+            scale_up_cooldown: Duration::ZERO,
+            scale_down_cooldown: Duration::ZERO,
+            stabilization: Duration::ZERO,
+            target_wait: Duration::from_secs(1),
+        };
+        let scaling = Autoscaling::new(policy, Box::new(recorder.clone()), Duration::from_secs(1));
+        // Idle: both go, drained first.
+        scaling.tick(&engine, &fleet, now);
+        assert_eq!(states(&fleet), ["draining", "draining"]);
+        assert!(
+            recorder.calls.lock().unwrap().is_empty(),
+            "nothing removed yet"
+        );
+        // Work comes back before the next look: the scale-in is called off.
+        let jobs: Vec<u64> = (0..2)
+            .map(|_| submit(&engine, worker, &["noop"], None))
+            .collect();
+        scaling.tick(&engine, &fleet, now + Duration::from_secs(1));
+        assert_eq!(states(&fleet), ["ready", "ready"]);
+        let status = scaling.status();
+        assert!(
+            status["decisions"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("cancelled"),
+            "{status}"
+        );
+        assert!(recorder.calls.lock().unwrap().is_empty());
+        // The work goes (cancelled): drained again, then removed, holding no lease.
+        for lsn in jobs {
+            engine.cancel(TENANT, lsn).unwrap();
+        }
+        scaling.tick(&engine, &fleet, now + Duration::from_secs(2));
+        scaling.tick(&engine, &fleet, now + Duration::from_secs(3));
+        assert_eq!(
+            *recorder.calls.lock().unwrap(),
+            [r#"shrink 0 ["n-0", "n-1"]"#]
+        );
+        assert!(fleet.members().is_empty(), "removed nodes are deregistered");
+        // The next evaluation sees the fleet as it now is, and holds.
+        scaling.tick(&engine, &fleet, now + Duration::from_secs(4));
+        let status = scaling.status();
+        assert_eq!(
+            (
+                status["current_nodes"].as_u64(),
+                status["desired_nodes"].as_u64()
+            ),
+            (Some(0), Some(0))
+        );
+        assert_eq!(
+            recorder.calls.lock().unwrap().len(),
+            1,
+            "nothing more asked"
+        );
     }
 }
