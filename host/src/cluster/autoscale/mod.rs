@@ -31,6 +31,8 @@ const KEPT_DECISIONS: usize = 50;
 pub struct Autoscaling {
     provisioner: Box<dyn Provisioner>,
     interval: Duration,
+    /// Queues' `target_wait_ms` (fixed when a queue is made), looked up once each.
+    targets: Mutex<std::collections::HashMap<u64, Option<Duration>>>,
     state: Mutex<State>,
 }
 
@@ -75,6 +77,7 @@ impl Autoscaling {
         Arc::new(Self {
             provisioner,
             interval,
+            targets: Mutex::default(),
             state: Mutex::new(State {
                 scaler: Autoscaler::new(policy),
                 signal: Signal::default(),
@@ -170,12 +173,27 @@ impl Autoscaling {
             .map_or(0, |asked| asked.saturating_sub(ready));
         let ahead = engine.work_ahead();
         let default_target = policy.target_wait;
+        // Only the queues with runnable jobs now are remembered.
+        let present: std::collections::HashSet<u64> = ahead
+            .oldest_by_queue
+            .iter()
+            .filter_map(|(q, _)| *q)
+            .collect();
+        self.targets
+            .lock()
+            .expect("targets")
+            .retain(|q, _| present.contains(q));
         let overdue = ahead
             .oldest_by_queue
             .iter()
             .map(|(queue, waited)| {
                 let target = queue
-                    .and_then(|q| engine.queue_target_wait(q))
+                    .and_then(|q| {
+                        let mut targets = self.targets.lock().expect("targets");
+                        *targets
+                            .entry(q)
+                            .or_insert_with(|| engine.queue_target_wait(q))
+                    })
                     .unwrap_or(default_target);
                 waited.saturating_sub(target).as_secs_f64()
             })
@@ -481,5 +499,70 @@ mod tests {
             1,
             "nothing more asked"
         );
+    }
+
+    /// A queue's own `target_wait_ms` decides when its waiting job needs a node more,
+    /// where the default target would still wait.
+    #[test]
+    fn a_queues_target_wait_adds_a_node_for_its_waiting_job() {
+        let fleet = Arc::new(Fleet::new(crate::cluster::CoordinatorConfig::default()));
+        let (_dir, engine, worker) = engine_with(fleet.clone());
+        let registration = Registration {
+            id: "n-0".into(),
+            address: "http://n-0.invalid".into(),
+            slots: 1,
+            ..Registration::default()
+        };
+        fleet.register(registration, Instant::now());
+        let recorder = Arc::new(Recorder::default());
+        *recorder.count.lock().unwrap() = 1;
+        let policy = Policy {
+            min_nodes: 0,
+            max_nodes: 4,
+            slots_per_node: 1,
+            scale_up_cooldown: Duration::ZERO,
+            scale_down_cooldown: Duration::from_secs(3600),
+            stabilization: Duration::from_secs(3600),
+            target_wait: Duration::from_secs(3600),
+        };
+        let scaling = Autoscaling::new(policy, Box::new(recorder.clone()), Duration::from_secs(1));
+        let queue = |target_wait_ms| {
+            let spec = crate::store::QueueSpec {
+                target_wait_ms,
+                ..Default::default()
+            };
+            let id = engine
+                .store()
+                .tenant(TENANT)
+                .create_queue(None, &spec)
+                .unwrap();
+            crate::engine::QueuePolicy {
+                id,
+                max_retries: 0,
+                retry_guest_failures: false,
+                priority: 0,
+                deadlines: Default::default(),
+            }
+        };
+        // Under the default target (an hour) a waiting job needs no more node.
+        submit(&engine, worker, &["noop"], Some(queue(None)));
+        scaling.tick(&engine, &fleet, Instant::now());
+        assert_eq!(scaling.status()["last"]["action"], "hold");
+        // Its own queue's target is 1 ms: once it waited longer, one more node.
+        submit(&engine, worker, &["noop"], Some(queue(Some(1))));
+        let start = Instant::now();
+        while scaling.status()["signal"]["overdue_wait_seconds"].as_f64() == Some(0.0) {
+            assert!(start.elapsed() < Duration::from_secs(10), "never overdue");
+            scaling.tick(&engine, &fleet, Instant::now());
+        }
+        let status = scaling.status();
+        assert_eq!(status["last"]["action"], "up", "{status}");
+        assert!(
+            status["last"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("past its target")
+        );
+        assert_eq!(*recorder.calls.lock().unwrap(), ["grow 2"]);
     }
 }
