@@ -67,7 +67,7 @@ struct Pending {
 }
 
 /// Where a job comes from: its worker and queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Origin {
     /// Its worker.
     pub worker: HashHex,
@@ -585,20 +585,27 @@ impl Scheduler {
     /// each queue has waited. (One pass over the pending jobs, in memory.)
     pub fn backlog(&self, now: Instant) -> Backlog {
         let t = self.secs(now);
-        let mut backlog = Backlog::default();
+        // One lookup a job (by its origin: few distinct ones), the rest per origin.
+        let mut groups: HashMap<Origin, (usize, f64, i64)> = HashMap::new();
         for p in self.pending.values().filter(|p| p.phase == Phase::Queued) {
-            *backlog.by_worker.entry(p.origin.worker).or_default() += 1;
+            let group = groups.entry(p.origin).or_insert((0, p.queued_at, p.due));
+            group.0 += 1;
+            group.1 = group.1.min(p.queued_at);
+            group.2 = group.2.min(p.due);
+        }
+        let mut backlog = Backlog::default();
+        for (origin, (count, queued_at, due)) in groups {
+            *backlog.by_worker.entry(origin.worker).or_default() += count;
             *backlog
                 .by_queue_worker
-                .entry((p.origin.queue, p.origin.worker))
-                .or_default() += 1;
-            if p.due != i64::MAX {
-                let due = backlog.due_by_queue.entry(p.origin.queue).or_insert(p.due);
-                *due = (*due).min(p.due);
+                .entry((origin.queue, origin.worker))
+                .or_default() += count;
+            if due != i64::MAX {
+                let nearest = backlog.due_by_queue.entry(origin.queue).or_insert(due);
+                *nearest = (*nearest).min(due);
             }
-            let waited = (t - p.queued_at).max(0.0);
-            let oldest = backlog.oldest_by_queue.entry(p.origin.queue).or_default();
-            *oldest = oldest.max(waited);
+            let oldest = backlog.oldest_by_queue.entry(origin.queue).or_default();
+            *oldest = oldest.max((t - queued_at).max(0.0));
         }
         backlog
     }

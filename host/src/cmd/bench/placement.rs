@@ -123,6 +123,22 @@ pub fn run(nodes: usize, jobs: usize) -> anyhow::Result<()> {
         jobs as f64 / queued_in.as_secs_f64(),
         per_job
     );
+    // What the autoscaler reads every interval: one pass over the queued jobs under
+    // the scheduler's lock (the placement loop waits that long).
+    let rounds = 20;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let ahead = node.work_ahead();
+        ensure!(
+            ahead.queued_jobs == jobs,
+            "the backlog counts {} of {jobs}",
+            ahead.queued_jobs
+        );
+    }
+    println!(
+        "  the autoscaler's backlog of {jobs} queued jobs   {:>8.2} ms a look",
+        start.elapsed().as_secs_f64() * 1e3 / rounds as f64
+    );
     let start = Instant::now();
     wasmesh_host::cluster::driver::place_batch(&node, &fleet);
     let elapsed = start.elapsed();
