@@ -1,7 +1,17 @@
 //! A small blocking client of the wasmesh HTTP API, used by the CLI and the tests: the
 //! needs dance for uploads, submission, results and waiting.
+//!
+//! It takes a list of servers (`http://a:9100,http://b:9100`): a request that gets no
+//! answer from one (it could not connect, or the connection failed before an answer
+//! came) goes to the next, which is then used from there on. Submissions carry an
+//! `Idempotency-Key`, the same on every try, so a submission retried after its answer
+//! was lost is not doubled by a server that had already taken it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -46,7 +56,9 @@ pub struct Upload {
 /// The client.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    servers: Arc<Vec<String>>,
+    /// The server that answered last (requests start there).
+    current: Arc<AtomicUsize>,
     api_key: Option<String>,
     http: reqwest::blocking::Client,
 }
@@ -68,10 +80,21 @@ fn api_error(response: reqwest::blocking::Response) -> ClientError {
 }
 
 impl Client {
-    /// A client of the server at `base` (e.g. `http://127.0.0.1:9000`).
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:9000`), or of the
+    /// first of a comma-separated list that answers.
     pub fn new(base: impl Into<String>, api_key: Option<String>) -> Self {
+        let base = base.into();
+        let mut servers: Vec<String> = base
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            servers.push(base);
+        }
         Self {
-            base: base.into().trim_end_matches('/').to_string(),
+            servers: Arc::new(servers),
+            current: Arc::default(),
             api_key,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(600))
@@ -80,17 +103,44 @@ impl Client {
         }
     }
 
-    /// The server's base URL.
+    /// The base URL of the server in use (the one that answered last).
     pub fn base(&self) -> &str {
-        &self.base
+        &self.servers[self.current.load(Ordering::Relaxed) % self.servers.len()]
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
-        let builder = self.http.request(method, format!("{}{path}", self.base));
-        match &self.api_key {
-            Some(key) => builder.header("x-api-key", key),
-            None => builder,
+    /// Sends `method path`, made by `prepare` (body, headers), to the server in use;
+    /// when it gets no answer, to the next server in the list, in turn.
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        prepare: impl Fn(reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response, ClientError> {
+        let count = self.servers.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut failed = None;
+        for i in 0..count {
+            let index = (first + i) % count;
+            let mut builder = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.servers[index]));
+            if let Some(key) = &self.api_key {
+                builder = builder.header("x-api-key", key);
+            }
+            match prepare(builder).send() {
+                Ok(response) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok(response);
+                }
+                // No answer: the next server may give one.
+                Err(e) if count > 1 && (e.is_connect() || e.is_request() || e.is_timeout()) => {
+                    tracing::warn!(server = %self.servers[index], error = %e, "no answer; trying the next server");
+                    failed = Some(e);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+        Err(failed.expect("a server was tried").into())
     }
 
     fn json(
@@ -99,11 +149,37 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), ClientError> {
-        let mut builder = self.request(method, path);
-        if let Some(body) = body {
-            builder = builder.json(body);
-        }
-        let response = builder.send()?;
+        self.json_keyed(method, path, body, None)
+    }
+
+    /// A fresh `Idempotency-Key` for one submission, when there is another server to
+    /// retry it on (with one server nothing is retried, and the key would cost the
+    /// server a stored answer for nothing).
+    fn idempotency_key(&self) -> Option<String> {
+        (self.servers.len() > 1)
+            .then(|| format!("wasmesh-client-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// [`Client::json`] with an `Idempotency-Key`, the same on every server tried.
+    fn json_keyed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let body = body.map(|b| Bytes::from(serde_json::to_vec(b).expect("JSON serializes")));
+        let response = self.send(method, path, |mut builder| {
+            if let Some(body) = &body {
+                builder = builder
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            if let Some(key) = idempotency_key {
+                builder = builder.header("idempotency-key", key);
+            }
+            builder
+        })?;
         let status = response.status();
         if !status.is_success() {
             return Err(api_error(response));
@@ -125,10 +201,10 @@ impl Client {
     /// `PUT /cas/{hash}` of `bytes`; returns the hash.
     pub fn put_blob(&self, bytes: Vec<u8>) -> Result<HashHex, ClientError> {
         let hash = HashHex::of(&bytes);
-        let response = self
-            .request(reqwest::Method::PUT, &format!("/cas/{hash}"))
-            .body(bytes)
-            .send()?;
+        let bytes = Bytes::from(bytes);
+        let response = self.send(reqwest::Method::PUT, &format!("/cas/{hash}"), |builder| {
+            builder.body(bytes.clone())
+        })?;
         if !response.status().is_success() {
             return Err(api_error(response));
         }
@@ -149,9 +225,7 @@ impl Client {
 
     /// `GET /cas/{hash}`.
     pub fn blob(&self, hash: &HashHex) -> Result<Vec<u8>, ClientError> {
-        let response = self
-            .request(reqwest::Method::GET, &format!("/cas/{hash}"))
-            .send()?;
+        let response = self.send(reqwest::Method::GET, &format!("/cas/{hash}"), |b| b)?;
         if !response.status().is_success() {
             return Err(api_error(response));
         }
@@ -192,11 +266,12 @@ impl Client {
             )));
         }
         let (content_type, body) = package(&descriptor.to_string(), &wanted);
-        let response = self
-            .request(reqwest::Method::POST, "/compute/workers")
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body)
-            .send()?;
+        let body = Bytes::from(body);
+        let response = self.send(reqwest::Method::POST, "/compute/workers", |builder| {
+            builder
+                .header(reqwest::header::CONTENT_TYPE, &content_type)
+                .body(body.clone())
+        })?;
         if !response.status().is_success() {
             return Err(api_error(response));
         }
@@ -241,7 +316,9 @@ impl Client {
         if !query.is_empty() {
             path = format!("{path}?{}", query.join("&"));
         }
-        let (status, mut body) = self.json(reqwest::Method::POST, &path, Some(action))?;
+        let key = self.idempotency_key();
+        let (status, mut body) =
+            self.json_keyed(reqwest::Method::POST, &path, Some(action), key.as_deref())?;
         if status == StatusCode::ACCEPTED {
             return Err(ClientError::Protocol(format!(
                 "the server still needs chunks: {}",
@@ -272,7 +349,9 @@ impl Client {
             None => "/compute/jobs".into(),
         };
         let batch = json!({ "actions": actions });
-        let (status, body) = self.json(reqwest::Method::POST, &path, Some(&batch))?;
+        let key = self.idempotency_key();
+        let (status, body) =
+            self.json_keyed(reqwest::Method::POST, &path, Some(&batch), key.as_deref())?;
         if status == StatusCode::ACCEPTED {
             return Err(ClientError::Protocol(format!(
                 "the server still needs chunks: {}",
@@ -308,7 +387,7 @@ impl Client {
         wait: Duration,
     ) -> Result<Option<JobResult>, ClientError> {
         let path = format!("/compute/jobs/{lsn}?wait_ms={}", wait.as_millis());
-        let response = self.request(reqwest::Method::GET, &path).send()?;
+        let response = self.send(reqwest::Method::GET, &path, |b| b)?;
         match response.status() {
             StatusCode::ACCEPTED => Ok(None),
             StatusCode::OK => response

@@ -11,7 +11,8 @@ use wasmesh_host::client::Client;
 /// Where the server is.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// The node or coordinator to talk to.
+    /// The node or coordinator to talk to (a comma-separated list: the next is tried
+    /// when one does not answer).
     #[arg(long, env = "WASMESH_SERVER", default_value = "http://127.0.0.1:9000")]
     pub server: String,
     /// API key, when the server requires one.

@@ -11,6 +11,7 @@ mod demo;
 mod details;
 mod events;
 mod exec;
+mod failover;
 mod fairness;
 mod gc;
 mod groups;
