@@ -73,7 +73,9 @@ pub struct Args {
     pub webhooks: WebhookArgs,
     #[command(flatten)]
     pub upkeep: UpkeepArgs,
-    /// Join this coordinator: register, heartbeat, re-register after a 404.
+    /// Join this coordinator: register, heartbeat, re-register after a 404. A
+    /// comma-separated list: the node stays with one and moves to the next when that
+    /// one stops answering.
     #[arg(long, env = "WASMESH_COORDINATOR")]
     pub coordinator: Option<String>,
     /// The URL the coordinator reaches this node at [default: the bound address].
@@ -194,16 +196,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         runner.start();
         let membership_stop = CancellationToken::new();
         let (stop_polling, stop_reporting) = (CancellationToken::new(), CancellationToken::new());
-        let agent = coordinator.as_ref().map(|coordinator| {
-            Agent::new(runner.clone(), coordinator.clone(), node_key.clone())
+        let coordinators = coordinator
+            .as_deref()
+            .map(|list| Arc::new(wasmesh_host::cluster::member::Coordinators::new(list)));
+        let agent = coordinators.as_ref().map(|coordinators| {
+            Agent::new(runner.clone(), coordinators.clone(), node_key.clone())
         });
         let agent_tasks = agent
             .as_ref()
             .map(|agent| agent.spawn(stop_polling.clone(), stop_reporting.clone()));
         let agent_handle = agent.clone();
-        let membership = coordinator.map(|coordinator| {
+        let membership = coordinators.map(|coordinators| {
             Membership {
-                coordinator,
+                coordinators,
                 advertise: advertise.unwrap_or_else(|| format!("http://{address}")),
                 node_key,
                 agent,

@@ -116,3 +116,47 @@ fn a_client_of_several_servers_fails_over_without_doubling_a_submission() {
         crate::out(&out)
     );
 }
+
+/// A node given two coordinators stays with the first and moves to the second when
+/// the first stops answering; the second then runs its jobs on it.
+#[test]
+fn a_node_moves_to_the_next_coordinator_when_its_own_stops_answering() {
+    let fast = ["--heartbeat-interval", "100ms", "--lease", "2s"];
+    let first = Server::coordinator(&fast);
+    let second = Server::coordinator(&fast);
+    let node = Server::start(&[
+        "--coordinator",
+        &format!("{},{}", first.url, second.url),
+        "--node-id",
+        "mover",
+    ]);
+    let listed = |coordinator: &Server| {
+        coordinator
+            .client()
+            .call(reqwest::Method::GET, "/api/v1/cluster/nodes", None)
+            .unwrap()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "mover" && n["state"] == "ready")
+    };
+    crate::server::eventually(WAIT, || listed(&first).then_some(()));
+    assert!(!listed(&second), "it stays with the first while it answers");
+    first.kill();
+    crate::server::eventually(WAIT, || listed(&second).then_some(()));
+    let client = second.client();
+    let worker = upload_test_guest(&client);
+    let lsn = client
+        .submit(
+            &action(&client, worker, &["echo"], Some(b"moved")),
+            None,
+            None,
+        )
+        .unwrap();
+    let result = client.wait(lsn, WAIT).unwrap();
+    assert_eq!(
+        (result.state.as_str(), result.node.as_str()),
+        ("succeeded", "mover")
+    );
+    drop(node);
+}

@@ -40,7 +40,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Agent {
     runner: Arc<Runner>,
-    coordinator: String,
+    coordinators: Arc<super::Coordinators>,
     node_key: Option<String>,
     http: reqwest::Client,
     held: Mutex<HashMap<u64, (u32, CancellationToken)>>,
@@ -94,16 +94,20 @@ async fn pause(duration: Duration, stop: &CancellationToken) {
 }
 
 impl Agent {
-    /// An agent of `node` for the coordinator at `coordinator`.
     /// This node's id.
     pub fn node_id(&self) -> String {
         self.runner.engine().config().id.clone()
     }
 
-    pub fn new(runner: Arc<Runner>, coordinator: String, node_key: Option<String>) -> Arc<Self> {
+    /// An agent of the node `runner` runs for, working for the coordinator it is with.
+    pub fn new(
+        runner: Arc<Runner>,
+        coordinators: Arc<super::Coordinators>,
+        node_key: Option<String>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             runner,
-            coordinator: coordinator.trim_end_matches('/').to_string(),
+            coordinators,
             node_key,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -121,7 +125,7 @@ impl Agent {
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let request = self
             .http
-            .request(method, format!("{}{path}", self.coordinator));
+            .request(method, format!("{}{path}", self.coordinators.current()));
         match &self.node_key {
             Some(key) => request.bearer_auth(key),
             None => request,

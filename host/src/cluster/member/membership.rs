@@ -17,8 +17,8 @@ use crate::engine::Engine;
 /// Where and how to join.
 #[derive(Clone, Debug)]
 pub struct Membership {
-    /// The coordinator's base URL.
-    pub coordinator: String,
+    /// The coordinators it may join, and the one it is with (shared with the agent).
+    pub coordinators: Arc<super::Coordinators>,
     /// The URL the coordinator reaches this node at.
     pub advertise: String,
     /// The node key, if the coordinator requires one.
@@ -26,6 +26,9 @@ pub struct Membership {
     /// The leased work, whose leases the heartbeats renew.
     pub agent: Option<Arc<Agent>>,
 }
+
+/// Heartbeats that get no answer in a row before a node with other coordinators moves.
+const MISSED_BEFORE_MOVING: u32 = 2;
 
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -46,7 +49,7 @@ impl Membership {
         body: &impl serde::Serialize,
     ) -> reqwest::Result<reqwest::blocking::Response> {
         let mut request = http
-            .post(format!("{}{path}", self.coordinator.trim_end_matches('/')))
+            .post(format!("{}{path}", self.coordinators.current()))
             .json(body);
         if let Some(key) = &self.node_key {
             request = request.bearer_auth(key);
@@ -68,7 +71,7 @@ impl Membership {
                 let mut request = http
                     .put(format!(
                         "{}{}",
-                        self.coordinator.trim_end_matches('/'),
+                        self.coordinators.current(),
                         super::agent::upload_path(&agent.node_id(), lease, &hash)
                     ))
                     .timeout(Duration::from_secs(300))
@@ -101,6 +104,8 @@ impl Membership {
         let id = node.config().id.clone();
         let mut backoff = MIN_BACKOFF;
         let mut interval = None;
+        // Coordinators tried in a row without an answer, and heartbeats missed in a row.
+        let (mut unanswered, mut missed) = (0usize, 0u32);
         let wait = |d: Duration| {
             // Wakes early when the node stops.
             let deadline = std::time::Instant::now() + d;
@@ -127,7 +132,8 @@ impl Membership {
                             .max(10);
                         interval = Some(Duration::from_millis(ms));
                         backoff = MIN_BACKOFF;
-                        tracing::info!(coordinator = %self.coordinator, "registered with the coordinator");
+                        unanswered = 0;
+                        tracing::info!(coordinator = %self.coordinators.current(), "registered with the coordinator");
                     }
                     Ok(response) => {
                         tracing::warn!(status = %response.status(), "the coordinator refused the registration");
@@ -135,9 +141,17 @@ impl Membership {
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "the coordinator is unreachable");
-                        wait(backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        tracing::warn!(error = %e, coordinator = %self.coordinators.current(), "the coordinator is unreachable");
+                        unanswered += 1;
+                        if self.coordinators.len() > 1 {
+                            let next = self.coordinators.move_on();
+                            tracing::info!(coordinator = %next, "trying the next coordinator");
+                        }
+                        // Around the whole list without an answer: back off.
+                        if unanswered % self.coordinators.len() == 0 {
+                            wait(backoff);
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
                     }
                 }
                 continue;
@@ -164,6 +178,7 @@ impl Membership {
                 }
                 Ok(response) if response.status().is_success() => {
                     backoff = MIN_BACKOFF;
+                    missed = 0;
                     if let Some(agent) = &self.agent {
                         let sent: Vec<_> =
                             beat.checkpoints.iter().map(|c| (c.lease, c.hash)).collect();
@@ -181,6 +196,15 @@ impl Membership {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "heartbeat failed");
+                    missed += 1;
+                    if self.coordinators.len() > 1 && missed >= MISSED_BEFORE_MOVING {
+                        // It stopped answering: join the next one, keeping the leases
+                        // held (the fence decides which reports count).
+                        let next = self.coordinators.move_on();
+                        tracing::warn!(coordinator = %next, "moving to the next coordinator");
+                        (interval, missed) = (None, 0);
+                        continue;
+                    }
                     wait(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
