@@ -69,31 +69,29 @@ impl Engine {
             running_jobs,
             ..WorkAhead::default()
         };
-        for (worker, count) in backlog.by_worker {
+        // Per queue: the longest wait, the work, the nearest deadline.
+        let mut queues: HashMap<Option<u64>, (f64, f64, i64)> = HashMap::new();
+        for (origin, waiting) in backlog.0 {
             let mean = means
-                .get(&worker)
+                .get(&origin.worker)
                 .copied()
                 .unwrap_or(UNMEASURED_RUN_SECONDS);
-            ahead.queued_jobs += count;
-            ahead.work_seconds += count as f64 * mean;
+            let work = waiting.jobs as f64 * mean;
+            ahead.queued_jobs += waiting.jobs;
+            ahead.work_seconds += work;
+            let queue = queues.entry(origin.queue).or_insert((0.0, 0.0, i64::MAX));
+            queue.0 = queue.0.max(waiting.waited);
+            queue.1 += work;
+            queue.2 = queue.2.min(waiting.due);
         }
-        for (queue, due) in &backlog.due_by_queue {
-            let Some(queue) = *queue else { continue };
-            let work: f64 = backlog
-                .by_queue_worker
-                .iter()
-                .filter(|((q, _), _)| *q == Some(queue))
-                .map(|((_, worker), count)| {
-                    *count as f64 * means.get(worker).copied().unwrap_or(UNMEASURED_RUN_SECONDS)
-                })
-                .sum();
-            ahead.deadlines_by_queue.push((queue, work, *due));
+        for (queue, (waited, work, due)) in queues {
+            ahead
+                .oldest_by_queue
+                .push((queue, Duration::from_secs_f64(waited)));
+            if let Some(queue) = queue.filter(|_| due != i64::MAX) {
+                ahead.deadlines_by_queue.push((queue, work, due));
+            }
         }
-        ahead.oldest_by_queue = backlog
-            .oldest_by_queue
-            .into_iter()
-            .map(|(queue, secs)| (queue, Duration::from_secs_f64(secs)))
-            .collect();
         ahead
     }
 

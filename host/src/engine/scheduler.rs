@@ -84,18 +84,19 @@ impl Default for Origin {
     }
 }
 
-/// The runnable jobs at one moment, for the autoscaler.
+/// The runnable jobs at one moment, for the autoscaler, by origin (worker and queue).
 #[derive(Debug, Default)]
-pub struct Backlog {
-    /// Queued (runnable) jobs by worker.
-    pub by_worker: HashMap<HashHex, usize>,
-    /// The longest a runnable job of each queue (`None`: no queue) has waited, in
-    /// seconds.
-    pub oldest_by_queue: HashMap<Option<u64>, f64>,
-    /// Runnable jobs by queue and worker.
-    pub by_queue_worker: HashMap<(Option<u64>, HashHex), usize>,
-    /// The nearest deadline (Unix ms) of each queue's runnable jobs, for those with one.
-    pub due_by_queue: HashMap<Option<u64>, i64>,
+pub struct Backlog(pub HashMap<Origin, Waiting>);
+
+/// The runnable jobs of one origin.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Waiting {
+    /// How many.
+    pub jobs: usize,
+    /// How long the oldest has waited since it became runnable, in seconds.
+    pub waited: f64,
+    /// Their nearest deadline (Unix ms), `i64::MAX` for none.
+    pub due: i64,
 }
 
 /// What cancelling a job did.
@@ -585,29 +586,19 @@ impl Scheduler {
     /// each queue has waited. (One pass over the pending jobs, in memory.)
     pub fn backlog(&self, now: Instant) -> Backlog {
         let t = self.secs(now);
-        // One lookup a job (by its origin: few distinct ones), the rest per origin.
-        let mut groups: HashMap<Origin, (usize, f64, i64)> = HashMap::new();
+        let mut groups: HashMap<Origin, Waiting> = HashMap::new();
         for p in self.pending.values().filter(|p| p.phase == Phase::Queued) {
-            let group = groups.entry(p.origin).or_insert((0, p.queued_at, p.due));
-            group.0 += 1;
-            group.1 = group.1.min(p.queued_at);
-            group.2 = group.2.min(p.due);
+            let waited = (t - p.queued_at).max(0.0);
+            let group = groups.entry(p.origin).or_insert(Waiting {
+                jobs: 0,
+                waited,
+                due: p.due,
+            });
+            group.jobs += 1;
+            group.waited = group.waited.max(waited);
+            group.due = group.due.min(p.due);
         }
-        let mut backlog = Backlog::default();
-        for (origin, (count, queued_at, due)) in groups {
-            *backlog.by_worker.entry(origin.worker).or_default() += count;
-            *backlog
-                .by_queue_worker
-                .entry((origin.queue, origin.worker))
-                .or_default() += count;
-            if due != i64::MAX {
-                let nearest = backlog.due_by_queue.entry(origin.queue).or_insert(due);
-                *nearest = (*nearest).min(due);
-            }
-            let oldest = backlog.oldest_by_queue.entry(origin.queue).or_default();
-            *oldest = oldest.max((t - queued_at).max(0.0));
-        }
-        backlog
+        Backlog(groups)
     }
 
     /// Jobs waiting or queued.

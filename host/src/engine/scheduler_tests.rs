@@ -389,20 +389,27 @@ fn the_backlog_counts_runnable_jobs_by_worker_and_queue() {
     s.add_due(4, "t", 0, None, origin(b, None), [1]);
     assert_eq!(pop(&mut s), Some(1));
     let later = s.epoch + Duration::from_secs(5);
-    let backlog = s.backlog(later);
-    assert_eq!(backlog.by_worker, HashMap::from([(a, 1), (b, 1)]));
-    assert!(backlog.oldest_by_queue[&Some(7)] >= 4.9);
+    let Backlog(groups) = s.backlog(later);
+    let jobs = |groups: &HashMap<Origin, Waiting>| -> HashMap<Origin, usize> {
+        groups.iter().map(|(o, w)| (*o, w.jobs)).collect()
+    };
+    assert_eq!(
+        jobs(&groups),
+        HashMap::from([(origin(a, Some(7)), 1), (origin(b, None), 1)])
+    );
+    assert!(groups[&origin(a, Some(7))].waited >= 4.9);
     // Runnable again after its dependency: it waits from then on.
     s.finish(1, true, later);
-    let backlog = s.backlog(later + Duration::from_secs(1));
-    assert_eq!(backlog.by_worker[&b], 2);
-    let waited = backlog.oldest_by_queue[&None];
+    let Backlog(groups) = s.backlog(later + Duration::from_secs(1));
+    assert_eq!(groups[&origin(b, None)].jobs, 2);
+    let waited = groups[&origin(b, None)].waited;
     assert!((5.9..7.0).contains(&waited), "{waited}");
     // The nearest deadline of each queue's runnable jobs, by queue and worker.
     s.add_due(5, "t", 0, Some(9_000), origin(a, Some(7)), []);
     s.add_due(6, "t", 0, Some(4_000), origin(b, Some(7)), []);
-    let backlog = s.backlog(later);
-    assert_eq!(backlog.due_by_queue, HashMap::from([(Some(7), 4_000)]));
-    assert_eq!(backlog.by_queue_worker[&(Some(7), a)], 2);
-    assert_eq!(backlog.by_queue_worker[&(Some(7), b)], 1);
+    let Backlog(groups) = s.backlog(later);
+    let (of_a, of_b) = (groups[&origin(a, Some(7))], groups[&origin(b, Some(7))]);
+    assert_eq!((of_a.jobs, of_a.due), (2, 9_000));
+    assert_eq!((of_b.jobs, of_b.due), (1, 4_000));
+    assert_eq!(groups[&origin(b, None)].due, i64::MAX, "no deadline");
 }
