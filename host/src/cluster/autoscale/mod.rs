@@ -419,6 +419,57 @@ mod tests {
         }
     }
 
+    /// Up to 4 nodes of 1 slot, at once up; down and the window an hour, as the
+    /// target wait.
+    fn policy() -> Policy {
+        Policy {
+            min_nodes: 0,
+            max_nodes: 4,
+            slots_per_node: 1,
+            scale_up_cooldown: Duration::ZERO,
+            scale_down_cooldown: Duration::from_secs(3600),
+            stabilization: Duration::from_secs(3600),
+            target_wait: Duration::from_secs(3600),
+        }
+    }
+
+    /// A coordinator's engine with nodes registered, and an autoscaler on it.
+    struct Harness {
+        _dir: tempfile::TempDir,
+        engine: Arc<Engine>,
+        worker: crate::model::HashHex,
+        fleet: Arc<Fleet>,
+        recorder: Arc<Recorder>,
+        scaling: Arc<Autoscaling>,
+    }
+
+    /// `nodes` nodes of 1 slot registered (`n-0`, ...), and an autoscaler following
+    /// `policy` through a recorder that made them.
+    fn harness(nodes: u32, policy: Policy) -> Harness {
+        let fleet = Arc::new(Fleet::new(crate::cluster::CoordinatorConfig::default()));
+        let (dir, engine, worker) = engine_with(fleet.clone());
+        for i in 0..nodes {
+            let registration = Registration {
+                id: format!("n-{i}"),
+                address: format!("http://n-{i}.invalid"),
+                slots: 1,
+                ..Registration::default()
+            };
+            fleet.register(registration, Instant::now());
+        }
+        let recorder = Arc::new(Recorder::default());
+        *recorder.count.lock().unwrap() = nodes;
+        let scaling = Autoscaling::new(policy, Box::new(recorder.clone()), Duration::from_secs(1));
+        Harness {
+            _dir: dir,
+            engine,
+            worker,
+            fleet,
+            recorder,
+            scaling,
+        }
+    }
+
     fn states(fleet: &Fleet) -> Vec<&'static str> {
         fleet.members().iter().map(|m| m.state).collect()
     }
@@ -427,30 +478,21 @@ mod tests {
     /// back while they drain cancels it and they serve again.
     #[test]
     fn a_scale_in_drains_first_and_is_called_off_when_work_returns() {
-        let fleet = Arc::new(Fleet::new(crate::cluster::CoordinatorConfig::default()));
-        let (_dir, engine, worker) = engine_with(fleet.clone());
         let now = Instant::now();
-        for id in ["n-0", "n-1"] {
-            let registration = Registration {
-                id: id.into(),
-                address: format!("http://{id}.invalid"),
-                slots: 1,
-                ..Registration::default()
-            };
-            fleet.register(registration, now);
-        }
-        let recorder = Arc::new(Recorder::default());
-        *recorder.count.lock().unwrap() = 2;
         let policy = Policy {
-            min_nodes: 0,
-            max_nodes: 4,
-            slots_per_node: 1,
-            scale_up_cooldown: Duration::ZERO,
             scale_down_cooldown: Duration::ZERO,
             stabilization: Duration::ZERO,
             target_wait: Duration::from_secs(1),
+            ..policy()
         };
-        let scaling = Autoscaling::new(policy, Box::new(recorder.clone()), Duration::from_secs(1));
+        let Harness {
+            _dir,
+            engine,
+            worker,
+            fleet,
+            recorder,
+            scaling,
+        } = harness(2, policy);
         // Idle: both go, drained first.
         scaling.tick(&engine, &fleet, now);
         assert_eq!(states(&fleet), ["draining", "draining"]);
@@ -505,27 +547,14 @@ mod tests {
     /// where the default target would still wait.
     #[test]
     fn a_queues_target_wait_adds_a_node_for_its_waiting_job() {
-        let fleet = Arc::new(Fleet::new(crate::cluster::CoordinatorConfig::default()));
-        let (_dir, engine, worker) = engine_with(fleet.clone());
-        let registration = Registration {
-            id: "n-0".into(),
-            address: "http://n-0.invalid".into(),
-            slots: 1,
-            ..Registration::default()
-        };
-        fleet.register(registration, Instant::now());
-        let recorder = Arc::new(Recorder::default());
-        *recorder.count.lock().unwrap() = 1;
-        let policy = Policy {
-            min_nodes: 0,
-            max_nodes: 4,
-            slots_per_node: 1,
-            scale_up_cooldown: Duration::ZERO,
-            scale_down_cooldown: Duration::from_secs(3600),
-            stabilization: Duration::from_secs(3600),
-            target_wait: Duration::from_secs(3600),
-        };
-        let scaling = Autoscaling::new(policy, Box::new(recorder.clone()), Duration::from_secs(1));
+        let Harness {
+            _dir,
+            engine,
+            worker,
+            fleet,
+            recorder,
+            scaling,
+        } = harness(1, policy());
         let queue = |target_wait_ms| {
             let spec = crate::store::QueueSpec {
                 target_wait_ms,

@@ -197,6 +197,56 @@ impl Provisioner for Local {
     }
 }
 
+/// An orchestrator that keeps a count of node replicas and, scaling in, removes the
+/// highest indexes first (a StatefulSet's ordinals, a Nomad group's allocation
+/// indexes): what the Nomad and Kubernetes provisioners share.
+trait Replicas: Send + Sync + std::fmt::Debug {
+    /// The provisioner's name.
+    fn kind(&self) -> &'static str;
+    /// The count last read or set (read once, then kept as set).
+    fn count(&self) -> &Mutex<Option<u32>>;
+    /// Reads the orchestrator's count.
+    fn read(&self) -> anyhow::Result<u32>;
+    /// Sets it.
+    fn write(&self, count: u32, reason: &str) -> anyhow::Result<()>;
+    /// The node id of replica `index`.
+    fn node_id(&self, index: u32) -> String;
+}
+
+impl<R: Replicas> Provisioner for R {
+    fn kind(&self) -> &'static str {
+        Replicas::kind(self)
+    }
+
+    fn requested(&self) -> Option<u32> {
+        if let Some(count) = *self.count().lock().expect("count") {
+            return Some(count);
+        }
+        let count = self
+            .read()
+            .inspect_err(|e| tracing::warn!(error = %e, "reading the node count"))
+            .ok()?;
+        *self.count().lock().expect("count") = Some(count);
+        Some(count)
+    }
+
+    fn grow(&self, count: u32, reason: &str) -> anyhow::Result<()> {
+        self.write(count, reason)?;
+        *self.count().lock().expect("count") = Some(count);
+        Ok(())
+    }
+
+    fn leaving(&self, count: u32, _members: &[Member]) -> Vec<String> {
+        let current = self.requested().unwrap_or(count);
+        (count..current).map(|i| self.node_id(i)).collect()
+    }
+
+    fn shrink(&self, count: u32, _leaving: &[String], reason: &str) -> anyhow::Result<()> {
+        // Setting the count is the same either way; the orchestrator picks who goes.
+        self.grow(count, reason)
+    }
+}
+
 /// An HTTP client for an orchestrator's API (with its CA when it has one), made on
 /// first use: on the autoscaler's own thread, since a blocking client cannot be made
 /// inside the async runtime.
@@ -311,44 +361,33 @@ impl Nomad {
             .json(&body)
             .send()?;
         checked(response, "scaling the Nomad task group")?;
-        *self.count.lock().expect("count") = Some(count);
         Ok(())
     }
 }
 
-impl Provisioner for Nomad {
+impl Replicas for Nomad {
     fn kind(&self) -> &'static str {
         "nomad"
     }
 
-    fn requested(&self) -> Option<u32> {
-        if let Some(count) = *self.count.lock().expect("count") {
-            return Some(count);
-        }
+    fn count(&self) -> &Mutex<Option<u32>> {
+        &self.count
+    }
+
+    fn read(&self) -> anyhow::Result<u32> {
         // `GET .../scale`: the group's desired count.
-        let answer = self
-            .with_token(self.http.get().ok()?.get(self.url()))
-            .send()
-            .ok()
-            .and_then(|r| checked(r, "reading the Nomad job's scale").ok())?;
-        let desired = answer["TaskGroups"][&self.group]["Desired"].as_u64()? as u32;
-        *self.count.lock().expect("count") = Some(desired);
-        Some(desired)
+        let response = self.with_token(self.http.get()?.get(self.url())).send()?;
+        let answer = checked(response, "reading the Nomad job's scale")?;
+        let desired = answer["TaskGroups"][&self.group]["Desired"].as_u64();
+        Ok(desired.context("no Desired count for the group")? as u32)
     }
 
-    fn grow(&self, count: u32, reason: &str) -> anyhow::Result<()> {
+    fn write(&self, count: u32, reason: &str) -> anyhow::Result<()> {
         self.scale(count, reason)
     }
 
-    fn leaving(&self, count: u32, _members: &[Member]) -> Vec<String> {
-        let current = self.requested().unwrap_or(count);
-        (count..current)
-            .map(|i| format!("{}{i}", self.node_prefix))
-            .collect()
-    }
-
-    fn shrink(&self, count: u32, _leaving: &[String], reason: &str) -> anyhow::Result<()> {
-        self.scale(count, reason)
+    fn node_id(&self, index: u32) -> String {
+        format!("{}{index}", self.node_prefix)
     }
 }
 
@@ -411,48 +450,37 @@ impl Kubernetes {
             .body(json!({"spec": {"replicas": replicas}}).to_string())
             .send()?;
         checked(response, "patching the StatefulSet's scale")?;
-        *self.replicas.lock().expect("replicas") = Some(replicas);
         Ok(())
     }
 }
 
-impl Provisioner for Kubernetes {
+impl Replicas for Kubernetes {
     fn kind(&self) -> &'static str {
         "kubernetes"
     }
 
-    fn requested(&self) -> Option<u32> {
-        if let Some(replicas) = *self.replicas.lock().expect("replicas") {
-            return Some(replicas);
-        }
+    fn count(&self) -> &Mutex<Option<u32>> {
+        &self.replicas
+    }
+
+    fn read(&self) -> anyhow::Result<u32> {
         let response = self
             .http
-            .get()
-            .ok()?
+            .get()?
             .get(self.url())
-            .header("Authorization", self.bearer().ok()?)
+            .header("Authorization", self.bearer()?)
             .header("Accept", "application/json")
-            .send()
-            .ok()?;
-        let scale = checked(response, "reading the StatefulSet's scale").ok()?;
-        let replicas = scale["spec"]["replicas"].as_u64().unwrap_or(0) as u32;
-        *self.replicas.lock().expect("replicas") = Some(replicas);
-        Some(replicas)
+            .send()?;
+        let scale = checked(response, "reading the StatefulSet's scale")?;
+        Ok(scale["spec"]["replicas"].as_u64().unwrap_or(0) as u32)
     }
 
-    fn grow(&self, count: u32, _reason: &str) -> anyhow::Result<()> {
+    fn write(&self, count: u32, _reason: &str) -> anyhow::Result<()> {
         self.scale(count)
     }
 
-    fn leaving(&self, count: u32, _members: &[Member]) -> Vec<String> {
-        // A StatefulSet removes its highest ordinals first.
-        let current = self.requested().unwrap_or(count);
-        (count..current)
-            .map(|i| format!("{}-{i}", self.statefulset))
-            .collect()
-    }
-
-    fn shrink(&self, count: u32, _leaving: &[String], _reason: &str) -> anyhow::Result<()> {
-        self.scale(count)
+    /// A StatefulSet's pods are `NAME-0`, `NAME-1`, ...
+    fn node_id(&self, index: u32) -> String {
+        format!("{}-{index}", self.statefulset)
     }
 }
