@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, the guest jobs, every test,
-# the deployment artefacts. Installs what it needs when it is missing: the
-# wasm32-wasip1 target, Debian's chromium and chromium-driver (the dashboard's browser
-# tests), and the deployment validators (below).
+# the end-to-end tests again on a PostgreSQL journal, the deployment artefacts.
+# Installs what it needs when it is missing: the wasm32-wasip1 target, Debian's
+# chromium and chromium-driver (the dashboard's browser tests), postgresql
+# (scripts/postgres.sh) and the deployment validators (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,7 +72,17 @@ echo "==> building the guest jobs"
 cargo build --release "${GUESTS[@]}"
 
 echo "==> cargo test"
-cargo test
+# The journal_postgres:: tests need the server the next step starts.
+cargo test -- --skip journal_postgres::
+
+# The end-to-end suite once more with every server's journal in PostgreSQL (one
+# switch: WASMESH_TEST_JOURNAL; host/tests/it/server.rs), plus the tests of the
+# PostgreSQL journal itself. A throwaway server, deleted at the end.
+echo "==> the end-to-end tests on a PostgreSQL journal"
+PGDIR=$(mktemp -d /tmp/wasmesh-postgres.XXXXXX)
+trap 'bash scripts/postgres.sh stop "$PGDIR"' EXIT
+PGURL=$(bash scripts/postgres.sh start "$PGDIR")
+WASMESH_TEST_JOURNAL="$PGURL" cargo test -p wasmesh-host --test it
 
 # The SDK crates as they would be published (each verified by building the package).
 echo "==> cargo package (wasmesh-guest-macros, wasmesh-guest)"

@@ -108,6 +108,7 @@ impl From<EngineError> for ApiError {
                 ApiError::RateLimited(m, wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
             }
             EngineError::Internal(m) => ApiError::Internal(m),
+            e @ EngineError::Journal(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -67,18 +67,46 @@ pub fn keep_checkpoint(engine: &Engine, fleet: &Fleet, id: &str, note: Checkpoin
 }
 
 /// Records node `id`'s reports, each only if its lease is current, all in one journal
-/// transaction; answers, in order, whether each was taken.
-pub fn accept(engine: &Engine, fleet: &Fleet, id: &str, reports: Vec<Report>) -> Vec<bool> {
+/// transaction; answers, in order, whether each was taken. When the journal fails,
+/// nothing was taken: the leases are put back and the error returned, so the node's
+/// retried report is taken once the journal answers again.
+pub fn accept(
+    engine: &Engine,
+    fleet: &Fleet,
+    id: &str,
+    reports: Vec<Report>,
+) -> Result<Vec<bool>, String> {
     let mut taken = vec![false; reports.len()];
     // The jobs live here while the results (moved, not copied) borrow them.
     let mut indexes = Vec::with_capacity(reports.len());
     let mut jobs = Vec::with_capacity(reports.len());
     let mut results = Vec::with_capacity(reports.len());
+    let mut leases = Vec::with_capacity(reports.len());
+    let put_back = |leases: Vec<Lease>, error: String| {
+        tracing::warn!(
+            node = id,
+            error,
+            "the journal failed; the node will report again"
+        );
+        for lease in leases {
+            fleet.put_back(lease);
+        }
+        Err(error)
+    };
     for (index, report) in reports.into_iter().enumerate() {
-        if let Some((job, result, host_failure)) = check(engine, fleet, id, report) {
-            indexes.push(index);
-            jobs.push(job);
-            results.push((result, host_failure));
+        match check(engine, fleet, id, report) {
+            Checked::Taken(taken) => {
+                let (job, result, host_failure, lease) = *taken;
+                indexes.push(index);
+                jobs.push(job);
+                results.push((result, host_failure));
+                leases.push(lease);
+            }
+            Checked::Stale => {}
+            Checked::JournalFailed(lease, error) => {
+                leases.push(lease);
+                return put_back(leases, error);
+            }
         }
     }
     let ended: Vec<Ended<'_>> = jobs
@@ -96,20 +124,25 @@ pub fn accept(engine: &Engine, fleet: &Fleet, id: &str, reports: Vec<Report>) ->
             for (index, written) in indexes.into_iter().zip(written) {
                 taken[index] = written;
             }
+            Ok(taken)
         }
-        Err(e) => tracing::error!(node = id, error = %e, "recording results"),
+        Err(e) => put_back(leases, e.to_string()),
     }
-    taken
 }
 
-/// A report turned into the job's result, if its lease is current: (the job as the
-/// journal has it, the result, whether it failed on the host).
-fn check(
-    engine: &Engine,
-    fleet: &Fleet,
-    id: &str,
-    report: Report,
-) -> Option<(JobRow, JobResult, bool)> {
+/// What a report is.
+enum Checked {
+    /// Its lease is current: the job as the journal has it, its result, whether it
+    /// failed on the host, and the lease it ended.
+    Taken(Box<(JobRow, JobResult, bool, Lease)>),
+    /// Its lease is not current (fencing).
+    Stale,
+    /// The journal failed reading the job: the lease it ended, and why.
+    JournalFailed(Lease, String),
+}
+
+/// A report turned into the job's result, if its lease is current.
+fn check(engine: &Engine, fleet: &Fleet, id: &str, report: Report) -> Checked {
     let token = report.lease;
     // How long it ran (whole milliseconds: a sub-millisecond run reads 0).
     // A run cut short by a cancel says nothing of how long the job takes.
@@ -124,15 +157,12 @@ fn check(
             node = id,
             "no such lease"
         );
-        return None;
+        return Checked::Stale;
     };
     let job = match engine.job_any(token.lsn) {
         Ok(Some(job)) => job,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::error!(lsn = token.lsn, error = %e, "reading a reported job");
-            return None;
-        }
+        Ok(None) => return Checked::Stale,
+        Err(e) => return Checked::JournalFailed(lease, e.to_string()),
     };
     let tenant = engine.store().tenant(&job.tenant);
     let Report {
@@ -197,10 +227,10 @@ fn check(
         node: id.to_string(),
         attempts: token.attempt,
         cached: false,
-        placement: Some(lease.placement),
+        placement: Some(lease.placement.clone()),
         ..result
     };
-    Some((job, result, host_failure))
+    Checked::Taken(Box::new((job, result, host_failure, lease)))
 }
 
 /// Hands runnable jobs to nodes whenever jobs become runnable or capacity appears.
@@ -422,7 +452,16 @@ impl Driver for Fleet {
             lsn: job.lsn,
             attempt: job.attempts,
         };
-        Fleet::restore(self, token, node, self.config.lease * 2, Instant::now());
+        // The node gets two lease periods to register again and renew it.
+        self.put_back(Lease {
+            token,
+            node: node.clone(),
+            expires: Instant::now() + self.config.lease * 2,
+            delivered: true,
+            cancel_requested: false,
+            placement: serde_json::json!({"node": node, "restored": true}),
+            uploaded: Vec::new(),
+        });
         true
     }
 
@@ -509,10 +548,16 @@ mod tests {
             lsn: first,
             attempt: 2,
         };
-        assert_eq!(accept(&engine, &fleet, "n1", vec![report(stale)]), [false]);
-        assert_eq!(accept(&engine, &fleet, "n2", vec![report(token)]), [false]);
         assert_eq!(
-            accept(&engine, &fleet, "n1", vec![report(stale), report(token)]),
+            accept(&engine, &fleet, "n1", vec![report(stale)]).unwrap(),
+            [false]
+        );
+        assert_eq!(
+            accept(&engine, &fleet, "n2", vec![report(token)]).unwrap(),
+            [false]
+        );
+        assert_eq!(
+            accept(&engine, &fleet, "n1", vec![report(stale), report(token)]).unwrap(),
             [false, true],
             "a batch takes what is current"
         );

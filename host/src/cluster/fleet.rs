@@ -390,22 +390,15 @@ impl Fleet {
         }
     }
 
-    /// A lease restored from the journal after a coordinator restart: the node gets
-    /// `grace` to register again and renew it.
-    pub fn restore(&self, token: Token, node: &str, grace: Duration, now: Instant) {
+    /// Puts a lease back: one restored from the journal after a coordinator restart,
+    /// or one `finish` ended whose result the journal then failed to write (the node's
+    /// retried report finds it).
+    pub fn put_back(&self, lease: Lease) {
         let mut inner = self.inner();
-        inner.leases.insert(
-            token.lsn,
-            Lease {
-                token,
-                node: node.to_string(),
-                expires: now + grace,
-                delivered: true,
-                cancel_requested: false,
-                placement: json!({"node": node, "restored": true}),
-                uploaded: Vec::new(),
-            },
-        );
+        if let Some(&i) = inner.index.get(&lease.node) {
+            inner.views[i].leased += 1;
+        }
+        inner.leases.insert(lease.token.lsn, lease);
     }
 
     /// A node shutting down: it gets no new work (it is draining), the leases it has

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use wasmesh_host::api::AppState;
 use wasmesh_host::engine::{Engine, NodeConfig};
+use wasmesh_host::store::Journal;
 
 use super::parse_bytes;
 use super::serve::{UpkeepArgs, WebhookArgs, closing, tenant_auth};
@@ -53,6 +54,11 @@ pub struct Args {
         default_value = "wasmesh-coordinator-data"
     )]
     pub data_dir: PathBuf,
+    /// The journal in PostgreSQL (`postgres://user:password@host:5432/database`)
+    /// instead of the SQLite file in the data directory; `?options=-csearch_path%3Dname`
+    /// puts it in a schema of its own (created when missing).
+    #[arg(long, env = "WASMESH_JOURNAL", value_parser = Journal::parse)]
+    pub journal: Option<Journal>,
     /// How placement chooses a node.
     #[arg(long, value_enum, default_value = "score")]
     pub placement: wasmesh_host::cluster::placement::Strategy,
@@ -102,6 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     }));
     let mut config = NodeConfig::new(args.data_dir.clone());
+    config.journal = args.journal.clone();
     config.id = "coordinator".into();
     // The coordinator runs nothing itself; one slot's sandbox validates modules.
     config.slots = 1;

@@ -15,6 +15,7 @@ use wasmesh_host::api::AppState;
 use wasmesh_host::cluster::member::{agent::Agent, membership::Membership};
 use wasmesh_host::engine::{Engine, NodeConfig};
 use wasmesh_host::run::Runner;
+use wasmesh_host::store::Journal;
 use wasmesh_runtime::Limits;
 
 use super::parse_bytes;
@@ -30,6 +31,12 @@ pub struct Args {
     /// Where the store, the database and compiled modules live [default: wasmesh-data].
     #[arg(long, env = "WASMESH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The journal in PostgreSQL (`postgres://...`, as for `wasmesh coordinator`)
+    /// instead of the SQLite file in the data directory: for a node serving clients on
+    /// its own. (No environment variable: nodes a coordinator starts inherit its
+    /// environment, and each must keep a journal of its own.)
+    #[arg(long, value_parser = Journal::parse)]
+    pub journal: Option<Journal>,
     /// Actions run at once [default: the CPU count].
     #[arg(long, env = "WASMESH_SLOTS")]
     pub slots: Option<usize>,
@@ -120,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("wasmesh-data"));
     let mut config = NodeConfig::new(data_dir);
+    config.journal = args.journal;
     if let Some(slots) = args.slots.or(file.slots) {
         config.slots = slots.max(1);
     }

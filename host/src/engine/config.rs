@@ -16,6 +16,8 @@ pub struct NodeConfig {
     pub id: String,
     /// Where the store, the database and the module cache live.
     pub data_dir: PathBuf,
+    /// The journal, when it is not the SQLite file `wasmesh.db` in `data_dir`.
+    pub journal: Option<crate::store::Journal>,
     /// Actions run at once.
     pub slots: usize,
     /// Ceilings for every action.
@@ -61,6 +63,7 @@ impl NodeConfig {
         Self {
             id: "node-1".into(),
             data_dir,
+            journal: None,
             slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
             limits: Limits::default(),
             max_blob_bytes: 1 << 30,

@@ -24,11 +24,15 @@ pub enum EngineError {
     /// Something failed on the host.
     #[error("{0}")]
     Internal(String),
+    /// The journal could not be read or written (its database is unreachable, say):
+    /// nothing was changed, and the same call may succeed later.
+    #[error("database: {0}")]
+    Journal(String),
 }
 
 impl From<crate::store::StoreError> for EngineError {
     fn from(e: crate::store::StoreError) -> Self {
-        EngineError::Internal(format!("database: {e}"))
+        EngineError::Journal(e.to_string())
     }
 }
 

@@ -35,7 +35,7 @@ use wasmesh_runtime::{CancellationToken, Config as SandboxConfig, Sandbox};
 use crate::cas::Cas;
 use crate::model::{HashHex, JobState, WorkerDescriptor, outcome};
 pub use crate::store::Fence;
-use crate::store::{JobRow, Store, now_ms};
+use crate::store::{JobRow, Journal, Store, now_ms};
 use crate::webhooks::Webhooks;
 pub use checkpoints::{CHECKPOINT_INTERVAL, MAX_CHECKPOINT_WRITES};
 pub use config::NodeConfig;
@@ -131,9 +131,11 @@ impl Engine {
         use anyhow::Context;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
-        let store = Arc::new(
-            Store::open(&config.data_dir.join("wasmesh.db")).context("opening the database")?,
-        );
+        let journal = config
+            .journal
+            .clone()
+            .unwrap_or_else(|| Journal::Sqlite(config.data_dir.join("wasmesh.db")));
+        let store = Arc::new(Store::open_journal(&journal).context("opening the journal")?);
         let cas = Cas::open(&config.data_dir.join("cas"), config.max_blob_bytes)
             .context("opening the store")?;
         let sandbox = Sandbox::new(SandboxConfig {

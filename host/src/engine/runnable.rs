@@ -27,6 +27,32 @@ pub struct Runnable {
     pub cancel: CancellationToken,
 }
 
+/// How long a driver waits before taking jobs again after the journal failed.
+const JOURNAL_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Why a job taken from the schedule is not run now.
+enum Unready {
+    /// It never can (its action does not parse, its worker is gone): it fails.
+    Unrunnable(String),
+    /// The journal failed: it stays queued.
+    Journal(String),
+}
+
+impl From<EngineError> for Unready {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Journal(m) => Unready::Journal(m),
+            other => Unready::Unrunnable(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for Unready {
+    fn from(e: crate::store::StoreError) -> Self {
+        Unready::Journal(e.to_string())
+    }
+}
+
 impl Engine {
     /// Takes the next runnable job. A job the result cache answers once its
     /// references resolve, or that cannot run (its stored action does not parse, its
@@ -53,7 +79,20 @@ impl Engine {
                     });
                 }
                 Ok(None) => continue,
-                Err(message) => self.fail_unrunnable(lsn, &message),
+                Err(Unready::Unrunnable(message)) => self.fail_unrunnable(lsn, &message),
+                Err(Unready::Journal(message)) => {
+                    // Not the job's fault: it stays queued, and is taken again once
+                    // the journal answers (a pause, then the drivers look again).
+                    tracing::warn!(
+                        lsn,
+                        error = message,
+                        "the journal is unavailable; the job stays queued"
+                    );
+                    self.requeue(&[lsn]);
+                    std::thread::sleep(JOURNAL_RETRY);
+                    self.wake.notify_one();
+                    return None;
+                }
             }
         }
     }
@@ -65,19 +104,18 @@ impl Engine {
     fn prepare(
         &self,
         lsn: u64,
-    ) -> Result<Option<(JobRow, Arc<WorkerDescriptor>, ActionDescriptor)>, String> {
-        let Some(mut job) = self.job_any(lsn).map_err(|e| e.to_string())? else {
+    ) -> Result<Option<(JobRow, Arc<WorkerDescriptor>, ActionDescriptor)>, Unready> {
+        let Some(mut job) = self.job_any(lsn)? else {
             return Ok(None);
         };
-        if self.resolve_refs(&mut job).map_err(|e| e.to_string())? {
+        if self.resolve_refs(&mut job)? {
             return Ok(None);
         }
         let action: ActionDescriptor = serde_json::from_str(&job.descriptor)
-            .map_err(|e| format!("stored action does not parse: {e}"))?;
-        let worker = self
-            .worker(&job.tenant, &job.worker)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("worker {} is not registered", job.worker))?;
+            .map_err(|e| Unready::Unrunnable(format!("stored action does not parse: {e}")))?;
+        let worker = self.worker(&job.tenant, &job.worker)?.ok_or_else(|| {
+            Unready::Unrunnable(format!("worker {} is not registered", job.worker))
+        })?;
         Ok(Some((job, worker, action)))
     }
 

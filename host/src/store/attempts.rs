@@ -3,31 +3,36 @@
 //! result is its last attempt's; these rows keep the ones before (which node, which
 //! fencing token, how each ended) for people finding out what happened.
 
-use rusqlite::{Connection, params};
+use super::db::{Db, DbResult, params};
 
 use super::{Store, StoreResult, now_ms};
 use crate::model::{Attempt, JobResult};
 
 /// Opens attempt `attempt` of job `lsn` on `node` (in the caller's transaction).
-pub(super) fn open(conn: &Connection, lsn: u64, attempt: u32, node: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO attempts (lsn, attempt, node, started_ms) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![lsn as i64, attempt, node, now_ms()])?;
+pub(super) fn open(conn: &Db, lsn: u64, attempt: u32, node: &str) -> DbResult<()> {
+    conn.execute(
+        "INSERT INTO attempts (lsn, attempt, node, started_ms) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (lsn, attempt) DO UPDATE SET node = excluded.node, \
+         started_ms = excluded.started_ms, ended_ms = NULL, outcome = NULL, exit_code = NULL, \
+         message = NULL, retried = 0",
+        params![lsn as i64, attempt, node, now_ms()],
+    )?;
     Ok(())
 }
 
 /// Forgets an attempt that never reached its node (its lease was withdrawn).
-pub(super) fn forget(conn: &Connection, lsn: u64, attempt: u32) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM attempts WHERE lsn = ?1 AND attempt = ?2")?
-        .execute(params![lsn as i64, attempt])?;
+pub(super) fn forget(conn: &Db, lsn: u64, attempt: u32) -> DbResult<()> {
+    conn.execute(
+        "DELETE FROM attempts WHERE lsn = ?1 AND attempt = ?2",
+        params![lsn as i64, attempt],
+    )?;
     Ok(())
 }
 
 /// Closes the job's open attempt with how it ended; `retried` when the job goes
 /// back to the queue after it. A job with no open attempt (it never ran) is left as
 /// it is.
-pub(super) fn close(conn: &Connection, result: &JobResult, retried: bool) -> rusqlite::Result<()> {
+pub(super) fn close(conn: &Db, result: &JobResult, retried: bool) -> DbResult<()> {
     close_open(
         conn,
         result.lsn,
@@ -40,25 +45,18 @@ pub(super) fn close(conn: &Connection, result: &JobResult, retried: bool) -> rus
 
 /// Closes the job's open attempt, if it has one.
 pub(super) fn close_open(
-    conn: &Connection,
+    conn: &Db,
     lsn: u64,
     outcome: &str,
     exit_code: Option<i32>,
     message: Option<&str>,
     retried: bool,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
+) -> DbResult<()> {
+    conn.execute(
         "UPDATE attempts SET ended_ms = ?2, outcome = ?3, exit_code = ?4, message = ?5, \
          retried = ?6 WHERE lsn = ?1 AND ended_ms IS NULL",
-    )?
-    .execute(params![
-        lsn as i64,
-        now_ms(),
-        outcome,
-        exit_code,
-        message,
-        retried
-    ])?;
+        params![lsn as i64, now_ms(), outcome, exit_code, message, retried],
+    )?;
     Ok(())
 }
 
@@ -66,40 +64,38 @@ impl Store {
     /// Every attempt at one of `tenant`'s jobs, first first (none for another's).
     pub(super) fn attempts(&self, tenant: &str, lsn: u64) -> StoreResult<Vec<Attempt>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let rows = conn.query_map(
             "SELECT a.attempt, a.node, a.started_ms, a.ended_ms, a.outcome, a.exit_code, \
              a.message, a.retried FROM attempts a JOIN jobs j ON j.lsn = a.lsn \
              WHERE a.lsn = ?1 AND j.tenant = ?2 ORDER BY a.attempt",
+            params![lsn as i64, tenant],
+            |row| {
+                Ok(Attempt {
+                    attempt: row.get(0)?,
+                    node: row.get(1)?,
+                    started_ms: row.get(2)?,
+                    ended_ms: row.get(3)?,
+                    outcome: row.get(4)?,
+                    exit_code: row.get(5)?,
+                    message: row.get(6)?,
+                    retried: row.get(7)?,
+                })
+            },
         )?;
-        let rows = stmt.query_map(params![lsn as i64, tenant], |row| {
-            Ok(Attempt {
-                attempt: row.get(0)?,
-                node: row.get(1)?,
-                started_ms: row.get(2)?,
-                ended_ms: row.get(3)?,
-                outcome: row.get(4)?,
-                exit_code: row.get(5)?,
-                message: row.get(6)?,
-                retried: row.get(7)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows)
     }
 
     /// Up to `limit` of `tenant`'s jobs that wait for its job `lsn` (their `after` or
     /// an `output_of` names it), by LSN.
     pub(super) fn dependents(&self, tenant: &str, lsn: u64, limit: usize) -> StoreResult<Vec<u64>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let rows = conn.query_map(
             "SELECT d.lsn FROM job_deps d JOIN jobs j ON j.lsn = d.lsn \
              WHERE d.after = ?1 AND j.tenant = ?2 ORDER BY d.lsn LIMIT ?3",
+            params![lsn as i64, tenant, limit as i64],
+            |row| row.get::<i64>(0),
         )?;
-        let rows = stmt.query_map(params![lsn as i64, tenant, limit as i64], |row| {
-            row.get::<_, i64>(0)
-        })?;
-        Ok(rows
-            .map(|r| r.map(|l| l as u64))
-            .collect::<rusqlite::Result<_>>()?)
+        Ok(rows.into_iter().map(|l| l as u64).collect())
     }
 }
 

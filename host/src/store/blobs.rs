@@ -1,6 +1,6 @@
 //! Blob ownership (which tenant holds which bytes) and registered workers.
 
-use rusqlite::{OptionalExtension, params};
+use super::db::params;
 
 use super::{Store, StoreResult, now_ms};
 use crate::model::HashHex;
@@ -12,24 +12,29 @@ impl Store {
         let hex = hash.to_string();
         let conn = self.conn();
         let held = conn
-            .prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1 LIMIT 1")?
-            .query_row(params![hex], |_| Ok(()))
-            .optional()?
+            .query_opt(
+                "SELECT 1 FROM blobs WHERE hash = ?1 LIMIT 1",
+                params![hex],
+                |_| Ok(()),
+            )?
             .is_some();
         let checkpoint = conn
-            .prepare_cached("SELECT 1 FROM jobs WHERE checkpoint = ?1 LIMIT 1")?
-            .query_row(params![hex], |_| Ok(()))
-            .optional()?
+            .query_opt(
+                "SELECT 1 FROM jobs WHERE checkpoint = ?1 LIMIT 1",
+                params![hex],
+                |_| Ok(()),
+            )?
             .is_some();
         Ok(!held && !checkpoint)
     }
 
     /// Bytes of the blobs `tenant` holds.
     pub(super) fn held_bytes(&self, tenant: &str) -> StoreResult<u64> {
-        let bytes: i64 = self
-            .conn()
-            .prepare_cached("SELECT COALESCE(MAX(bytes), 0) FROM held_bytes WHERE tenant = ?1")?
-            .query_row(params![tenant], |row| row.get(0))?;
+        let bytes: i64 = self.conn().query_one(
+            "SELECT COALESCE(MAX(bytes), 0) FROM held_bytes WHERE tenant = ?1",
+            params![tenant],
+            |row| row.get(0),
+        )?;
         Ok(bytes.max(0) as u64)
     }
 
@@ -40,9 +45,11 @@ impl Store {
         }
         Ok(self
             .conn()
-            .prepare_cached("SELECT 1 FROM blobs WHERE tenant = ?1 AND hash = ?2")?
-            .query_row(params![tenant, hash.to_string()], |_| Ok(()))
-            .optional()
+            .query_opt(
+                "SELECT 1 FROM blobs WHERE tenant = ?1 AND hash = ?2",
+                params![tenant, hash.to_string()],
+                |_| Ok(()),
+            )
             .map(|found| found.is_some())?)
     }
 
@@ -54,13 +61,11 @@ impl Store {
         }
         let conn = self.conn();
         let (hex, now) = (hash.to_string(), now_ms());
-        let inserted = conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO blobs (tenant, hash, size, touched_ms) \
+        let inserted = conn.execute(
+            "INSERT OR IGNORE INTO blobs (tenant, hash, size, touched_ms) \
                  VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![tenant, hex, size as i64, now])?
-            == 1;
+            params![tenant, hex, size as i64, now],
+        )? == 1;
         if !inserted {
             super::gc::touch(&conn, tenant, &hex, now)?;
         }
@@ -69,11 +74,11 @@ impl Store {
 
     /// A worker's descriptor JSON.
     pub(super) fn worker(&self, tenant: &str, id: &HashHex) -> StoreResult<Option<String>> {
-        Ok(self
-            .conn()
-            .prepare_cached("SELECT descriptor FROM workers WHERE tenant = ?1 AND id = ?2")?
-            .query_row(params![tenant, id.to_string()], |row| row.get(0))
-            .optional()?)
+        Ok(self.conn().query_opt(
+            "SELECT descriptor FROM workers WHERE tenant = ?1 AND id = ?2",
+            params![tenant, id.to_string()],
+            |row| row.get(0),
+        )?)
     }
 
     /// Registers a worker; true when it is new for this tenant.
@@ -87,18 +92,11 @@ impl Store {
     ) -> StoreResult<bool> {
         Ok(self
             .conn()
-            .prepare_cached(
+            .execute(
                 "INSERT OR IGNORE INTO workers (tenant, id, name, version, descriptor, created_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                tenant,
-                id.to_string(),
-                name,
-                version,
-                descriptor,
-                now_ms()
-            ])
+                params![tenant, id.to_string(), name, version, descriptor, now_ms()],
+            )
             .map(|n| n == 1)?)
     }
 
@@ -108,12 +106,11 @@ impl Store {
         tenant: &str,
     ) -> StoreResult<Vec<(String, String, Option<String>)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let rows = conn.query_map(
             "SELECT id, name, version FROM workers WHERE tenant = ?1 ORDER BY created_ms, id",
+            params![tenant],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )?;
-        let rows = stmt.query_map(params![tenant], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows)
     }
 }

@@ -7,21 +7,18 @@
 //! deleting only rows still stale at the moment of deletion never takes one a
 //! concurrent request is about to use.
 
-use rusqlite::{OptionalExtension, params};
+use super::db::{Db, DbResult, params};
 
 use super::{Store, StoreResult, parse_hash};
 use crate::model::HashHex;
 
 /// Marks `tenant`'s hold on the blob `hex` as used at `now_ms`.
-pub(super) fn touch(
-    conn: &rusqlite::Connection,
-    tenant: &str,
-    hex: &str,
-    now_ms: i64,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE blobs SET touched_ms = ?3 WHERE tenant = ?1 AND hash = ?2")?
-        .execute(params![tenant, hex, now_ms])
-        .map(|_| ())
+pub(super) fn touch(conn: &Db, tenant: &str, hex: &str, now_ms: i64) -> DbResult<()> {
+    conn.execute(
+        "UPDATE blobs SET touched_ms = ?3 WHERE tenant = ?1 AND hash = ?2",
+        params![tenant, hex, now_ms],
+    )
+    .map(|_| ())
 }
 
 /// One page of the texts that may name blobs: (tenant, text).
@@ -31,24 +28,27 @@ impl Store {
     /// Ownership rows untouched since `before_ms`: (tenant, hash, size).
     pub(super) fn stale_blobs(&self, before_ms: i64) -> StoreResult<Vec<(String, HashHex, u64)>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT tenant, hash, size FROM blobs WHERE touched_ms < ?1")?;
-        let rows = stmt.query_map(params![before_ms], |row| {
-            Ok((
-                row.get(0)?,
-                parse_hash(row.get(1)?)?,
-                row.get::<_, i64>(2)?.max(0) as u64,
-            ))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = conn.query_map(
+            "SELECT tenant, hash, size FROM blobs WHERE touched_ms < ?1",
+            params![before_ms],
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    parse_hash(row.get(1)?)?,
+                    row.get::<i64>(2)?.max(0) as u64,
+                ))
+            },
+        )?;
+        Ok(rows)
     }
 
     /// Every registered worker's descriptor: (tenant, descriptor JSON).
     pub(super) fn worker_texts(&self) -> StoreResult<ReferencePage> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT tenant, descriptor FROM workers")?;
-        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = conn.query_map("SELECT tenant, descriptor FROM workers", params![], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+        Ok(rows)
     }
 
     /// Up to `limit` unretired jobs after LSN `after`, each as (tenant, its action,
@@ -60,18 +60,16 @@ impl Store {
         limit: usize,
     ) -> StoreResult<(ReferencePage, Option<u64>)> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let mut last = None;
+        let rows = conn.query_map(
             "SELECT lsn, tenant, descriptor || ' ' || COALESCE(result, '') || ' ' || \
              COALESCE(checkpoint, '') FROM jobs WHERE retired = 0 AND lsn > ?1 \
              ORDER BY lsn LIMIT ?2",
+            params![after as i64, limit as i64],
+            |row| Ok((row.get::<i64>(0)?, row.get(1)?, row.get(2)?)),
         )?;
-        let mut last = None;
-        let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?))
-        })?;
         let mut page = Vec::new();
-        for row in rows {
-            let (lsn, tenant, text) = row?;
+        for (lsn, tenant, text) in rows {
             last = Some(lsn as u64);
             page.push((tenant, text));
         }
@@ -89,19 +87,22 @@ impl Store {
     ) -> StoreResult<bool> {
         Ok(self
             .conn()
-            .prepare_cached(
+            .execute(
                 "DELETE FROM blobs WHERE tenant = ?1 AND hash = ?2 AND touched_ms < ?3",
-            )?
-            .execute(params![tenant, hash.to_string(), before_ms])
+                params![tenant, hash.to_string(), before_ms],
+            )
             .map(|n| n == 1)?)
     }
 
     /// Tenants holding the blob.
     pub(super) fn holders(&self, hash: &HashHex) -> StoreResult<Vec<String>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT tenant FROM blobs WHERE hash = ?1")?;
-        let rows = stmt.query_map(params![hash.to_string()], |row| row.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = conn.query_map(
+            "SELECT tenant FROM blobs WHERE hash = ?1",
+            params![hash.to_string()],
+            |row| row.get(0),
+        )?;
+        Ok(rows)
     }
 
     /// Whether `tenant` holds the blob, touching its row (`touched_ms = now_ms`) when
@@ -118,10 +119,11 @@ impl Store {
         }
         let conn = self.conn();
         let hex = hash.to_string();
-        let touched: Option<i64> = conn
-            .prepare_cached("SELECT touched_ms FROM blobs WHERE tenant = ?1 AND hash = ?2")?
-            .query_row(params![tenant, hex], |row| row.get(0))
-            .optional()?;
+        let touched: Option<i64> = conn.query_opt(
+            "SELECT touched_ms FROM blobs WHERE tenant = ?1 AND hash = ?2",
+            params![tenant, hex],
+            |row| row.get(0),
+        )?;
         match touched {
             None => Ok(false),
             Some(at) if at < refresh_before_ms => {

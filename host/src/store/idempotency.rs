@@ -1,6 +1,6 @@
 //! Idempotency keys: a keyed POST's fingerprint and its stored response.
 
-use rusqlite::{OptionalExtension, params};
+use super::db::params;
 
 use super::{Store, StoreResult, now_ms};
 
@@ -36,12 +36,11 @@ impl Store {
     ) -> StoreResult<IdempotencyBegin> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let found: Option<StoredKey> = tx
-            .prepare_cached(
-                "SELECT fingerprint, status, content_type, body, created_ms FROM idempotency \
+        let found: Option<StoredKey> = tx.query_opt(
+            "SELECT fingerprint, status, content_type, body, created_ms FROM idempotency \
                  WHERE tenant = ?1 AND key = ?2",
-            )?
-            .query_row(params![tenant, key], |row| {
+            params![tenant, key],
+            |row| {
                 Ok((
                     row.get(0)?,
                     row.get(1)?,
@@ -49,8 +48,8 @@ impl Store {
                     row.get(3)?,
                     row.get(4)?,
                 ))
-            })
-            .optional()?;
+            },
+        )?;
         let answer = match found {
             Some((stored, _, _, _, _)) if stored != fingerprint => IdempotencyBegin::Mismatch,
             Some((_, Some(status), content_type, body, _)) => {
@@ -60,12 +59,9 @@ impl Store {
                 IdempotencyBegin::InFlight
             }
             _ => {
-                tx.prepare_cached(
-                    "INSERT INTO idempotency (tenant, key, fingerprint, created_ms) VALUES (?1, ?2, ?3, ?4) \
+                tx.execute("INSERT INTO idempotency (tenant, key, fingerprint, created_ms) VALUES (?1, ?2, ?3, ?4) \
                      ON CONFLICT (tenant, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
-                     status = NULL, content_type = NULL, body = NULL, created_ms = excluded.created_ms",
-                )?
-                .execute(params![tenant, key, fingerprint, now_ms()])?;
+                     status = NULL, content_type = NULL, body = NULL, created_ms = excluded.created_ms", params![tenant, key, fingerprint, now_ms()])?;
                 IdempotencyBegin::New
             }
         };
@@ -82,32 +78,30 @@ impl Store {
         content_type: Option<&str>,
         body: &[u8],
     ) -> StoreResult<()> {
-        self.conn()
-            .prepare_cached(
-                "UPDATE idempotency SET status = ?3, content_type = ?4, body = ?5 \
+        self.conn().execute(
+            "UPDATE idempotency SET status = ?3, content_type = ?4, body = ?5 \
                  WHERE tenant = ?1 AND key = ?2",
-            )?
-            .execute(params![tenant, key, status, content_type, body])?;
+            params![tenant, key, status, content_type, body],
+        )?;
         Ok(())
     }
 
     /// Releases a key whose first request did not complete (a 5xx, or the client
     /// went away), so a retry runs again.
     pub(super) fn idempotency_forget(&self, tenant: &str, key: &str) -> StoreResult<()> {
-        self.conn()
-            .prepare_cached(
-                "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND status IS NULL",
-            )?
-            .execute(params![tenant, key])?;
+        self.conn().execute(
+            "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND status IS NULL",
+            params![tenant, key],
+        )?;
         Ok(())
     }
 
     /// Forgets keys first used before `before_ms`; returns how many.
     pub fn idempotency_expire(&self, before_ms: i64) -> StoreResult<usize> {
-        Ok(self
-            .conn()
-            .prepare_cached("DELETE FROM idempotency WHERE created_ms < ?1")?
-            .execute(params![before_ms])?)
+        Ok(self.conn().execute(
+            "DELETE FROM idempotency WHERE created_ms < ?1",
+            params![before_ms],
+        )?)
     }
 }
 

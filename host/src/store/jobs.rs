@@ -1,6 +1,6 @@
 //! Jobs: submitted in batches, leased, settled under a fence, requeued, cancelled.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::db::{Db, DbResult, Row, params};
 
 use super::{Store, StoreResult, attempts, now_ms, parse_hash};
 use crate::model::{Deadlines, HashHex, JobResult, JobState};
@@ -74,27 +74,22 @@ pub struct NewJob<'a> {
 }
 
 /// Adds a finished job's usage to the ledger (in the transaction of its result).
-fn record_usage(
-    tx: &Connection,
-    result: &JobResult,
-    tenant: &str,
-    queue_id: Option<i64>,
-) -> rusqlite::Result<()> {
+fn record_usage(tx: &Db, result: &JobResult, tenant: &str, queue_id: Option<i64>) -> DbResult<()> {
     let usage = &result.usage;
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO usage (lsn, tenant, worker, queue_id, finished_ms, fuel, wall_ms, \
          memory_byte_seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        result.lsn as i64,
-        tenant,
-        result.worker.to_string(),
-        queue_id,
-        now_ms(),
-        usage.fuel as i64,
-        usage.wall_ms as i64,
-        usage.memory_byte_seconds.min(i64::MAX as u64) as i64,
-    ])?;
+        params![
+            result.lsn as i64,
+            tenant,
+            result.worker.to_string(),
+            queue_id,
+            now_ms(),
+            usage.fuel as i64,
+            usage.wall_ms as i64,
+            usage.memory_byte_seconds.min(i64::MAX as u64) as i64,
+        ],
+    )?;
     Ok(())
 }
 
@@ -132,12 +127,12 @@ const JOB_COLUMNS: &str = "lsn, tenant, queue_id, action, worker, descriptor, pr
                            max_retries, retry_guest_failures, result, lease_node, checkpoint, \
                            created_ms, finished_ms, start_by_ms, finish_by_ms";
 
-fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+fn job_row(row: &Row<'_>) -> DbResult<JobRow> {
     let result: Option<String> = row.get(11)?;
     Ok(JobRow {
-        lsn: row.get::<_, i64>(0)? as u64,
+        lsn: row.get::<i64>(0)? as u64,
         tenant: row.get(1)?,
-        queue_id: row.get::<_, Option<i64>>(2)?.map(|q| q as u64),
+        queue_id: row.get::<Option<i64>>(2)?.map(|q| q as u64),
         action: parse_hash(row.get(3)?)?,
         worker: parse_hash(row.get(4)?)?,
         descriptor: row.get(5)?,
@@ -148,10 +143,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         retry_guest_failures: row.get(10)?,
         result: result.and_then(|r| serde_json::from_str(&r).ok()),
         lease_node: row.get(12)?,
-        checkpoint: row
-            .get::<_, Option<String>>(13)?
-            .map(parse_hash)
-            .transpose()?,
+        checkpoint: row.get::<Option<String>>(13)?.map(parse_hash).transpose()?,
         after: Vec::new(),
         created_ms: row.get(14)?,
         finished_ms: row.get(15)?,
@@ -160,23 +152,23 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     })
 }
 
-fn deps(conn: &Connection, lsn: u64) -> rusqlite::Result<Vec<u64>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT after FROM job_deps WHERE lsn = ?1 ORDER BY after")?;
-    let rows = stmt.query_map(params![lsn as i64], |row| row.get::<_, i64>(0))?;
-    rows.map(|r| r.map(|l| l as u64)).collect()
+fn deps(conn: &Db, lsn: u64) -> DbResult<Vec<u64>> {
+    let rows = conn.query_map(
+        "SELECT after FROM job_deps WHERE lsn = ?1 ORDER BY after",
+        params![lsn as i64],
+        |row| row.get::<i64>(0),
+    )?;
+    Ok(rows.into_iter().map(|l| l as u64).collect())
 }
 
 impl Store {
     /// Retires finished results that finished before `before_ms`.
     pub(super) fn retire_finished(&self, before_ms: i64) -> StoreResult<usize> {
-        Ok(self
-            .conn()
-            .prepare_cached(
-                "UPDATE jobs SET retired = 1 WHERE retired = 0 AND finished_ms IS NOT NULL \
+        Ok(self.conn().execute(
+            "UPDATE jobs SET retired = 1 WHERE retired = 0 AND finished_ms IS NOT NULL \
                  AND finished_ms < ?1",
-            )?
-            .execute(params![before_ms])?)
+            params![before_ms],
+        )?)
     }
 
     /// Inserts jobs in one transaction, each queued or already finished (a cached
@@ -185,22 +177,15 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut lsns = Vec::with_capacity(jobs.len());
-        {
-            let mut insert = tx.prepare_cached(
+        // One instant for the batch: its submission time, from which deadlines count.
+        let now = now_ms();
+        for (job, cached) in jobs {
+            let (start_by_ms, finish_by_ms) = job.deadlines.from(now);
+            let lsn: i64 = tx.query_one(
                 "INSERT INTO jobs (tenant, queue_id, action, worker, descriptor, priority, state, \
                  max_retries, retry_guest_failures, created_ms, start_by_ms, finish_by_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            let mut finish = tx.prepare_cached(
-                "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4 WHERE lsn = ?1",
-            )?;
-            let mut dep =
-                tx.prepare_cached("INSERT OR IGNORE INTO job_deps (lsn, after) VALUES (?1, ?2)")?;
-            // One instant for the batch: its submission time, from which deadlines count.
-            let now = now_ms();
-            for (job, cached) in jobs {
-                let (start_by_ms, finish_by_ms) = job.deadlines.from(now);
-                insert.execute(params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?10, ?11) RETURNING lsn",
+                params![
                     job.tenant,
                     job.queue_id.map(|q| q as i64),
                     job.action.to_string(),
@@ -212,25 +197,33 @@ impl Store {
                     now,
                     start_by_ms,
                     finish_by_ms,
-                ])?;
-                let lsn = tx.last_insert_rowid() as u64;
-                for after in job.after {
-                    dep.execute(params![lsn as i64, *after as i64])?;
-                }
-                if let Some(result) = cached {
-                    let mut result = result.clone();
-                    result.lsn = lsn;
-                    let json = serde_json::to_string(&result).expect("results serialize");
-                    finish.execute(params![lsn as i64, result.state, json, now_ms()])?;
-                }
-                lsns.push(lsn);
+                ],
+                |row| row.get(0),
+            )?;
+            for after in job.after {
+                tx.execute(
+                    "INSERT OR IGNORE INTO job_deps (lsn, after) VALUES (?1, ?2)",
+                    params![lsn, *after as i64],
+                )?;
             }
+            if let Some(result) = cached {
+                let mut result = result.clone();
+                result.lsn = lsn as u64;
+                let json = serde_json::to_string(&result).expect("results serialize");
+                tx.execute(
+                    "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4 WHERE lsn = ?1",
+                    params![lsn, result.state, json, now_ms()],
+                )?;
+            }
+            lsns.push(lsn as u64);
         }
         if let Some((job, _)) = jobs.first()
             && let Some(queue) = job.queue_id
         {
-            tx.prepare_cached("UPDATE queues SET touched_ms = ?2 WHERE id = ?1")?
-                .execute(params![queue as i64, now_ms()])?;
+            tx.execute(
+                "UPDATE queues SET touched_ms = ?2 WHERE id = ?1",
+                params![queue as i64, now_ms()],
+            )?;
         }
         tx.commit()?;
         Ok(lsns)
@@ -241,12 +234,11 @@ impl Store {
         let conn = self.conn();
         // Cached: parsing this statement on every call was a tenth of a coordinator's
         // time under load.
-        let job = conn
-            .prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1 AND tenant = ?2"
-            ))?
-            .query_row(params![lsn as i64, tenant], job_row)
-            .optional()?;
+        let job = conn.query_opt(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1 AND tenant = ?2"),
+            params![lsn as i64, tenant],
+            job_row,
+        )?;
         let Some(mut job) = job else { return Ok(None) };
         job.after = deps(&conn, lsn)?;
         Ok(Some(job))
@@ -256,10 +248,11 @@ impl Store {
     /// tenant with [`Db::job`]).
     pub(super) fn job_by_lsn(&self, lsn: u64) -> StoreResult<Option<JobRow>> {
         let conn = self.conn();
-        let job = conn
-            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1"))?
-            .query_row(params![lsn as i64], job_row)
-            .optional()?;
+        let job = conn.query_opt(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE lsn = ?1"),
+            params![lsn as i64],
+            job_row,
+        )?;
         let Some(mut job) = job else { return Ok(None) };
         job.after = deps(&conn, lsn)?;
         Ok(Some(job))
@@ -271,14 +264,12 @@ impl Store {
         tenant: &str,
         action: &HashHex,
     ) -> StoreResult<Option<JobResult>> {
-        let result: Option<String> = self
-            .conn()
-            .prepare_cached(
-                "SELECT result FROM jobs WHERE tenant = ?1 AND action = ?2 AND state = 'succeeded' \
+        let result: Option<String> = self.conn().query_opt(
+            "SELECT result FROM jobs WHERE tenant = ?1 AND action = ?2 AND state = 'succeeded' \
                  ORDER BY lsn DESC LIMIT 1",
-            )?
-            .query_row(params![tenant, action.to_string()], |row| row.get(0))
-            .optional()?;
+            params![tenant, action.to_string()],
+            |row| row.get(0),
+        )?;
         Ok(result.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
@@ -287,12 +278,12 @@ impl Store {
     pub fn start_job(&self, lsn: u64, node: &str) -> StoreResult<u32> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let attempt = tx
-            .prepare_cached(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1 WHERE lsn = ?1 \
+        let attempt = tx.query_one(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1 WHERE lsn = ?1 \
                  RETURNING attempts",
-            )?
-            .query_row(params![lsn as i64], |row| row.get(0))?;
+            params![lsn as i64],
+            |row| row.get(0),
+        )?;
         attempts::open(&tx, lsn, attempt, node)?;
         tx.commit()?;
         Ok(attempt)
@@ -305,16 +296,15 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut attempts = Vec::with_capacity(leases.len());
-        {
-            let mut stmt = tx.prepare_cached(
+        for (lsn, node) in leases {
+            let attempt = tx.query_one(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_node = ?2 \
                  WHERE lsn = ?1 RETURNING attempts",
+                params![*lsn as i64, node],
+                |row| row.get(0),
             )?;
-            for (lsn, node) in leases {
-                let attempt = stmt.query_row(params![*lsn as i64, node], |row| row.get(0))?;
-                attempts::open(&tx, *lsn, attempt, node)?;
-                attempts.push(attempt);
-            }
+            attempts::open(&tx, *lsn, attempt, node)?;
+            attempts.push(attempt);
         }
         tx.commit()?;
         Ok(attempts)
@@ -325,12 +315,11 @@ impl Store {
     pub fn unlease_job(&self, lsn: u64, attempt: u32) -> StoreResult<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let changed = tx
-            .prepare_cached(
-                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_node = NULL \
+        let changed = tx.execute(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_node = NULL \
                  WHERE lsn = ?1 AND state = 'running' AND attempts = ?2",
-            )?
-            .execute(params![lsn as i64, attempt])?;
+            params![lsn as i64, attempt],
+        )?;
         if changed == 1 {
             attempts::forget(&tx, lsn, attempt)?;
         }
@@ -341,9 +330,10 @@ impl Store {
     /// Records that a cancel was asked for while the job runs (or is being placed),
     /// so no later attempt of it starts.
     pub fn request_cancel(&self, lsn: u64) -> StoreResult<()> {
-        self.conn()
-            .prepare_cached("UPDATE jobs SET cancel_requested = '1' WHERE lsn = ?1")?
-            .execute(params![lsn as i64])?;
+        self.conn().execute(
+            "UPDATE jobs SET cancel_requested = '1' WHERE lsn = ?1",
+            params![lsn as i64],
+        )?;
         Ok(())
     }
 
@@ -351,9 +341,11 @@ impl Store {
     pub fn cancel_requested(&self, lsn: u64) -> StoreResult<bool> {
         Ok(self
             .conn()
-            .prepare_cached("SELECT cancel_requested IS NOT NULL FROM jobs WHERE lsn = ?1")?
-            .query_row(params![lsn as i64], |row| row.get(0))
-            .optional()
+            .query_opt(
+                "SELECT cancel_requested IS NOT NULL FROM jobs WHERE lsn = ?1",
+                params![lsn as i64],
+                |row| row.get(0),
+            )
             .map(|found| found.unwrap_or(false))?)
     }
 
@@ -368,15 +360,12 @@ impl Store {
             let attempt = fence.attempt();
             written.push(match settle {
                 Settle::Finish(result) => {
-                    let found: Option<(Option<String>, String, Option<i64>)> = tx
-                        .prepare_cached(
-                            "SELECT checkpoint, tenant, queue_id FROM jobs WHERE lsn = ?1 \
-                             AND (?2 IS NULL OR (state = 'running' AND attempts = ?2))",
-                        )?
-                        .query_row(params![result.lsn as i64, attempt], |row| {
-                            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                        })
-                        .optional()?;
+                    let found: Option<(Option<String>, String, Option<i64>)> = tx.query_opt(
+                        "SELECT checkpoint, tenant, queue_id FROM jobs WHERE lsn = ?1 \
+                             AND (CAST(?2 AS BIGINT) IS NULL OR (state = 'running' AND attempts = ?2))",
+                        params![result.lsn as i64, attempt],
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    )?;
                     match found {
                         None => false,
                         Some((old, tenant, queue_id)) => {
@@ -386,30 +375,23 @@ impl Store {
                             // A finished job resumes from nothing: its checkpoint goes.
                             garbage.extend(old.and_then(|h| h.parse::<HashHex>().ok()));
                             let json = serde_json::to_string(result).expect("results serialize");
-                            tx.prepare_cached(
+                            tx.execute(
                                 "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4, \
                                  lease_node = NULL, checkpoint = NULL WHERE lsn = ?1",
-                            )?
-                            .execute(params![
-                                result.lsn as i64,
-                                result.state,
-                                json,
-                                now_ms()
-                            ])?;
+                                params![result.lsn as i64, result.state, json, now_ms()],
+                            )?;
                             attempts::close(&tx, result, false)?;
                             true
                         }
                     }
                 }
                 Settle::Requeue(result) => {
-                    let requeued = tx
-                        .prepare_cached(
-                            "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, \
+                    let requeued = tx.execute(
+                        "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, \
                              retired = 0, lease_node = NULL WHERE lsn = ?1 \
-                             AND (?2 IS NULL OR (state = 'running' AND attempts = ?2))",
-                        )?
-                        .execute(params![result.lsn as i64, attempt])?
-                        == 1;
+                             AND (CAST(?2 AS BIGINT) IS NULL OR (state = 'running' AND attempts = ?2))",
+                        params![result.lsn as i64, attempt],
+                    )? == 1;
                     if requeued {
                         attempts::close(&tx, result, true)?;
                     }
@@ -433,18 +415,19 @@ impl Store {
     /// job runs that attempt. False when nothing was written.
     pub fn save_checkpoint(&self, lsn: u64, hash: &HashHex, fence: Fence) -> StoreResult<bool> {
         let conn = self.conn();
-        let old: Option<Option<String>> = conn
-            .prepare_cached(
-                "SELECT checkpoint FROM jobs WHERE lsn = ?1 AND state = 'running' \
-                 AND (?2 IS NULL OR attempts = ?2)",
-            )?
-            .query_row(params![lsn as i64, fence.attempt()], |row| row.get(0))
-            .optional()?;
+        let old: Option<Option<String>> = conn.query_opt(
+            "SELECT checkpoint FROM jobs WHERE lsn = ?1 AND state = 'running' \
+                 AND (CAST(?2 AS BIGINT) IS NULL OR attempts = ?2)",
+            params![lsn as i64, fence.attempt()],
+            |row| row.get(0),
+        )?;
         let Some(old) = old else {
             return Ok(false);
         };
-        conn.prepare_cached("UPDATE jobs SET checkpoint = ?2 WHERE lsn = ?1")?
-            .execute(params![lsn as i64, hash.to_string()])?;
+        conn.execute(
+            "UPDATE jobs SET checkpoint = ?2 WHERE lsn = ?1",
+            params![lsn as i64, hash.to_string()],
+        )?;
         // Only the latest checkpoint is kept: the one it replaces is garbage.
         if let Some(old) = old.and_then(|h| h.parse::<HashHex>().ok())
             && old != *hash
@@ -457,9 +440,10 @@ impl Store {
     /// Records a job's descriptor with its output references substituted, and the
     /// action id that descriptor has.
     pub fn resolve_job(&self, lsn: u64, descriptor: &str, action: &HashHex) -> StoreResult<()> {
-        self.conn()
-            .prepare_cached("UPDATE jobs SET descriptor = ?2, action = ?3 WHERE lsn = ?1")?
-            .execute(params![lsn as i64, descriptor, action.to_string()])?;
+        self.conn().execute(
+            "UPDATE jobs SET descriptor = ?2, action = ?3 WHERE lsn = ?1",
+            params![lsn as i64, descriptor, action.to_string()],
+        )?;
         Ok(())
     }
 
@@ -469,11 +453,11 @@ impl Store {
     pub fn requeue_job(&self, lsn: u64) -> StoreResult<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.prepare_cached(
+        tx.execute(
             "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, retired = 0, \
              cancel_requested = NULL WHERE lsn = ?1",
-        )?
-        .execute(params![lsn as i64])?;
+            params![lsn as i64],
+        )?;
         attempts::close_open(
             &tx,
             lsn,
@@ -488,9 +472,10 @@ impl Store {
 
     /// Changes a job's priority.
     pub fn set_priority(&self, lsn: u64, priority: i64) -> StoreResult<()> {
-        self.conn()
-            .prepare_cached("UPDATE jobs SET priority = ?2 WHERE lsn = ?1")?
-            .execute(params![lsn as i64, priority])?;
+        self.conn().execute(
+            "UPDATE jobs SET priority = ?2 WHERE lsn = ?1",
+            params![lsn as i64, priority],
+        )?;
         Ok(())
     }
 
@@ -498,10 +483,13 @@ impl Store {
     /// a restart).
     pub(super) fn pending_jobs(&self) -> StoreResult<Vec<JobRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY lsn"
-        ))?;
-        let mut jobs: Vec<JobRow> = stmt.query_map([], job_row)?.collect::<Result<_, _>>()?;
+        let mut jobs: Vec<JobRow> = conn.query_map(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY lsn"
+            ),
+            params![],
+            job_row,
+        )?;
         for job in &mut jobs {
             job.after = deps(&conn, job.lsn)?;
         }
@@ -511,35 +499,33 @@ impl Store {
     /// Finished, unretired jobs of the tenant (optionally of one queue), by LSN.
     pub(super) fn completed(&self, tenant: &str, queue: Option<u64>) -> StoreResult<Vec<u64>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT lsn FROM jobs WHERE tenant = ?1 AND retired = 0 \
-             AND state IN ('succeeded', 'failed', 'cancelled') AND (?2 IS NULL OR queue_id = ?2) ORDER BY lsn",
-        )?;
-        let rows = stmt.query_map(params![tenant, queue.map(|q| q as i64)], |row| {
-            row.get::<_, i64>(0)
+        let rows = conn.query_map("SELECT lsn FROM jobs WHERE tenant = ?1 AND retired = 0 \
+             AND state IN ('succeeded', 'failed', 'cancelled') AND (CAST(?2 AS BIGINT) IS NULL OR queue_id = ?2) ORDER BY lsn", params![tenant, queue.map(|q| q as i64)], |row| {
+            row.get::<i64>(0)
         })?;
-        Ok(rows
-            .map(|r| r.map(|l| l as u64))
-            .collect::<rusqlite::Result<_>>()?)
+        Ok(rows.into_iter().map(|l| l as u64).collect())
     }
 
     /// Retires a finished job from the completed list; false when it is not finished.
     pub(super) fn retire(&self, tenant: &str, lsn: u64) -> StoreResult<bool> {
         Ok(self
             .conn()
-            .prepare_cached(
+            .execute(
                 "UPDATE jobs SET retired = 1 WHERE lsn = ?1 AND tenant = ?2 \
                  AND state IN ('succeeded', 'failed', 'cancelled')",
-            )?
-            .execute(params![lsn as i64, tenant])
+                params![lsn as i64, tenant],
+            )
             .map(|n| n == 1)?)
     }
 
     /// Counts of all jobs by state (for metrics).
     pub(super) fn job_counts(&self) -> StoreResult<Vec<(JobState, u64)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = conn.query_map(
+            "SELECT state, COUNT(*) FROM jobs GROUP BY state",
+            params![],
+            |row| Ok((row.get(0)?, row.get::<i64>(1)? as u64)),
+        )?;
+        Ok(rows)
     }
 }

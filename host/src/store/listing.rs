@@ -7,8 +7,7 @@
 //! in that window, `next` points below the window, so the caller can go on looking
 //! (a page may then be short, even empty, with more to come).
 
-use rusqlite::params_from_iter;
-use rusqlite::types::Value as Sql;
+use super::db::{DbResult, Row, Value as Sql, bind};
 use serde::Serialize;
 
 use super::{Store, StoreResult};
@@ -90,11 +89,11 @@ const SUMMARY: &str = "lsn, tenant, queue_id, action, worker, state, priority, a
      created_ms, finished_ms, COALESCE(json_extract(result, '$.node'), lease_node), \
      json_extract(result, '$.outcome'), json_extract(result, '$.placement')";
 
-fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobSummary> {
+fn summary(row: &Row<'_>) -> DbResult<JobSummary> {
     Ok(JobSummary {
-        lsn: row.get::<_, i64>(0)? as u64,
+        lsn: row.get::<i64>(0)? as u64,
         tenant: row.get(1)?,
-        queue_id: row.get::<_, Option<i64>>(2)?.map(|q| q as u64),
+        queue_id: row.get::<Option<i64>>(2)?.map(|q| q as u64),
         action: row.get(3)?,
         worker: row.get(4)?,
         state: row.get(5)?,
@@ -105,8 +104,8 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobSummary> {
         node: row.get(10)?,
         outcome: row.get(11)?,
         placement: row
-            .get::<_, Option<String>>(12)?
-            .and_then(|text| serde_json::from_str(&text).ok()),
+            .get::<Option<String>>(12)?
+            .and_then(|text: String| serde_json::from_str(&text).ok()),
     })
 }
 
@@ -136,7 +135,7 @@ impl Store {
         let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
         // The jobs below the cursor, newest first: a range of `jobs_by_tenant` (or of
         // the primary key).
-        let mut args: Vec<Sql> = vec![Sql::Integer(before)];
+        let mut args: Vec<Sql> = vec![Sql::Int(before)];
         let mut scope = String::from("lsn < ?1");
         if let Some(tenant) = tenant {
             scope.push_str(" AND tenant = ?2");
@@ -149,21 +148,21 @@ impl Store {
         // soon as a page matched.
         let mut window = None;
         if !filter.is_empty() {
-            let (looked, floor): (i64, Option<i64>) = conn
-                .prepare_cached(&format!(
+            let (looked, floor): (i64, Option<i64>) = conn.query_one(
+                &format!(
                     "SELECT COUNT(*), MIN(lsn) FROM \
-                     (SELECT lsn FROM jobs WHERE {scope} ORDER BY lsn DESC LIMIT {scan})"
-                ))?
-                .query_row(params_from_iter(&args), |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?;
+                     (SELECT lsn FROM jobs WHERE {scope} ORDER BY lsn DESC LIMIT {scan}) AS window_jobs"
+                ),
+                &bind(&args),
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
             let Some(floor) = floor else {
                 return Ok(JobPage {
                     jobs: Vec::new(),
                     next: None,
                 });
             };
-            args.push(Sql::Integer(floor));
+            args.push(Sql::Int(floor));
             sql.push_str(&format!(" AND lsn >= ?{}", args.len()));
             window = Some((looked as usize, floor as u64));
         }
@@ -175,7 +174,7 @@ impl Store {
             push("state =", Sql::Text(state.as_str().into()));
         }
         if let Some(queue) = filter.queue {
-            push("queue_id =", Sql::Integer(queue as i64));
+            push("queue_id =", Sql::Int(queue as i64));
         }
         if let Some(worker) = &filter.worker {
             push("worker =", Sql::Text(worker.to_string()));
@@ -193,10 +192,7 @@ impl Store {
             );
         }
         sql.push_str(&format!(" ORDER BY lsn DESC LIMIT {limit}"));
-        let jobs = conn
-            .prepare_cached(&sql)?
-            .query_map(params_from_iter(&args), summary)?
-            .collect::<Result<Vec<_>, _>>()?;
+        let jobs = conn.query_map(&sql, &bind(&args), summary)?;
         let next = if jobs.len() == limit {
             jobs.last().map(|j| j.lsn)
         } else {
@@ -239,7 +235,7 @@ impl Store {
     ) -> StoreResult<(Vec<QueueSummary>, Option<u64>)> {
         let limit = limit.clamp(1, MAX_PAGE);
         let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
-        let mut args = vec![Sql::Integer(before)];
+        let mut args = vec![Sql::Int(before)];
         let mut sql = String::from(
             "SELECT q.id, q.tenant, q.name, q.state, q.priority, q.created_ms, \
              (SELECT j.created_ms FROM jobs j WHERE j.queue_id = q.id AND j.state = 'queued' \
@@ -251,21 +247,17 @@ impl Store {
             args.push(Sql::Text(tenant.to_string()));
         }
         sql.push_str(&format!(" ORDER BY q.id DESC LIMIT {limit}"));
-        let queues = self
-            .conn()
-            .prepare_cached(&sql)?
-            .query_map(params_from_iter(&args), |row| {
-                Ok(QueueSummary {
-                    queue_id: row.get::<_, i64>(0)? as u64,
-                    tenant: row.get(1)?,
-                    name: row.get(2)?,
-                    state: row.get(3)?,
-                    priority: row.get(4)?,
-                    created_ms: row.get(5)?,
-                    oldest_queued_ms: row.get(6)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        let queues = self.conn().query_map(&sql, &bind(&args), |row| {
+            Ok(QueueSummary {
+                queue_id: row.get::<i64>(0)? as u64,
+                tenant: row.get(1)?,
+                name: row.get(2)?,
+                state: row.get(3)?,
+                priority: row.get(4)?,
+                created_ms: row.get(5)?,
+                oldest_queued_ms: row.get(6)?,
+            })
+        })?;
         let next = (queues.len() == limit)
             .then(|| queues.last().map(|q| q.queue_id))
             .flatten();
@@ -387,9 +379,13 @@ mod tests {
         let store = Store::open(&dir.path().join("db")).unwrap();
         let conn = store.conn();
         let plan = |sql: &str| -> String {
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let rows = stmt.query_map([], |row| row.get::<_, String>(3)).unwrap();
-            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+            conn.query_map(
+                &format!("EXPLAIN QUERY PLAN {sql}"),
+                crate::store::db::params![],
+                |row| row.get::<String>(3),
+            )
+            .unwrap()
+            .join("; ")
         };
         let tenant = plan(&format!(
             "SELECT {SUMMARY} FROM jobs WHERE lsn < 9 AND tenant = 'a' ORDER BY lsn DESC LIMIT 50"

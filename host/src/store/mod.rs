@@ -17,6 +17,7 @@
 
 mod attempts;
 mod blobs;
+pub(crate) mod db;
 mod gc;
 mod groups;
 mod idempotency;
@@ -24,6 +25,7 @@ mod jobs;
 mod listing;
 mod queues;
 mod schema;
+mod schema_pg;
 mod tenant;
 mod usage;
 mod wal;
@@ -33,10 +35,8 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rusqlite::Connection;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-
 use crate::model::{DeliveryState, HashHex, JobState, QueueState, WebhookState};
+use db::{Db, DbError, FromValue, ToValue, ValueRef};
 pub use gc::ReferencePage;
 pub use idempotency::IdempotencyBegin;
 pub use jobs::{Fence, JobRow, NewJob, Settle};
@@ -49,30 +49,61 @@ pub use webhooks::{Delivery, Webhook};
 /// people, so nothing above `store/` depends on the backend.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct StoreError(rusqlite::Error);
+pub struct StoreError(DbError);
+
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> Self {
+        StoreError(e)
+    }
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError(e)
+        StoreError(e.into())
     }
 }
 
 /// The result of a journal operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Where the journal is: the embedded SQLite file (the default, in the data directory)
+/// or a PostgreSQL server (`--journal postgres://...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Journal {
+    /// An SQLite database file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL connection string (URL or key=value form).
+    Postgres(String),
+}
+
+impl Journal {
+    /// A `--journal` value: a `postgres://` or `postgresql://` URL; anything else is an
+    /// error (the SQLite journal is the default and needs no flag).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Ok(Journal::Postgres(value.to_owned()))
+        } else {
+            Err(format!(
+                "a journal is a postgres:// URL (without --journal the journal is the \
+                 SQLite file in the data directory), not {value:?}"
+            ))
+        }
+    }
+}
+
 /// The journal.
 #[derive(Debug)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Db>>,
     /// Checkpoints no job refers to any more (replaced by a newer save, or their job
     /// finished): the engine deletes their blobs unless something else holds them.
     garbage: Mutex<Vec<HashHex>>,
-    /// Dropped after `conn` (fields drop in order): its connection is the last one, and
-    /// closing it checkpoints the log.
-    _wal: wal::Checkpointer,
-    /// An exclusive lock on the database's path with extension `lock` (`wasmesh.lock`)
-    /// while the journal is open: one process owns it.
-    _owner: File,
+    /// SQLite's: dropped after `conn` (fields drop in order): its connection is the
+    /// last one, and closing it checkpoints the log.
+    _wal: Option<wal::Checkpointer>,
+    /// SQLite's: an exclusive lock on the database's path with extension `lock`
+    /// (`wasmesh.lock`) while the journal is open: one process owns it.
+    _owner: Option<File>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -82,35 +113,28 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A journal error that is not SQLite's own (opening the lock file, a thread).
+/// A journal error that is not the database's own (opening the lock file, a thread).
 fn failure(message: String) -> StoreError {
-    StoreError(rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-        Some(message),
-    ))
+    StoreError(DbError::Other(message))
 }
 
-fn parse_hash(text: String) -> rusqlite::Result<HashHex> {
-    text.parse().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+fn parse_hash(text: String) -> db::DbResult<HashHex> {
+    text.parse()
+        .map_err(|e| DbError::Other(format!("a stored hash: {e}")))
 }
 
 /// States are stored as their wire names: the one place a state becomes SQL text.
 macro_rules! sql_state {
     ($($name:ty),+) => {$(
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
+        impl ToValue for $name {
+            fn to_value(&self) -> ValueRef<'_> {
+                ValueRef::Text(self.as_str())
             }
         }
 
-        impl FromSql for $name {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                value
-                    .as_str()?
-                    .parse()
-                    .map_err(|e: String| FromSqlError::Other(e.into()))
+        impl FromValue for $name {
+            fn from_value(value: ValueRef<'_>) -> Result<Self, String> {
+                String::from_value(value)?.parse()
             }
         }
     )+};
@@ -118,7 +142,15 @@ macro_rules! sql_state {
 sql_state!(JobState, QueueState, WebhookState, DeliveryState);
 
 impl Store {
-    /// Opens (creating and migrating) the database at `path`.
+    /// Opens (creating and migrating) the journal wherever it is.
+    pub fn open_journal(journal: &Journal) -> StoreResult<Self> {
+        match journal {
+            Journal::Sqlite(path) => Self::open(path),
+            Journal::Postgres(url) => Self::open_postgres(url),
+        }
+    }
+
+    /// Opens (creating and migrating) the SQLite database at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
         // One process owns the database (the engine keeps its schedule in memory): a
         // second process on the same data directory fails fast instead of sharing it.
@@ -135,7 +167,7 @@ impl Store {
                 path.display()
             ))
         })?;
-        let conn = Connection::open(path)?;
+        let conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -150,13 +182,29 @@ impl Store {
         schema::check_version(&conn)?
             .map_err(|why| failure(format!("{}: {why}", path.display())))?;
         schema::migrate(&conn)?;
-        let conn = Arc::new(Mutex::new(conn));
+        let conn = Arc::new(Mutex::new(Db::Sqlite(conn)));
         let wal = wal::Checkpointer::start(path, Arc::downgrade(&conn), wal::RESTART_FRAMES)?;
         Ok(Self {
             conn,
             garbage: Mutex::new(Vec::new()),
-            _wal: wal,
-            _owner: owner,
+            _wal: Some(wal),
+            _owner: Some(owner),
+        })
+    }
+
+    /// Opens (creating and migrating) the journal in the PostgreSQL database at `url`.
+    pub fn open_postgres(url: &str) -> StoreResult<Self> {
+        let pg = db::PgConn::connect(url)?;
+        let conn = Db::Postgres(Box::new(pg));
+        schema_pg::migrate(&conn)?;
+        if let Db::Postgres(pg) = &conn {
+            pg.own()?;
+        }
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            garbage: Mutex::new(Vec::new()),
+            _wal: None,
+            _owner: None,
         })
     }
 
@@ -173,7 +221,7 @@ impl Store {
             .push(hash);
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    fn conn(&self) -> MutexGuard<'_, Db> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 

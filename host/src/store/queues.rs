@@ -1,6 +1,6 @@
 //! Queues: their policy and state, remote tokens, and the counts of their jobs.
 
-use rusqlite::{OptionalExtension, params};
+use super::db::{DbResult, Row, params};
 
 use super::{Store, StoreResult, now_ms};
 use crate::model::{Deadlines, JobState, QueueState};
@@ -47,9 +47,9 @@ pub struct QueueRow {
     pub target_wait_ms: Option<u64>,
 }
 
-fn queue_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
+fn queue_row(row: &Row<'_>) -> DbResult<QueueRow> {
     Ok(QueueRow {
-        id: row.get::<_, i64>(0)? as u64,
+        id: row.get::<i64>(0)? as u64,
         tenant: row.get(1)?,
         token: row.get(2)?,
         state: row.get(3)?,
@@ -58,10 +58,10 @@ fn queue_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
         priority: row.get(6)?,
         touched_ms: row.get(7)?,
         deadlines: Deadlines {
-            start_within_ms: row.get::<_, Option<i64>>(8)?.map(|ms| ms as u64),
-            finish_within_ms: row.get::<_, Option<i64>>(9)?.map(|ms| ms as u64),
+            start_within_ms: row.get::<Option<i64>>(8)?.map(|ms| ms as u64),
+            finish_within_ms: row.get::<Option<i64>>(9)?.map(|ms| ms as u64),
         },
-        target_wait_ms: row.get::<_, Option<i64>>(10)?.map(|ms| ms as u64),
+        target_wait_ms: row.get::<Option<i64>>(10)?.map(|ms| ms as u64),
     })
 }
 
@@ -75,14 +75,12 @@ const OWN_QUEUE: &str = "EXISTS (SELECT 1 FROM queues WHERE id = ?1 AND tenant =
 impl Store {
     /// Deletes cancelled queues untouched since `before_ms` with nothing pending.
     pub(super) fn delete_ended_queues(&self, before_ms: i64) -> StoreResult<usize> {
-        Ok(self
-            .conn()
-            .prepare_cached(
-                "DELETE FROM queues WHERE state = 'cancelled' AND touched_ms < ?1 AND NOT EXISTS \
+        Ok(self.conn().execute(
+            "DELETE FROM queues WHERE state = 'cancelled' AND touched_ms < ?1 AND NOT EXISTS \
                  (SELECT 1 FROM jobs j WHERE j.queue_id = queues.id \
                  AND j.state IN ('queued', 'running'))",
-            )?
-            .execute(params![before_ms])?)
+            params![before_ms],
+        )?)
     }
 
     /// Creates a queue; returns its id.
@@ -93,12 +91,9 @@ impl Store {
         spec: &QueueSpec<'_>,
     ) -> StoreResult<u64> {
         let conn = self.conn();
-        conn.prepare_cached(
-            "INSERT INTO queues (tenant, token, name, state, max_retries, retry_guest_failures, \
+        let id: i64 = conn.query_one("INSERT INTO queues (tenant, token, name, state, max_retries, retry_guest_failures, \
              priority, created_ms, touched_ms, start_within_ms, finish_within_ms, \
-             target_wait_ms) VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
-        )?
-        .execute(params![
+             target_wait_ms) VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10) RETURNING id", params![
             tenant,
             token,
             spec.name,
@@ -109,28 +104,26 @@ impl Store {
             spec.deadlines.start_within_ms.map(|ms| ms as i64),
             spec.deadlines.finish_within_ms.map(|ms| ms as i64),
             spec.target_wait_ms.map(|ms| ms as i64),
-        ])?;
-        Ok(conn.last_insert_rowid() as u64)
+        ], |row| row.get(0))?;
+        Ok(id as u64)
     }
 
     /// A queue by id, whoever's it is.
     pub(super) fn queue_any(&self, id: u64) -> StoreResult<Option<QueueRow>> {
-        Ok(self
-            .conn()
-            .prepare_cached(&format!("SELECT {QUEUE_COLUMNS} FROM queues WHERE id = ?1"))?
-            .query_row(params![id as i64], queue_row)
-            .optional()?)
+        Ok(self.conn().query_opt(
+            &format!("SELECT {QUEUE_COLUMNS} FROM queues WHERE id = ?1"),
+            params![id as i64],
+            queue_row,
+        )?)
     }
 
     /// A queue by id.
     pub(super) fn queue(&self, tenant: &str, id: u64) -> StoreResult<Option<QueueRow>> {
-        Ok(self
-            .conn()
-            .prepare_cached(&format!(
-                "SELECT {QUEUE_COLUMNS} FROM queues WHERE id = ?1 AND tenant = ?2"
-            ))?
-            .query_row(params![id as i64, tenant], queue_row)
-            .optional()?)
+        Ok(self.conn().query_opt(
+            &format!("SELECT {QUEUE_COLUMNS} FROM queues WHERE id = ?1 AND tenant = ?2"),
+            params![id as i64, tenant],
+            queue_row,
+        )?)
     }
 
     /// The tenant's remote queue whose stored token (a digest) is `digest`, compared
@@ -143,15 +136,13 @@ impl Store {
         use subtle::ConstantTimeEq;
         let found = {
             let conn = self.conn();
-            let mut stmt = conn.prepare_cached(
+            let rows = conn.query_map(
                 "SELECT id, token FROM queues WHERE tenant = ?1 AND token IS NOT NULL",
+                params![tenant],
+                |row| Ok((row.get::<i64>(0)? as u64, row.get::<String>(1)?)),
             )?;
-            let rows = stmt.query_map(params![tenant], |row| {
-                Ok((row.get::<_, i64>(0)? as u64, row.get::<_, String>(1)?))
-            })?;
             let mut found = None;
-            for row in rows {
-                let (id, stored) = row?;
+            for (id, stored) in rows {
                 if bool::from(stored.as_bytes().ct_eq(digest.as_bytes())) {
                     found = Some(id);
                 }
@@ -171,13 +162,11 @@ impl Store {
         id: u64,
         state: QueueState,
     ) -> StoreResult<bool> {
-        let changed = self
-            .conn()
-            .prepare_cached(
-                "UPDATE queues SET state = ?2, touched_ms = ?3 \
-                 WHERE id = ?1 AND (?4 IS NULL OR tenant = ?4)",
-            )?
-            .execute(params![id as i64, state, now_ms(), tenant])?;
+        let changed = self.conn().execute(
+            "UPDATE queues SET state = ?2, touched_ms = ?3 \
+                 WHERE id = ?1 AND (CAST(?4 AS TEXT) IS NULL OR tenant = ?4)",
+            params![id as i64, state, now_ms(), tenant],
+        )?;
         Ok(changed == 1)
     }
 
@@ -188,49 +177,49 @@ impl Store {
     /// or streamed queue.
     pub(super) fn queue_counts(&self, tenant: &str, id: u64) -> StoreResult<Vec<(JobState, u64)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
+        let rows = conn.query_map(&format!(
             "SELECT state, COUNT(*) FROM jobs WHERE queue_id = ?1 AND {OWN_QUEUE} GROUP BY state"
-        ))?;
-        let rows = stmt.query_map(params![id as i64, tenant], |row| {
-            Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+        ), params![id as i64, tenant], |row| {
+            Ok((row.get(0)?, row.get::<i64>(1)? as u64))
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows)
     }
 
     /// Whether any job of the tenant's queue is still queued or running: one probe of
     /// index `jobs_by_queue`, so a long-polled queue can look again at every result.
     pub(super) fn queue_is_pending(&self, tenant: &str, id: u64) -> StoreResult<bool> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue_id = ?1 AND {OWN_QUEUE} \
-             AND state IN ('queued', 'running'))"
-        ))?;
-        Ok(stmt.query_row(params![id as i64, tenant], |row| row.get(0))?)
+        Ok(conn.query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue_id = ?1 AND {OWN_QUEUE} \
+                 AND state IN ('queued', 'running'))"
+            ),
+            params![id as i64, tenant],
+            |row| row.get(0),
+        )?)
     }
 
     /// LSNs of a queue's jobs that are still queued or running.
     pub(super) fn queue_pending(&self, tenant: &str, id: u64) -> StoreResult<Vec<u64>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let rows = conn.query_map(
             "SELECT lsn FROM jobs WHERE queue_id = ?1 AND tenant = ?2 \
              AND state IN ('queued', 'running') ORDER BY lsn",
+            params![id as i64, tenant],
+            |row| row.get::<i64>(0),
         )?;
-        let rows = stmt.query_map(params![id as i64, tenant], |row| row.get::<_, i64>(0))?;
-        Ok(rows
-            .map(|r| r.map(|l| l as u64))
-            .collect::<rusqlite::Result<_>>()?)
+        Ok(rows.into_iter().map(|l| l as u64).collect())
     }
 
     /// Active queues untouched since `before_ms` with nothing pending: the idle ones.
     pub(super) fn idle_queues(&self, before_ms: i64) -> StoreResult<Vec<u64>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let rows = conn.query_map(
             "SELECT id FROM queues q WHERE state = 'active' AND touched_ms < ?1 AND NOT EXISTS \
              (SELECT 1 FROM jobs j WHERE j.queue_id = q.id AND j.state IN ('queued', 'running'))",
+            params![before_ms],
+            |row| row.get::<i64>(0),
         )?;
-        let rows = stmt.query_map(params![before_ms], |row| row.get::<_, i64>(0))?;
-        Ok(rows
-            .map(|r| r.map(|l| l as u64))
-            .collect::<rusqlite::Result<_>>()?)
+        Ok(rows.into_iter().map(|l| l as u64).collect())
     }
 }

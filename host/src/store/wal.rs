@@ -54,9 +54,9 @@ impl Checkpointer {
     /// another connection committed since the last look (`PRAGMA data_version` moved),
     /// restarting the log when a passive checkpoint leaves more than `restart_frames`
     /// (holding `journal`, the connection every commit goes through, meanwhile).
-    pub(super) fn start(
+    pub(super) fn start<T: Send + 'static>(
         path: &Path,
-        journal: Weak<Mutex<Connection>>,
+        journal: Weak<Mutex<T>>,
         restart_frames: i64,
     ) -> StoreResult<Self> {
         let conn = Connection::open(path)?;
@@ -125,7 +125,11 @@ mod tests {
         let db = Store::open(&path).unwrap();
         let auto: i64 = db
             .conn()
-            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .query_one(
+                "PRAGMA wal_autocheckpoint",
+                crate::store::db::params![],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(auto, 0, "a commit must not checkpoint");
         let before = std::fs::metadata(&path).unwrap().len();

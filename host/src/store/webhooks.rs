@@ -1,7 +1,7 @@
 //! Webhook endpoints and their deliveries (one row per event per endpoint, so a restart
 //! loses none).
 
-use rusqlite::{OptionalExtension, params};
+use super::db::{DbResult, Row, ToValue, params};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -66,7 +66,7 @@ pub struct Delivery {
     pub webhook: String,
 }
 
-fn webhook_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
+fn webhook_row(row: &Row<'_>) -> DbResult<Webhook> {
     let events: String = row.get(3)?;
     Ok(Webhook {
         id: row.get(0)?,
@@ -84,7 +84,7 @@ fn webhook_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
 const WEBHOOK_COLUMNS: &str =
     "id, tenant, url, events, secret, state, failures, disabled_reason, created_ms";
 
-fn delivery_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
+fn delivery_row(row: &Row<'_>) -> DbResult<Delivery> {
     let state: DeliveryState = row.get(3)?;
     let payload: String = row.get(2)?;
     Ok(Delivery {
@@ -112,10 +112,10 @@ const DELIVERY_COLUMNS: &str = "id, event, payload, state, attempts, next_ms, la
 impl Store {
     /// Deletes finished deliveries that finished before `before_ms`.
     pub(super) fn delete_old_deliveries(&self, before_ms: i64) -> StoreResult<usize> {
-        Ok(self
-            .conn()
-            .prepare_cached("DELETE FROM deliveries WHERE state != 'pending' AND finished_ms < ?1")?
-            .execute(params![before_ms])?)
+        Ok(self.conn().execute(
+            "DELETE FROM deliveries WHERE state != 'pending' AND finished_ms < ?1",
+            params![before_ms],
+        )?)
     }
 
     pub fn put_webhook(&self, hook: &Webhook) -> StoreResult<()> {
@@ -136,29 +136,24 @@ impl Store {
         Ok(())
     }
 
-    fn webhooks_where(
-        &self,
-        filter: &str,
-        args: &[&dyn rusqlite::ToSql],
-    ) -> StoreResult<Vec<Webhook>> {
+    fn webhooks_where(&self, filter: &str, args: &[&dyn ToValue]) -> StoreResult<Vec<Webhook>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE {filter} ORDER BY created_ms, id"
-        ))?;
-        Ok(stmt
-            .query_map(args, webhook_row)?
-            .collect::<rusqlite::Result<_>>()?)
+        Ok(conn.query_map(
+            &format!(
+                "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE {filter} ORDER BY created_ms, id"
+            ),
+            args,
+            webhook_row,
+        )?)
     }
 
     /// A webhook by id, whoever owns it (the delivery loop).
     pub(super) fn webhook_by_id(&self, id: &str) -> StoreResult<Option<Webhook>> {
-        Ok(self
-            .conn()
-            .prepare_cached(&format!(
-                "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"
-            ))?
-            .query_row(params![id], webhook_row)
-            .optional()?)
+        Ok(self.conn().query_opt(
+            &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"),
+            params![id],
+            webhook_row,
+        )?)
     }
 
     pub fn set_webhook_state(
@@ -168,26 +163,23 @@ impl Store {
         failures: u32,
         reason: Option<&str>,
     ) -> StoreResult<()> {
-        self.conn()
-            .prepare_cached(
-                "UPDATE webhooks SET state = ?2, failures = ?3, disabled_reason = ?4 WHERE id = ?1",
-            )?
-            .execute(params![id, state, failures, reason])?;
+        self.conn().execute(
+            "UPDATE webhooks SET state = ?2, failures = ?3, disabled_reason = ?4 WHERE id = ?1",
+            params![id, state, failures, reason],
+        )?;
         Ok(())
     }
 
     pub fn insert_deliveries(&self, rows: &[(String, String, String, String)]) -> StoreResult<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
+        let now = now_ms();
+        for (id, webhook, event, payload) in rows {
+            tx.execute(
                 "INSERT INTO deliveries (id, webhook, event, payload, state, next_ms, created_ms) \
                  VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+                params![id, webhook, event, payload, now],
             )?;
-            let now = now_ms();
-            for (id, webhook, event, payload) in rows {
-                stmt.execute(params![id, webhook, event, payload, now])?;
-            }
         }
         Ok(tx.commit()?)
     }
@@ -195,29 +187,32 @@ impl Store {
     /// Pending deliveries due by `now`, oldest due first.
     pub fn due(&self, now: i64, limit: usize) -> StoreResult<Vec<Delivery>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending' AND next_ms <= ?1 \
-             ORDER BY next_ms LIMIT ?2"
-        ))?;
-        Ok(stmt
-            .query_map(params![now, limit as i64], delivery_row)?
-            .collect::<rusqlite::Result<_>>()?)
+        Ok(conn.query_map(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending' \
+                 AND next_ms <= ?1 ORDER BY next_ms LIMIT ?2"
+            ),
+            params![now, limit as i64],
+            delivery_row,
+        )?)
     }
 
     /// Claims a delivery until `until` (a crash in between means another attempt
     /// then: at-least-once).
     pub fn claim(&self, id: &str, until: i64) -> StoreResult<()> {
-        self.conn()
-            .prepare_cached("UPDATE deliveries SET next_ms = ?2 WHERE id = ?1")?
-            .execute(params![id, until])?;
+        self.conn().execute(
+            "UPDATE deliveries SET next_ms = ?2 WHERE id = ?1",
+            params![id, until],
+        )?;
         Ok(())
     }
 
     pub fn next_due(&self) -> StoreResult<Option<i64>> {
-        Ok(self
-            .conn()
-            .prepare_cached("SELECT MIN(next_ms) FROM deliveries WHERE state = 'pending'")?
-            .query_row([], |row| row.get(0))?)
+        Ok(self.conn().query_one(
+            "SELECT MIN(next_ms) FROM deliveries WHERE state = 'pending'",
+            params![],
+            |row| row.get(0),
+        )?)
     }
 
     pub fn end_attempt(
@@ -230,46 +225,42 @@ impl Store {
         error: Option<&str>,
     ) -> StoreResult<()> {
         let finished = (state != DeliveryState::Pending).then(now_ms);
-        self.conn()
-            .prepare_cached(
-                "UPDATE deliveries SET state = ?2, attempts = ?3, next_ms = ?4, last_status = ?5, \
+        self.conn().execute(
+            "UPDATE deliveries SET state = ?2, attempts = ?3, next_ms = ?4, last_status = ?5, \
                  last_error = ?6, finished_ms = ?7 WHERE id = ?1",
-            )?
-            .execute(params![
-                id, state, attempts, next_ms, status, error, finished
-            ])?;
+            params![id, state, attempts, next_ms, status, error, finished],
+        )?;
         Ok(())
     }
 
     pub fn fail_pending(&self, webhook: &str, reason: &str) -> StoreResult<usize> {
-        Ok(self
-            .conn()
-            .prepare_cached(
-                "UPDATE deliveries SET state = 'failed', last_error = ?2, finished_ms = ?3 \
+        Ok(self.conn().execute(
+            "UPDATE deliveries SET state = 'failed', last_error = ?2, finished_ms = ?3 \
                  WHERE webhook = ?1 AND state = 'pending'",
-            )?
-            .execute(params![webhook, reason, now_ms()])?)
+            params![webhook, reason, now_ms()],
+        )?)
     }
 
     pub fn deliveries_of(&self, webhook: &str, limit: usize) -> StoreResult<Vec<Delivery>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook = ?1 \
-             ORDER BY created_ms DESC, id DESC LIMIT ?2"
-        ))?;
-        Ok(stmt
-            .query_map(params![webhook, limit as i64], delivery_row)?
-            .collect::<rusqlite::Result<_>>()?)
+        Ok(conn.query_map(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook = ?1 \
+                 ORDER BY created_ms DESC, id DESC LIMIT ?2"
+            ),
+            params![webhook, limit as i64],
+            delivery_row,
+        )?)
     }
 
     /// The active webhooks of every tenant (the subscriptions kept in memory).
     pub fn active_webhooks(&self) -> StoreResult<Vec<Webhook>> {
-        self.webhooks_where("state = 'active'", &[])
+        self.webhooks_where("state = 'active'", params![])
     }
 
     /// A tenant's webhooks, oldest first.
     pub(super) fn webhooks_of(&self, tenant: &str) -> StoreResult<Vec<Webhook>> {
-        self.webhooks_where("tenant = ?1", &[&tenant])
+        self.webhooks_where("tenant = ?1", params![tenant])
     }
 
     /// One of a tenant's webhooks.

@@ -135,7 +135,8 @@ fn a_new_job_scaffolded_elsewhere_builds_and_runs_in_the_sandbox() {
 fn a_node_refuses_a_journal_written_by_a_newer_release() {
     use crate::{err, wasmesh};
     let dir = tempfile::tempdir().unwrap();
-    crate::Server::start_in(dir.path(), &[]).kill();
+    // About the SQLite file: not switched to PostgreSQL.
+    crate::Server::start_in_env(dir.path(), &[], &[("WASMESH_TEST_JOURNAL", "")]).kill();
     let db = dir.path().join("wasmesh.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
     let version: i64 = conn

@@ -17,6 +17,7 @@ mod gc;
 mod groups;
 mod idempotency;
 mod jobs;
+mod journal_postgres;
 mod layers;
 mod listing;
 mod queues;

@@ -10,6 +10,29 @@ use wasmesh_host::client::Client;
 use wasmesh_host::model::HashHex;
 use wasmesh_test_support::{TEST_GUEST, guest_bytes};
 
+/// The switch that runs the suite on PostgreSQL: with `WASMESH_TEST_JOURNAL` set to a
+/// server's URL (scripts/test.sh sets it for its second pass), every node and
+/// coordinator the tests start keeps its journal there, in a schema of its own named
+/// after its data directory (so a restart on the same directory finds its journal).
+pub fn journal_args(args: &[&str], data_dir: &Path) -> Vec<String> {
+    let Ok(base) = std::env::var("WASMESH_TEST_JOURNAL") else {
+        return Vec::new();
+    };
+    let server = matches!(args.first(), Some(&"node" | &"coordinator"));
+    if base.is_empty() || !server || args.contains(&"--journal") {
+        return Vec::new();
+    }
+    let path = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let hash = blake3::hash(path.to_string_lossy().as_bytes()).to_hex();
+    let joiner = if base.contains('?') { '&' } else { '?' };
+    vec![
+        "--journal".into(),
+        format!("{base}{joiner}options=-csearch_path%3Dw_{}", &hash[..16]),
+    ]
+}
+
 /// A running node; killed when dropped.
 #[derive(Debug)]
 pub struct Server {
@@ -88,8 +111,16 @@ impl Server {
     }
 
     fn spawn_env(args: &[&str], data_dir: &Path, envs: &[(&str, &str)]) -> Self {
+        // A test about the SQLite file opts out with `WASMESH_TEST_JOURNAL=""`.
+        let opted_out = envs.iter().any(|(k, _)| *k == "WASMESH_TEST_JOURNAL");
+        let journal = if opted_out {
+            Vec::new()
+        } else {
+            journal_args(args, data_dir)
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
             .args(args)
+            .args(&journal)
             .env("RUST_LOG", "warn")
             .envs(envs.iter().copied())
             .stdout(Stdio::piped())

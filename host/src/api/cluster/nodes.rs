@@ -196,7 +196,8 @@ pub(super) async fn results(
     let answer = tokio::task::spawn_blocking(move || {
         let mut answer = ResultsAnswer::default();
         let tokens: Vec<Token> = reports.results.iter().map(|r| r.lease).collect();
-        let taken = accept(&engine, &fleet, &id, reports.results);
+        let taken = accept(&engine, &fleet, &id, reports.results)
+            .map_err(|e| ApiError::Internal(format!("recording results: {e}")))?;
         for (token, taken) in tokens.into_iter().zip(taken) {
             if taken {
                 answer.accepted.push(token);
@@ -205,10 +206,10 @@ pub(super) async fn results(
                 answer.rejected.push(token);
             }
         }
-        answer
+        Ok::<_, ApiError>(answer)
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("recording results: {e}")))?;
+    .map_err(|e| ApiError::Internal(format!("recording results: {e}")))??;
     if !answer.rejected.is_empty() {
         tracing::info!(rejected = ?answer.rejected, "refused stale results (fencing)");
     }

@@ -193,6 +193,45 @@ pub fn cluster(
     Ok(())
 }
 
+/// `wasmesh bench journal`: trivial jobs/s and sequential latency through a
+/// coordinator and 2 nodes, its journal the SQLite file (baseline) and then a fresh
+/// schema in the PostgreSQL server at `postgres`.
+pub fn journal(postgres: &str, jobs: usize, sequential: usize) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("wasmesh bench journal: a coordinator and 2 nodes on loopback, {cores} cores");
+    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let joiner = if postgres.contains('?') { '&' } else { '?' };
+    let url = format!("{postgres}{joiner}options=-csearch_path%3D{schema}");
+    let mut rows = Vec::new();
+    for (name, args) in [
+        ("SQLite (baseline)", vec![]),
+        ("PostgreSQL", vec!["--journal", url.as_str()]),
+    ] {
+        let mut cluster = LocalCluster::start(&args)?;
+        cluster.add_node("node-1", cores)?;
+        cluster.add_node("node-2", cores)?;
+        let client = cluster.client();
+        let throughput = trivial_throughput(&client, jobs, name)?;
+        let latency = sequential_latency(&client, sequential, name, true)?;
+        rows.push((name, throughput, latency));
+    }
+    println!(
+        "{jobs} trivial jobs in batches of 100; {sequential} submitted one at a time, each waiting for its result (?wait_ms):"
+    );
+    let (base, base_latency) = (rows[0].1, rows[0].2.0);
+    for (name, throughput, (p50, p99)) in rows {
+        println!(
+            "  {name:<18} {throughput:>7.0} jobs/s ({:.2}x)   sync p50 {:>6.0} us ({:.2}x)  p99 {:>6.0} us",
+            throughput / base,
+            micros(p50),
+            p50.as_secs_f64() / base_latency.as_secs_f64(),
+            micros(p99),
+        );
+    }
+    println!("  (the PostgreSQL journal is in schema {schema})");
+    Ok(())
+}
+
 /// A coordinator and 2 one-slot nodes with `module` uploaded as worker `name`.
 fn two_nodes_with(
     module: &std::path::Path,

@@ -2,6 +2,8 @@
 //!
 //! - `wasmesh bench node`: one node over loopback HTTP (baselines: the `/health` round
 //!   trip, a raw `PUT /cas`). The node runs in this process on 127.0.0.1:0.
+//! - `wasmesh bench journal`: the same cluster with its journal in SQLite and in
+//!   PostgreSQL.
 //! - `wasmesh bench cluster`: a coordinator and 2 node processes (baselines: the same
 //!   jobs sent directly to one node; the Mandelbrot kernel compiled natively).
 //! - `wasmesh bench events` and `fanin`: groups and `output_of` fan-in on a local
@@ -153,6 +155,20 @@ pub enum Args {
         #[arg(long, default_value_t = 100)]
         flood_factor: usize,
     },
+    /// The journal's backends on a coordinator and 2 node processes: trivial jobs/s and
+    /// sequential latency with the SQLite file (baseline) and with PostgreSQL, in the
+    /// same run.
+    Journal {
+        /// The PostgreSQL server (`postgres://...`); the run uses a schema of its own.
+        #[arg(long, env = "WASMESH_BENCH_POSTGRES")]
+        postgres: String,
+        /// Trivial jobs per throughput scenario.
+        #[arg(long, default_value_t = 2000)]
+        jobs: usize,
+        /// Sequential submissions per latency scenario.
+        #[arg(long, default_value_t = 300)]
+        sequential: usize,
+    },
 }
 
 /// Runs one scenario and prints its numbers.
@@ -184,6 +200,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             small_jobs,
             flood_factor,
         } => fairness::run(slots, job_ms, small_jobs, flood_factor)?,
+        Args::Journal {
+            postgres,
+            jobs,
+            sequential,
+        } => cluster::journal(&postgres, jobs, sequential)?,
     }
     Ok(ExitCode::SUCCESS)
 }
