@@ -161,3 +161,43 @@ fn a_node_refuses_a_journal_written_by_a_newer_release() {
         .unwrap();
     assert_eq!(kept, version + 1, "left as it was");
 }
+
+/// A `--journal` that is not a PostgreSQL URL is refused before anything starts, with
+/// what it must be; an unreachable server is refused at start with why.
+#[test]
+fn a_journal_that_is_not_a_postgres_url_is_refused() {
+    use crate::{err, wasmesh};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let base = [
+        "coordinator",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+    ];
+    let refused = wasmesh(
+        &[&base[..], &["--journal", "/tmp/journal.db"]].concat(),
+        b"",
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        err(&refused).contains("postgres:// URL"),
+        "{}",
+        err(&refused)
+    );
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://wasmesh@127.0.0.1:{port}/postgres");
+    let unreachable = wasmesh(&[&base[..], &["--journal", &url]].concat(), b"");
+    assert_ne!(unreachable.status.code(), Some(0));
+    assert!(
+        err(&unreachable).contains("journal"),
+        "{}",
+        err(&unreachable)
+    );
+}

@@ -226,18 +226,18 @@ fn a_second_process_on_the_same_journal_is_refused() {
     let url = journal_of(dir.path());
     let first = Server::coordinator_in(dir.path(), &[]);
     let other_dir = other.path().to_str().unwrap();
-    let refused = wasmesh(
-        &[
+    // Through the environment this time (WASMESH_JOURNAL, as deployments set it).
+    let refused = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
+        .args([
             "coordinator",
             "--listen",
             "127.0.0.1:0",
             "--data-dir",
             other_dir,
-            "--journal",
-            &url,
-        ],
-        b"",
-    );
+        ])
+        .env("WASMESH_JOURNAL", &url)
+        .output()
+        .unwrap();
     assert_eq!(refused.status.code(), Some(2), "{}", err(&refused));
     assert!(
         err(&refused).contains("in use by another process"),
@@ -258,4 +258,49 @@ fn a_second_process_on_the_same_journal_is_refused() {
         .send()
         .unwrap();
     assert!(health.status().is_success());
+}
+
+/// Pins the call timeout: a PostgreSQL backend that stops answering (SIGSTOP: its
+/// socket stays open, so no TCP timeout fires) fails the call waiting on it after 30 s
+/// instead of holding the journal forever; the coordinator then connects again and
+/// answers as before.
+#[test]
+fn a_frozen_database_fails_calls_instead_of_hanging_them() {
+    let postgres = Private::start();
+    let coordinator = Server::coordinator(&["--journal", &postgres.url]);
+    let _node = Server::start(&["--coordinator", &coordinator.url]);
+    let client = coordinator.client();
+    let worker = upload_test_guest(&client);
+    let backends = psql(
+        &postgres.url,
+        "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE application_name = 'wasmesh'",
+    );
+    assert!(!backends.is_empty(), "the coordinator's connection");
+    let signal = |name: &str| {
+        for pid in backends.split(' ') {
+            let sent = Command::new("kill").args([name, pid]).status().unwrap();
+            assert!(sent.success(), "kill {name} {pid}");
+        }
+    };
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    let frozen = client.submit(&action(&client, worker, &["echo"], None), None, None);
+    let waited = started.elapsed();
+    signal("-CONT");
+    let (status, _) = crate::server::api_code(frozen.expect_err("no answer from the journal"));
+    assert_eq!(status, 500);
+    assert!(
+        waited < std::time::Duration::from_secs(50),
+        "failed after {waited:?}"
+    );
+    let lsn = eventually(WAIT, || {
+        client
+            .submit(
+                &action(&client, worker, &["echo"], Some(b"again")),
+                None,
+                None,
+            )
+            .ok()
+    });
+    assert_eq!(client.wait(lsn, WAIT).unwrap().state.as_str(), "succeeded");
 }

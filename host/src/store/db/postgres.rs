@@ -25,6 +25,9 @@ use super::{DbError, DbResult, Row, ToValue, ValueRef};
 
 type BoxError = Box<dyn Error + Sync + Send>;
 
+/// The longest a call waits for PostgreSQL's answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The runtime every PostgreSQL connection's I/O runs on: one thread, started with the
 /// first connection.
 fn runtime() -> &'static tokio::runtime::Handle {
@@ -54,6 +57,8 @@ pub(crate) struct PgConn {
     /// The connection was lost inside the current transaction: everything up to its
     /// end fails.
     lost_in_transaction: Cell<bool>,
+    /// The connection failed or timed out: made again by the next call.
+    broken: Cell<bool>,
     /// The journal is this process's alone: every connection takes the schema's
     /// advisory lock first ([`PgConn::own`]).
     owned: Cell<bool>,
@@ -91,6 +96,7 @@ impl PgConn {
             in_transaction: Cell::new(false),
             lost_in_transaction: Cell::new(false),
             owned: Cell::new(false),
+            broken: Cell::new(false),
         };
         conn.client()?;
         Ok(conn)
@@ -129,11 +135,12 @@ impl PgConn {
                 "the connection to PostgreSQL was lost inside this transaction".into(),
             ));
         }
-        let connected = self
-            .client
-            .borrow()
-            .as_ref()
-            .is_some_and(|c| !c.is_closed());
+        let connected = !self.broken.replace(false)
+            && self
+                .client
+                .borrow()
+                .as_ref()
+                .is_some_and(|c| !c.is_closed());
         if !connected {
             self.statements.borrow_mut().clear();
             *self.client.borrow_mut() = None;
@@ -162,20 +169,51 @@ impl PgConn {
     /// one), and the transaction it was in is lost with it.
     fn failed(&self, e: tokio_postgres::Error) -> DbError {
         if e.is_closed() || self.client.borrow().as_ref().is_some_and(Client::is_closed) {
-            *self.client.borrow_mut() = None;
-            if self.in_transaction.get() {
-                self.lost_in_transaction.set(true);
-            }
+            self.lost();
         }
         DbError::Postgres(e)
+    }
+
+    /// The connection is gone (or in an unknown state): the next call makes a new one,
+    /// and the transaction it was in is lost with it. (Only flags: the client may be
+    /// borrowed by the call that failed.)
+    fn lost(&self) {
+        self.broken.set(true);
+        if self.in_transaction.get() {
+            self.lost_in_transaction.set(true);
+        }
+    }
+
+    /// Waits for a call's answer, at most [`CALL_TIMEOUT`]: a server that stopped
+    /// answering (frozen, or cut off without a reset) must not hold the journal, and
+    /// every request behind it, forever. A call that timed out leaves the connection
+    /// in an unknown state, so it is dropped.
+    fn answer<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> DbResult<T> {
+        let timer = runtime().spawn(async { tokio::time::sleep(CALL_TIMEOUT).await });
+        let call = std::pin::pin!(call);
+        match futures_executor::block_on(futures_util::future::select(call, timer)) {
+            futures_util::future::Either::Left((done, timer)) => {
+                timer.abort();
+                done.map_err(|e| self.failed(e))
+            }
+            futures_util::future::Either::Right(_) => {
+                self.lost();
+                Err(DbError::Other(format!(
+                    "PostgreSQL did not answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                )))
+            }
+        }
     }
 
     fn statement(&self, client: &Client, sql: &str) -> DbResult<Statement> {
         if let Some(statement) = self.statements.borrow().get(sql) {
             return Ok(statement.clone());
         }
-        let statement = futures_executor::block_on(client.prepare(&translate(sql)))
-            .map_err(|e| self.failed(e))?;
+        let statement = self.answer(client.prepare(&translate(sql)))?;
         self.statements
             .borrow_mut()
             .insert(sql.to_owned(), statement.clone());
@@ -189,7 +227,7 @@ impl PgConn {
     /// repeated (it may have been committed).
     fn again(&self, sql: &str, failed: &DbResult<impl Sized>) -> bool {
         let lost = matches!(failed, Err(DbError::Postgres(e)) if e.is_closed())
-            || (failed.is_err() && self.client.borrow().is_none());
+            || (failed.is_err() && (self.broken.get() || self.client.borrow().is_none()));
         lost && !self.in_transaction.get()
             && (sql == "BEGIN" || sql.starts_with("SELECT ") || sql.starts_with("SHOW "))
     }
@@ -226,11 +264,9 @@ impl PgConn {
     fn execute_once(&self, sql: &str, params: &[&dyn ToValue]) -> DbResult<usize> {
         let client = self.client()?;
         let statement = self.statement(&client, sql)?;
-        let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
-        let bound: Vec<&(dyn ToSql + Sync)> =
-            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let changed = futures_executor::block_on(client.execute(&statement, &bound))
-            .map_err(|e| self.failed(e))?;
+        let changed = bind(params, |bound| {
+            self.answer(client.execute(&statement, bound))
+        })?;
         Ok(changed as usize)
     }
 
@@ -242,11 +278,7 @@ impl PgConn {
     ) -> DbResult<Vec<T>> {
         let client = self.client()?;
         let statement = self.statement(&client, sql)?;
-        let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
-        let bound: Vec<&(dyn ToSql + Sync)> =
-            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let rows = futures_executor::block_on(client.query(&statement, &bound))
-            .map_err(|e| self.failed(e))?;
+        let rows = bind(params, |bound| self.answer(client.query(&statement, bound)))?;
         rows.iter().map(|row| map(&Row::Postgres(row))).collect()
     }
 
@@ -265,15 +297,21 @@ impl PgConn {
             };
         }
         let client = self.client()?;
-        let done = futures_executor::block_on(client.batch_execute(sql));
-        drop(client);
+        let done = self.answer(client.batch_execute(sql));
         match sql {
             "BEGIN" => self.in_transaction.set(done.is_ok()),
             "COMMIT" | "ROLLBACK" => self.in_transaction.set(false),
             _ => {}
         }
-        done.map_err(|e| self.failed(e))
+        done
     }
+}
+
+/// Calls `call` with `params` as tokio-postgres takes them.
+fn bind<R>(params: &[&dyn ToValue], call: impl FnOnce(&[&(dyn ToSql + Sync)]) -> R) -> R {
+    let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
+    let bound: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    call(&bound)
 }
 
 /// An error with what the server said (tokio-postgres's own text is only "db error").
