@@ -337,7 +337,8 @@ fn redact(url: &str) -> String {
 }
 
 /// The store's SQL as PostgreSQL spells it: `?N` parameters become `$N`,
-/// `INSERT OR IGNORE` an `ON CONFLICT DO NOTHING`, `json_extract(c, '$.f')` a `->>`.
+/// `INSERT OR IGNORE` an `ON CONFLICT DO NOTHING`, `json_extract(c, '$.f')` a `->>`,
+/// `group_concat(x)` a `string_agg` of text.
 pub(crate) fn translate(sql: &str) -> String {
     let mut sql = sql.to_owned();
     if let Some(rest) = sql.strip_prefix("INSERT OR IGNORE ") {
@@ -359,6 +360,14 @@ pub(crate) fn translate(sql: &str) -> String {
             .unwrap_or((&sql[args..close], "'$'"));
         let field = path.trim_matches('\'').trim_start_matches("$.");
         let replaced = format!("({column}::jsonb ->> '{field}')");
+        sql.replace_range(start..=close, &replaced);
+    }
+    while let Some(start) = sql.find("group_concat(") {
+        let args = start + "group_concat(".len();
+        let Some(close) = sql[args..].find(')').map(|c| args + c) else {
+            break;
+        };
+        let replaced = format!("string_agg(({})::text, ',')", &sql[args..close]);
         sql.replace_range(start..=close, &replaced);
     }
     let mut out = String::with_capacity(sql.len());
@@ -499,6 +508,10 @@ mod tests {
         assert_eq!(
             translate("INSERT OR IGNORE INTO t (a) VALUES (?1) RETURNING a"),
             "INSERT INTO t (a) VALUES ($1) ON CONFLICT DO NOTHING RETURNING a"
+        );
+        assert_eq!(
+            translate("SELECT (SELECT group_concat(after) FROM d) FROM t"),
+            "SELECT (SELECT string_agg((after)::text, ',') FROM d) FROM t"
         );
         assert_eq!(
             translate("SELECT COALESCE(json_extract(result, '$.node'), n) = ?1"),
