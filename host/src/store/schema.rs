@@ -3,7 +3,10 @@
 
 use rusqlite::Connection;
 
-const SCHEMA: &str = r#"
+/// The tables as the first release made them (older journals have exactly these);
+/// [`ADDED_COLUMNS`] and [`INDEXES`] bring them to this release. PostgreSQL's schema is
+/// made from the same three (store/schema_pg.rs).
+pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS blobs (
     tenant TEXT NOT NULL,
     hash TEXT NOT NULL,
@@ -138,6 +141,32 @@ CREATE TABLE IF NOT EXISTS groups (
 ) WITHOUT ROWID;
 "#;
 
+/// Columns added after the first release: the lease's node, the checkpoint and a
+/// cancel asked for of jobs; deadlines (absolute, Unix ms) of jobs; the relative
+/// deadlines and target wait of queues. (`blobs.touched_ms` too, added with a value of
+/// its own: see [`migrate`].)
+pub(super) const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
+    ("jobs", "lease_node", "TEXT"),
+    ("jobs", "checkpoint", "TEXT"),
+    ("jobs", "cancel_requested", "TEXT"),
+    ("jobs", "start_by_ms", "INTEGER"),
+    ("jobs", "finish_by_ms", "INTEGER"),
+    ("queues", "start_within_ms", "INTEGER"),
+    ("queues", "finish_within_ms", "INTEGER"),
+    ("queues", "target_wait_ms", "INTEGER"),
+];
+
+/// Indexes added after the first release (on added columns among others).
+pub(super) const INDEXES: &str = "CREATE INDEX IF NOT EXISTS blobs_by_hash ON blobs (hash); \
+     CREATE INDEX IF NOT EXISTS blobs_by_touched ON blobs (touched_ms); \
+     CREATE INDEX IF NOT EXISTS job_deps_by_after ON job_deps (after); \
+     CREATE INDEX IF NOT EXISTS jobs_by_checkpoint ON jobs (checkpoint) \
+     WHERE checkpoint IS NOT NULL; \
+     CREATE INDEX IF NOT EXISTS jobs_unretired ON jobs (finished_ms) \
+     WHERE retired = 0 AND finished_ms IS NOT NULL; \
+     CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (finished_ms) \
+     WHERE state != 'pending'";
+
 /// Whether `table` has `column` (tables and columns are this file's own names).
 fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2")?
@@ -170,19 +199,7 @@ pub(super) fn check_version(conn: &Connection) -> rusqlite::Result<Result<i64, S
 /// records [`SCHEMA_VERSION`]. Call [`check_version`] first.
 pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
-    // Columns added after the first release: the lease's node, the checkpoint and a
-    // cancel asked for of jobs; deadlines (absolute, Unix ms) of jobs; the relative
-    // deadlines and target wait of queues.
-    for (table, column, kind) in [
-        ("jobs", "lease_node", "TEXT"),
-        ("jobs", "checkpoint", "TEXT"),
-        ("jobs", "cancel_requested", "TEXT"),
-        ("jobs", "start_by_ms", "INTEGER"),
-        ("jobs", "finish_by_ms", "INTEGER"),
-        ("queues", "start_within_ms", "INTEGER"),
-        ("queues", "finish_within_ms", "INTEGER"),
-        ("queues", "target_wait_ms", "INTEGER"),
-    ] {
+    for (table, column, kind) in ADDED_COLUMNS {
         if !has_column(conn, table, column)? {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
         }
@@ -217,17 +234,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
            UPDATE held_bytes SET bytes = bytes - OLD.size WHERE tenant = OLD.tenant; \
          END;",
     )?;
-    conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS blobs_by_hash ON blobs (hash); \
-         CREATE INDEX IF NOT EXISTS blobs_by_touched ON blobs (touched_ms); \
-         CREATE INDEX IF NOT EXISTS job_deps_by_after ON job_deps (after); \
-         CREATE INDEX IF NOT EXISTS jobs_by_checkpoint ON jobs (checkpoint) \
-         WHERE checkpoint IS NOT NULL; \
-         CREATE INDEX IF NOT EXISTS jobs_unretired ON jobs (finished_ms) \
-         WHERE retired = 0 AND finished_ms IS NOT NULL; \
-         CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (finished_ms) \
-         WHERE state != 'pending'",
-    )?;
+    conn.execute_batch(INDEXES)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
 }
 
