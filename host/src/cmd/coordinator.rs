@@ -59,6 +59,19 @@ pub struct Args {
     /// puts it in a schema of its own (created when missing).
     #[arg(long, env = "WASMESH_JOURNAL", value_parser = Journal::parse)]
     pub journal: Option<Journal>,
+    /// The blob store's directory, instead of `DATA_DIR/cas`: coordinators sharing a
+    /// journal (`--standby`) share it too (a network file system, or one volume).
+    #[arg(long, env = "WASMESH_CAS_DIR")]
+    pub cas_dir: Option<PathBuf>,
+    /// With a PostgreSQL journal another coordinator owns: wait (not listening yet),
+    /// and take the journal over when that coordinator stops or stops beating for
+    /// `--takeover-after`.
+    #[arg(long, requires = "journal")]
+    pub standby: bool,
+    /// How long the journal's owner may go without beating (its beat is every second)
+    /// before a standby takes over.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub takeover_after: Duration,
     /// How placement chooses a node.
     #[arg(long, value_enum, default_value = "score")]
     pub placement: wasmesh_host::cluster::placement::Strategy,
@@ -109,6 +122,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }));
     let mut config = NodeConfig::new(args.data_dir.clone());
     config.journal = args.journal.clone();
+    config.standby = args.standby.then_some(args.takeover_after);
+    config.cas_dir = args.cas_dir.clone();
     config.id = "coordinator".into();
     // The coordinator runs nothing itself; one slot's sandbox validates modules.
     config.slots = 1;
@@ -141,11 +156,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // The journal first: a standby listens only once it owns it, so clients and
+        // nodes trying it meanwhile move on at once.
+        let engine = Engine::open_with(config, fleet.clone())?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let address = listener.local_addr()?;
-        let engine = Engine::open_with(config, fleet.clone())?;
         engine.start();
         wasmesh_host::cluster::start(&engine, &fleet);
         let autoscaling = args.autoscale.build(

@@ -18,6 +18,12 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The journal, when it is not the SQLite file `wasmesh.db` in `data_dir`.
     pub journal: Option<crate::store::Journal>,
+    /// The blob store, when it is not `data_dir/cas` (a directory coordinators sharing
+    /// a journal share too).
+    pub cas_dir: Option<PathBuf>,
+    /// Wait for a PostgreSQL journal another process owns, taking it over once its
+    /// owner stopped beating for this long (`wasmesh coordinator --standby`).
+    pub standby: Option<Duration>,
     /// Actions run at once.
     pub slots: usize,
     /// Ceilings for every action.
@@ -64,6 +70,8 @@ impl NodeConfig {
             id: "node-1".into(),
             data_dir,
             journal: None,
+            standby: None,
+            cas_dir: None,
             slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
             limits: Limits::default(),
             max_blob_bytes: 1 << 30,

@@ -135,9 +135,10 @@ impl Engine {
             .journal
             .clone()
             .unwrap_or_else(|| Journal::Sqlite(config.data_dir.join("wasmesh.db")));
-        let store = Arc::new(Store::open_journal(&journal).context("opening the journal")?);
-        let cas = Cas::open(&config.data_dir.join("cas"), config.max_blob_bytes)
-            .context("opening the store")?;
+        let store =
+            Arc::new(Store::open_journal(&journal, config.standby).context("opening the journal")?);
+        let cas_dir = (config.cas_dir.clone()).unwrap_or_else(|| config.data_dir.join("cas"));
+        let cas = Cas::open(&cas_dir, config.max_blob_bytes).context("opening the store")?;
         let sandbox = Sandbox::new(SandboxConfig {
             limits: config.limits,
             max_instances: (config.slots as u32 * 2).max(8),

@@ -23,6 +23,7 @@ mod groups;
 mod idempotency;
 mod jobs;
 mod listing;
+mod owner;
 mod queues;
 mod schema;
 mod schema_pg;
@@ -34,6 +35,7 @@ mod webhooks;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::model::{DeliveryState, HashHex, JobState, QueueState, WebhookState};
 use db::{Db, DbError, FromValue, ToValue, ValueRef};
@@ -104,6 +106,8 @@ pub struct Store {
     /// SQLite's: an exclusive lock on the database's path with extension `lock`
     /// (`wasmesh.lock`) while the journal is open: one process owns it.
     _owner: Option<File>,
+    /// PostgreSQL's: the owner's beat (store/owner.rs).
+    _beat: Option<owner::Beat>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -142,11 +146,13 @@ macro_rules! sql_state {
 sql_state!(JobState, QueueState, WebhookState, DeliveryState);
 
 impl Store {
-    /// Opens (creating and migrating) the journal wherever it is.
-    pub fn open_journal(journal: &Journal) -> StoreResult<Self> {
+    /// Opens (creating and migrating) the journal wherever it is. With `standby`, a
+    /// PostgreSQL journal another process owns is waited for (taken over once its
+    /// owner's beat is older than that) instead of refused.
+    pub fn open_journal(journal: &Journal, standby: Option<Duration>) -> StoreResult<Self> {
         match journal {
             Journal::Sqlite(path) => Self::open(path),
-            Journal::Postgres(url) => Self::open_postgres(url),
+            Journal::Postgres(url) => Self::open_postgres(url, standby),
         }
     }
 
@@ -189,22 +195,25 @@ impl Store {
             garbage: Mutex::new(Vec::new()),
             _wal: Some(wal),
             _owner: Some(owner),
+            _beat: None,
         })
     }
 
     /// Opens (creating and migrating) the journal in the PostgreSQL database at `url`.
-    pub fn open_postgres(url: &str) -> StoreResult<Self> {
+    /// With `standby`, waits while another process owns it ([`owner::wait`]).
+    pub fn open_postgres(url: &str, standby: Option<Duration>) -> StoreResult<Self> {
         let pg = db::PgConn::connect(url)?;
         let conn = Db::Postgres(Box::new(pg));
         schema_pg::migrate(&conn)?;
-        if let Db::Postgres(pg) = &conn {
-            pg.own()?;
-        }
+        owner::own(&conn, standby)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let beat = owner::Beat::start(Arc::downgrade(&conn));
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn,
             garbage: Mutex::new(Vec::new()),
             _wal: None,
             _owner: None,
+            _beat: Some(beat),
         })
     }
 

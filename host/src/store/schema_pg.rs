@@ -6,8 +6,9 @@ use super::db::{Db, DbError, DbResult, params};
 use super::schema::{ADDED_COLUMNS, INDEXES, SCHEMA, SCHEMA_VERSION};
 
 /// What PostgreSQL has and SQLite does not: `held_bytes` kept by a PL/pgSQL trigger
-/// (SQLite's are two triggers of its own syntax), and `jobs_by_tenant` with the LSN in
-/// it (SQLite's index carries the rowid, which is the LSN, by itself).
+/// (SQLite's are two triggers of its own syntax), `jobs_by_tenant` with the LSN in it
+/// (SQLite's index carries the rowid, which is the LSN, by itself), and the journal's
+/// owner (its server process and last beat: store/owner.rs).
 const POSTGRES_ONLY: &str = r#"
 CREATE TABLE IF NOT EXISTS held_bytes (
     tenant TEXT PRIMARY KEY,
@@ -28,6 +29,11 @@ DROP TRIGGER IF EXISTS blobs_held ON blobs;
 CREATE TRIGGER blobs_held AFTER INSERT OR DELETE ON blobs
     FOR EACH ROW EXECUTE FUNCTION wasmesh_held_bytes();
 CREATE INDEX IF NOT EXISTS jobs_by_tenant_lsn ON jobs (tenant, lsn);
+CREATE TABLE IF NOT EXISTS wasmesh_owner (
+    id BIGINT PRIMARY KEY,
+    pid BIGINT NOT NULL,
+    beat_ms BIGINT NOT NULL
+);
 "#;
 
 /// SQLite's table definitions as PostgreSQL spells them: 64-bit integers everywhere

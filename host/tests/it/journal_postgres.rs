@@ -304,3 +304,201 @@ fn a_frozen_database_fails_calls_instead_of_hanging_them() {
     });
     assert_eq!(client.wait(lsn, WAIT).unwrap().state.as_str(), "succeeded");
 }
+
+/// A standby coordinator on a free port of 127.0.0.1, waiting for the journal at `url`:
+/// its process, its URL, and (once it owns the journal and listens) its first line.
+struct Standby {
+    child: std::process::Child,
+    url: String,
+    listening: std::sync::mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Standby {
+    fn start(url: &str, extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
+            .args([
+                "coordinator",
+                "--standby",
+                "--listen",
+                &listen,
+                "--journal",
+                url,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, listening) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            url: format!("http://{listen}"),
+            listening,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cluster of the failover tests: a coordinator owning the journal in a private
+/// PostgreSQL server, a standby sharing its blob directory, two nodes that know both,
+/// and a client of both.
+fn failover_cluster(
+    postgres: &Private,
+) -> (Server, Standby, Vec<Server>, wasmesh_host::client::Client) {
+    // The standby shares the blob directory too.
+    let cas = postgres.dir.path().join("cas");
+    let cas = cas.to_str().unwrap();
+    let shared = [
+        "--heartbeat-interval",
+        "100ms",
+        "--lease",
+        "2s",
+        "--takeover-after",
+        "2s",
+        "--cas-dir",
+        cas,
+    ];
+    let first = Server::coordinator(&[&shared[..], &["--journal", &postgres.url]].concat());
+    let standby = Standby::start(&postgres.url, &shared);
+    let both = format!("{},{}", first.url, standby.url);
+    let nodes = (0..2)
+        .map(|i| {
+            Server::start(&[
+                "--coordinator",
+                &both,
+                "--node-id",
+                &format!("f{i}"),
+                "--slots",
+                "2",
+            ])
+        })
+        .collect();
+    (
+        first,
+        standby,
+        nodes,
+        wasmesh_host::client::Client::new(&both, None),
+    )
+}
+
+/// Submits `count` jobs of 20 ms in batches of 100 (each its own input), returns them
+/// once some have finished.
+fn submit_many(client: &wasmesh_host::client::Client, count: usize) -> Vec<u64> {
+    let worker = upload_test_guest(client);
+    let mut lsns = Vec::with_capacity(count);
+    for batch in (0..count).collect::<Vec<_>>().chunks(100) {
+        let actions: Vec<_> = batch
+            .iter()
+            .map(|i| {
+                action(
+                    client,
+                    worker,
+                    &["sleep", "20"],
+                    Some(format!("{i}").as_bytes()),
+                )
+            })
+            .collect();
+        lsns.extend(client.submit_batch(&actions, None).unwrap());
+    }
+    let finished = |lsn: &u64| crate::server::job_state(client, *lsn) == "succeeded";
+    eventually(WAIT, || lsns.iter().take(50).any(finished).then_some(()));
+    lsns
+}
+
+/// Every job finished, each once: one succeeded row and one usage row (written with
+/// the result) per job, no attempt left open.
+fn each_finished_once(client: &wasmesh_host::client::Client, url: &str, lsns: &[u64]) {
+    for lsn in lsns {
+        let result = client.wait(*lsn, WAIT).unwrap();
+        assert_eq!(result.state.as_str(), "succeeded", "job {lsn}: {result:?}");
+    }
+    let n = lsns.len().to_string();
+    assert_eq!(
+        psql(url, "SELECT COUNT(*) FROM jobs WHERE state = 'succeeded'"),
+        n
+    );
+    assert_eq!(
+        psql(url, "SELECT COUNT(*) FROM usage"),
+        n,
+        "one result a job"
+    );
+    assert_eq!(psql(url, "SELECT COUNT(DISTINCT lsn) FROM usage"), n);
+    assert_eq!(
+        psql(url, "SELECT COUNT(*) FROM attempts WHERE ended_ms IS NULL"),
+        "0",
+        "no attempt left open"
+    );
+}
+
+/// The owner of the journal is killed mid-run (1,000 jobs submitted through both
+/// coordinators' client): the standby takes the journal over, the nodes and the
+/// client move to it, and every job finishes exactly once.
+#[test]
+fn a_standby_takes_over_from_a_killed_coordinator_and_every_job_finishes_once() {
+    let postgres = Private::start();
+    let (first, standby, _nodes, client) = failover_cluster(&postgres);
+    let lsns = submit_many(&client, 1000);
+    first.kill();
+    let line = standby
+        .listening
+        .recv_timeout(WAIT)
+        .expect("the standby took over");
+    assert!(line.contains(&standby.url), "{line}");
+    each_finished_once(&client, &postgres.url, &lsns);
+}
+
+/// The owner is frozen (SIGSTOP) past the takeover time: the standby ends its session
+/// and takes over; resumed, the frozen coordinator finds the journal another's and
+/// exits (status 3) without writing to it; every job finishes exactly once.
+#[test]
+fn a_frozen_coordinator_is_taken_over_and_exits_when_it_resumes() {
+    let postgres = Private::start();
+    let (first, standby, _nodes, client) = failover_cluster(&postgres);
+    let lsns = submit_many(&client, 300);
+    let pid = first.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let line = standby
+        .listening
+        .recv_timeout(WAIT)
+        .expect("the standby took over");
+    assert!(line.contains(&standby.url), "{line}");
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(first.exited().code(), Some(3), "the resumed owner gives up");
+    each_finished_once(&client, &postgres.url, &lsns);
+}

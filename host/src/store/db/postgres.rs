@@ -25,6 +25,9 @@ use super::{DbError, DbResult, Row, ToValue, ValueRef};
 
 type BoxError = Box<dyn Error + Sync + Send>;
 
+/// What a journal another process owns answers.
+pub(crate) const IN_USE: &str = "is in use by another process";
+
 /// The longest a call waits for PostgreSQL's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -119,11 +122,18 @@ impl PgConn {
             &[],
         ))?;
         if row.get::<_, bool>(0) {
+            // Who holds it, and that it is alive: a standby takes the journal over
+            // from a holder whose beat stopped (store/owner.rs).
+            futures_executor::block_on(client.execute(
+                "INSERT INTO wasmesh_owner (id, pid, beat_ms) VALUES (1, pg_backend_pid(), $1) \
+                 ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, beat_ms = excluded.beat_ms",
+                &[&crate::store::now_ms()],
+            ))?;
             return Ok(());
         }
         Err(DbError::Other(format!(
-            "the journal in schema {:?} is in use by another process (a coordinator or \
-             node holds it; several coordinators on one journal are not supported yet)",
+            "the journal in schema {:?} {IN_USE} (a coordinator or node holds it; \
+             `wasmesh coordinator --standby` waits to take it over)",
             row.get::<_, Option<String>>(1).unwrap_or_default()
         )))
     }
