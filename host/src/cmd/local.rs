@@ -94,6 +94,10 @@ pub struct LocalCluster {
     pub coordinator: Process,
     /// The nodes, in the order they were added.
     pub nodes: Vec<Process>,
+    /// The coordinator's URL, and its standby's after it (comma-separated).
+    coordinators: String,
+    /// A standby coordinator (`add_standby`).
+    standby: Option<KillOnDrop>,
     dir: tempfile::TempDir,
     keys: Keys,
 }
@@ -104,6 +108,49 @@ struct Keys {
     tenant: String,
     operator: String,
     node: String,
+}
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A coordinator's arguments: on `listen`, its data in `dir/name`, with the keys.
+fn coordinator_args(
+    dir: &tempfile::TempDir,
+    keys: &Keys,
+    name: &str,
+    listen: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "coordinator",
+        "--listen",
+        listen,
+        "--heartbeat-interval",
+        "200ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("--data-dir".into());
+    args.push(dir.path().join(name).display().to_string());
+    for (flag, key) in [
+        ("--api-key", &keys.tenant),
+        ("--admin-key", &keys.operator),
+        ("--node-key", &keys.node),
+    ] {
+        args.push(flag.into());
+        args.push(key.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 fn fresh_key() -> String {
@@ -117,49 +164,61 @@ impl LocalCluster {
             .prefix("wasmesh-cluster-")
             .tempdir()
             .context("creating the cluster's data directory")?;
-        let mut args: Vec<String> = [
-            "coordinator",
-            "--listen",
-            "127.0.0.1:0",
-            "--heartbeat-interval",
-            "200ms",
-            "--data-dir",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push(dir.path().join("coordinator").display().to_string());
         let keys = Keys {
             tenant: fresh_key(),
             operator: fresh_key(),
             node: fresh_key(),
         };
-        for (flag, key) in [
-            ("--api-key", &keys.tenant),
-            ("--admin-key", &keys.operator),
-            ("--node-key", &keys.node),
-        ] {
-            args.push(flag.into());
-            args.push(key.clone());
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = coordinator_args(&dir, &keys, "coordinator", "127.0.0.1:0", extra);
         let coordinator = Process::spawn("coordinator", &args)?;
         Ok(Self {
+            coordinators: coordinator.url.clone(),
             coordinator,
+            standby: None,
             nodes: Vec::new(),
             dir,
             keys,
         })
     }
 
-    /// A client of the coordinator with the tenant key.
+    /// Starts a standby coordinator (`--standby` and `extra`: the same PostgreSQL
+    /// journal and `--cas-dir`) on a free port; it listens once it takes the journal
+    /// over. Nodes added from now on, and clients, know both coordinators.
+    pub fn add_standby(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = coordinator_args(&self.dir, &self.keys, "standby", &listen, extra);
+        args.push("--standby".into());
+        let exe = std::env::current_exe().context("finding the wasmesh binary")?;
+        let child = Command::new(exe)
+            .args(&args)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the standby")?;
+        self.coordinators = format!("{},http://{listen}", self.coordinator.url);
+        self.standby = Some(KillOnDrop(child));
+        Ok(())
+    }
+
+    /// SIGKILLs the coordinator (its standby, if any, takes over).
+    pub fn kill_coordinator(&mut self) -> anyhow::Result<()> {
+        self.coordinator.child.kill()?;
+        self.coordinator.child.wait()?;
+        Ok(())
+    }
+
+    /// A client of the coordinator (and its standby) with the tenant key.
     pub fn client(&self) -> Client {
-        Client::new(&self.coordinator.url, Some(self.keys.tenant.clone()))
+        Client::new(&self.coordinators, Some(self.keys.tenant.clone()))
     }
 
     /// A client of the coordinator with the operator key (fleet administration).
     pub fn operator(&self) -> Client {
-        Client::new(&self.coordinator.url, Some(self.keys.operator.clone()))
+        Client::new(&self.coordinators, Some(self.keys.operator.clone()))
     }
 
     /// Starts a node with `slots` slots and waits until the coordinator lists it ready.
@@ -175,7 +234,7 @@ impl LocalCluster {
             "--data-dir".into(),
             self.dir.path().join(id).display().to_string(),
             "--coordinator".into(),
-            self.coordinator.url.clone(),
+            self.coordinators.clone(),
             "--node-key".into(),
             self.keys.node.clone(),
         ];
@@ -205,6 +264,7 @@ impl LocalCluster {
             node.stop(Duration::from_secs(15))?;
         }
         self.coordinator.stop(Duration::from_secs(15))?;
+        drop(self.standby);
         drop(self.dir);
         Ok(())
     }

@@ -473,7 +473,9 @@ fn a_standby_takes_over_from_a_killed_coordinator_and_every_job_finishes_once() 
 
 /// The owner is frozen (SIGSTOP) past the takeover time: the standby ends its session
 /// and takes over; resumed, the frozen coordinator finds the journal another's and
-/// exits (status 3) without writing to it; every job finishes exactly once.
+/// exits (status 3) without writing to it; every job finishes exactly once. Pins a
+/// defect it found: a session ended during a COMMIT left the connection refusing every
+/// later call (its beat included), so the resumed owner never noticed and never exited.
 #[test]
 fn a_frozen_coordinator_is_taken_over_and_exits_when_it_resumes() {
     let postgres = Private::start();
@@ -499,6 +501,11 @@ fn a_frozen_coordinator_is_taken_over_and_exits_when_it_resumes() {
             .unwrap()
             .success()
     );
-    assert_eq!(first.exited().code(), Some(3), "the resumed owner gives up");
+    // Not first.exited() alone: an owner that never gives up must fail the test, not
+    // hang it.
+    let (tx, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(first.exited().code()));
+    let code = exited.recv_timeout(WAIT).expect("the resumed owner exits");
+    assert_eq!(code, Some(3), "the resumed owner gives up");
     each_finished_once(&client, &postgres.url, &lsns);
 }

@@ -232,6 +232,93 @@ pub fn journal(postgres: &str, jobs: usize, sequential: usize) -> anyhow::Result
     Ok(())
 }
 
+/// `wasmesh bench failover`: a coordinator owning a PostgreSQL journal, a standby
+/// sharing it and the blob store, 2 nodes and a client that know both; `jobs` trivial
+/// jobs submitted, the owner SIGKILLed once a third of them finished. Measures the gap
+/// between the last result recorded before the kill and the first after it (polling
+/// the usage ledger's job count, which grows with every result, every 5 ms).
+pub fn failover(postgres: &str, jobs: usize) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("wasmesh bench failover: 2 coordinators (one a standby), 2 nodes, {cores} cores");
+    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let joiner = if postgres.contains('?') { '&' } else { '?' };
+    let url = format!("{postgres}{joiner}options=-csearch_path%3D{schema}");
+    let cas = tempfile::tempdir()?;
+    let cas = cas
+        .path()
+        .to_str()
+        .context("a UTF-8 temporary path")?
+        .to_string();
+    let shared = [
+        "--journal",
+        &url,
+        "--cas-dir",
+        &cas,
+        "--lease",
+        "2s",
+        "--takeover-after",
+        "2s",
+    ];
+    let mut cluster = LocalCluster::start(&shared)?;
+    cluster.add_standby(&shared)?;
+    cluster.add_node("node-1", cores)?;
+    cluster.add_node("node-2", cores)?;
+    let (client, operator) = (cluster.client(), cluster.operator());
+    let recorded = || -> Option<u64> {
+        let usage = operator
+            .call(reqwest::Method::GET, "/compute/usage", None)
+            .ok()?;
+        Some(
+            usage["usage"]
+                .as_array()?
+                .iter()
+                .filter_map(|r| r["jobs"].as_u64())
+                .sum(),
+        )
+    };
+    let worker = upload_trivial(&client)?;
+    let mut lsns = Vec::with_capacity(jobs);
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(100) {
+        let actions: Vec<Value> = chunk
+            .iter()
+            .map(|n| json!({"worker": worker, "args": [format!("failover-{n}")]}))
+            .collect();
+        lsns.extend(client.submit_batch(&actions, None)?);
+    }
+    // Until a third finished: the time of the last change seen.
+    let (mut seen, mut last_change) = (0, Instant::now());
+    while seen < jobs as u64 / 3 {
+        if let Some(now) = recorded().filter(|n| *n != seen) {
+            (seen, last_change) = (now, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cluster.kill_coordinator()?;
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(120);
+    let first_after = loop {
+        ensure!(
+            Instant::now() < deadline,
+            "no result within 120 s of the kill"
+        );
+        if recorded().is_some_and(|n| n > seen) {
+            break Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    for lsn in &lsns {
+        wait_ok(&client, *lsn)?;
+    }
+    println!(
+        "{jobs} trivial jobs; the owner killed after {seen} results: last result before \
+         the kill -> first after: {:.2} s (the kill -> first result: {:.2} s); every job \
+         succeeded",
+        (first_after - last_change).as_secs_f64(),
+        (first_after - killed).as_secs_f64()
+    );
+    Ok(())
+}
+
 /// A coordinator and 2 one-slot nodes with `module` uploaded as worker `name`.
 fn two_nodes_with(
     module: &std::path::Path,

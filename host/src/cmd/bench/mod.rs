@@ -2,6 +2,7 @@
 //!
 //! - `wasmesh bench node`: one node over loopback HTTP (baselines: the `/health` round
 //!   trip, a raw `PUT /cas`). The node runs in this process on 127.0.0.1:0.
+//! - `wasmesh bench failover`: a standby coordinator taking over a PostgreSQL journal.
 //! - `wasmesh bench journal`: the same cluster with its journal in SQLite and in
 //!   PostgreSQL.
 //! - `wasmesh bench cluster`: a coordinator and 2 node processes (baselines: the same
@@ -155,6 +156,16 @@ pub enum Args {
         #[arg(long, default_value_t = 100)]
         flood_factor: usize,
     },
+    /// Failover to a standby coordinator on a PostgreSQL journal: the time from the
+    /// last result before the owner is killed to the first after.
+    Failover {
+        /// The PostgreSQL server (`postgres://...`); the run uses a schema of its own.
+        #[arg(long, env = "WASMESH_BENCH_POSTGRES")]
+        postgres: String,
+        /// Trivial jobs submitted.
+        #[arg(long, default_value_t = 3000)]
+        jobs: usize,
+    },
     /// The journal's backends on a coordinator and 2 node processes: trivial jobs/s and
     /// sequential latency with the SQLite file (baseline) and with PostgreSQL, in the
     /// same run.
@@ -205,6 +216,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             jobs,
             sequential,
         } => cluster::journal(&postgres, jobs, sequential)?,
+        Args::Failover { postgres, jobs } => cluster::failover(&postgres, jobs)?,
     }
     Ok(ExitCode::SUCCESS)
 }

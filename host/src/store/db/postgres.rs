@@ -310,7 +310,15 @@ impl PgConn {
         let done = self.answer(client.batch_execute(sql));
         match sql {
             "BEGIN" => self.in_transaction.set(done.is_ok()),
-            "COMMIT" | "ROLLBACK" => self.in_transaction.set(false),
+            // However it went, the transaction is over: a connection lost by the
+            // COMMIT itself must not leave the next transaction refused (it did: a
+            // coordinator whose session was ended during a COMMIT refused every call
+            // from then on, its beat included, so it never noticed it had lost the
+            // journal).
+            "COMMIT" | "ROLLBACK" => {
+                self.in_transaction.set(false);
+                self.lost_in_transaction.set(false);
+            }
             _ => {}
         }
         done
