@@ -277,14 +277,34 @@ pub fn failover(postgres: &str, jobs: usize) -> anyhow::Result<()> {
         )
     };
     let worker = upload_trivial(&client)?;
-    let mut lsns = Vec::with_capacity(jobs);
-    for chunk in (0..jobs).collect::<Vec<_>>().chunks(100) {
-        let actions: Vec<Value> = chunk
-            .iter()
-            .map(|n| json!({"worker": worker, "args": [format!("failover-{n}")]}))
-            .collect();
-        lsns.extend(client.submit_batch(&actions, None)?);
-    }
+    // Submitted meanwhile (through the failover too: the client moves to the standby,
+    // each batch under its Idempotency-Key).
+    let submitting = std::thread::spawn({
+        let client = client.clone();
+        move || -> anyhow::Result<Vec<u64>> {
+            let mut lsns = Vec::with_capacity(jobs);
+            for chunk in (0..jobs).collect::<Vec<_>>().chunks(100) {
+                let actions: Vec<Value> = chunk
+                    .iter()
+                    .map(|n| json!({"worker": worker, "args": [format!("failover-{n}")]}))
+                    .collect();
+                // While neither coordinator answers (the standby is taking over),
+                // again. (A batch whose answer was lost may be taken twice: the same
+                // actions, the second answered from the result cache.)
+                let retry_until = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match client.submit_batch(&actions, None) {
+                        Ok(taken) => break lsns.extend(taken),
+                        Err(_) if Instant::now() < retry_until => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Ok(lsns)
+        }
+    });
     // Until a third finished: the time of the last change seen.
     let (mut seen, mut last_change) = (0, Instant::now());
     while seen < jobs as u64 / 3 {
@@ -306,6 +326,9 @@ pub fn failover(postgres: &str, jobs: usize) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    let lsns = submitting
+        .join()
+        .map_err(|_| anyhow::anyhow!("the submitting thread panicked"))??;
     for lsn in &lsns {
         wait_ok(&client, *lsn)?;
     }
