@@ -32,17 +32,28 @@ fn trivial_throughput(client: &Client, jobs: usize, salt: &str) -> anyhow::Resul
     }
     let start = Instant::now();
     let mut lsns = Vec::with_capacity(jobs);
-    for chunk in (0..jobs).collect::<Vec<_>>().chunks(100) {
-        let actions: Vec<Value> = chunk
-            .iter()
-            .map(|n| json!({"worker": worker, "args": [format!("{salt}-{n}")]}))
-            .collect();
+    for actions in trivial_batches(worker, salt, jobs) {
         lsns.extend(client.submit_batch(&actions, None)?);
     }
     for lsn in &lsns {
         wait_ok(client, *lsn)?;
     }
     Ok(jobs as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `jobs` distinct trivial actions (`salt` keeps them apart from other runs' in the
+/// result cache), in batches of 100.
+fn trivial_batches(worker: HashHex, salt: &str, jobs: usize) -> Vec<Vec<Value>> {
+    (0..jobs)
+        .collect::<Vec<_>>()
+        .chunks(100)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|n| json!({"worker": worker, "args": [format!("{salt}-{n}")]}))
+                .collect()
+        })
+        .collect()
 }
 
 /// Submits `count` trivial jobs one at a time, each waited for; (p50, p99) latency.
@@ -283,11 +294,7 @@ pub fn failover(postgres: &str, jobs: usize) -> anyhow::Result<()> {
         let client = client.clone();
         move || -> anyhow::Result<Vec<u64>> {
             let mut lsns = Vec::with_capacity(jobs);
-            for chunk in (0..jobs).collect::<Vec<_>>().chunks(100) {
-                let actions: Vec<Value> = chunk
-                    .iter()
-                    .map(|n| json!({"worker": worker, "args": [format!("failover-{n}")]}))
-                    .collect();
+            for actions in trivial_batches(worker, "failover", jobs) {
                 // While neither coordinator answers (the standby is taking over),
                 // again. (A batch whose answer was lost may be taken twice: the same
                 // actions, the second answered from the result cache.)
