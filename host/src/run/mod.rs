@@ -11,10 +11,15 @@ use wasmesh_runtime::{
     CancellationToken, FileSource, Mount, Outcome, RunObserver, RunSpec, RuntimeError,
 };
 
-use crate::engine::{CHECKPOINT_INTERVAL, Engine, Fence, MAX_CHECKPOINT_WRITES, Runnable};
+use crate::engine::{
+    CHECKPOINT_INTERVAL, Engine, EngineError, Fence, MAX_CHECKPOINT_WRITES, Runnable,
+};
 use crate::model::{
     ActionDescriptor, HashHex, JobResult, JobState, RunTiming, UsageJson, WorkerDescriptor, outcome,
 };
+
+/// How long a slot waits before taking a job again after the journal failed.
+const JOURNAL_RETRY: Duration = Duration::from_millis(250);
 
 /// A node's slots and the dispatcher that fills them.
 #[derive(Debug)]
@@ -93,6 +98,9 @@ impl Runner {
     }
 
     /// Runs one job on this (blocking) thread and records its result.
+    ///
+    /// A journal that does not answer (its database away) neither loses the job nor
+    /// fails it: one not started yet stays queued, a result waits until it is taken.
     fn execute(self: &Arc<Self>, runnable: Runnable) {
         let lsn = runnable.job.lsn;
         if let Err(e) = self.try_execute(runnable) {
@@ -100,14 +108,29 @@ impl Runner {
         }
     }
 
-    fn try_execute(self: &Arc<Self>, runnable: Runnable) -> Result<(), crate::engine::EngineError> {
+    fn try_execute(self: &Arc<Self>, runnable: Runnable) -> Result<(), EngineError> {
         let Runnable {
             mut job,
             worker,
             action,
             cancel,
         } = runnable;
-        job.attempts = self.engine.start_attempt(&job)?;
+        job.attempts = match self.engine.start_attempt(&job) {
+            Ok(attempt) => attempt,
+            Err(EngineError::Journal(e)) => {
+                // Not started: it stays queued, taken again once the journal answers.
+                tracing::warn!(
+                    lsn = job.lsn,
+                    error = e,
+                    "the journal is unavailable; the job stays queued"
+                );
+                self.engine.requeue(&[job.lsn]);
+                std::thread::sleep(JOURNAL_RETRY);
+                self.engine.runnable().notify_one();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let started = Instant::now();
         let run = self.run_job(&job, &worker, &action, cancel);
         self.engine.metrics().observe_run(started.elapsed());
@@ -128,9 +151,44 @@ impl Runner {
                 false,
             ),
         };
-        self.engine
-            .record(&job, result, host_failure, Fence::Local)?;
-        Ok(())
+        match self
+            .engine
+            .record(&job, result.clone(), host_failure, Fence::Local)
+        {
+            Err(EngineError::Journal(e)) => {
+                self.record_when_the_journal_answers(&job, result, host_failure, &e)
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Records a result the journal failed to take, again and again (backing off up
+    /// to 5 s) until it answers or the node stops (the job is then requeued at the
+    /// next start). Under the attempt's fence: if the failed write had in fact been
+    /// committed (its answer lost), the job no longer runs that attempt and nothing is
+    /// written twice.
+    fn record_when_the_journal_answers(
+        &self,
+        job: &crate::store::JobRow,
+        result: JobResult,
+        host_failure: bool,
+        first: &str,
+    ) -> Result<(), EngineError> {
+        tracing::warn!(
+            lsn = job.lsn,
+            error = first,
+            "the journal is unavailable; the result will be recorded when it answers"
+        );
+        let mut pause = JOURNAL_RETRY;
+        while !self.engine.stopping().is_cancelled() {
+            std::thread::sleep(pause);
+            let fence = Fence::Lease(job.attempts);
+            match self.engine.record(job, result.clone(), host_failure, fence) {
+                Err(EngineError::Journal(_)) => pause = (pause * 2).min(Duration::from_secs(5)),
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(EngineError::Journal(first.to_string()))
     }
 
     fn run_job(

@@ -509,3 +509,44 @@ fn a_frozen_coordinator_is_taken_over_and_exits_when_it_resumes() {
     assert_eq!(code, Some(3), "the resumed owner gives up");
     each_finished_once(&client, &postgres.url, &lsns);
 }
+
+/// The same restart under a lone node (its own slots run the jobs): no job is failed
+/// or left pending by it; the results the journal could not take are recorded once it
+/// answers, each once.
+#[test]
+fn a_lone_node_rides_out_a_restart_of_postgresql() {
+    let postgres = Private::start();
+    let node = Server::start(&["--journal", &postgres.url, "--slots", "2"]);
+    let client = node.client();
+    let worker = upload_test_guest(&client);
+    let sleeper = |i: usize| {
+        action(
+            &client,
+            worker,
+            &["sleep", "100"],
+            Some(format!("{i}").as_bytes()),
+        )
+    };
+    let mut lsns: Vec<u64> = (0..20)
+        .map(|i| client.submit(&sleeper(i), None, None).unwrap())
+        .collect();
+    let finished = |lsn: &u64| crate::server::job_state(&client, *lsn) == "succeeded";
+    eventually(WAIT, || lsns.iter().any(finished).then_some(()));
+    postgres.script("restart");
+    lsns.push(eventually(WAIT, || {
+        client.submit(&sleeper(20), None, None).ok()
+    }));
+    for lsn in &lsns {
+        let result = client.wait(*lsn, WAIT).unwrap();
+        assert_eq!(result.state.as_str(), "succeeded", "job {lsn}: {result:?}");
+    }
+    let url = postgres.url.as_str();
+    assert_eq!(
+        psql(url, "SELECT COUNT(*) FROM usage"),
+        lsns.len().to_string()
+    );
+    assert_eq!(
+        psql(url, "SELECT COUNT(DISTINCT lsn) FROM usage"),
+        lsns.len().to_string()
+    );
+}
