@@ -20,6 +20,10 @@ use super::{StoreResult, now_ms};
 /// How often the owner beats.
 const BEAT: Duration = Duration::from_secs(1);
 
+/// Beats refused in a row (the journal owned by another session) before the process
+/// gives up the journal and exits.
+const REFUSED_BEATS: u32 = 10;
+
 /// How often a standby looks again.
 const LOOK: Duration = Duration::from_millis(250);
 
@@ -76,6 +80,7 @@ impl Beat {
         let thread = std::thread::Builder::new()
             .name("wasmesh-owner".into())
             .spawn(move || {
+                let mut refused = 0;
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(BEAT) {
                     let Some(journal) = journal.upgrade() else {
                         return;
@@ -86,9 +91,19 @@ impl Beat {
                         params![now_ms()],
                     );
                     match beat {
-                        Ok(1) => {}
+                        Ok(1) => refused = 0,
                         Ok(_) => lost("another process's session is the journal's owner"),
-                        Err(e) if e.to_string().contains(IN_USE) => lost(&e.to_string()),
+                        // Refused beats in a row: one refusal may be this process's own
+                        // old session (cut off by a call's timeout, not yet ended by the
+                        // server); a journal taken over stays refused.
+                        Err(e) if e.to_string().contains(IN_USE) => {
+                            refused += 1;
+                            if refused >= REFUSED_BEATS {
+                                lost(&e.to_string());
+                            }
+                            tracing::warn!(error = %e, "the journal refused this process's beat");
+                            continue;
+                        }
                         // The database is away: the calls that need it fail meanwhile.
                         Err(e) => tracing::warn!(error = %e, "the journal's beat failed"),
                     }
