@@ -179,41 +179,33 @@ fn a_cluster_rides_out_a_restart_of_postgresql() {
             ])
         })
         .collect();
-    let client = coordinator.client();
-    let worker = upload_test_guest(&client);
+    ride_out_a_restart(&postgres, &coordinator.client(), 30);
+}
+
+/// Submits `jobs` jobs of 100 ms through `client`, restarts the server once one has
+/// finished, submits one more once the server takes submissions again (the first
+/// calls may fail while it reconnects), and checks every job finished, each once.
+fn ride_out_a_restart(postgres: &Private, client: &wasmesh_host::client::Client, jobs: usize) {
+    let worker = upload_test_guest(client);
     // Each its own input, so no job is answered from another's cached result.
     let sleeper = |i: usize| {
         action(
-            &client,
+            client,
             worker,
             &["sleep", "100"],
             Some(format!("{i}").as_bytes()),
         )
     };
-    let mut lsns: Vec<u64> = (0..30)
+    let mut lsns: Vec<u64> = (0..jobs)
         .map(|i| client.submit(&sleeper(i), None, None).unwrap())
         .collect();
-    let finished = |lsn: &u64| crate::server::job_state(&client, *lsn) == "succeeded";
+    let finished = |lsn: &u64| crate::server::job_state(client, *lsn) == "succeeded";
     eventually(WAIT, || lsns.iter().any(finished).then_some(()));
     postgres.script("restart");
-    // Taking submissions again (the first calls may fail while it reconnects).
-    let after = eventually(WAIT, || client.submit(&sleeper(30), None, None).ok());
-    lsns.push(after);
-    for lsn in &lsns {
-        let result = client.wait(*lsn, WAIT).unwrap();
-        assert_eq!(result.state.as_str(), "succeeded", "job {lsn}: {result:?}");
-    }
-    let url = postgres.url.as_str();
-    assert_eq!(
-        psql(url, "SELECT COUNT(*) FROM jobs WHERE state = 'succeeded'"),
-        lsns.len().to_string(),
-        "every accepted job finished, once"
-    );
-    assert_eq!(
-        psql(url, "SELECT COUNT(*) FROM usage"),
-        lsns.len().to_string(),
-        "one result recorded per job"
-    );
+    lsns.push(eventually(WAIT, || {
+        client.submit(&sleeper(jobs), None, None).ok()
+    }));
+    each_finished_once(client, &postgres.url, &lsns);
 }
 
 /// Pins the lone owner of a journal: a second process on the same schema would
@@ -517,36 +509,5 @@ fn a_frozen_coordinator_is_taken_over_and_exits_when_it_resumes() {
 fn a_lone_node_rides_out_a_restart_of_postgresql() {
     let postgres = Private::start();
     let node = Server::start(&["--journal", &postgres.url, "--slots", "2"]);
-    let client = node.client();
-    let worker = upload_test_guest(&client);
-    let sleeper = |i: usize| {
-        action(
-            &client,
-            worker,
-            &["sleep", "100"],
-            Some(format!("{i}").as_bytes()),
-        )
-    };
-    let mut lsns: Vec<u64> = (0..20)
-        .map(|i| client.submit(&sleeper(i), None, None).unwrap())
-        .collect();
-    let finished = |lsn: &u64| crate::server::job_state(&client, *lsn) == "succeeded";
-    eventually(WAIT, || lsns.iter().any(finished).then_some(()));
-    postgres.script("restart");
-    lsns.push(eventually(WAIT, || {
-        client.submit(&sleeper(20), None, None).ok()
-    }));
-    for lsn in &lsns {
-        let result = client.wait(*lsn, WAIT).unwrap();
-        assert_eq!(result.state.as_str(), "succeeded", "job {lsn}: {result:?}");
-    }
-    let url = postgres.url.as_str();
-    assert_eq!(
-        psql(url, "SELECT COUNT(*) FROM usage"),
-        lsns.len().to_string()
-    );
-    assert_eq!(
-        psql(url, "SELECT COUNT(DISTINCT lsn) FROM usage"),
-        lsns.len().to_string()
-    );
+    ride_out_a_restart(&postgres, &node.client(), 20);
 }
