@@ -85,6 +85,12 @@ pub async fn sysinfo(State(state): State<AppState>) -> Json<serde_json::Value> {
             "output_bytes": limits.output_bytes,
         },
         "labels": config.labels,
+        // Whether the journal is shared with other coordinators (`--shared`), and
+        // whether this process runs the duties that run once (always, unshared).
+        "journal": {
+            "shared": state.engine.store().is_shared(),
+            "leader": state.engine.store().leads(),
+        },
     }))
 }
 

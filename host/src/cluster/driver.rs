@@ -321,6 +321,11 @@ fn lease(engine: &Engine, fleet: &Fleet, batch: Vec<Placed>) {
             runnable,
             reservation,
         } = placed;
+        let Some(attempt) = attempt else {
+            // Another coordinator sharing the journal took it first.
+            fleet.release(&reservation);
+            continue;
+        };
         engine.job_started(&runnable.job, &reservation.node, attempt);
         let token = Token {
             lsn: runnable.job.lsn,
@@ -399,10 +404,25 @@ pub async fn expiry_loop(engine: Arc<Engine>, fleet: Arc<Fleet>) {
             continue;
         }
         engine.metrics().leases_expired.add(lost.len() as u64);
+        // On a shared journal a node this coordinator stopped hearing may have moved
+        // to another, keeping its leases: the leader requeues the jobs of nodes no
+        // coordinator hears (cluster/shared.rs); this one only lets them go.
+        let silent: Vec<String> = if engine.store().is_shared() {
+            (fleet.members().into_iter())
+                .filter(|m| m.state == "unhealthy")
+                .map(|m| m.id)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let e = engine.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for lease in lost {
-                lease_lost(&e, lease);
+                if silent.contains(&lease.node) {
+                    e.lost_claim(lease.token.lsn);
+                } else {
+                    lease_lost(&e, lease);
+                }
             }
         })
         .await;

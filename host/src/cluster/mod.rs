@@ -27,6 +27,7 @@ pub mod member;
 pub mod placement;
 pub mod prefetch;
 pub mod protocol;
+pub mod shared;
 
 use std::sync::Arc;
 
@@ -38,4 +39,7 @@ pub use fleet::{CoordinatorConfig, Fleet};
 pub fn start(engine: &Arc<Engine>, fleet: &Arc<Fleet>) {
     tokio::spawn(driver::place_loop(engine.clone(), fleet.clone()));
     tokio::spawn(driver::expiry_loop(engine.clone(), fleet.clone()));
+    if engine.store().is_shared() {
+        tokio::spawn(shared::shared_loop(engine.clone(), fleet.clone()));
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use wasmesh_host::api::AppState;
 use wasmesh_host::engine::{Engine, NodeConfig};
-use wasmesh_host::store::Journal;
+use wasmesh_host::store::{Holding, Journal};
 
 use super::parse_bytes;
 use super::serve::{UpkeepArgs, WebhookArgs, closing, tenant_auth};
@@ -66,10 +66,18 @@ pub struct Args {
     /// With a PostgreSQL journal another coordinator owns: wait (not listening yet),
     /// and take the journal over when that coordinator stops or stops beating for
     /// `--takeover-after`.
-    #[arg(long, requires = "journal")]
+    #[arg(long, requires = "journal", conflicts_with = "shared")]
     pub standby: bool,
-    /// How long the journal's owner may go without beating (its beat is every second)
-    /// before a standby takes over.
+    /// With a PostgreSQL journal: share it with the other coordinators started with
+    /// `--shared` (and the same `--cas-dir`), all active: any of them takes clients'
+    /// requests and nodes; one of them (the leader) runs webhook deliveries,
+    /// housekeeping, garbage collection and autoscaling, and expires the leases of
+    /// nodes none of them hears.
+    #[arg(long, requires = "journal")]
+    pub shared: bool,
+    /// How long the journal's owner (or a shared journal's leader) may go without
+    /// beating (its beat is every second) before a standby (another coordinator)
+    /// takes over.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub takeover_after: Duration,
     /// How placement chooses a node.
@@ -122,7 +130,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }));
     let mut config = NodeConfig::new(args.data_dir.clone());
     config.journal = args.journal.clone();
-    config.standby = args.standby.then_some(args.takeover_after);
+    config.holding = if args.shared {
+        Holding::Shared(args.takeover_after)
+    } else if args.standby {
+        Holding::Standby(args.takeover_after)
+    } else {
+        Holding::Alone
+    };
     config.cas_dir = args.cas_dir.clone();
     config.id = "coordinator".into();
     // The coordinator runs nothing itself; one slot's sandbox validates modules.

@@ -21,9 +21,9 @@ pub struct NodeConfig {
     /// The blob store, when it is not `data_dir/cas` (a directory coordinators sharing
     /// a journal share too).
     pub cas_dir: Option<PathBuf>,
-    /// Wait for a PostgreSQL journal another process owns, taking it over once its
-    /// owner stopped beating for this long (`wasmesh coordinator --standby`).
-    pub standby: Option<Duration>,
+    /// How a PostgreSQL journal is held: alone, as a standby (`wasmesh coordinator
+    /// --standby`) or shared with other coordinators (`--shared`).
+    pub holding: crate::store::Holding,
     /// Actions run at once.
     pub slots: usize,
     /// Ceilings for every action.
@@ -70,7 +70,7 @@ impl NodeConfig {
             id: "node-1".into(),
             data_dir,
             journal: None,
-            standby: None,
+            holding: crate::store::Holding::Alone,
             cas_dir: None,
             slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
             limits: Limits::default(),

@@ -23,6 +23,7 @@ pub mod record;
 mod runnable;
 pub mod scheduler;
 mod settle;
+mod shared;
 mod submit;
 
 use std::collections::HashMap;
@@ -136,7 +137,7 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| Journal::Sqlite(config.data_dir.join("wasmesh.db")));
         let store =
-            Arc::new(Store::open_journal(&journal, config.standby).context("opening the journal")?);
+            Arc::new(Store::open_journal(&journal, config.holding).context("opening the journal")?);
         let cas_dir = (config.cas_dir.clone()).unwrap_or_else(|| config.data_dir.join("cas"));
         let cas = Cas::open(&cas_dir, config.max_blob_bytes).context("opening the store")?;
         let sandbox = Sandbox::new(SandboxConfig {
@@ -220,10 +221,13 @@ impl Engine {
     /// process stopped had its attempt counted when it started; it is queued again, or
     /// failed as `node_lost` once its retries are used up, unless the driver keeps it
     /// running (a coordinator's restored lease).
+    /// On a shared journal the running jobs are other coordinators' leases as much as
+    /// this one's: a node renewing one with this coordinator hands it over
+    /// (`cluster::driver::adopt`), and the leader requeues those of nodes nobody hears.
     fn recover(&self) -> Result<(), EngineError> {
         let mut requeued = 0;
         for job in self.store.unscoped().pending_jobs()? {
-            if job.state != JobState::Running {
+            if job.state != JobState::Running || self.store.is_shared() {
                 continue;
             }
             if self.driver.restore(&job) {
@@ -271,7 +275,8 @@ impl Engine {
     }
 
     /// Starts the engine's own loops: idle queues and idempotency keys expire, webhook
-    /// deliveries go out. Drivers start their own.
+    /// deliveries go out (on a shared journal, these run on its leader only), and a
+    /// shared journal's notifications are heard. Drivers start their own.
     pub fn start(self: &Arc<Self>) {
         let engine = self.clone();
         tokio::spawn(async move { engine.housekeeping().await });
@@ -279,6 +284,7 @@ impl Engine {
         tokio::spawn(async move { engine.collecting().await });
         tokio::spawn(self.clone().enforcing_deadlines());
         self.webhooks.start(self.shutdown.clone());
+        self.start_listening();
     }
 
     /// Stops handing out work: every loop watching [`Engine::stopping`] ends.
@@ -394,6 +400,9 @@ impl Engine {
                 () = tokio::time::sleep(every) => {}
                 () = self.shutdown.cancelled() => return,
             }
+            if !self.store.leads() {
+                continue;
+            }
             let engine = self.clone();
             let swept = tokio::task::spawn_blocking(move || engine.sweep_journal(now_ms())).await;
             if let Ok(Err(e)) = swept {
@@ -417,6 +426,9 @@ impl Engine {
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = self.shutdown.cancelled() => return,
+            }
+            if !self.store.leads() {
+                continue;
             }
             let engine = self.clone();
             let swept = tokio::task::spawn_blocking(move || engine.collect_garbage(false)).await;

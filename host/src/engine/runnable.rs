@@ -139,10 +139,18 @@ impl Engine {
 
     /// Writes the leases of a batch of runnable jobs in one transaction: each is
     /// marked running on its node with its attempt counted. Returns the attempt
-    /// numbers (the fencing tokens), in order.
-    pub fn lease(&self, leases: &[(u64, &str)]) -> Result<Vec<u32>, EngineError> {
+    /// numbers (the fencing tokens), in order; `None` for a job that was no longer
+    /// queued (another coordinator sharing the journal took or ended it), which this
+    /// engine lets go of.
+    pub fn lease(&self, leases: &[(u64, &str)]) -> Result<Vec<Option<u32>>, EngineError> {
         let attempts = self.store.lease_jobs(leases)?;
-        self.metrics.leases_granted.add(attempts.len() as u64);
+        let granted = attempts.iter().filter(|a| a.is_some()).count();
+        self.metrics.leases_granted.add(granted as u64);
+        for ((lsn, _), attempt) in leases.iter().zip(&attempts) {
+            if attempt.is_none() {
+                self.lost_claim(*lsn);
+            }
+        }
         Ok(attempts)
     }
 

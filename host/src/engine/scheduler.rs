@@ -402,6 +402,11 @@ impl Scheduler {
         self.pending.contains_key(&lsn)
     }
 
+    /// Whether the job is pending here or a job here waits for it.
+    pub fn awaits(&self, lsn: u64) -> bool {
+        self.pending.contains_key(&lsn) || self.dependents.contains_key(&lsn)
+    }
+
     /// Whether the job is running.
     pub fn is_running(&self, lsn: u64) -> bool {
         self.pending
@@ -504,6 +509,17 @@ impl Scheduler {
         }
         self.push_ready(&tenant, priority, due, lsn);
         true
+    }
+
+    /// Lets go of a job another coordinator sharing the journal took or ended: it
+    /// leaves the schedule without ending here (its dependents stay, for the end
+    /// another coordinator announces).
+    pub fn forget(&mut self, lsn: u64, now: Instant) {
+        if let Some(p) = self.remove(lsn)
+            && p.phase == Phase::Running
+        {
+            self.stopped_running(&p.tenant, p.started, p.charged, now, false);
+        }
     }
 
     /// Whether a cancel was asked for while the job runs (its token is cancelled).

@@ -161,7 +161,11 @@ impl Engine {
             return Ok(());
         };
         let result = self.ended_early(&job);
-        self.store.finish_job(&result, Fence::Local)?;
+        if !self.store.finish_job(&result, Fence::Local)? {
+            // It ended already (through another coordinator sharing the journal).
+            self.scheduler().forget(lsn, Instant::now());
+            return Ok(());
+        }
         self.job_ended(&job, &result, false);
         self.metrics.finished(result.state);
         self.settle(lsn, false);
@@ -290,6 +294,14 @@ impl Engine {
                     self.record(job, self.ended_early(job), false, fence)?;
                 }
                 Ok(())
+            }
+            // Pending through another coordinator sharing the journal: the cancel is
+            // kept in the journal, whose notice reaches the coordinator holding it.
+            Cancelled::NotPending
+                if self.store.is_shared()
+                    && matches!(job.state, JobState::Queued | JobState::Running) =>
+            {
+                Ok(self.store.request_cancel(lsn)?)
             }
             Cancelled::NotPending => Ok(()),
         }
@@ -492,7 +504,7 @@ mod tests {
         let lsn = submit(&engine, worker, &["noop"], None);
         let taken = engine.next_runnable().unwrap();
         let attempts = engine.lease(&[(lsn, "n1")]).unwrap();
-        assert_eq!(attempts, [1]);
+        assert_eq!(attempts, [Some(1)]);
         let job = engine.job_any(lsn).unwrap().unwrap();
         assert_eq!(job.lease_node.as_deref(), Some("n1"));
         let mut done = engine.failure(&taken.job, JobState::Succeeded, "exited", "");

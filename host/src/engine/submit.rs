@@ -361,6 +361,12 @@ impl Engine {
                 continue;
             }
             let state = self.store.tenant(&job.tenant).job(*after)?.map(|j| j.state);
+            if self.store.is_shared() && matches!(state, Some(JobState::Queued | JobState::Running))
+            {
+                // Pending through another coordinator: its end is announced here.
+                waiting.push(*after);
+                continue;
+            }
             if state != Some(JobState::Succeeded) {
                 drop(scheduler);
                 let message = format!(
@@ -394,7 +400,11 @@ impl Engine {
             return Ok(());
         };
         let result = self.failure(&job, JobState::Failed, outcome::CANCELLED, message);
-        self.store.finish_job(&result, Fence::Local)?;
+        if !self.store.finish_job(&result, Fence::Local)? {
+            // It ended already (through another coordinator sharing the journal).
+            self.scheduler().forget(lsn, std::time::Instant::now());
+            return Ok(());
+        }
         self.job_ended(&job, &result, false);
         self.metrics.finished(result.state);
         self.settle(lsn, false);

@@ -136,13 +136,13 @@ mod tests {
         let store = Store::open(&dir.path().join("db")).unwrap();
         let lsn = one_job(&store);
 
-        let [attempt] = store.lease_jobs(&[(lsn, "n1")]).unwrap()[..] else {
+        let [Some(attempt)] = store.lease_jobs(&[(lsn, "n1")]).unwrap()[..] else {
             panic!("one lease")
         };
         assert!(store.unlease_job(lsn, attempt).unwrap());
         assert!(store.attempts("a", lsn).unwrap().is_empty(), "withdrawn");
 
-        let [first] = store.lease_jobs(&[(lsn, "n1")]).unwrap()[..] else {
+        let [Some(first)] = store.lease_jobs(&[(lsn, "n1")]).unwrap()[..] else {
             panic!("one lease")
         };
         assert_eq!(first, 1, "the withdrawn attempt was uncounted");
@@ -151,9 +151,12 @@ mod tests {
             .settle_jobs(&[(Settle::Requeue(&lost), Fence::Lease(first))])
             .unwrap();
         assert_eq!(written, [true]);
-        let [second] = store.lease_jobs(&[(lsn, "n2")]).unwrap()[..] else {
+        let [Some(second)] = store.lease_jobs(&[(lsn, "n2")]).unwrap()[..] else {
             panic!("one lease")
         };
+        // A job no longer queued is leased to nobody else (two coordinators sharing a
+        // journal both holding it: the second claim finds it taken).
+        assert_eq!(store.lease_jobs(&[(lsn, "n9")]).unwrap(), [None]);
         // The first holder's late report is stale: it closes nothing.
         let late = ended(lsn, JobState::Succeeded, "exited");
         let written = store
@@ -175,7 +178,11 @@ mod tests {
         let third = store.start_job(lsn, "n3").unwrap();
         assert_eq!(third, second + 1);
         let done = ended(lsn, JobState::Succeeded, "exited");
-        store.finish_job(&done, Fence::Local).unwrap();
+        assert!(store.finish_job(&done, Fence::Local).unwrap());
+        // A finished job's result is never written again, even unfenced (another
+        // coordinator ending it too).
+        let again = ended(lsn, JobState::Failed, "cancelled");
+        assert!(!store.finish_job(&again, Fence::Local).unwrap());
         let history = store.attempts("a", lsn).unwrap();
         let outcomes: Vec<_> = history
             .iter()

@@ -113,6 +113,13 @@ impl Fence {
     }
 }
 
+/// The condition of a fenced write (`?2` the fence's attempt, NULL for `Local`): a
+/// lease's attempt only while the job runs exactly that attempt; the node's own run
+/// while the job is pending (a finished job's result is never written again, which
+/// also keeps coordinators sharing a journal from ending one job twice).
+const FENCED: &str = "(CASE WHEN CAST(?2 AS BIGINT) IS NULL THEN state IN ('queued', 'running') \
+                      ELSE state = 'running' AND attempts = ?2 END)";
+
 /// How one attempt's end is written.
 #[derive(Clone, Copy, Debug)]
 pub enum Settle<'a> {
@@ -123,7 +130,7 @@ pub enum Settle<'a> {
     Requeue(&'a JobResult),
 }
 
-const JOB_COLUMNS: &str = "lsn, tenant, queue_id, action, worker, descriptor, priority, state, attempts, \
+pub(super) const JOB_COLUMNS: &str = "lsn, tenant, queue_id, action, worker, descriptor, priority, state, attempts, \
                            max_retries, retry_guest_failures, result, lease_node, checkpoint, \
                            created_ms, finished_ms, start_by_ms, finish_by_ms, \
                            (SELECT group_concat(after) FROM job_deps d WHERE d.lsn = jobs.lsn)";
@@ -156,7 +163,7 @@ fn job_row(row: &Row<'_>) -> DbResult<JobRow> {
 /// The jobs it waits for, from column 18 (`group_concat` of `job_deps`, read with the
 /// row: one statement a job instead of two, which a PostgreSQL journal pays as round
 /// trips), in order.
-fn job_row_with_deps(row: &Row<'_>) -> DbResult<JobRow> {
+pub(super) fn job_row_with_deps(row: &Row<'_>) -> DbResult<JobRow> {
     let mut job = job_row(row)?;
     if let Some(list) = row.get::<Option<String>>(18)? {
         job.after = list
@@ -298,19 +305,22 @@ impl Store {
 
     /// Leases queued jobs to nodes in one transaction: each is marked running on its
     /// node and its attempt counted. Returns the attempt numbers (the fencing tokens),
-    /// in order.
-    pub fn lease_jobs(&self, leases: &[(u64, &str)]) -> StoreResult<Vec<u32>> {
+    /// in order; `None` for a job no longer queued (another coordinator sharing the
+    /// journal took it, or it ended meanwhile), which is left as it is.
+    pub fn lease_jobs(&self, leases: &[(u64, &str)]) -> StoreResult<Vec<Option<u32>>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut attempts = Vec::with_capacity(leases.len());
         for (lsn, node) in leases {
-            let attempt = tx.query_one(
+            let attempt = tx.query_opt(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_node = ?2 \
-                 WHERE lsn = ?1 RETURNING attempts",
+                 WHERE lsn = ?1 AND state = 'queued' RETURNING attempts",
                 params![*lsn as i64, node],
                 |row| row.get(0),
             )?;
-            attempts::open(&tx, *lsn, attempt, node)?;
+            if let Some(attempt) = attempt {
+                attempts::open(&tx, *lsn, attempt, node)?;
+            }
             attempts.push(attempt);
         }
         tx.commit()?;
@@ -368,8 +378,10 @@ impl Store {
             written.push(match settle {
                 Settle::Finish(result) => {
                     let found: Option<(Option<String>, String, Option<i64>)> = tx.query_opt(
-                        "SELECT checkpoint, tenant, queue_id FROM jobs WHERE lsn = ?1 \
-                             AND (CAST(?2 AS BIGINT) IS NULL OR (state = 'running' AND attempts = ?2))",
+                        &format!(
+                            "SELECT checkpoint, tenant, queue_id FROM jobs WHERE lsn = ?1 \
+                             AND {FENCED}"
+                        ),
                         params![result.lsn as i64, attempt],
                         |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                     )?;
@@ -394,9 +406,11 @@ impl Store {
                 }
                 Settle::Requeue(result) => {
                     let requeued = tx.execute(
-                        "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, \
+                        &format!(
+                            "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, \
                              retired = 0, lease_node = NULL WHERE lsn = ?1 \
-                             AND (CAST(?2 AS BIGINT) IS NULL OR (state = 'running' AND attempts = ?2))",
+                             AND {FENCED}"
+                        ),
                         params![result.lsn as i64, attempt],
                     )? == 1;
                     if requeued {

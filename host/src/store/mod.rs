@@ -22,11 +22,13 @@ mod gc;
 mod groups;
 mod idempotency;
 mod jobs;
+mod leader;
 mod listing;
 mod owner;
 mod queues;
 mod schema;
 mod schema_pg;
+mod shared;
 mod tenant;
 mod usage;
 mod wal;
@@ -108,6 +110,24 @@ pub struct Store {
     _owner: Option<File>,
     /// PostgreSQL's: the owner's beat (store/owner.rs).
     _beat: Option<owner::Beat>,
+    /// A shared PostgreSQL journal's: the leader election (store/leader.rs).
+    leader: Option<leader::Leadership>,
+    /// A shared PostgreSQL journal's URL (for its listeners).
+    shared_url: Option<String>,
+}
+
+/// How a process holds a PostgreSQL journal (a SQLite journal is always its alone).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Holding {
+    /// Alone: another process holding it is an error.
+    #[default]
+    Alone,
+    /// Alone, once the process holding it lets go or stops beating for this long
+    /// (`wasmesh coordinator --standby`).
+    Standby(Duration),
+    /// Shared with the other coordinators started with `--shared`; a leader that
+    /// stops beating for this long is replaced.
+    Shared(Duration),
 }
 
 /// Milliseconds since the Unix epoch.
@@ -146,13 +166,12 @@ macro_rules! sql_state {
 sql_state!(JobState, QueueState, WebhookState, DeliveryState);
 
 impl Store {
-    /// Opens (creating and migrating) the journal wherever it is. With `standby`, a
-    /// PostgreSQL journal another process owns is waited for (taken over once its
-    /// owner's beat is older than that) instead of refused.
-    pub fn open_journal(journal: &Journal, standby: Option<Duration>) -> StoreResult<Self> {
+    /// Opens (creating and migrating) the journal wherever it is, held as `holding`
+    /// says (a SQLite journal is always held alone).
+    pub fn open_journal(journal: &Journal, holding: Holding) -> StoreResult<Self> {
         match journal {
             Journal::Sqlite(path) => Self::open(path),
-            Journal::Postgres(url) => Self::open_postgres(url, standby),
+            Journal::Postgres(url) => Self::open_postgres(url, holding),
         }
     }
 
@@ -196,24 +215,47 @@ impl Store {
             _wal: Some(wal),
             _owner: Some(owner),
             _beat: None,
+            leader: None,
+            shared_url: None,
         })
     }
 
-    /// Opens (creating and migrating) the journal in the PostgreSQL database at `url`.
-    /// With `standby`, waits while another process owns it ([`owner::wait`]).
-    pub fn open_postgres(url: &str, standby: Option<Duration>) -> StoreResult<Self> {
+    /// Opens (creating and migrating) the journal in the PostgreSQL database at `url`,
+    /// held as `holding` says: alone (beating as its owner: store/owner.rs), as a
+    /// standby waiting for the owner to go, or shared (in the leader election:
+    /// store/leader.rs).
+    pub fn open_postgres(url: &str, holding: Holding) -> StoreResult<Self> {
         let pg = db::PgConn::connect(url)?;
         let conn = Db::Postgres(Box::new(pg));
         schema_pg::migrate(&conn)?;
-        owner::own(&conn, standby)?;
+        let (leader, shared_url) = match holding {
+            Holding::Alone | Holding::Standby(_) => {
+                let standby = match holding {
+                    Holding::Standby(takeover) => Some(takeover),
+                    _ => None,
+                };
+                owner::own(&conn, standby)?;
+                (None, None)
+            }
+            Holding::Shared(takeover) => {
+                if let Db::Postgres(pg) = &conn {
+                    pg.own(db::Hold::Shared)?;
+                }
+                let leader = leader::Leadership::start(url, takeover)?;
+                (Some(leader), Some(url.to_owned()))
+            }
+        };
         let conn = Arc::new(Mutex::new(conn));
-        let beat = owner::Beat::start(Arc::downgrade(&conn));
+        // The owner beats; coordinators sharing the journal beat as leader or not.
+        let beat = (leader.is_none()).then(|| owner::Beat::start(Arc::downgrade(&conn)));
         Ok(Self {
             conn,
             garbage: Mutex::new(Vec::new()),
             _wal: None,
             _owner: None,
-            _beat: Some(beat),
+            _beat: beat,
+            leader,
+            shared_url,
         })
     }
 

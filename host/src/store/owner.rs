@@ -14,7 +14,7 @@ use std::sync::{Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::db::{Db, IN_USE, params};
+use super::db::{Db, Hold, IN_USE, params};
 use super::{StoreResult, now_ms};
 
 /// How often the owner beats.
@@ -35,7 +35,7 @@ pub(super) fn own(db: &Db, standby: Option<Duration>) -> StoreResult<()> {
     };
     let mut announced = false;
     loop {
-        let refused = match pg.own() {
+        let refused = match pg.own(Hold::Alone) {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };

@@ -7,8 +7,12 @@ use super::schema::{ADDED_COLUMNS, INDEXES, SCHEMA, SCHEMA_VERSION};
 
 /// What PostgreSQL has and SQLite does not: `held_bytes` kept by a PL/pgSQL trigger
 /// (SQLite's are two triggers of its own syntax), `jobs_by_tenant` with the LSN in it
-/// (SQLite's index carries the rowid, which is the LSN, by itself), and the journal's
-/// owner (its server process and last beat: store/owner.rs).
+/// (SQLite's index carries the rowid, which is the LSN, by itself), the journal's
+/// owner and the shared journal's leader (row 1 and row 2: their server process and
+/// last beat: store/owner.rs, store/leader.rs), the nodes' last beats as the
+/// coordinators sharing a journal heard them, and the notifications those coordinators
+/// listen to (a job finished: `s` and its LSN; a cancel asked for: `c` and its LSN;
+/// the webhooks changed: `w`).
 const POSTGRES_ONLY: &str = r#"
 CREATE TABLE IF NOT EXISTS held_bytes (
     tenant TEXT PRIMARY KEY,
@@ -34,6 +38,33 @@ CREATE TABLE IF NOT EXISTS wasmesh_owner (
     pid BIGINT NOT NULL,
     beat_ms BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS wasmesh_nodes (
+    node TEXT PRIMARY KEY,
+    coordinator TEXT NOT NULL,
+    beat_ms BIGINT NOT NULL
+);
+CREATE OR REPLACE FUNCTION wasmesh_job_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.state IN ('succeeded', 'failed', 'cancelled') AND NEW.state <> OLD.state THEN
+        PERFORM pg_notify('wasmesh ' || current_schema(), 's' || NEW.lsn);
+    ELSIF NEW.cancel_requested IS NOT NULL AND OLD.cancel_requested IS NULL THEN
+        PERFORM pg_notify('wasmesh ' || current_schema(), 'c' || NEW.lsn);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER jobs_changed AFTER UPDATE ON jobs
+    FOR EACH ROW EXECUTE FUNCTION wasmesh_job_changed();
+CREATE OR REPLACE FUNCTION wasmesh_webhooks_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('wasmesh ' || current_schema(), 'w');
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER webhooks_changed AFTER INSERT OR UPDATE OR DELETE ON webhooks
+    FOR EACH STATEMENT EXECUTE FUNCTION wasmesh_webhooks_changed();
+CREATE INDEX IF NOT EXISTS jobs_running_by_node ON jobs (lease_node) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (priority DESC, lsn) WHERE state = 'queued';
 "#;
 
 /// SQLite's table definitions as PostgreSQL spells them: 64-bit integers everywhere

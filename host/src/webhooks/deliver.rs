@@ -88,6 +88,13 @@ async fn deliver_loop(hooks: Arc<Webhooks>, stop: CancellationToken) {
         let woken = hooks.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        if !hooks.store.leads() {
+            // Another coordinator sharing the journal delivers; this one waits to lead.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                () = stop.cancelled() => return,
+            }
+        }
         let now = now_ms();
         let claim_until = now + hooks.config.timeout.as_millis() as i64 + 5_000;
         let due = match hooks.store.due(now, CONCURRENCY * 32) {

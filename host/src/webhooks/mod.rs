@@ -170,7 +170,9 @@ impl Webhooks {
         lock(&self.subscriptions)
     }
 
-    fn reload(&self) -> StoreResult<()> {
+    /// Reads the subscriptions again (another coordinator sharing the journal changed
+    /// them).
+    pub fn reload(&self) -> StoreResult<()> {
         let active = self.store.active_webhooks()?;
         *self.subscriptions() = active
             .into_iter()

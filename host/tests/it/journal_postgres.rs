@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+mod shared;
+
 use crate::server::{WAIT, action, eventually, journal_args, upload_test_guest};
 use crate::{Server, err, wasmesh};
 

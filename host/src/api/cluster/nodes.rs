@@ -88,6 +88,7 @@ pub(super) async fn heartbeat(
     Path(id): Path<String>,
     Json(beat): Json<Heartbeat>,
 ) -> ApiResult<Response> {
+    adopting(&state, &id, beat.leases.clone()).await?;
     let answer = state
         .fleet
         .heartbeat(&id, &beat, Instant::now())
@@ -185,6 +186,21 @@ pub(super) struct Leave {
     r#final: bool,
 }
 
+/// Adopts the leases among `tokens` the journal says node `id` holds and this
+/// coordinator does not know (the node moved here from another): see
+/// `cluster::shared::adopt`. Costs nothing when every token is known.
+async fn adopting(state: &CoordinatorState, id: &str, tokens: Vec<Token>) -> ApiResult<()> {
+    if !crate::cluster::shared::has_unknown(&state.fleet, id, &tokens) {
+        return Ok(());
+    }
+    let (engine, fleet, id) = (state.engine.clone(), state.fleet.clone(), id.to_string());
+    tokio::task::spawn_blocking(move || {
+        crate::cluster::shared::adopt(&engine, &fleet, &id, &tokens)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("adopting leases: {e}")))
+}
+
 /// `POST /api/v1/cluster/nodes/{id}/results`: finished attempts, accepted only for
 /// the current lease (fencing).
 pub(super) async fn results(
@@ -192,6 +208,12 @@ pub(super) async fn results(
     Path(id): Path<String>,
     Json(reports): Json<Results>,
 ) -> ApiResult<Response> {
+    adopting(
+        &state,
+        &id,
+        reports.results.iter().map(|r| r.lease).collect(),
+    )
+    .await?;
     let (engine, fleet) = (state.engine.clone(), state.fleet.clone());
     let answer = tokio::task::spawn_blocking(move || {
         let mut answer = ResultsAnswer::default();
@@ -259,6 +281,7 @@ pub(super) async fn put_blob(
         lsn: upload.lsn,
         attempt: upload.attempt,
     };
+    adopting(&state, &upload.node, vec![token]).await?;
     if !state.fleet.holds(&upload.node, token) {
         return Err(ApiError::Conflict(
             "stale_lease",

@@ -102,7 +102,10 @@ impl Autoscaling {
             .name("autoscaler".into())
             .spawn(move || {
                 while !engine.stopping().is_cancelled() {
-                    scaling.tick(&engine, &fleet, Instant::now());
+                    // On a shared journal the leader decides (its fleet is its own).
+                    if engine.store().leads() {
+                        scaling.tick(&engine, &fleet, Instant::now());
+                    }
                     std::thread::sleep(scaling.interval);
                 }
             })

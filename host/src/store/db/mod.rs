@@ -11,7 +11,7 @@ mod sqlite;
 
 use std::fmt;
 
-pub(crate) use postgres::{IN_USE, PgConn};
+pub(crate) use postgres::{Hold, IN_USE, PgConn, listen};
 
 /// A value passed to or read from the database: SQLite's five storage classes, which
 /// PostgreSQL's columns here map to one to one (BIGINT, DOUBLE PRECISION, TEXT, BYTEA).

@@ -28,6 +28,16 @@ type BoxError = Box<dyn Error + Sync + Send>;
 /// What a journal another process owns answers.
 pub(crate) const IN_USE: &str = "is in use by another process";
 
+/// How a process holds a journal: alone (one coordinator or node, or a standby's
+/// owner), or shared by coordinators started with `--shared`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// No other process may use it.
+    Alone,
+    /// Only processes that share it may.
+    Shared,
+}
+
 /// The longest a call waits for PostgreSQL's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -62,9 +72,9 @@ pub(crate) struct PgConn {
     lost_in_transaction: Cell<bool>,
     /// The connection failed or timed out: made again by the next call.
     broken: Cell<bool>,
-    /// The journal is this process's alone: every connection takes the schema's
-    /// advisory lock first ([`PgConn::own`]).
-    owned: Cell<bool>,
+    /// How this process holds the journal, taken again by every connection
+    /// ([`PgConn::own`]); `None` for a connection that holds nothing (the leader's).
+    owned: Cell<Option<Hold>>,
 }
 
 impl fmt::Debug for PgConn {
@@ -98,7 +108,7 @@ impl PgConn {
             statements: RefCell::new(HashMap::new()),
             in_transaction: Cell::new(false),
             lost_in_transaction: Cell::new(false),
-            owned: Cell::new(false),
+            owned: Cell::new(None),
             broken: Cell::new(false),
         };
         conn.client()?;
@@ -109,18 +119,29 @@ impl PgConn {
     /// the SQLite journal's lock file does: a session advisory lock keyed by the
     /// schema's name, taken again by every new connection. Another process holding it
     /// is an error ("in use by another process").
-    pub(crate) fn own(&self) -> DbResult<()> {
-        self.owned.set(true);
+    /// With [`Hold::Shared`], the lock is shared with the other coordinators started
+    /// with `--shared` and keeps off only a process that wants the journal alone.
+    pub(crate) fn own(&self, hold: Hold) -> DbResult<()> {
+        self.owned.set(Some(hold));
         let client = self.client()?;
-        Self::lock(&client)
+        Self::lock(&client, hold)
     }
 
-    fn lock(client: &Client) -> DbResult<()> {
+    fn lock(client: &Client, hold: Hold) -> DbResult<()> {
+        let function = match hold {
+            Hold::Alone => "pg_try_advisory_lock",
+            Hold::Shared => "pg_try_advisory_lock_shared",
+        };
         let row = futures_executor::block_on(client.query_one(
-            "SELECT pg_try_advisory_lock(hashtextextended('wasmesh journal ' || current_schema(), 0)), \
-             current_schema()::text",
+            &format!(
+                "SELECT {function}(hashtextextended('wasmesh journal ' || current_schema(), 0)), \
+                 current_schema()::text"
+            ),
             &[],
         ))?;
+        if row.get::<_, bool>(0) && hold == Hold::Shared {
+            return Ok(());
+        }
         if row.get::<_, bool>(0) {
             // Who holds it, and that it is alive: a standby takes the journal over
             // from a holder whose beat stopped (store/owner.rs).
@@ -132,9 +153,13 @@ impl PgConn {
             return Ok(());
         }
         Err(DbError::Other(format!(
-            "the journal in schema {:?} {IN_USE} (a coordinator or node holds it; \
+            "the journal in schema {:?} {IN_USE} (a coordinator or node holds it{}; \
              `wasmesh coordinator --standby` waits to take it over)",
-            row.get::<_, Option<String>>(1).unwrap_or_default()
+            row.get::<_, Option<String>>(1).unwrap_or_default(),
+            match hold {
+                Hold::Alone => ", alone or with others started with --shared",
+                Hold::Shared => " alone: every coordinator of a shared journal needs --shared",
+            }
         )))
     }
 
@@ -165,8 +190,8 @@ impl PgConn {
                 Ok::<_, tokio_postgres::Error>(client)
             }))
             .map_err(|e| DbError::Other(format!("the PostgreSQL connection's task: {e}")))??;
-            if self.owned.get() {
-                Self::lock(&made)?;
+            if let Some(hold) = self.owned.get() {
+                Self::lock(&made, hold)?;
             }
             *self.client.borrow_mut() = Some(made);
         }
@@ -330,6 +355,84 @@ fn bind<R>(params: &[&dyn ToValue], call: impl FnOnce(&[&(dyn ToSql + Sync)]) ->
     let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
     let bound: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
     call(&bound)
+}
+
+/// Listens to the journal's notifications (`pg_notify('wasmesh ' || schema, ...)`, sent
+/// by the `jobs` trigger of schema_pg.rs) on a connection of its own: each payload goes
+/// to `to`, and an empty one after every connection made (what was sent while none
+/// was listening is lost, so the receiver looks at everything again). Reconnects
+/// every second while the server is away; ends when `to` is closed.
+pub(crate) fn listen(url: &str, to: tokio::sync::mpsc::UnboundedSender<String>) -> DbResult<()> {
+    let config: Config = url
+        .parse()
+        .map_err(|e| DbError::Other(format!("the journal URL {}: {e}", redact(url))))?;
+    runtime().spawn(async move {
+        while !to.is_closed() {
+            if let Err(e) = listening(&config, &to).await {
+                tracing::warn!("listening to the journal: {}", describe(&e));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = to.closed() => return,
+            }
+        }
+    });
+    Ok(())
+}
+
+/// One connection's listening, until it ends or `to` is closed.
+async fn listening(
+    config: &Config,
+    to: &tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (heard, mut hearing) = tokio::sync::mpsc::unbounded_channel();
+    let driving = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if heard.send(n.payload().to_owned()).is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    });
+    let schema: String = client
+        .query_one("SELECT current_schema()::text", &[])
+        .await?
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "LISTEN \"wasmesh {}\"",
+            schema.replace('"', "\"\"")
+        ))
+        .await?;
+    // Listening now: whatever was missed before is looked at again.
+    if to.send(String::new()).is_err() {
+        return Ok(());
+    }
+    loop {
+        tokio::select! {
+            payload = hearing.recv() => match payload {
+                Some(payload) => {
+                    if to.send(payload).is_err() {
+                        return Ok(());
+                    }
+                }
+                None => break,
+            },
+            () = to.closed() => return Ok(()),
+        }
+    }
+    drop(client);
+    match driving.await {
+        Ok(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// An error with what the server said (tokio-postgres's own text is only "db error").

@@ -1,0 +1,86 @@
+//! What coordinators sharing a PostgreSQL journal (`--shared`) keep in it besides the
+//! jobs: which nodes each of them hears, so the leader finds the leases of nodes no
+//! coordinator hears any more; and the queued jobs a coordinator with idle nodes takes
+//! into its schedule.
+
+use super::db::{Db, params};
+use super::jobs::{JOB_COLUMNS, job_row_with_deps};
+use super::leader::DB_NOW_MS;
+use super::{JobRow, Store, StoreResult};
+
+impl Store {
+    /// Whether this process shares its journal with other coordinators.
+    pub fn is_shared(&self) -> bool {
+        self.leader.is_some()
+    }
+
+    /// Whether this process runs the duties that must run once: always, unless it
+    /// shares its journal and another coordinator leads.
+    pub fn leads(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| l.leads())
+    }
+
+    /// The journal's notifications, on a shared journal (see `db::listen`).
+    pub fn listen(&self) -> StoreResult<Option<tokio::sync::mpsc::UnboundedReceiver<String>>> {
+        let Some(url) = &self.shared_url else {
+            return Ok(None);
+        };
+        let (to, from) = tokio::sync::mpsc::unbounded_channel();
+        super::db::listen(url, to)?;
+        Ok(Some(from))
+    }
+
+    /// Notes that `coordinator` hears these nodes now (the database's clock).
+    pub fn beat_nodes(&self, coordinator: &str, nodes: &[String]) -> StoreResult<()> {
+        let mut conn = self.conn();
+        if !matches!(*conn, Db::Postgres(_)) || nodes.is_empty() {
+            return Ok(());
+        }
+        let tx = conn.transaction()?;
+        for node in nodes {
+            tx.execute(
+                &format!(
+                    "INSERT INTO wasmesh_nodes (node, coordinator, beat_ms) VALUES (?1, ?2, {DB_NOW_MS}) \
+                     ON CONFLICT (node) DO UPDATE SET coordinator = excluded.coordinator, \
+                     beat_ms = excluded.beat_ms"
+                ),
+                params![node, coordinator],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Running jobs leased to nodes no coordinator heard for `silent_ms` (by the
+    /// database's clock), at most `limit`.
+    pub fn silent_leases(&self, silent_ms: i64, limit: usize) -> StoreResult<Vec<JobRow>> {
+        let conn = self.conn();
+        if !matches!(*conn, Db::Postgres(_)) {
+            return Ok(Vec::new());
+        }
+        Ok(conn.query_map(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs LEFT JOIN wasmesh_nodes n ON n.node = jobs.lease_node \
+                 WHERE jobs.state = 'running' AND jobs.lease_node IS NOT NULL \
+                 AND (n.beat_ms IS NULL OR n.beat_ms < {DB_NOW_MS} - ?1) ORDER BY lsn LIMIT ?2"
+            ),
+            params![silent_ms, limit as i64],
+            job_row_with_deps,
+        )?)
+    }
+
+    /// Queued jobs none of whose dependencies is still pending, highest priority and
+    /// oldest first, at most `limit`.
+    pub fn queued_ready(&self, limit: usize) -> StoreResult<Vec<JobRow>> {
+        Ok(self.conn().query_map(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND NOT EXISTS \
+                 (SELECT 1 FROM job_deps d JOIN jobs p ON p.lsn = d.after \
+                  WHERE d.lsn = jobs.lsn AND p.state IN ('queued', 'running')) \
+                 ORDER BY priority DESC, lsn LIMIT ?1"
+            ),
+            params![limit as i64],
+            job_row_with_deps,
+        )?)
+    }
+}

@@ -1,0 +1,214 @@
+//! Several active coordinators sharing one PostgreSQL journal (`--shared`): jobs
+//! submitted through any of them run once, a coordinator that dies or freezes loses
+//! nothing, and its nodes, its clients and the leader's duties move to the others.
+
+use std::process::Command;
+
+use super::{Private, each_finished_once, psql};
+use crate::Server;
+use crate::server::{WAIT, action, eventually, upload_test_guest};
+
+/// Two coordinators sharing the journal in a private PostgreSQL server (and a blob
+/// directory), two nodes (each with one of them first), and a client of each
+/// (each with the other second).
+struct Shared {
+    coordinators: Vec<Server>,
+    _nodes: Vec<Server>,
+    clients: Vec<wasmesh_host::client::Client>,
+}
+
+fn shared_cluster(postgres: &Private) -> Shared {
+    let cas = postgres.dir.path().join("cas");
+    let args = [
+        "--shared",
+        "--journal",
+        &postgres.url,
+        "--cas-dir",
+        cas.to_str().unwrap(),
+        "--heartbeat-interval",
+        "100ms",
+        "--lease",
+        "2s",
+        "--takeover-after",
+        "2s",
+    ];
+    let coordinators: Vec<Server> = (0..2).map(|_| Server::coordinator(&args)).collect();
+    let urls = |first: usize| {
+        format!(
+            "{},{}",
+            coordinators[first].url,
+            coordinators[1 - first].url
+        )
+    };
+    let nodes = (0..2)
+        .map(|i| {
+            Server::start(&[
+                "--coordinator",
+                &urls(i),
+                "--node-id",
+                &format!("s{i}"),
+                "--slots",
+                "2",
+            ])
+        })
+        .collect();
+    let clients = (0..2)
+        .map(|i| wasmesh_host::client::Client::new(urls(i), None))
+        .collect();
+    Shared {
+        coordinators,
+        _nodes: nodes,
+        clients,
+    }
+}
+
+/// `count` jobs of 20 ms (each its own input), half through each client, in batches of
+/// 100; returned once some have finished.
+fn submit_through_both(shared: &Shared, count: usize) -> Vec<u64> {
+    let workers: Vec<_> = shared.clients.iter().map(upload_test_guest).collect();
+    let mut lsns = Vec::with_capacity(count);
+    for (n, batch) in (0..count).collect::<Vec<_>>().chunks(100).enumerate() {
+        let client = &shared.clients[n % 2];
+        let actions: Vec<_> = batch
+            .iter()
+            .map(|i| {
+                action(
+                    client,
+                    workers[n % 2],
+                    &["sleep", "20"],
+                    Some(format!("{i}").as_bytes()),
+                )
+            })
+            .collect();
+        lsns.extend(client.submit_batch(&actions, None).unwrap());
+    }
+    let finished = |lsn: &u64| crate::server::job_state(&shared.clients[0], *lsn) == "succeeded";
+    eventually(WAIT, || lsns.iter().take(50).any(finished).then_some(()));
+    lsns
+}
+
+fn sysinfo(url: &str) -> serde_json::Value {
+    reqwest::blocking::get(format!("{url}/compute/sysinfo"))
+        .and_then(|r| r.json())
+        .unwrap()
+}
+
+fn leads(url: &str) -> bool {
+    sysinfo(url)["journal"]["leader"] == true
+}
+
+/// The ids of the nodes registered with the coordinator at `url`, healthy or not.
+fn nodes_of(url: &str) -> Vec<String> {
+    let nodes: serde_json::Value = reqwest::blocking::get(format!("{url}/api/v1/cluster/nodes"))
+        .and_then(|r| r.json())
+        .unwrap();
+    let list = nodes["nodes"].as_array().cloned().unwrap_or_default();
+    list.iter()
+        .filter(|n| n["state"] != "unhealthy")
+        .filter_map(|n| n["id"].as_str().map(String::from))
+        .collect()
+}
+
+/// Each coordinator takes jobs and nodes; one of them leads; a job submitted through
+/// one is read, long-polled and cancelled through the other.
+#[test]
+fn coordinators_sharing_a_journal_all_take_work_and_one_leads() {
+    let postgres = Private::start();
+    let shared = shared_cluster(&postgres);
+    let urls: Vec<&str> = shared.coordinators.iter().map(|c| c.url.as_str()).collect();
+    eventually(WAIT, || {
+        let leaders = urls.iter().filter(|u| leads(u)).count();
+        (leaders == 1).then_some(())
+    });
+    assert!(urls.iter().all(|u| sysinfo(u)["journal"]["shared"] == true));
+    eventually(WAIT, || {
+        (nodes_of(urls[0]) == ["s0"] && nodes_of(urls[1]) == ["s1"]).then_some(())
+    });
+    let lsns = submit_through_both(&shared, 200);
+    // A long-poll through the coordinator the job was not submitted through is woken
+    // by the result written through the other (LISTEN/NOTIFY), long before its wait.
+    let other = wasmesh_host::client::Client::new(urls[1], None);
+    for lsn in &lsns {
+        let result = other.wait(*lsn, WAIT).unwrap();
+        assert_eq!(result.state.as_str(), "succeeded", "job {lsn}");
+    }
+    each_finished_once(&other, &postgres.url, &lsns);
+    // Both coordinators' nodes ran jobs.
+    let nodes = psql(
+        &postgres.url,
+        "SELECT string_agg(DISTINCT node, ',' ORDER BY node) FROM attempts",
+    );
+    assert_eq!(nodes, "s0,s1");
+    // A cancel through the coordinator a queued job was not submitted through ends it.
+    let client = &shared.clients[0];
+    let worker = upload_test_guest(client);
+    let slow: Vec<_> = (0..8)
+        .map(|i| {
+            action(
+                client,
+                worker,
+                &["sleep", "3000"],
+                Some(format!("slow {i}").as_bytes()),
+            )
+        })
+        .collect();
+    let slow = client.submit_batch(&slow, None).unwrap();
+    let last = *slow.last().unwrap();
+    other.cancel(last).unwrap();
+    let result = other.wait(last, WAIT).unwrap();
+    assert_eq!(result.state.as_str(), "cancelled", "{result:?}");
+}
+
+/// The coordinator that leads is killed mid-run (1,000 jobs submitted through both):
+/// every job finishes exactly once, its node and its client move to the survivor
+/// (the CLI too), and the survivor leads.
+#[test]
+fn a_killed_coordinator_loses_nothing_and_the_other_takes_its_nodes_and_duties() {
+    let postgres = Private::start();
+    let mut shared = shared_cluster(&postgres);
+    let first = shared.coordinators[0].url.clone();
+    eventually(WAIT, || leads(&first).then_some(()));
+    let lsns = submit_through_both(&shared, 1000);
+    shared.coordinators.remove(0).kill();
+    let survivor = shared.coordinators[0].url.clone();
+    eventually(WAIT, || leads(&survivor).then_some(()));
+    eventually(WAIT, || (nodes_of(&survivor) == ["s0", "s1"]).then_some(()));
+    // The CLI moves too: the dead coordinator first in its list.
+    let both = format!("{first},{survivor}");
+    let lsn = lsns[0].to_string();
+    let out = crate::wasmesh(&["result", &lsn, "--server", &both], b"");
+    assert!(out.status.success(), "{}", crate::err(&out));
+    each_finished_once(&shared.clients[0], &postgres.url, &lsns);
+}
+
+/// The leading coordinator is frozen (SIGSTOP) past its lease and the takeover time:
+/// the other leads, takes its nodes (keeping their leases) and every job finishes
+/// exactly once; resumed, the frozen one leads no more and writes nothing that counts.
+#[test]
+fn a_frozen_coordinator_resumes_without_leading_and_every_job_finishes_once() {
+    let postgres = Private::start();
+    let shared = shared_cluster(&postgres);
+    let (first, second) = (
+        shared.coordinators[0].url.clone(),
+        shared.coordinators[1].url.clone(),
+    );
+    eventually(WAIT, || leads(&first).then_some(()));
+    let lsns = submit_through_both(&shared, 300);
+    let pid = shared.coordinators[0].pid().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    eventually(WAIT, || leads(&second).then_some(()));
+    eventually(WAIT, || (nodes_of(&second) == ["s0", "s1"]).then_some(()));
+    signal("-CONT");
+    assert!(!leads(&first), "a resumed leader leads no more at once");
+    each_finished_once(&shared.clients[1], &postgres.url, &lsns);
+    assert!(leads(&second) && !leads(&first));
+}
