@@ -94,8 +94,10 @@ pub struct LocalCluster {
     pub coordinator: Process,
     /// The nodes, in the order they were added.
     pub nodes: Vec<Process>,
-    /// The coordinator's URL, and its standby's after it (comma-separated).
-    coordinators: String,
+    /// Coordinators sharing the first one's journal (`add_peer`).
+    pub peers: Vec<Process>,
+    /// The coordinator's URL, then its peers' and its standby's.
+    coordinators: Vec<String>,
     /// A standby coordinator (`add_standby`).
     standby: Option<KillOnDrop>,
     dir: tempfile::TempDir,
@@ -172,10 +174,11 @@ impl LocalCluster {
         let args = coordinator_args(&dir, &keys, "coordinator", "127.0.0.1:0", extra);
         let coordinator = Process::spawn("coordinator", &args)?;
         Ok(Self {
-            coordinators: coordinator.url.clone(),
+            coordinators: vec![coordinator.url.clone()],
             coordinator,
             standby: None,
             nodes: Vec::new(),
+            peers: Vec::new(),
             dir,
             keys,
         })
@@ -199,9 +202,31 @@ impl LocalCluster {
             .stdout(Stdio::null())
             .spawn()
             .context("starting the standby")?;
-        self.coordinators = format!("{},http://{listen}", self.coordinator.url);
+        self.coordinators.push(format!("http://{listen}"));
         self.standby = Some(KillOnDrop(child));
         Ok(())
+    }
+
+    /// Starts another active coordinator (`extra`: `--shared`, the same PostgreSQL
+    /// journal and `--cas-dir` as the first's); its index among the coordinators.
+    /// Nodes added from now on, and clients, know every coordinator.
+    pub fn add_peer(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
+        let name = format!("peer-{}", self.peers.len() + 1);
+        let args = coordinator_args(&self.dir, &self.keys, &name, "127.0.0.1:0", extra);
+        let peer = Process::spawn(&name, &args)?;
+        self.coordinators.push(peer.url.clone());
+        self.peers.push(peer);
+        Ok(self.coordinators.len() - 1)
+    }
+
+    /// The coordinators' URLs, comma-separated, coordinator `first` first (then the
+    /// others in order).
+    fn coordinators_from(&self, first: usize) -> String {
+        let n = self.coordinators.len();
+        (0..n)
+            .map(|i| self.coordinators[(first + i) % n].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// SIGKILLs the coordinator (its standby, if any, takes over).
@@ -211,18 +236,40 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// A client of the coordinator (and its standby) with the tenant key.
+    /// A client of the coordinator (and its peers and standby) with the tenant key.
     pub fn client(&self) -> Client {
-        Client::new(&self.coordinators, Some(self.keys.tenant.clone()))
+        self.client_of(0)
+    }
+
+    /// A client with the tenant key of coordinator `first` (then the others).
+    pub fn client_of(&self, first: usize) -> Client {
+        Client::new(
+            self.coordinators_from(first),
+            Some(self.keys.tenant.clone()),
+        )
     }
 
     /// A client of the coordinator with the operator key (fleet administration).
     pub fn operator(&self) -> Client {
-        Client::new(&self.coordinators, Some(self.keys.operator.clone()))
+        self.operator_of(0)
+    }
+
+    /// A client with the operator key of coordinator `first` (then the others).
+    pub fn operator_of(&self, first: usize) -> Client {
+        Client::new(
+            self.coordinators_from(first),
+            Some(self.keys.operator.clone()),
+        )
     }
 
     /// Starts a node with `slots` slots and waits until the coordinator lists it ready.
     pub fn add_node(&mut self, id: &str, slots: usize) -> anyhow::Result<()> {
+        self.add_node_at(id, slots, 0)
+    }
+
+    /// Starts a node with `slots` slots that joins coordinator `first` (then the
+    /// others), and waits until that coordinator lists it ready.
+    pub fn add_node_at(&mut self, id: &str, slots: usize, first: usize) -> anyhow::Result<()> {
         let args: Vec<String> = vec![
             "node".into(),
             "--listen".into(),
@@ -234,12 +281,12 @@ impl LocalCluster {
             "--data-dir".into(),
             self.dir.path().join(id).display().to_string(),
             "--coordinator".into(),
-            self.coordinators.clone(),
+            self.coordinators_from(first),
             "--node-key".into(),
             self.keys.node.clone(),
         ];
         self.nodes.push(Process::spawn(id, &args)?);
-        let client = self.operator();
+        let client = self.operator_of(first);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let listed = client.call(reqwest::Method::GET, "/api/v1/cluster/nodes", None)?;
@@ -262,6 +309,9 @@ impl LocalCluster {
     pub fn shutdown(self) -> anyhow::Result<()> {
         for node in self.nodes {
             node.stop(Duration::from_secs(15))?;
+        }
+        for peer in self.peers {
+            peer.stop(Duration::from_secs(15))?;
         }
         self.coordinator.stop(Duration::from_secs(15))?;
         drop(self.standby);

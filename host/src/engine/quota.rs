@@ -190,7 +190,12 @@ impl Engine {
     pub(super) fn admit_jobs(&self, tenant: &str, jobs: u64) -> Result<(), EngineError> {
         let quota = self.config.quotas.of(tenant);
         if quota.max_queued.is_some() {
-            let pending = self.scheduler().pending_of(tenant) as u64;
+            // Sharing the journal, the tenant's jobs other coordinators took count too.
+            let pending = if self.store.is_shared() {
+                self.store.tenant(tenant).pending_jobs()?
+            } else {
+                self.scheduler().pending_of(tenant) as u64
+            };
             Quota::check("max_queued", quota.max_queued, pending, jobs, "jobs")?;
         }
         if let Some(limit) = quota.max_fuel_per_hour {

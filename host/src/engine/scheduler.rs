@@ -251,16 +251,22 @@ impl Scheduler {
         share.usage += slot_seconds.max(0.0);
     }
 
+    /// Adds a pending job (one already pending is replaced: it leaves as `remove`
+    /// says, so the counts stay exact).
     fn insert(&mut self, lsn: u64, pending: Pending) {
+        self.remove(lsn, Instant::now(), false);
         self.share(&pending.tenant).pending += 1;
-        if let Some(old) = self.pending.insert(lsn, pending) {
-            self.share(&old.tenant).pending -= 1;
-        }
+        self.pending.insert(lsn, pending);
     }
 
-    fn remove(&mut self, lsn: u64) -> Option<Pending> {
+    /// Takes a job out of the schedule at `now`; one running stops running (`ended`:
+    /// it finished, so its run time teaches the estimates).
+    fn remove(&mut self, lsn: u64, now: Instant, ended: bool) -> Option<Pending> {
         let p = self.pending.remove(&lsn)?;
         self.share(&p.tenant).pending -= 1;
+        if p.phase == Phase::Running {
+            self.stopped_running(&p.tenant, p.started, p.charged, now, ended);
+        }
         Some(p)
     }
 
@@ -515,11 +521,7 @@ impl Scheduler {
     /// leaves the schedule without ending here (its dependents stay, for the end
     /// another coordinator announces).
     pub fn forget(&mut self, lsn: u64, now: Instant) {
-        if let Some(p) = self.remove(lsn)
-            && p.phase == Phase::Running
-        {
-            self.stopped_running(&p.tenant, p.started, p.charged, now, false);
-        }
+        self.remove(lsn, now, false);
     }
 
     /// Whether a cancel was asked for while the job runs (its token is cancelled).
@@ -553,7 +555,7 @@ impl Scheduler {
                 Cancelled::Running
             }
             Some(_) => {
-                self.remove(lsn);
+                self.remove(lsn, Instant::now(), false);
                 Cancelled::NotStarted
             }
         }
@@ -562,11 +564,7 @@ impl Scheduler {
     /// A job finished for good at `now`. Returns the dependents that became runnable,
     /// and those that can now never run because this job did not succeed.
     pub fn finish(&mut self, lsn: u64, succeeded: bool, now: Instant) -> (Vec<u64>, Vec<u64>) {
-        if let Some(p) = self.remove(lsn)
-            && p.phase == Phase::Running
-        {
-            self.stopped_running(&p.tenant, p.started, p.charged, now, true);
-        }
+        self.remove(lsn, now, true);
         let mut runnable = Vec::new();
         let mut doomed = Vec::new();
         for dependent in self.dependents.remove(&lsn).unwrap_or_default() {
@@ -574,7 +572,7 @@ impl Scheduler {
                 continue;
             }
             if !succeeded {
-                self.remove(dependent);
+                self.remove(dependent, now, false);
                 doomed.push(dependent);
                 continue;
             }

@@ -413,3 +413,26 @@ fn the_backlog_counts_runnable_jobs_by_worker_and_queue() {
     assert_eq!((of_b.jobs, of_b.due), (1, 4_000));
     assert_eq!(groups[&origin(b, None)].due, i64::MAX, "no deadline");
 }
+
+/// The defect: a running job replaced in the schedule, or a running dependent doomed,
+/// left the running count up, so `queued()` (pending minus running) underflowed and
+/// a shared coordinator's sysinfo panicked.
+#[test]
+fn a_running_job_replaced_or_doomed_stops_counting_as_running() {
+    let mut s = Scheduler::new(Quotas::default(), DEFAULT_HALF_LIFE);
+    let now = s.epoch;
+    s.add_running(1, "t", 0, now);
+    assert_eq!((s.queued(), s.running(), s.pending_of("t")), (0, 1, 1));
+    s.add(1, "t", 0, []);
+    assert_eq!((s.queued(), s.running(), s.pending_of("t")), (1, 0, 1));
+    assert_eq!(pop(&mut s), Some(1));
+    // A dependent that runs (a lease brought from another coordinator) while its
+    // dependency, pending elsewhere, fails.
+    s.add(2, "t", 0, [9]);
+    s.add_running(2, "t", 0, now);
+    let (_, doomed) = s.finish(9, false, now);
+    assert_eq!(doomed, vec![2]);
+    assert_eq!((s.queued(), s.running(), s.pending_of("t")), (0, 1, 1));
+    s.finish(1, true, now);
+    assert_eq!((s.queued(), s.running(), s.pending_of("t")), (0, 0, 0));
+}

@@ -352,6 +352,11 @@ impl Engine {
     /// already failed.
     pub(super) fn schedule(&self, job: &JobRow) -> Result<(), EngineError> {
         let mut scheduler = self.scheduler();
+        if scheduler.is_pending(job.lsn) {
+            // Scheduled already (a job taken from a shared journal that this engine
+            // took meanwhile, or a lease a node brought here).
+            return Ok(());
+        }
         let mut waiting = Vec::new();
         for after in &job.after {
             // A dependency leaves the scheduler only after its result is written, so

@@ -65,6 +65,7 @@ CREATE OR REPLACE TRIGGER webhooks_changed AFTER INSERT OR UPDATE OR DELETE ON w
     FOR EACH STATEMENT EXECUTE FUNCTION wasmesh_webhooks_changed();
 CREATE INDEX IF NOT EXISTS jobs_running_by_node ON jobs (lease_node) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (priority DESC, lsn) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_pending_by_tenant ON jobs (tenant) WHERE state IN ('queued', 'running');
 "#;
 
 /// SQLite's table definitions as PostgreSQL spells them: 64-bit integers everywhere

@@ -52,7 +52,8 @@ impl Store {
     }
 
     /// Running jobs leased to nodes no coordinator heard for `silent_ms` (by the
-    /// database's clock), at most `limit`.
+    /// database's clock), at most `limit`. A node no coordinator noted yet (it joined
+    /// since their last beat) counts as silent only once its lease is older than that.
     pub fn silent_leases(&self, silent_ms: i64, limit: usize) -> StoreResult<Vec<JobRow>> {
         let conn = self.conn();
         if !matches!(*conn, Db::Postgres(_)) {
@@ -62,11 +63,24 @@ impl Store {
             &format!(
                 "SELECT {JOB_COLUMNS} FROM jobs LEFT JOIN wasmesh_nodes n ON n.node = jobs.lease_node \
                  WHERE jobs.state = 'running' AND jobs.lease_node IS NOT NULL \
-                 AND (n.beat_ms IS NULL OR n.beat_ms < {DB_NOW_MS} - ?1) ORDER BY lsn LIMIT ?2"
+                 AND COALESCE(n.beat_ms, (SELECT a.started_ms FROM attempts a \
+                     WHERE a.lsn = jobs.lsn AND a.attempt = jobs.attempts), 0) < {DB_NOW_MS} - ?1 \
+                 ORDER BY lsn LIMIT ?2"
             ),
             params![silent_ms, limit as i64],
             job_row_with_deps,
         )?)
+    }
+
+    /// The tenant's jobs not finished yet (queued, waiting or running), whichever
+    /// coordinator took them.
+    pub(super) fn pending_of(&self, tenant: &str) -> StoreResult<u64> {
+        let pending: i64 = self.conn().query_one(
+            "SELECT COUNT(*) FROM jobs WHERE tenant = ?1 AND state IN ('queued', 'running')",
+            params![tenant],
+            |row| row.get(0),
+        )?;
+        Ok(pending as u64)
     }
 
     /// Queued jobs none of whose dependencies is still pending, highest priority and

@@ -228,6 +228,11 @@ impl<'a> TenantStore<'a> {
         self.store.usage(Some(self.tenant), by, from_ms, to_ms)
     }
 
+    /// The tenant's jobs not finished yet, in the journal (every coordinator's).
+    pub fn pending_jobs(&self) -> StoreResult<u64> {
+        self.store.pending_of(self.tenant)
+    }
+
     /// Fuel the tenant's jobs that finished since `since_ms` consumed.
     pub fn fuel_since(&self, since_ms: i64) -> StoreResult<u64> {
         self.store.fuel_since(self.tenant, since_ms)

@@ -18,26 +18,46 @@ use super::mandelbrot as kernel;
 use crate::cmd::demo::GRID;
 
 /// Submits `jobs` trivial actions in batches of 100 and waits for every result;
-/// returns jobs per second. `salt` keeps the actions distinct from earlier runs.
-fn trivial_throughput(client: &Client, jobs: usize, salt: &str) -> anyhow::Result<f64> {
-    let worker = upload_trivial(client)?;
+/// returns jobs per second. With several clients (one per coordinator sharing a
+/// journal), each submits its share from a thread of its own. `salt` keeps the
+/// actions distinct from earlier runs.
+fn trivial_throughput(clients: &[Client], jobs: usize, salt: &str) -> anyhow::Result<f64> {
+    let worker = upload_trivial(&clients[0])?;
     // Warm: the module reaches (and compiles on) every node before the clock starts.
-    for n in 0..8 {
-        let lsn = client.submit(
-            &json!({"worker": worker, "args": [format!("warm-{salt}-{n}")]}),
-            None,
-            None,
-        )?;
-        wait_ok(client, lsn)?;
+    for (c, client) in clients.iter().enumerate() {
+        for n in 0..8 {
+            let lsn = client.submit(
+                &json!({"worker": worker, "args": [format!("warm-{salt}-{c}-{n}")]}),
+                None,
+                None,
+            )?;
+            wait_ok(client, lsn)?;
+        }
     }
+    let share = jobs.div_ceil(clients.len());
     let start = Instant::now();
-    let mut lsns = Vec::with_capacity(jobs);
-    for actions in trivial_batches(worker, salt, jobs) {
-        lsns.extend(client.submit_batch(&actions, None)?);
-    }
-    for lsn in &lsns {
-        wait_ok(client, *lsn)?;
-    }
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let threads: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(c, client)| {
+                let count = share.min(jobs - (c * share).min(jobs));
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let mut lsns = Vec::with_capacity(count);
+                    for actions in trivial_batches(worker, &format!("{salt}-{c}"), count) {
+                        lsns.extend(client.submit_batch(&actions, None)?);
+                    }
+                    lsns.iter().try_for_each(|lsn| wait_ok(client, *lsn))
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a submitting thread panicked"))??;
+        }
+        Ok(())
+    })?;
     Ok(jobs as f64 / start.elapsed().as_secs_f64())
 }
 
@@ -56,16 +76,16 @@ fn trivial_batches(worker: HashHex, salt: &str, jobs: usize) -> Vec<Vec<Value>> 
         .collect()
 }
 
-/// Submits `count` trivial jobs one at a time, each waited for; (p50, p99) latency.
-/// `one_trip`: the submission itself waits for the result (`?wait_ms=`); otherwise
-/// the job is submitted, then long-polled (two round trips).
+/// Submits `count` trivial jobs one at a time, each waited for, through `clients` in
+/// turn; (p50, p99) latency. `one_trip`: the submission itself waits for the result
+/// (`?wait_ms=`); otherwise the job is submitted, then long-polled (two round trips).
 fn sequential_latency(
-    client: &Client,
+    clients: &[Client],
     count: usize,
     salt: &str,
     one_trip: bool,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let worker = upload_trivial(client)?;
+    let worker = upload_trivial(&clients[0])?;
     let mut latencies = Vec::with_capacity(count);
     let wait = if one_trip {
         Duration::from_secs(30)
@@ -73,6 +93,7 @@ fn sequential_latency(
         Duration::ZERO
     };
     for n in 0..count {
+        let client = &clients[n % clients.len()];
         let start = Instant::now();
         let action = json!({"worker": worker, "args": [format!("seq-{salt}-{one_trip}-{n}")]});
         let (lsn, result) = client.submit_waiting(&action, None, None, wait)?;
@@ -125,13 +146,15 @@ pub fn cluster(
     let mut cluster = LocalCluster::start(&["--prefetch", &prefetch_arg])?;
     cluster.add_node("node-1", cores)?;
     let direct = Client::new(&cluster.nodes[0].url, None);
+    let direct = [direct];
     let on_node = trivial_throughput(&direct, jobs, "direct")?;
     let direct_latency = sequential_latency(&direct, 300, "direct", false)?;
     let direct_one_trip = sequential_latency(&direct, 300, "direct", true)?;
     cluster.add_node("node-2", cores)?;
-    let via = trivial_throughput(&cluster.client(), jobs, "cluster")?;
-    let via_latency = sequential_latency(&cluster.client(), 300, "cluster", false)?;
-    let via_one_trip = sequential_latency(&cluster.client(), 300, "cluster", true)?;
+    let coordinator = [cluster.client()];
+    let via = trivial_throughput(&coordinator, jobs, "cluster")?;
+    let via_latency = sequential_latency(&coordinator, 300, "cluster", false)?;
+    let via_one_trip = sequential_latency(&coordinator, 300, "cluster", true)?;
     println!(
         "trivial jobs, batches of 100, {jobs} jobs, {cores} slots per node, prefetch {prefetch}:"
     );
@@ -205,42 +228,73 @@ pub fn cluster(
 }
 
 /// `wasmesh bench journal`: trivial jobs/s and sequential latency through a
-/// coordinator and 2 nodes, its journal the SQLite file (baseline) and then a fresh
-/// schema in the PostgreSQL server at `postgres`.
+/// coordinator and 2 nodes, its journal the SQLite file (baseline), then a fresh
+/// schema in the PostgreSQL server at `postgres` (alone, `--shared` alone, and shared
+/// by 2 coordinators, each with one of the nodes and a client of its own).
 pub fn journal(postgres: &str, jobs: usize, sequential: usize) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("wasmesh bench journal: a coordinator and 2 nodes on loopback, {cores} cores");
-    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let joiner = if postgres.contains('?') { '&' } else { '?' };
-    let url = format!("{postgres}{joiner}options=-csearch_path%3D{schema}");
+    println!("wasmesh bench journal: coordinators and 2 nodes on loopback, {cores} cores");
+    let cas = tempfile::tempdir()?;
+    let cas = cas.path().to_str().context("a UTF-8 temporary path")?;
     let mut rows = Vec::new();
-    for (name, args) in [
-        ("SQLite (baseline)", vec![]),
-        ("PostgreSQL", vec!["--journal", url.as_str()]),
+    let mut schemas = Vec::new();
+    for (name, backend, coordinators) in [
+        ("SQLite (baseline)", None, 1),
+        ("PostgreSQL", Some(false), 1),
+        ("PostgreSQL, --shared", Some(true), 1),
+        ("PostgreSQL, 2 --shared", Some(true), 2),
     ] {
+        // Each PostgreSQL case in a fresh schema.
+        let (schema, url) = fresh_schema(postgres);
+        let mut args = Vec::new();
+        if let Some(shared) = backend {
+            schemas.push(schema);
+            args.extend(["--journal", url.as_str()]);
+            if shared {
+                args.extend(["--shared", "--cas-dir", cas]);
+            }
+        }
         let mut cluster = LocalCluster::start(&args)?;
-        cluster.add_node("node-1", cores)?;
-        cluster.add_node("node-2", cores)?;
-        let client = cluster.client();
-        let throughput = trivial_throughput(&client, jobs, name)?;
-        let latency = sequential_latency(&client, sequential, name, true)?;
+        for _ in 1..coordinators {
+            cluster.add_peer(&args)?;
+        }
+        // Each node with its own coordinator first.
+        cluster.add_node_at("node-1", cores, 0)?;
+        cluster.add_node_at("node-2", cores, 1 % coordinators)?;
+        let clients: Vec<Client> = (0..coordinators).map(|c| cluster.client_of(c)).collect();
+        let salt = format!("{name}-{}", uuid::Uuid::new_v4().simple());
+        let throughput = trivial_throughput(&clients, jobs, &salt)?;
+        let latency = sequential_latency(&clients, sequential, &salt, true)?;
         rows.push((name, throughput, latency));
     }
     println!(
-        "{jobs} trivial jobs in batches of 100; {sequential} submitted one at a time, each waiting for its result (?wait_ms):"
+        "{jobs} trivial jobs in batches of 100 (split between the coordinators); \
+         {sequential} submitted one at a time (through each coordinator in turn), each \
+         waiting for its result (?wait_ms):"
     );
     let (base, base_latency) = (rows[0].1, rows[0].2.0);
     for (name, throughput, (p50, p99)) in rows {
         println!(
-            "  {name:<18} {throughput:>7.0} jobs/s ({:.2}x)   sync p50 {:>6.0} us ({:.2}x)  p99 {:>6.0} us",
+            "  {name:<24} {throughput:>7.0} jobs/s ({:.2}x)   sync p50 {:>6.0} us ({:.2}x)  p99 {:>6.0} us",
             throughput / base,
             micros(p50),
             p50.as_secs_f64() / base_latency.as_secs_f64(),
             micros(p99),
         );
     }
-    println!("  (the PostgreSQL journal is in schema {schema})");
+    println!(
+        "  (the PostgreSQL journals are in schemas {})",
+        schemas.join(", ")
+    );
     Ok(())
+}
+
+/// A fresh schema's name, and the URL of `postgres` with it first in the search path.
+fn fresh_schema(postgres: &str) -> (String, String) {
+    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let joiner = if postgres.contains('?') { '&' } else { '?' };
+    let url = format!("{postgres}{joiner}options=-csearch_path%3D{schema}");
+    (schema, url)
 }
 
 /// `wasmesh bench failover`: a coordinator owning a PostgreSQL journal, a standby
@@ -248,19 +302,24 @@ pub fn journal(postgres: &str, jobs: usize, sequential: usize) -> anyhow::Result
 /// jobs submitted, the owner SIGKILLed once a third of them finished. Measures the gap
 /// between the last result recorded before the kill and the first after it (polling
 /// the usage ledger's job count, which grows with every result, every 5 ms).
-pub fn failover(postgres: &str, jobs: usize) -> anyhow::Result<()> {
+/// `shared`: both coordinators active (`--shared`), each with one node first; the
+/// time until the killed one's node is ready with the other is measured too.
+pub fn failover(postgres: &str, jobs: usize, shared: bool) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("wasmesh bench failover: 2 coordinators (one a standby), 2 nodes, {cores} cores");
-    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let joiner = if postgres.contains('?') { '&' } else { '?' };
-    let url = format!("{postgres}{joiner}options=-csearch_path%3D{schema}");
+    let second = if shared {
+        "both active"
+    } else {
+        "one a standby"
+    };
+    println!("wasmesh bench failover: 2 coordinators ({second}), 2 nodes, {cores} cores");
+    let (_, url) = fresh_schema(postgres);
     let cas = tempfile::tempdir()?;
     let cas = cas
         .path()
         .to_str()
         .context("a UTF-8 temporary path")?
         .to_string();
-    let shared = [
+    let mut args = vec![
         "--journal",
         &url,
         "--cas-dir",
@@ -270,10 +329,17 @@ pub fn failover(postgres: &str, jobs: usize) -> anyhow::Result<()> {
         "--takeover-after",
         "2s",
     ];
-    let mut cluster = LocalCluster::start(&shared)?;
-    cluster.add_standby(&shared)?;
-    cluster.add_node("node-1", cores)?;
-    cluster.add_node("node-2", cores)?;
+    if shared {
+        args.push("--shared");
+    }
+    let mut cluster = LocalCluster::start(&args)?;
+    if shared {
+        cluster.add_peer(&args)?;
+    } else {
+        cluster.add_standby(&args)?;
+    }
+    cluster.add_node_at("node-1", cores, 0)?;
+    cluster.add_node_at("node-2", cores, usize::from(shared))?;
     let (client, operator) = (cluster.client(), cluster.operator());
     let recorded = || -> Option<u64> {
         let usage = operator
@@ -333,16 +399,44 @@ pub fn failover(postgres: &str, jobs: usize) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    // With both active, the killed one's node moves to the other.
+    let moved = if shared {
+        let other = cluster.operator_of(1);
+        loop {
+            ensure!(
+                Instant::now() < deadline,
+                "node-1 did not move within 120 s of the kill"
+            );
+            let listed = other.call(reqwest::Method::GET, "/api/v1/cluster/nodes", None)?;
+            let ready = listed["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["id"] == "node-1" && n["state"] == "ready");
+            if ready {
+                break Some(killed.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    } else {
+        None
+    };
     let lsns = submitting
         .join()
         .map_err(|_| anyhow::anyhow!("the submitting thread panicked"))??;
     for lsn in &lsns {
         wait_ok(&client, *lsn)?;
     }
+    let moved = moved.map_or(String::new(), |m| {
+        format!(
+            "; the killed one's node ready with the other after {:.2} s",
+            m.as_secs_f64()
+        )
+    });
     println!(
-        "{jobs} trivial jobs; the owner killed after {seen} results: last result before \
-         the kill -> first after: {:.2} s (the kill -> first result: {:.2} s); every job \
-         succeeded",
+        "{jobs} trivial jobs; the first coordinator killed after {seen} results: last \
+         result before the kill -> first after: {:.2} s (the kill -> first result: \
+         {:.2} s){moved}; every job succeeded",
         (first_after - last_change).as_secs_f64(),
         (first_after - killed).as_secs_f64()
     );

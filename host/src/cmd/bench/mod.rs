@@ -2,9 +2,10 @@
 //!
 //! - `wasmesh bench node`: one node over loopback HTTP (baselines: the `/health` round
 //!   trip, a raw `PUT /cas`). The node runs in this process on 127.0.0.1:0.
-//! - `wasmesh bench failover`: a standby coordinator taking over a PostgreSQL journal.
+//! - `wasmesh bench failover`: a standby coordinator taking over a PostgreSQL journal,
+//!   or (`--shared`) one of two active coordinators killed.
 //! - `wasmesh bench journal`: the same cluster with its journal in SQLite and in
-//!   PostgreSQL.
+//!   PostgreSQL, with one coordinator and with two sharing it.
 //! - `wasmesh bench cluster`: a coordinator and 2 node processes (baselines: the same
 //!   jobs sent directly to one node; the Mandelbrot kernel compiled natively).
 //! - `wasmesh bench events` and `fanin`: groups and `output_of` fan-in on a local
@@ -165,10 +166,13 @@ pub enum Args {
         /// Trivial jobs submitted.
         #[arg(long, default_value_t = 3000)]
         jobs: usize,
+        /// Both coordinators active (`--shared`, each with one node), not a standby.
+        #[arg(long)]
+        shared: bool,
     },
     /// The journal's backends on a coordinator and 2 node processes: trivial jobs/s and
-    /// sequential latency with the SQLite file (baseline) and with PostgreSQL, in the
-    /// same run.
+    /// sequential latency with the SQLite file (baseline) and with PostgreSQL (one
+    /// coordinator, one `--shared`, two `--shared`), in the same run.
     Journal {
         /// The PostgreSQL server (`postgres://...`); the run uses a schema of its own.
         #[arg(long, env = "WASMESH_BENCH_POSTGRES")]
@@ -216,7 +220,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             jobs,
             sequential,
         } => cluster::journal(&postgres, jobs, sequential)?,
-        Args::Failover { postgres, jobs } => cluster::failover(&postgres, jobs)?,
+        Args::Failover {
+            postgres,
+            jobs,
+            shared,
+        } => cluster::failover(&postgres, jobs, shared)?,
     }
     Ok(ExitCode::SUCCESS)
 }

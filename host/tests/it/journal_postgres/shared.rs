@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use super::{Private, each_finished_once, psql};
+use super::{Private, each_finished_once, journal_of, psql};
 use crate::Server;
 use crate::server::{WAIT, action, eventually, upload_test_guest};
 
@@ -157,6 +157,23 @@ fn coordinators_sharing_a_journal_all_take_work_and_one_leads() {
     other.cancel(last).unwrap();
     let result = other.wait(last, WAIT).unwrap();
     assert_eq!(result.state.as_str(), "cancelled", "{result:?}");
+    // A job running on the first coordinator's node, cancelled through the second,
+    // stops there (it would otherwise succeed after its 3 s).
+    let first = slow.first().unwrap();
+    let running = eventually(WAIT, || {
+        let lsn = psql(
+            &postgres.url,
+            &format!(
+                "SELECT MIN(lsn) FROM jobs WHERE state = 'running' AND lease_node = 's0' \
+                 AND lsn BETWEEN {first} AND {last}"
+            ),
+        );
+        lsn.parse::<u64>().ok()
+    });
+    other.cancel(running).unwrap();
+    let result = other.wait(running, WAIT).unwrap();
+    assert_eq!(result.state.as_str(), "cancelled", "{result:?}");
+    assert_eq!(result.node, "s0", "{result:?}");
 }
 
 /// The coordinator that leads is killed mid-run (1,000 jobs submitted through both):
@@ -193,7 +210,7 @@ fn a_frozen_coordinator_resumes_without_leading_and_every_job_finishes_once() {
         shared.coordinators[1].url.clone(),
     );
     eventually(WAIT, || leads(&first).then_some(()));
-    let lsns = submit_through_both(&shared, 300);
+    let lsns = submit_through_both(&shared, 1000);
     let pid = shared.coordinators[0].pid().to_string();
     let signal = |sig: &str| {
         assert!(
@@ -211,4 +228,69 @@ fn a_frozen_coordinator_resumes_without_leading_and_every_job_finishes_once() {
     assert!(!leads(&first), "a resumed leader leads no more at once");
     each_finished_once(&shared.clients[1], &postgres.url, &lsns);
     assert!(leads(&second) && !leads(&first));
+}
+
+/// Sharing a journal, `max_queued` counts the tenant's jobs whichever coordinator took
+/// them (the defect: each coordinator counted only its own schedule, so two of them
+/// let a tenant queue twice its quota); and a coordinator started without `--shared`
+/// on a journal shared coordinators hold is refused at start.
+#[test]
+fn a_quota_counts_every_coordinator_s_jobs_and_an_unshared_coordinator_is_refused() {
+    const KEY: &str = "shared-tenant-key-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let url = journal_of(dir.path());
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(
+        &tenants,
+        format!("t = {{ keys = [\"{KEY}\"], max_queued = 3 }}\n"),
+    )
+    .unwrap();
+    let cas = dir.path().join("cas");
+    let args = [
+        "--shared",
+        "--journal",
+        &url,
+        "--cas-dir",
+        cas.to_str().unwrap(),
+        "--tenants",
+        tenants.to_str().unwrap(),
+        "--node-key",
+        "shared-node-key-0123456789",
+    ];
+    let coordinators: Vec<Server> = (0..2).map(|_| Server::coordinator(&args)).collect();
+    let (a, b) = (
+        coordinators[0].client_with_key(KEY),
+        coordinators[1].client_with_key(KEY),
+    );
+    let worker = upload_test_guest(&a);
+    // No node joined: the jobs stay queued.
+    let job = |client: &wasmesh_host::client::Client, n: u8| {
+        action(client, worker, &["noop"], Some(&[n][..]))
+    };
+    a.submit_batch(&[job(&a, 1), job(&a, 2)], None).unwrap();
+    b.submit(&job(&b, 3), None, None).unwrap();
+    match b.submit(&job(&b, 4), None, None) {
+        Err(wasmesh_host::client::ClientError::Api {
+            status: 403,
+            code,
+            message,
+        }) => assert!(
+            code == "quota_exceeded" && message.contains("is 3") && message.contains("3 in use"),
+            "{code}: {message}"
+        ),
+        other => panic!("a fourth job past max_queued = 3: {other:?}"),
+    }
+    let other = tempfile::tempdir().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--journal", &url])
+        .arg("--data-dir")
+        .arg(other.path())
+        .output()
+        .unwrap();
+    let message = crate::err(&refused);
+    assert_eq!(refused.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("in use by another process") && message.contains("--shared"),
+        "{message}"
+    );
 }
