@@ -6,7 +6,9 @@
 //!   nodes no coordinator heard for a lease period.
 //! - When its nodes have room and its schedule has nothing runnable, it takes queued
 //!   jobs from the journal into its schedule (those of other coordinators, requeued
-//!   ones, a stopped coordinator's).
+//!   ones, a stopped coordinator's). While it has nodes but no room, it takes those
+//!   that waited `STARVING` and are older than any waiting here (a coordinator with no
+//!   node, or one falling behind, does not leave its clients' jobs waiting for good).
 //! - A node that moved here from another coordinator keeps its leases: a lease it
 //!   renews or reports that the journal says is its current one is adopted (`adopt`).
 
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::fleet::{Fleet, Lease};
 use super::protocol::Token;
-use crate::engine::{Engine, Fence};
+use crate::engine::{Engine, Fence, Take};
 use crate::model::{JobState, outcome};
 use crate::store::JobRow;
 
@@ -24,6 +26,10 @@ const TAKE_EVERY: Duration = Duration::from_millis(250);
 
 /// Queued jobs taken into the schedule at once.
 const TAKE_BATCH: usize = 256;
+
+/// How long a job queued through another coordinator waits before a coordinator whose
+/// nodes are busy takes it anyway (when it is older than any job waiting there).
+const STARVING: Duration = Duration::from_secs(1);
 
 /// Silent nodes' leases requeued at once.
 const EXPIRE_BATCH: usize = 256;
@@ -44,7 +50,11 @@ pub async fn shared_loop(engine: Arc<Engine>, fleet: Arc<Fleet>) {
         if beat {
             beaten = now;
         }
-        let take = fleet.has_capacity(now) && !engine.has_runnable();
+        let take = if fleet.has_capacity(now) && !engine.has_runnable() {
+            Some(Take::Any)
+        } else {
+            (fleet.slots() > 0).then_some(Take::Waiting(STARVING))
+        };
         let (e, f, name) = (engine.clone(), fleet.clone(), name.clone());
         let _ = tokio::task::spawn_blocking(move || {
             if beat {
@@ -61,7 +71,9 @@ pub async fn shared_loop(engine: Arc<Engine>, fleet: Arc<Fleet>) {
                     expire_silent(&e, f.config.lease);
                 }
             }
-            if take && let Err(e) = e.take_queued(TAKE_BATCH) {
+            if let Some(take) = take
+                && let Err(e) = e.take_queued(take, TAKE_BATCH)
+            {
                 tracing::warn!(error = %e, "taking queued jobs from the shared journal");
             }
         })

@@ -24,6 +24,7 @@ mod runnable;
 pub mod scheduler;
 mod settle;
 mod shared;
+pub use shared::Take;
 mod submit;
 
 use std::collections::HashMap;

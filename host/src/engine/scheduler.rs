@@ -615,6 +615,15 @@ impl Scheduler {
         Backlog(groups)
     }
 
+    /// The oldest (lowest LSN) job queued to run, if any.
+    pub fn oldest_queued(&self) -> Option<u64> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.phase == Phase::Queued)
+            .map(|(lsn, _)| *lsn)
+            .min()
+    }
+
     /// Jobs waiting or queued.
     pub fn queued(&self) -> usize {
         self.pending.len() - self.running

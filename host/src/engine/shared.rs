@@ -14,6 +14,15 @@ use std::time::Instant;
 use super::{Engine, EngineError};
 use crate::model::JobState;
 
+/// Which queued jobs of the shared journal `Engine::take_queued` takes.
+#[derive(Clone, Copy, Debug)]
+pub enum Take {
+    /// Any (this coordinator's nodes are idle).
+    Any,
+    /// Those older than every job waiting here that have waited this long.
+    Waiting(std::time::Duration),
+}
+
 impl Engine {
     /// Lets go of a job this engine took from its schedule but could not lease: it is
     /// no longer queued (another coordinator leased or ended it).
@@ -34,10 +43,20 @@ impl Engine {
 
     /// Takes up to `limit` queued jobs this engine does not schedule yet (submitted
     /// through another coordinator, requeued by the leader, or left by a coordinator
-    /// that stopped) into its schedule; how many it took.
-    pub fn take_queued(&self, limit: usize) -> Result<usize, EngineError> {
+    /// that stopped) into its schedule; how many it took. `Take::Any` when its nodes
+    /// are idle; `Take::Waiting` otherwise: only jobs that have waited for `waited`
+    /// and are older than every job waiting here, so a coordinator with no node (or
+    /// one falling behind) does not keep its clients' jobs waiting behind this one's.
+    pub fn take_queued(&self, take: Take, limit: usize) -> Result<usize, EngineError> {
+        let (before, created_before_ms) = match take {
+            Take::Any => (u64::MAX, i64::MAX),
+            Take::Waiting(waited) => (
+                self.scheduler().oldest_queued().unwrap_or(u64::MAX),
+                crate::store::now_ms() - waited.as_millis() as i64,
+            ),
+        };
         let mut taken = 0;
-        for job in self.store.queued_ready(limit)? {
+        for job in self.store.queued_ready(before, created_before_ms, limit)? {
             if self.scheduler().is_pending(job.lsn) {
                 continue;
             }

@@ -83,17 +83,28 @@ impl Store {
         Ok(pending as u64)
     }
 
-    /// Queued jobs none of whose dependencies is still pending, highest priority and
-    /// oldest first, at most `limit`.
-    pub fn queued_ready(&self, limit: usize) -> StoreResult<Vec<JobRow>> {
+    /// Queued jobs none of whose dependencies is still pending, submitted before job
+    /// `before` and before `created_before_ms`, highest priority and oldest first, at
+    /// most `limit`.
+    pub fn queued_ready(
+        &self,
+        before: u64,
+        created_before_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<JobRow>> {
         Ok(self.conn().query_map(
             &format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND NOT EXISTS \
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND lsn < ?1 \
+                 AND created_ms < ?2 AND NOT EXISTS \
                  (SELECT 1 FROM job_deps d JOIN jobs p ON p.lsn = d.after \
                   WHERE d.lsn = jobs.lsn AND p.state IN ('queued', 'running')) \
-                 ORDER BY priority DESC, lsn LIMIT ?1"
+                 ORDER BY priority DESC, lsn LIMIT ?3"
             ),
-            params![limit as i64],
+            params![
+                before.min(i64::MAX as u64) as i64,
+                created_before_ms,
+                limit as i64
+            ],
             job_row_with_deps,
         )?)
     }

@@ -357,6 +357,17 @@ impl Drop for Standby {
     }
 }
 
+/// The failover tests' timings: heartbeats every 100 ms, leases of 2 s, a takeover
+/// after 2 s without a beat.
+const FAST: [&str; 6] = [
+    "--heartbeat-interval",
+    "100ms",
+    "--lease",
+    "2s",
+    "--takeover-after",
+    "2s",
+];
+
 /// The cluster of the failover tests: a coordinator owning the journal in a private
 /// PostgreSQL server, a standby sharing its blob directory, two nodes that know both,
 /// and a client of both.
@@ -366,16 +377,7 @@ fn failover_cluster(
     // The standby shares the blob directory too.
     let cas = postgres.dir.path().join("cas");
     let cas = cas.to_str().unwrap();
-    let shared = [
-        "--heartbeat-interval",
-        "100ms",
-        "--lease",
-        "2s",
-        "--takeover-after",
-        "2s",
-        "--cas-dir",
-        cas,
-    ];
+    let shared = [&FAST[..], &["--cas-dir", cas]].concat();
     let first = Server::coordinator(&[&shared[..], &["--journal", &postgres.url]].concat());
     let standby = Standby::start(&postgres.url, &shared);
     let both = format!("{},{}", first.url, standby.url);

@@ -4,34 +4,32 @@
 
 use std::process::Command;
 
-use super::{Private, each_finished_once, journal_of, psql};
+use super::{FAST, Private, each_finished_once, journal_of, psql};
 use crate::Server;
 use crate::server::{WAIT, action, eventually, upload_test_guest};
 
 /// Two coordinators sharing the journal in a private PostgreSQL server (and a blob
-/// directory), two nodes (each with one of them first), and a client of each
-/// (each with the other second).
+/// directory), two nodes (node `i` with coordinator `nodes_first[i]` first), and a
+/// client of each (each with the other second).
 struct Shared {
     coordinators: Vec<Server>,
     _nodes: Vec<Server>,
     clients: Vec<wasmesh_host::client::Client>,
 }
 
-fn shared_cluster(postgres: &Private) -> Shared {
+fn shared_cluster(postgres: &Private, nodes_first: [usize; 2]) -> Shared {
     let cas = postgres.dir.path().join("cas");
     let args = [
-        "--shared",
-        "--journal",
-        &postgres.url,
-        "--cas-dir",
-        cas.to_str().unwrap(),
-        "--heartbeat-interval",
-        "100ms",
-        "--lease",
-        "2s",
-        "--takeover-after",
-        "2s",
-    ];
+        &FAST[..],
+        &[
+            "--shared",
+            "--journal",
+            &postgres.url,
+            "--cas-dir",
+            cas.to_str().unwrap(),
+        ],
+    ]
+    .concat();
     let coordinators: Vec<Server> = (0..2).map(|_| Server::coordinator(&args)).collect();
     let urls = |first: usize| {
         format!(
@@ -44,7 +42,7 @@ fn shared_cluster(postgres: &Private) -> Shared {
         .map(|i| {
             Server::start(&[
                 "--coordinator",
-                &urls(i),
+                &urls(nodes_first[i]),
                 "--node-id",
                 &format!("s{i}"),
                 "--slots",
@@ -114,7 +112,7 @@ fn nodes_of(url: &str) -> Vec<String> {
 #[test]
 fn coordinators_sharing_a_journal_all_take_work_and_one_leads() {
     let postgres = Private::start();
-    let shared = shared_cluster(&postgres);
+    let shared = shared_cluster(&postgres, [0, 1]);
     let urls: Vec<&str> = shared.coordinators.iter().map(|c| c.url.as_str()).collect();
     eventually(WAIT, || {
         let leaders = urls.iter().filter(|u| leads(u)).count();
@@ -182,7 +180,7 @@ fn coordinators_sharing_a_journal_all_take_work_and_one_leads() {
 #[test]
 fn a_killed_coordinator_loses_nothing_and_the_other_takes_its_nodes_and_duties() {
     let postgres = Private::start();
-    let mut shared = shared_cluster(&postgres);
+    let mut shared = shared_cluster(&postgres, [0, 1]);
     let first = shared.coordinators[0].url.clone();
     eventually(WAIT, || leads(&first).then_some(()));
     let lsns = submit_through_both(&shared, 1000);
@@ -204,7 +202,7 @@ fn a_killed_coordinator_loses_nothing_and_the_other_takes_its_nodes_and_duties()
 #[test]
 fn a_frozen_coordinator_resumes_without_leading_and_every_job_finishes_once() {
     let postgres = Private::start();
-    let shared = shared_cluster(&postgres);
+    let shared = shared_cluster(&postgres, [0, 1]);
     let (first, second) = (
         shared.coordinators[0].url.clone(),
         shared.coordinators[1].url.clone(),
@@ -293,4 +291,57 @@ fn a_quota_counts_every_coordinator_s_jobs_and_an_unshared_coordinator_is_refuse
         message.contains("in use by another process") && message.contains("--shared"),
         "{message}"
     );
+}
+
+/// A job submitted through a coordinator no node joined is not left behind the other
+/// coordinator's backlog (the defect: a coordinator took others' queued jobs only when
+/// nothing of its own was runnable, so while jobs kept coming through one coordinator
+/// a job submitted through the other waited until they stopped).
+#[test]
+fn a_job_through_a_coordinator_without_nodes_is_not_left_behind_the_other_s_backlog() {
+    let postgres = Private::start();
+    let shared = shared_cluster(&postgres, [0, 0]);
+    let (busy, lone_client) = (&shared.clients[0], &shared.clients[1]);
+    eventually(WAIT, || {
+        (nodes_of(&shared.coordinators[0].url).len() == 2).then_some(())
+    });
+    assert!(nodes_of(&shared.coordinators[1].url).is_empty());
+    let worker = upload_test_guest(busy);
+    let through_busy = |tag: &str, count: usize| -> Vec<u64> {
+        let actions: Vec<_> = (0..count)
+            .map(|i| {
+                let input = format!("{tag} {i}");
+                action(busy, worker, &["sleep", "20"], Some(input.as_bytes()))
+            })
+            .collect();
+        actions
+            .chunks(100)
+            .flat_map(|chunk| busy.submit_batch(chunk, None).unwrap())
+            .collect()
+    };
+    let first = through_busy("first", 1000);
+    let lone = lone_client
+        .submit(
+            &action(lone_client, worker, &["sleep", "20"], Some(b"lone")),
+            None,
+            None,
+        )
+        .unwrap();
+    let second = through_busy("second", 600);
+    let result = lone_client.wait(lone, WAIT).unwrap();
+    assert_eq!(result.state.as_str(), "succeeded", "{result:?}");
+    // Jobs submitted after it through the busy coordinator that finished first.
+    let overtook = psql(
+        &postgres.url,
+        &format!(
+            "SELECT COUNT(*) FROM jobs WHERE lsn > {lone} AND finished_ms < \
+             (SELECT finished_ms FROM jobs WHERE lsn = {lone})"
+        ),
+    );
+    let overtook: usize = overtook.parse().unwrap();
+    assert!(
+        overtook < 100,
+        "{overtook} of 600 later jobs finished before it"
+    );
+    each_finished_once(busy, &postgres.url, &[first, vec![lone], second].concat());
 }
