@@ -391,7 +391,15 @@ impl Engine {
             return Err(EngineError::NotFound(format!("queue {queue} not found")));
         }
         self.queue_changed(tenant, queue, QueueState::Cancelled.as_str());
-        for lsn in self.store.tenant(tenant).queue_pending(queue)? {
+        // Those not started first: a running job stopped first frees its slot, which
+        // could start one of the others before its cancel.
+        let (running, waiting): (Vec<u64>, Vec<u64>) = self
+            .store
+            .tenant(tenant)
+            .queue_pending(queue)?
+            .into_iter()
+            .partition(|lsn| self.scheduler().is_running(*lsn));
+        for lsn in waiting.into_iter().chain(running) {
             self.cancel(tenant, lsn)?;
         }
         Ok(())

@@ -22,7 +22,7 @@ use crate::tenants::two_tenants;
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
-struct Hit {
+pub(crate) struct Hit {
     id: String,
     timestamp: String,
     signature: String,
@@ -32,7 +32,7 @@ struct Hit {
 }
 
 impl Hit {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap()
     }
 }
@@ -40,8 +40,8 @@ impl Hit {
 type Hits = Arc<Mutex<Vec<Hit>>>;
 
 /// An HTTP endpoint on loopback that records every request and answers `status`.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     hits: Hits,
     status: Arc<AtomicU16>,
     _runtime: tokio::runtime::Runtime,
@@ -71,7 +71,7 @@ async fn receive(
 }
 
 impl Receiver {
-    fn start(status: u16) -> Self {
+    pub(crate) fn start(status: u16) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -104,7 +104,7 @@ impl Receiver {
     }
 
     /// Accepted deliveries of `event`.
-    fn delivered(&self, event: &str) -> Vec<Hit> {
+    pub(crate) fn delivered(&self, event: &str) -> Vec<Hit> {
         self.hits()
             .into_iter()
             .filter(|h| h.answered < 300 && h.json()["type"] == json!(event))
@@ -126,7 +126,7 @@ fn verifies(secret: &str, hit: &Hit) -> bool {
         .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
 }
 
-fn create_webhook(client: &Client, url: &str, events: &[&str]) -> Value {
+pub(crate) fn create_webhook(client: &Client, url: &str, events: &[&str]) -> Value {
     client
         .call(
             reqwest::Method::POST,
@@ -470,16 +470,15 @@ fn a_queue_that_will_miss_its_deadline_is_announced() {
         .unwrap()["queue_id"]
         .as_u64()
         .unwrap();
-    // No node: no slot will ever run them.
-    for _ in 0..3 {
-        client
-            .submit(
-                &action(&client, worker, &["noop"], None),
-                Some(&queue.to_string()),
-                None,
-            )
-            .unwrap();
-    }
+    // No node: no slot will ever run them. In one batch, so the autoscaler's first
+    // look sees all three (one at a time, it could look between them and announce
+    // one job's work, once).
+    let jobs: Vec<_> = (0..3)
+        .map(|i| action(&client, worker, &["noop"], Some(format!("{i}").as_bytes())))
+        .collect();
+    client
+        .submit_batch(&jobs, Some(&queue.to_string()))
+        .unwrap();
     let hit = eventually(WAIT, || receiver.delivered("queue.deadline_at_risk").pop());
     let data = &hit.json()["data"];
     assert_eq!(data["queue_id"], json!(queue));

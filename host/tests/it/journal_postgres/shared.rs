@@ -27,6 +27,7 @@ fn shared_cluster(postgres: &Private, nodes_first: [usize; 2]) -> Shared {
             &postgres.url,
             "--cas-dir",
             cas.to_str().unwrap(),
+            "--webhook-allow-private",
         ],
     ]
     .concat();
@@ -176,14 +177,22 @@ fn coordinators_sharing_a_journal_all_take_work_and_one_leads() {
 
 /// The coordinator that leads is killed mid-run (1,000 jobs submitted through both):
 /// every job finishes exactly once, its node and its client move to the survivor
-/// (the CLI too), and the survivor leads.
+/// (the CLI too), and the survivor leads: the webhook deliveries it made go on from
+/// the survivor, every job's event delivered.
 #[test]
 fn a_killed_coordinator_loses_nothing_and_the_other_takes_its_nodes_and_duties() {
     let postgres = Private::start();
     let mut shared = shared_cluster(&postgres, [0, 1]);
     let first = shared.coordinators[0].url.clone();
     eventually(WAIT, || leads(&first).then_some(()));
+    // Subscribed through the one that does not lead: the leader hears of it.
+    let receiver = crate::webhooks::Receiver::start(200);
+    crate::webhooks::create_webhook(&shared.clients[1], &receiver.url, &["job.succeeded"]);
     let lsns = submit_through_both(&shared, 1000);
+    // The leader delivers before it is killed.
+    eventually(WAIT, || {
+        (!receiver.delivered("job.succeeded").is_empty()).then_some(())
+    });
     shared.coordinators.remove(0).kill();
     let survivor = shared.coordinators[0].url.clone();
     eventually(WAIT, || leads(&survivor).then_some(()));
@@ -194,6 +203,15 @@ fn a_killed_coordinator_loses_nothing_and_the_other_takes_its_nodes_and_duties()
     let out = crate::wasmesh(&["result", &lsn, "--server", &both], b"");
     assert!(out.status.success(), "{}", crate::err(&out));
     each_finished_once(&shared.clients[0], &postgres.url, &lsns);
+    let all: std::collections::BTreeSet<u64> = lsns.iter().copied().collect();
+    eventually(WAIT, || {
+        let delivered: std::collections::BTreeSet<u64> = receiver
+            .delivered("job.succeeded")
+            .iter()
+            .filter_map(|hit| hit.json()["data"]["lsn"].as_u64())
+            .collect();
+        (delivered == all).then_some(())
+    });
 }
 
 /// The leading coordinator is frozen (SIGSTOP) past its lease and the takeover time:
