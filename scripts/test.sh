@@ -92,4 +92,4 @@ cargo package --quiet --allow-dirty -p wasmesh-guest-macros -p wasmesh-guest
 echo "==> deployment artefacts (tests/deploy)"
 BUILT=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
 PATH="$PWD/$TOOLS/bin:$PWD/$VENV/bin:$PATH" WASMESH_BIN="$BUILT/debug/wasmesh" \
-  HELM="$PWD/$TOOLS/bin/helm" "$VENV/bin/pytest" -q tests/deploy
+  HELM="$PWD/$TOOLS/bin/helm" WASMESH_TEST_JOURNAL="$PGURL" "$VENV/bin/pytest" -q tests/deploy

@@ -288,6 +288,86 @@ def test_the_charts_options_render_what_they_say(tmp_path):
     assert endpoint["path"] == "/metrics" and endpoint["bearerTokenSecret"]["key"] == "admin-key", endpoint
 
 
+def test_the_charts_several_coordinators_share_a_postgresql_journal_and_run(fleet, tmp_path):
+    """coordinator.replicas above 1: the coordinators share a journal in PostgreSQL
+    (--shared, the URL from journal.existingSecret) and a blob volume (a
+    ReadWriteMany claim), each at its pod's name behind a headless Service, and the
+    nodes spread over them. Run with the test PostgreSQL server scripts/test.sh
+    starts: each node joins the coordinator its ordinal gives, and a job runs through
+    each coordinator."""
+    chart = DEPLOY / "helm/wasmesh"
+    for missing, given in [("journal.existingSecret", "sharedBlobs.existingClaim=blobs"), ("sharedBlobs.existingClaim", "journal.existingSecret=pg")]:
+        out = helm("template", "t", chart, "--set", HELM_SET, "--set", f"coordinator.replicas=2,{given}", check=False)
+        assert out.returncode != 0 and f"coordinator.replicas above 1 needs {missing}" in out.stderr, out.stderr
+    rendered = helm(
+        "template", "t", chart, "--set", HELM_SET,
+        "--set", "coordinator.replicas=2,journal.existingSecret=pg,sharedBlobs.existingClaim=blobs",
+    ).stdout
+    kube_validate(rendered, tmp_path)
+    docs = k8s_docs(rendered)
+    sets = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "StatefulSet"}
+    coord_set = sets["coordinator"]
+    assert coord_set["spec"]["replicas"] == 2
+    headless = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == coord_set["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None", headless
+    api = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "t-wasmesh-coordinator")
+    assert api["spec"]["sessionAffinity"] == "ClientIP", api
+    pod = coord_set["spec"]["template"]["spec"]
+    coord = pod["containers"][0]
+    args = coord["args"]
+    assert "--shared" in args and args[args.index("--cas-dir") + 1] == "/var/lib/wasmesh-blobs", args
+    assert {"name": "blobs", "mountPath": "/var/lib/wasmesh-blobs"} in coord["volumeMounts"]
+    assert {"name": "blobs", "persistentVolumeClaim": {"claimName": "blobs"}} in pod["volumes"]
+    journal = next(e for e in coord["env"] if e["name"] == "WASMESH_JOURNAL")
+    assert journal["valueFrom"]["secretKeyRef"] == {"name": "pg", "key": "url"}, journal
+    budgets = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PodDisruptionBudget"}
+    assert budgets["t-wasmesh-coordinator"]["maxUnavailable"] == 1, budgets
+    node = sets["node"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--coordinator-spread" in node["args"], node["args"]
+    listed = next(e["value"] for e in node["env"] if e["name"] == "WASMESH_COORDINATOR").split(",")
+    pods = [f"t-wasmesh-coordinator-{i}" for i in range(2)]
+    assert listed == [f"http://{p}.t-wasmesh-coordinator-pods:9100" for p in pods], listed
+
+    # Run: the coordinators on the test server's journal (a schema of this test's
+    # own) and one blob directory; the nodes' list pointed at them.
+    postgres = os.environ.get("WASMESH_TEST_JOURNAL")
+    assert postgres, "needs a PostgreSQL server: run through scripts/test.sh (or set WASMESH_TEST_JOURNAL)"
+    joiner = "&" if "?" in postgres else "?"
+    secrets = {
+        "api-key": KEYS["api"], "admin-key": KEYS["admin"], "node-key": KEYS["node"],
+        "url": f"{postgres}{joiner}options=-csearch_path%3Ddeploy_{os.getpid()}",
+    }
+    blobs = fleet.data_dir("blobs")
+    coordinators = []
+    for p in pods:
+        port = free_port()
+        args = [blobs if a == "/var/lib/wasmesh-blobs" else a for a in localise(coord["args"], fleet, p, port)]
+        env = localise(container_env(coord, secrets), fleet, p, port)
+        # (After localise, which would take the server's loopback port for the listen address.)
+        env["WASMESH_JOURNAL"] = secrets["url"]
+        coordinators.append(fleet.start(args, env, p))
+    here = dict(zip(listed, coordinators))
+    nodes = {}
+    for i in range(sets["node"]["spec"]["replicas"]):
+        name = f"t-wasmesh-node-{i}"
+        port = free_port()
+        env = container_env({"env": [{"name": "_POD", "value": name}, *node["env"]]}, secrets)
+        env = localise(env, fleet, name, port, coordinators[0])
+        # (After localise, which would take every loopback port for the node's own.)
+        env["WASMESH_COORDINATOR"] = ",".join(here[u] for u in listed)
+        nodes[name] = fleet.start(localise(node["args"], fleet, name, port), env, name)
+    # Node N joins coordinator N (modulo 2); each coordinator runs a job.
+    for i, coordinator in enumerate(coordinators):
+        check_fleet(coordinator, {f"t-wasmesh-node-{i}": nodes[f"t-wasmesh-node-{i}"]}, fleet)
+    # One of them leads.
+    def leaders():
+        infos = [json.loads(get(f"{c}/compute/sysinfo", KEYS["api"])[1]) for c in coordinators]
+        assert all(i["journal"]["shared"] for i in infos), infos
+        return sorted(i["journal"]["leader"] for i in infos) == [False, True]
+
+    eventually(leaders, "one coordinator leads")
+
+
 def test_the_kustomize_base_validates_strictly_and_runs(fleet, tmp_path):
     rendered = run("kubectl", "kustomize", DEPLOY / "kustomize/base").stdout
     kube_validate(rendered, tmp_path)

@@ -85,6 +85,11 @@ pub struct Args {
     /// one stops answering.
     #[arg(long, env = "WASMESH_COORDINATOR")]
     pub coordinator: Option<String>,
+    /// With several coordinators, start with the one the node id gives (the number it
+    /// ends in, as a StatefulSet pod's, else a hash of it) instead of the first, so
+    /// nodes given the same list spread over the coordinators.
+    #[arg(long, env = "WASMESH_COORDINATOR_SPREAD", requires = "coordinator")]
+    pub coordinator_spread: bool,
     /// The URL the coordinator reaches this node at [default: the bound address].
     #[arg(long, env = "WASMESH_ADVERTISE")]
     pub advertise: Option<String>,
@@ -187,6 +192,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .or(file.listen)
         .unwrap_or_else(|| "127.0.0.1:9000".into());
     let (coordinator, advertise, node_key) = (args.coordinator, args.advertise, args.node_key);
+    let spread = args.coordinator_spread.then(|| config.id.clone());
     let exit_with_parent = args.exit_with_parent;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -204,9 +210,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         runner.start();
         let membership_stop = CancellationToken::new();
         let (stop_polling, stop_reporting) = (CancellationToken::new(), CancellationToken::new());
-        let coordinators = coordinator
-            .as_deref()
-            .map(|list| Arc::new(wasmesh_host::cluster::member::Coordinators::new(list)));
+        let coordinators = coordinator.as_deref().map(|list| {
+            let coordinators = wasmesh_host::cluster::member::Coordinators::new(list);
+            Arc::new(match &spread {
+                Some(id) => coordinators.spread(id),
+                None => coordinators,
+            })
+        });
         let agent = coordinators.as_ref().map(|coordinators| {
             Agent::new(runner.clone(), coordinators.clone(), node_key.clone())
         });

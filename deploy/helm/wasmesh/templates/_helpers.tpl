@@ -27,7 +27,30 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "wasmesh.coordinatorUrl" -}}
-{{- printf "http://%s-coordinator:%d" (include "wasmesh.fullname" .) (int .Values.coordinator.port) -}}
+{{- $name := printf "%s-coordinator" (include "wasmesh.fullname" .) -}}
+{{- $port := int .Values.coordinator.port -}}
+{{- if gt (int .Values.coordinator.replicas) 1 -}}
+{{- $urls := list -}}
+{{- range $i := until (int .Values.coordinator.replicas) -}}
+{{- $urls = append $urls (printf "http://%s-%d.%s-pods:%d" $name $i $name $port) -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- else -}}
+{{- printf "http://%s:%d" $name $port -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether several coordinators share the journal (and fail when they cannot). */}}
+{{- define "wasmesh.shared" -}}
+{{- if gt (int .Values.coordinator.replicas) 1 -}}
+{{- if not .Values.journal.existingSecret -}}
+{{- fail "coordinator.replicas above 1 needs journal.existingSecret: several coordinators share a journal in PostgreSQL" -}}
+{{- end -}}
+{{- if not .Values.sharedBlobs.existingClaim -}}
+{{- fail "coordinator.replicas above 1 needs sharedBlobs.existingClaim: several coordinators share one blob store" -}}
+{{- end -}}
+true
+{{- end -}}
 {{- end -}}
 
 {{/* The pod security every wasmesh container runs with. */}}

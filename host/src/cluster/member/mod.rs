@@ -33,6 +33,24 @@ impl Coordinators {
         }
     }
 
+    /// Starts with the coordinator that node `id` is given when nodes are spread over
+    /// the list: the number `id` ends in (a StatefulSet pod's ordinal: `node-0`,
+    /// `node-1`, ... take the coordinators in turn), else a hash of `id`, modulo
+    /// their number.
+    pub fn spread(self, id: &str) -> Self {
+        let digits = id.len() - id.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        let n = self.urls.len() as u64;
+        let at = match id[id.len() - digits..].parse::<u64>() {
+            Ok(ordinal) => ordinal % n,
+            Err(_) => {
+                let hash = blake3::hash(id.as_bytes());
+                u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes")) % n
+            }
+        };
+        self.current.store(at as usize, Ordering::Relaxed);
+        self
+    }
+
     /// The base URL of the coordinator the node is with.
     pub fn current(&self) -> &str {
         &self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()]
@@ -69,5 +87,24 @@ mod tests {
         assert_eq!(list.current(), "http://b:9100");
         assert_eq!(list.move_on(), "http://a:9100");
         assert_eq!(Coordinators::new("http://solo").move_on(), "http://solo");
+    }
+
+    #[test]
+    fn spread_nodes_start_with_the_coordinator_their_ordinal_or_hash_gives() {
+        let three = "http://a, http://b, http://c";
+        let start = |id: &str| Coordinators::new(three).spread(id).current().to_string();
+        assert_eq!(start("wasmesh-node-0"), "http://a");
+        assert_eq!(start("wasmesh-node-1"), "http://b");
+        assert_eq!(start("wasmesh-node-5"), "http://c");
+        // No ordinal: a hash, the same every time, and the ids spread over the list.
+        assert_eq!(start("gpu-box"), start("gpu-box"));
+        let firsts: std::collections::HashSet<String> = (b'a'..=b'z')
+            .map(|c| start(&format!("host-{}", c as char)))
+            .collect();
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+        assert_eq!(
+            Coordinators::new("http://solo").spread("n-7").current(),
+            "http://solo"
+        );
     }
 }
