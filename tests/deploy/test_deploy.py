@@ -267,14 +267,20 @@ def test_the_charts_schema_and_required_keys_refuse_bad_values():
     assert refs == {"mine"}, refs
 
 
+def render_chart(values, tmp_path):
+    """The chart (release `t`) rendered with the keys and `values`, validated strictly;
+    its objects."""
+    rendered = helm("template", "t", DEPLOY / "helm/wasmesh", "--set", HELM_SET, "--set", values).stdout
+    kube_validate(rendered, tmp_path)
+    return k8s_docs(rendered)
+
+
 def test_the_charts_options_render_what_they_say(tmp_path):
     chart = DEPLOY / "helm/wasmesh"
-    rendered = helm(
-        "template", "t", chart, "--set", HELM_SET,
-        "--set", "node.replicas=5,node.slots=3,node.labels.zone=eu-1,podDisruptionBudget.enabled=false,networkPolicy.enabled=false",
-    ).stdout
-    kube_validate(rendered, tmp_path)
-    docs = k8s_docs(rendered)
+    docs = render_chart(
+        "node.replicas=5,node.slots=3,node.labels.zone=eu-1,podDisruptionBudget.enabled=false,networkPolicy.enabled=false",
+        tmp_path,
+    )
     assert not [d for d in docs if d["kind"] in ("PodDisruptionBudget", "NetworkPolicy")]
     node = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "t-wasmesh-node")
     assert node["spec"]["replicas"] == 5
@@ -299,12 +305,7 @@ def test_the_charts_several_coordinators_share_a_postgresql_journal_and_run(flee
     for missing, given in [("journal.existingSecret", "sharedBlobs.existingClaim=blobs"), ("sharedBlobs.existingClaim", "journal.existingSecret=pg")]:
         out = helm("template", "t", chart, "--set", HELM_SET, "--set", f"coordinator.replicas=2,{given}", check=False)
         assert out.returncode != 0 and f"coordinator.replicas above 1 needs {missing}" in out.stderr, out.stderr
-    rendered = helm(
-        "template", "t", chart, "--set", HELM_SET,
-        "--set", "coordinator.replicas=2,journal.existingSecret=pg,sharedBlobs.existingClaim=blobs",
-    ).stdout
-    kube_validate(rendered, tmp_path)
-    docs = k8s_docs(rendered)
+    docs = render_chart("coordinator.replicas=2,journal.existingSecret=pg,sharedBlobs.existingClaim=blobs", tmp_path)
     sets = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "StatefulSet"}
     coord_set = sets["coordinator"]
     assert coord_set["spec"]["replicas"] == 2
