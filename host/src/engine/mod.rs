@@ -247,7 +247,7 @@ impl Engine {
             } else if job.attempts > job.max_retries {
                 let message = "the node stopped while running it and no retries are left";
                 let result = self.failure(&job, JobState::Failed, outcome::NODE_LOST, message);
-                self.store.finish_job(&result, Fence::Local)?;
+                self.finish_now(&job, &result)?;
             } else {
                 self.store.requeue_job(job.lsn)?;
                 requeued += 1;

@@ -224,7 +224,7 @@ impl Engine {
         cached.attempts = job.attempts;
         cached.placement = None;
         cached.timing = None;
-        self.store.finish_job(&cached, Fence::Local)?;
+        self.finish_now(job, &cached)?;
         self.job_ended(job, &cached, false);
         self.metrics.cache_answers.add(1);
         self.metrics.finished(cached.state);

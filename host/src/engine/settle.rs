@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::scheduler::Cancelled;
 use super::{Engine, EngineError, Fence, deadlines, scheduler};
 use crate::model::{JobResult, JobState, QueueState, outcome};
-use crate::store::{JobRow, Settle, now_ms};
+use crate::store::{JobRow, NewDelivery, Settle, now_ms};
 
 /// How one attempt ended, for [`Engine::record_many`].
 #[derive(Debug)]
@@ -98,19 +98,38 @@ impl Engine {
             }
             decided.push((job, retry, result, fence));
         }
+        // A final result's webhook deliveries are written with it.
+        let events: Vec<Vec<NewDelivery>> = decided
+            .iter()
+            .map(|(job, retry, result, _)| {
+                if *retry {
+                    Vec::new()
+                } else {
+                    self.job_events(job, result)
+                }
+            })
+            .collect();
         let writes: Vec<(Settle<'_>, Fence)> = decided
             .iter()
-            .map(|(_, retry, result, fence)| {
+            .zip(&events)
+            .map(|((_, retry, result, fence), events)| {
                 let settle = if *retry {
                     Settle::Requeue(result)
                 } else {
-                    Settle::Finish(result)
+                    Settle::Finish(result, events)
                 };
                 (settle, *fence)
             })
             .collect();
         let written = self.store.settle_jobs(&writes)?;
         drop(writes);
+        if events
+            .iter()
+            .zip(&written)
+            .any(|(e, w)| *w && !e.is_empty())
+        {
+            self.webhooks.queued();
+        }
         // Then the scheduler, the metrics and the dependents.
         for ((job, retry, result, _), written) in decided.iter().zip(&written) {
             if !written {
@@ -161,7 +180,7 @@ impl Engine {
             return Ok(());
         };
         let result = self.ended_early(&job);
-        if !self.store.finish_job(&result, Fence::Local)? {
+        if !self.finish_now(&job, &result)? {
             // It ended already (through another coordinator sharing the journal).
             self.scheduler().forget(lsn, Instant::now());
             return Ok(());
@@ -189,19 +208,10 @@ impl Engine {
         }
     }
 
-    /// Queues the webhook deliveries a finished job means: `job.succeeded` or
-    /// `job.failed`, and `queue.completed` when it was the last pending job of its
-    /// queue. Costs nothing while no webhook wants such events.
-    pub(super) fn announce(&self, lsn: u64) {
-        if !self.webhooks.wants_job_events() {
-            return;
-        }
-        let Ok(Some(job)) = self.store.unscoped().job(lsn) else {
-            return;
-        };
-        let Some(result) = &job.result else {
-            return;
-        };
+    /// The webhook deliveries a finished job means (`job.succeeded` or `job.failed`,
+    /// and `job.deadline_exceeded`), to be written with its result, so that a crash
+    /// between the two loses neither. None while no webhook wants them.
+    pub(super) fn job_events(&self, job: &JobRow, result: &JobResult) -> Vec<NewDelivery> {
         let tenant = Some(job.tenant.as_str());
         let event = match result.state {
             JobState::Succeeded => "job.succeeded",
@@ -209,13 +219,13 @@ impl Engine {
             _ => "",
         };
         let late = result.outcome == outcome::DEADLINE_EXCEEDED;
-        let events = [event, if late { "job.deadline_exceeded" } else { "" }];
-        for event in events {
+        let mut rows = Vec::new();
+        for event in [event, if late { "job.deadline_exceeded" } else { "" }] {
             if event.is_empty() || !self.webhooks.wants(tenant, event) {
                 continue;
             }
             let data = serde_json::json!({
-                "lsn": lsn,
+                "lsn": job.lsn,
                 "queue_id": job.queue_id,
                 "action": result.action,
                 "worker": result.worker,
@@ -227,8 +237,32 @@ impl Engine {
                 "attempts": result.attempts,
                 "cached": result.cached,
             });
-            self.webhooks.emit(tenant, event, data);
+            rows.extend(self.webhooks.rows_for(tenant, event, &data));
         }
+        rows
+    }
+
+    /// Writes a job's final result under the local fence, with the webhook deliveries
+    /// its end means; false when it had ended already (nothing written).
+    pub(super) fn finish_now(&self, job: &JobRow, result: &JobResult) -> Result<bool, EngineError> {
+        let events = self.job_events(job, result);
+        let written = self.store.finish_job(result, &events, Fence::Local)?;
+        if written && !events.is_empty() {
+            self.webhooks.queued();
+        }
+        Ok(written)
+    }
+
+    /// Queues `queue.completed` when the finished job `lsn` was the last pending job
+    /// of its queue. Costs nothing while no webhook wants job or queue events.
+    pub(super) fn announce(&self, lsn: u64) {
+        if !self.webhooks.wants_job_events() {
+            return;
+        }
+        let Ok(Some(job)) = self.store.unscoped().job(lsn) else {
+            return;
+        };
+        let tenant = Some(job.tenant.as_str());
         if let Some(queue) = job.queue_id
             && self.webhooks.wants(tenant, "queue.completed")
             && let Ok(counts) = self.store.tenant(&job.tenant).queue_counts(queue)

@@ -119,6 +119,11 @@ impl Engine {
         }
         self.finished.notify_waiters();
         self.wake.notify_one();
+        // Jobs ended through other coordinators queued their webhook deliveries with
+        // their results: the leader's deliverer looks at once.
+        if self.store.leads() {
+            self.webhooks.queued();
+        }
     }
 
     /// A job ended (here or through another coordinator): its dependents waiting here

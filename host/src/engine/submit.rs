@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use wasmesh_runtime::RuntimeError;
 
-use super::{Engine, EngineError, Fence, scheduler};
+use super::{Engine, EngineError, scheduler};
 use crate::model::{
     ActionDescriptor, Deadlines, HashHex, JobState, QueueState, WorkerDescriptor, canonical_json,
     outcome, output_refs, substitute_refs,
@@ -405,7 +405,7 @@ impl Engine {
             return Ok(());
         };
         let result = self.failure(&job, JobState::Failed, outcome::CANCELLED, message);
-        if !self.store.finish_job(&result, Fence::Local)? {
+        if !self.finish_now(&job, &result)? {
             // It ended already (through another coordinator sharing the journal).
             self.scheduler().forget(lsn, std::time::Instant::now());
             return Ok(());

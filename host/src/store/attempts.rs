@@ -160,7 +160,7 @@ mod tests {
         // The first holder's late report is stale: it closes nothing.
         let late = ended(lsn, JobState::Succeeded, "exited");
         let written = store
-            .settle_jobs(&[(Settle::Finish(&late), Fence::Lease(first))])
+            .settle_jobs(&[(Settle::Finish(&late, &[]), Fence::Lease(first))])
             .unwrap();
         assert_eq!(written, [false]);
         let history = store.attempts("a", lsn).unwrap();
@@ -177,12 +177,37 @@ mod tests {
         store.requeue_job(lsn).unwrap();
         let third = store.start_job(lsn, "n3").unwrap();
         assert_eq!(third, second + 1);
+        // A result's webhook deliveries are written with it (the defect: they were
+        // queued after its commit, so a crash in between lost them), and only if it is.
+        let event = |id: &str| {
+            (
+                id.to_string(),
+                "wh_1".to_string(),
+                "job.succeeded".to_string(),
+                "{}".to_string(),
+            )
+        };
         let done = ended(lsn, JobState::Succeeded, "exited");
-        assert!(store.finish_job(&done, Fence::Local).unwrap());
+        assert!(
+            store
+                .finish_job(&done, &[event("msg_done")], Fence::Local)
+                .unwrap()
+        );
         // A finished job's result is never written again, even unfenced (another
         // coordinator ending it too).
         let again = ended(lsn, JobState::Failed, "cancelled");
-        assert!(!store.finish_job(&again, Fence::Local).unwrap());
+        assert!(
+            !store
+                .finish_job(&again, &[event("msg_again")], Fence::Local)
+                .unwrap()
+        );
+        let due: Vec<String> = store
+            .due(i64::MAX, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(due, ["msg_done"]);
         let history = store.attempts("a", lsn).unwrap();
         let outcomes: Vec<_> = history
             .iter()

@@ -123,8 +123,9 @@ const FENCED: &str = "(CASE WHEN CAST(?2 AS BIGINT) IS NULL THEN state IN ('queu
 /// How one attempt's end is written.
 #[derive(Clone, Copy, Debug)]
 pub enum Settle<'a> {
-    /// Its final result: the job is finished and its checkpoint goes.
-    Finish(&'a JobResult),
+    /// Its final result: the job is finished and its checkpoint goes; the webhook
+    /// deliveries its end means are queued with it.
+    Finish(&'a JobResult, &'a [super::NewDelivery]),
     /// Back to the queue for another attempt (a retry), its attempts kept; the
     /// result says how the attempt ended.
     Requeue(&'a JobResult),
@@ -376,7 +377,7 @@ impl Store {
         for (settle, fence) in batch {
             let attempt = fence.attempt();
             written.push(match settle {
-                Settle::Finish(result) => {
+                Settle::Finish(result, events) => {
                     let found: Option<(Option<String>, String, Option<i64>)> = tx.query_opt(
                         &format!(
                             "SELECT checkpoint, tenant, queue_id FROM jobs WHERE lsn = ?1 \
@@ -400,6 +401,7 @@ impl Store {
                                 params![result.lsn as i64, result.state, json, now_ms()],
                             )?;
                             attempts::close(&tx, result, false)?;
+                            super::webhooks::insert_deliveries(&tx, events)?;
                             true
                         }
                     }
@@ -427,9 +429,15 @@ impl Store {
         Ok(written)
     }
 
-    /// Stores a job's final result under `fence`; false when the fence is stale.
-    pub fn finish_job(&self, result: &JobResult, fence: Fence) -> StoreResult<bool> {
-        Ok(self.settle_jobs(&[(Settle::Finish(result), fence)])?[0])
+    /// Stores a job's final result under `fence`, and the webhook deliveries its end
+    /// means (`events`); false when the fence is stale (nothing written).
+    pub fn finish_job(
+        &self,
+        result: &JobResult,
+        events: &[super::NewDelivery],
+        fence: Fence,
+    ) -> StoreResult<bool> {
+        Ok(self.settle_jobs(&[(Settle::Finish(result, events), fence)])?[0])
     }
 
     /// Records the latest checkpoint of a running job; with `fence`, only while the

@@ -47,7 +47,7 @@ pub use jobs::{Fence, JobRow, NewJob, Settle};
 pub use listing::{JobFilter, JobPage, JobSummary, QueueSummary};
 pub use queues::{QueueRow, QueueSpec};
 pub use tenant::{TenantStore, Unscoped};
-pub use webhooks::{Delivery, Webhook};
+pub use webhooks::{Delivery, NewDelivery, Webhook};
 
 /// A journal operation failed. The backend's error stays inside: callers see text for
 /// people, so nothing above `store/` depends on the backend.

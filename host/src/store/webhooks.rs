@@ -109,6 +109,23 @@ fn delivery_row(row: &Row<'_>) -> DbResult<Delivery> {
 const DELIVERY_COLUMNS: &str = "id, event, payload, state, attempts, next_ms, last_status, \
                                 last_error, created_ms, finished_ms, webhook";
 
+/// A delivery to queue: (id, webhook, event, payload).
+pub type NewDelivery = (String, String, String, String);
+
+/// Queues `rows` (pending, due now) inside the transaction `tx` (with the write that
+/// caused them, so a crash between the two loses neither).
+pub(super) fn insert_deliveries(tx: &super::db::Tx<'_>, rows: &[NewDelivery]) -> StoreResult<()> {
+    let now = now_ms();
+    for (id, webhook, event, payload) in rows {
+        tx.execute(
+            "INSERT INTO deliveries (id, webhook, event, payload, state, next_ms, created_ms) \
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+            params![id, webhook, event, payload, now],
+        )?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Deletes finished deliveries that finished before `before_ms`.
     pub(super) fn delete_old_deliveries(&self, before_ms: i64) -> StoreResult<usize> {
@@ -170,17 +187,10 @@ impl Store {
         Ok(())
     }
 
-    pub fn insert_deliveries(&self, rows: &[(String, String, String, String)]) -> StoreResult<()> {
+    pub fn insert_deliveries(&self, rows: &[NewDelivery]) -> StoreResult<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let now = now_ms();
-        for (id, webhook, event, payload) in rows {
-            tx.execute(
-                "INSERT INTO deliveries (id, webhook, event, payload, state, next_ms, created_ms) \
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
-                params![id, webhook, event, payload, now],
-            )?;
-        }
+        insert_deliveries(&tx, rows)?;
         Ok(tx.commit()?)
     }
 

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use crate::model::WebhookState;
 pub use crate::store::{Delivery, Webhook};
-use crate::store::{Store, StoreError, StoreResult, now_ms};
+use crate::store::{NewDelivery, Store, StoreError, StoreResult, now_ms};
 pub use deliver::{sign, verify};
 
 /// The events a webhook may subscribe to.
@@ -300,6 +300,19 @@ impl Webhooks {
     /// Queues one delivery of `event` per active webhook that wants it: webhooks of
     /// `tenant`, or of every tenant when `None` (events about the fleet).
     pub fn emit(&self, tenant: Option<&str>, event: &str, data: Value) {
+        let rows = self.rows_for(tenant, event, &data);
+        if rows.is_empty() {
+            return;
+        }
+        match self.store.insert_deliveries(&rows) {
+            Ok(()) => self.queued(),
+            Err(e) => tracing::error!(event, error = %e, "queueing webhook deliveries"),
+        }
+    }
+
+    /// The deliveries of `event` [`Webhooks::emit`] would queue, for the caller to
+    /// write with what caused them (then [`Webhooks::queued`]).
+    pub fn rows_for(&self, tenant: Option<&str>, event: &str, data: &Value) -> Vec<NewDelivery> {
         let targets: Vec<String> = self
             .subscriptions()
             .iter()
@@ -307,21 +320,22 @@ impl Webhooks {
             .map(|s| s.id.clone())
             .collect();
         if targets.is_empty() {
-            return;
+            return Vec::new();
         }
         let timestamp = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let rows: Vec<_> = targets
+        targets
             .into_iter()
             .map(|webhook| {
                 let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
                 let payload = json!({"type": event, "timestamp": timestamp, "data": data});
                 (id, webhook, event.to_string(), payload.to_string())
             })
-            .collect();
-        match self.store.insert_deliveries(&rows) {
-            Ok(()) => self.wake.notify_one(),
-            Err(e) => tracing::error!(event, error = %e, "queueing webhook deliveries"),
-        }
+            .collect()
+    }
+
+    /// Deliveries were queued: the deliverer looks at once.
+    pub fn queued(&self) {
+        self.wake.notify_one();
     }
 
     /// Announces a queue's completion once per (queue, number of jobs). The memory of
