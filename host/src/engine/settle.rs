@@ -123,13 +123,6 @@ impl Engine {
             .collect();
         let written = self.store.settle_jobs(&writes)?;
         drop(writes);
-        if events
-            .iter()
-            .zip(&written)
-            .any(|(e, w)| *w && !e.is_empty())
-        {
-            self.webhooks.queued();
-        }
         // Then the scheduler, the metrics and the dependents.
         for ((job, retry, result, _), written) in decided.iter().zip(&written) {
             if !written {
@@ -246,19 +239,19 @@ impl Engine {
     /// its end means; false when it had ended already (nothing written).
     pub(super) fn finish_now(&self, job: &JobRow, result: &JobResult) -> Result<bool, EngineError> {
         let events = self.job_events(job, result);
-        let written = self.store.finish_job(result, &events, Fence::Local)?;
-        if written && !events.is_empty() {
-            self.webhooks.queued();
-        }
-        Ok(written)
+        Ok(self.store.finish_job(result, &events, Fence::Local)?)
     }
 
-    /// Queues `queue.completed` when the finished job `lsn` was the last pending job
-    /// of its queue. Costs nothing while no webhook wants job or queue events.
+    /// Wakes the deliverer for the job's deliveries (written with its result, and
+    /// woken only now, after its end was published, so the change feed shows the end
+    /// before any delivery attempt), and queues `queue.completed` when the finished
+    /// job `lsn` was the last pending job of its queue. Costs nothing while no webhook
+    /// wants job or queue events.
     pub(super) fn announce(&self, lsn: u64) {
         if !self.webhooks.wants_job_events() {
             return;
         }
+        self.webhooks.queued();
         let Ok(Some(job)) = self.store.unscoped().job(lsn) else {
             return;
         };
