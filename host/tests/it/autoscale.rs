@@ -251,13 +251,12 @@ fn scale_up_then_down(provisioner_args: &[&str], stand_in: &StandIn) -> (Request
     let coordinator = Server::coordinator(&args);
     let client = coordinator.client();
     let worker = upload_test_guest(&client);
-    let jobs: Vec<u64> = (0..4)
-        .map(|_| {
-            client
-                .submit(&action(&client, worker, &["noop"], None), None, None)
-                .unwrap()
-        })
+    // In one batch: one at a time on a loaded machine, the autoscaler could look
+    // between them and ask for one node.
+    let actions: Vec<_> = (0..4)
+        .map(|i| action(&client, worker, &["noop"], Some(format!("{i}").as_bytes())))
         .collect();
+    let jobs = client.submit_batch(&actions, None).unwrap();
     let up = eventually(WAIT, || stand_in.writes().first().cloned());
     for lsn in jobs {
         client.cancel(lsn).unwrap();
