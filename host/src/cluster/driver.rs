@@ -436,27 +436,45 @@ fn lease_lost(engine: &Engine, lease: Lease) {
         _ => return,
     };
     tracing::warn!(lsn = token.lsn, attempt = token.attempt, node = %lease.node, "lease expired");
-    let (mut result, host_failure) = if lease.cancel_requested {
-        let message = format!("cancelled; node {} stopped answering", lease.node);
+    record_lost(
+        engine,
+        &job,
+        lease.node,
+        token.attempt,
+        lease.cancel_requested,
+        Some(lease.placement),
+    );
+}
+
+/// Records that attempt `attempt` of `job` on `node` was lost (its node stopped
+/// renewing the lease), under that attempt's fence: retried as `node_lost` while
+/// attempts are left, or ended as cancelled when a cancel was asked for meanwhile.
+pub(super) fn record_lost(
+    engine: &Engine,
+    job: &JobRow,
+    node: String,
+    attempt: u32,
+    cancel_requested: bool,
+    placement: Option<serde_json::Value>,
+) {
+    let (mut result, host_failure) = if cancel_requested {
+        let message = format!("cancelled; node {node} stopped answering");
         (
-            engine.failure(&job, JobState::Cancelled, outcome::CANCELLED, &message),
+            engine.failure(job, JobState::Cancelled, outcome::CANCELLED, &message),
             false,
         )
     } else {
-        let message = format!(
-            "node {} stopped renewing its lease (attempt {})",
-            lease.node, token.attempt
-        );
+        let message = format!("node {node} stopped renewing its lease (attempt {attempt})");
         (
-            engine.failure(&job, JobState::Failed, outcome::NODE_LOST, &message),
+            engine.failure(job, JobState::Failed, outcome::NODE_LOST, &message),
             true,
         )
     };
-    result.node = lease.node;
-    result.attempts = token.attempt;
-    result.placement = Some(lease.placement);
-    if let Err(e) = engine.record(&job, result, host_failure, Fence::Lease(token.attempt)) {
-        tracing::error!(lsn = token.lsn, error = %e, "requeueing a lost job");
+    result.node = node;
+    result.attempts = attempt;
+    result.placement = placement;
+    if let Err(e) = engine.record(job, result, host_failure, Fence::Lease(attempt)) {
+        tracing::error!(lsn = job.lsn, error = %e, "requeueing a lost job");
     }
 }
 

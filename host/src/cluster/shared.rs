@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::fleet::{Fleet, Lease};
 use super::protocol::Token;
-use crate::engine::{Engine, Fence, Take};
-use crate::model::{JobState, outcome};
+use crate::engine::{Engine, Take};
+use crate::model::JobState;
 use crate::store::JobRow;
 
 /// How often it looks for queued jobs when its nodes are idle.
@@ -102,17 +102,8 @@ fn expire_silent(engine: &Engine, lease: Duration) {
             node,
             "no coordinator hears the node; its lease expired"
         );
-        let message = format!(
-            "node {node} stopped renewing its lease (attempt {})",
-            job.attempts
-        );
-        let mut result = engine.failure(&job, JobState::Failed, outcome::NODE_LOST, &message);
-        result.node = node;
-        result.attempts = job.attempts;
         engine.metrics().leases_expired.add(1);
-        if let Err(e) = engine.record(&job, result, true, Fence::Lease(job.attempts)) {
-            tracing::error!(lsn = job.lsn, error = %e, "requeueing a silent node's job");
-        }
+        super::driver::record_lost(engine, &job, node, job.attempts, false, None);
     }
 }
 
