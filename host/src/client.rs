@@ -98,6 +98,9 @@ impl Client {
             api_key,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(600))
+                // Below the servers' idle timeout (30 s), so a pooled connection is
+                // never reused just as the server closes it.
+                .pool_idle_timeout(crate::model::CLIENT_IDLE)
                 .build()
                 .expect("building an HTTP client"),
         }

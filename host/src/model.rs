@@ -376,11 +376,24 @@ macro_rules! state_enum {
     };
 }
 
+/// How long a server waits for a request head on an idle connection by default
+/// (`--idle-timeout`).
+pub const SERVER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long wasmesh's own HTTP clients keep an idle connection: well below
+/// [`SERVER_IDLE`], so they never reuse one a server is closing.
+pub const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The tenant that operator keys given with `--admin-key` act as.
 pub const OPERATOR_TENANT: &str = "operator";
 
 /// The tenant used when the server runs without keys.
 pub const DEFAULT_TENANT: &str = "default";
+
+/// Names a tenants file cannot give a customer: the principals of `--admin-key`
+/// ([`OPERATOR_TENANT`]) and `--api-key` ([`DEFAULT_TENANT`]), whose namespaces a
+/// customer of the same name would share, and `defaults` (every tenant's quotas).
+pub const RESERVED_TENANTS: [&str; 3] = [OPERATOR_TENANT, DEFAULT_TENANT, "defaults"];
 
 /// Outcome names the host gives results of attempts that did not end a run of their
 /// own (the runtime's `Outcome::name` gives the rest).

@@ -22,7 +22,7 @@ use crate::api::session::{Sessions, presented_session};
 pub struct Tenant(pub String);
 
 /// What a key may do beyond its tenant's own objects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Its own objects only.
     Tenant,
@@ -46,7 +46,7 @@ impl Role {
             Role::Operator => Ok(()),
             Role::Tenant => Err(ApiError::Forbidden(
                 "forbidden",
-                "fleet administration needs an operator key (--admin-key)".into(),
+                "this route is for the operator: it needs an operator key (--admin-key)".into(),
             )),
         }
     }
@@ -54,13 +54,65 @@ impl Role {
 
 pub use crate::model::{DEFAULT_TENANT, OPERATOR_TENANT};
 
+/// Keys shorter than this are refused wherever a key is configured (client, operator
+/// and node keys; flags, environment and files): a key is a secret, not a password.
+pub const MIN_KEY_CHARS: usize = 16;
+
+/// A configured key that is not a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Empty: a stray comma in a list, or a variable set to nothing.
+    #[error(
+        "{origin}: an empty key (a stray comma, or a variable set to nothing?); a key has at least {MIN_KEY_CHARS} characters"
+    )]
+    Empty {
+        /// Where it was configured (a flag, a variable, a file and entry).
+        origin: String,
+    },
+    /// Shorter than [`MIN_KEY_CHARS`].
+    #[error("{origin}: a key has at least {MIN_KEY_CHARS} characters (this one has {len})")]
+    Short {
+        /// Where it was configured.
+        origin: String,
+        /// Its length in characters.
+        len: usize,
+    },
+    /// Spaces or control characters, which a presented key (trimmed) never matches.
+    #[error("{origin}: a key has no spaces or control characters")]
+    Blank {
+        /// Where it was configured.
+        origin: String,
+    },
+}
+
+/// The one check of a configured key, whatever configured it: `origin` names where
+/// (`--api-key`, `WASMESH_NODE_KEY`, `tenants.toml: tenant "acme"`, ...).
+pub fn check_key(origin: &str, key: &str) -> Result<(), KeyError> {
+    let origin = origin.to_string();
+    if key.is_empty() {
+        return Err(KeyError::Empty { origin });
+    }
+    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(KeyError::Blank { origin });
+    }
+    let len = key.chars().count();
+    if len < MIN_KEY_CHARS {
+        return Err(KeyError::Short { origin, len });
+    }
+    Ok(())
+}
+
 /// API keys and their tenants. Keys are kept as BLAKE3 digests and compared in
 /// constant time, so neither their length nor a prefix leaks through timing.
 #[derive(Debug, Default, Clone)]
 pub struct Auth {
     keys: Vec<([u8; 32], String, Role)>,
+    /// No keys, and nobody may pass: a fleet node's client API ([`Auth::closed`]).
+    closed: bool,
     /// Browser sessions opened with one of the keys (`api::session`).
     sessions: std::sync::Arc<Sessions>,
+    /// Failed authentications per peer (`api::throttle`).
+    failures: std::sync::Arc<crate::api::throttle::Failures>,
 }
 
 impl Auth {
@@ -69,24 +121,52 @@ impl Auth {
         Self::default()
     }
 
+    /// No keys, and no caller passes: every route behind a key answers 401. What a
+    /// node joined to a coordinator serves when it was given no client keys.
+    pub fn closed() -> Self {
+        Self {
+            closed: true,
+            ..Self::default()
+        }
+    }
+
     /// Tenants and their keys, all with the tenant role.
-    pub fn with_tenants(tenants: &HashMap<String, Vec<String>>) -> Self {
+    pub fn with_tenants(tenants: &HashMap<String, Vec<String>>) -> Result<Self, KeyError> {
         let mut auth = Self::default();
         for (tenant, tenant_keys) in tenants {
             for key in tenant_keys {
-                auth.add(tenant, key, Role::Tenant);
+                auth.add(&format!("tenant {tenant:?}"), tenant, key, Role::Tenant)?;
             }
         }
-        auth
+        Ok(auth)
     }
 
-    /// Adds a key of `tenant` with `role`.
-    pub fn add(&mut self, tenant: &str, key: &str, role: Role) {
+    /// Adds a key of `tenant` with `role`, configured at `origin`, once
+    /// [`check_key`] passes it.
+    pub fn add(
+        &mut self,
+        origin: &str,
+        tenant: &str,
+        key: &str,
+        role: Role,
+    ) -> Result<(), KeyError> {
+        check_key(origin, key)?;
         self.keys.push((
             *blake3::hash(key.as_bytes()).as_bytes(),
             tenant.to_string(),
             role,
         ));
+        Ok(())
+    }
+
+    /// Whether no client key exists and nobody passes ([`Auth::closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.closed && self.keys.is_empty()
+    }
+
+    /// Failed authentications per peer.
+    pub fn failures(&self) -> &crate::api::throttle::Failures {
+        &self.failures
     }
 
     /// The browser sessions.
@@ -98,19 +178,30 @@ impl Auth {
     /// key is nobody, whatever cookie comes with it), else its session cookie's. Without
     /// keys configured, everyone is the `default` tenant with the operator role.
     pub fn caller(&self, headers: &HeaderMap) -> Option<(String, Role)> {
+        self.identify(headers, std::time::Instant::now())
+            .map(|(tenant, role, _)| (tenant, role))
+    }
+
+    /// [`Auth::caller`] with how the caller proved it.
+    fn identify(
+        &self,
+        headers: &HeaderMap,
+        now: std::time::Instant,
+    ) -> Option<(String, Role, Proof)> {
         if !self.required() {
-            return Some((DEFAULT_TENANT.to_string(), Role::Operator));
+            return Some((DEFAULT_TENANT.to_string(), Role::Operator, Proof::Open));
         }
         match presented_key(headers) {
-            Some(key) => self.principal(key),
+            Some(key) => self.principal(key).map(|(t, r)| (t, r, Proof::Key)),
             None => presented_session(headers)
-                .and_then(|secret| self.sessions.principal(secret, std::time::Instant::now())),
+                .and_then(|secret| self.sessions.principal(secret, now))
+                .map(|(t, r)| (t, r, Proof::Session)),
         }
     }
 
-    /// Whether keys are required.
+    /// Whether keys are required (some are configured, or the API is closed).
     pub fn required(&self) -> bool {
-        !self.keys.is_empty()
+        self.closed || !self.keys.is_empty()
     }
 
     /// The tenant of a key, if any.
@@ -144,20 +235,104 @@ pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// How a caller proved who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// No keys are configured: everyone is the `default` operator.
+    Open,
+    /// A key (`x-api-key` or `Authorization: Bearer`).
+    Key,
+    /// A browser session's cookie, which a browser attaches by itself: a request
+    /// that changes something must also be shown to come from the dashboard's own
+    /// origin ([`crate::api::session::cross_site`]).
+    Session,
+}
+
+impl Auth {
+    /// Who a request is, throttled per peer: 429 when the peer failed too often
+    /// lately, 401 (and one failure charged) for a wrong key or session, or none.
+    pub fn authenticate(
+        &self,
+        peer: Peer,
+        headers: &HeaderMap,
+    ) -> Result<(String, Role, Proof), ApiError> {
+        let presented = presented_key(headers).is_some() || presented_session(headers).is_some();
+        self.throttled(peer, presented, |now| self.identify(headers, now))
+    }
+
+    /// Who presents `key` (a login's), throttled as [`Auth::authenticate`].
+    pub fn authenticate_key(
+        &self,
+        peer: Peer,
+        key: &str,
+    ) -> Result<(String, Role, Proof), ApiError> {
+        self.throttled(peer, true, |_| {
+            if self.required() {
+                self.principal(key).map(|(t, r)| (t, r, Proof::Key))
+            } else {
+                Some((DEFAULT_TENANT.to_string(), Role::Operator, Proof::Open))
+            }
+        })
+    }
+
+    /// `identify` behind the peer's failure bucket; a miss with something presented
+    /// takes one failure from it.
+    fn throttled(
+        &self,
+        peer: Peer,
+        presented: bool,
+        identify: impl FnOnce(std::time::Instant) -> Option<(String, Role, Proof)>,
+    ) -> Result<(String, Role, Proof), ApiError> {
+        let ip = peer.0.map(|addr| addr.ip());
+        let now = std::time::Instant::now();
+        if self.required() {
+            self.failures
+                .check(ip, now)
+                .map_err(crate::api::throttle::refused)?;
+        }
+        identify(now).ok_or_else(|| {
+            if presented {
+                self.failures.fail(ip, now);
+            }
+            ApiError::Unauthorized
+        })
+    }
+}
+
 /// Middleware: resolves the tenant (from the key, else the session cookie) or answers
-/// 401.
+/// 401 (429 for a peer that failed too often); a cookie-authenticated request that
+/// changes something from another site is refused (403 `cross_site`).
 pub async fn require_tenant(
     State(state): State<AppState>,
+    peer: Peer,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let (tenant, role) = state
-        .auth
-        .caller(request.headers())
-        .ok_or(ApiError::Unauthorized)?;
+    let (tenant, role, proof) = state.auth.authenticate(peer, request.headers())?;
+    if proof == Proof::Session && !request.method().is_safe() {
+        crate::api::session::same_site(request.headers())?;
+    }
     request.extensions_mut().insert(Tenant(tenant));
     request.extensions_mut().insert(role);
     Ok(next.run(request).await)
+}
+
+/// Proof that the caller has the operator role: a handler that takes it serves the
+/// operator only (403 `forbidden` for a tenant; the route's key middleware has
+/// answered 401 for nobody before). The one check of the operator-only routes.
+#[derive(Clone, Copy, Debug)]
+pub struct Operator;
+
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Role>() {
+            Some(Role::Operator) => Ok(Operator),
+            Some(Role::Tenant) => Role::Tenant.require_operator().map(|()| Operator),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
 }
 
 /// The caller's address, when the server knows it.

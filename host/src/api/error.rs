@@ -24,6 +24,8 @@ pub enum ApiError {
     Conflict(&'static str, String),
     /// 413 `too_large`.
     TooLarge(String),
+    /// 415 `unsupported_media_type`: the body is not declared as the route reads it.
+    UnsupportedMediaType(String),
     /// 422 with a code (`invalid_module`, `invalid_dependency`, ...).
     Unprocessable(&'static str, String),
     /// 429 `rate_limited`, with `Retry-After` in whole seconds.
@@ -44,6 +46,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(..) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(..) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -63,6 +66,7 @@ impl ApiError {
             ),
             ApiError::NotFound(m) => ("not_found", m.clone()),
             ApiError::TooLarge(m) => ("too_large", m.clone()),
+            ApiError::UnsupportedMediaType(m) => ("unsupported_media_type", m.clone()),
             ApiError::RateLimited(m, _) => ("rate_limited", m.clone()),
             ApiError::Unavailable(m) => ("unavailable", m.clone()),
             ApiError::Internal(_) => ("internal", "internal error; see the server log".into()),

@@ -2,27 +2,20 @@
 
 use std::collections::HashMap;
 
-use axum::Extension;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 
 use crate::api::AppState;
-use crate::api::auth::Role;
+use crate::api::auth::Operator;
 use crate::api::error::{ApiError, ApiResult};
 
 /// Runs a sweep (or, with `dry_run=true`, reports what one would free) and answers
 /// its report.
 pub async fn collect(
     State(state): State<AppState>,
-    Extension(role): Extension<Role>,
+    _: Operator,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    if role != Role::Operator {
-        return Err(ApiError::Forbidden(
-            "forbidden",
-            "garbage collection needs an operator key (--admin-key)".into(),
-        ));
-    }
     let dry_run = match query.get("dry_run").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,

@@ -94,8 +94,12 @@ pub async fn sysinfo(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: Prometheus text format, for the operator (Prometheus scrapes with
+/// the operator's key): it names every tenant and shows the whole fleet.
+pub async fn metrics(
+    State(state): State<AppState>,
+    _: crate::api::auth::Operator,
+) -> Result<Response, ApiError> {
     let (queued, running) = state.engine.load();
     let gauges = Gauges {
         queued,
@@ -105,11 +109,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         shares: state.engine.shares(),
         nodes: state.engine.nodes_by_state(),
     };
-    (
+    Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.engine.metrics().render(&gauges) + &state.engine.extra_metrics(),
     )
-        .into_response()
+        .into_response())
 }
 
 /// Any other path.

@@ -9,6 +9,7 @@ mod cas;
 pub mod cluster;
 pub mod error;
 mod events;
+pub mod exposure;
 mod gc;
 pub mod idempotency;
 mod info;
@@ -17,13 +18,14 @@ pub mod json;
 mod listing;
 mod queues;
 mod record;
+mod serve;
 pub mod session;
+pub mod throttle;
 mod ui;
 mod usage;
 mod webhooks;
 mod workers;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -176,16 +178,4 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
         .layer(DefaultBodyLimit::max(limit))
 }
 
-/// Serves `router` (from [`app`] or [`app_with`]) on `listener` until `shutdown` resolves, then drains connections.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
+pub use serve::{Limits, serve};

@@ -21,7 +21,6 @@ use crate::api::AppState;
 use crate::api::auth::Role;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::json::Json;
-use crate::model::DEFAULT_TENANT;
 
 /// The cookie's name.
 pub const COOKIE: &str = "wasmesh_session";
@@ -29,8 +28,16 @@ pub const COOKIE: &str = "wasmesh_session";
 /// How long a session lasts.
 pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
-/// Sessions kept at most; past this the oldest goes first.
+/// Sessions kept at most; past this the oldest of the principal holding the most
+/// goes first.
 const MAX_SESSIONS: usize = 10_000;
+
+/// Sessions one principal (tenant and role) holds at most; its next login ends its
+/// own oldest, never another principal's.
+pub const MAX_PER_PRINCIPAL: usize = 16;
+
+/// The largest login body: `{"key": "..."}` with a key of a few hundred characters.
+pub const MAX_LOGIN_BYTES: usize = 4096;
 
 #[derive(Debug)]
 struct Session {
@@ -53,8 +60,29 @@ impl Sessions {
         let secret = hex::encode(secret);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.retain(|_, s| s.expires > now);
-        if open.len() >= MAX_SESSIONS
-            && let Some(oldest) = open.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
+        let own = open
+            .values()
+            .filter(|s| s.tenant == tenant && s.role == role)
+            .count();
+        let evict = if own >= MAX_PER_PRINCIPAL {
+            Some((tenant.to_string(), role))
+        } else if open.len() >= MAX_SESSIONS {
+            let mut held: HashMap<(&str, Role), usize> = HashMap::new();
+            for s in open.values() {
+                *held.entry((s.tenant.as_str(), s.role)).or_default() += 1;
+            }
+            held.into_iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|((t, r), _)| (t.to_string(), r))
+        } else {
+            None
+        };
+        if let Some((tenant, role)) = evict
+            && let Some(oldest) = open
+                .iter()
+                .filter(|(_, s)| s.tenant == tenant && s.role == role)
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| *k)
         {
             open.remove(&oldest);
         }
@@ -98,9 +126,48 @@ pub(crate) fn presented_session(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value.trim())
 }
 
-fn cookie(value: &str, max_age: u64) -> HeaderValue {
+/// 403 `cross_site` unless a browser says the request comes from this server's own
+/// origin: `Sec-Fetch-Site` is `same-origin` (or `none`: typed by the user), else
+/// `Origin` names the host the request was sent to. A request with neither comes from
+/// no browser (a browser sends `Origin` with every POST), so no page made it.
+pub fn same_site(headers: &HeaderMap) -> ApiResult<()> {
+    let refuse = |why: String| Err(ApiError::Forbidden("cross_site", why));
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return match site {
+            "same-origin" | "none" => Ok(()),
+            other => refuse(format!(
+                "a {other} request cannot use the dashboard's session; send an API key"
+            )),
+        };
+    }
+    let Some(origin) = text("origin") else {
+        return Ok(());
+    };
+    let host = text("host").unwrap_or_default();
+    let origin_host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    match origin_host {
+        Some(origin_host) if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) => Ok(()),
+        _ => refuse(format!(
+            "a request from {origin:?} cannot use the dashboard's session; send an API key"
+        )),
+    }
+}
+
+/// Whether the browser reached this server over https (the page's origin, or what a
+/// TLS-terminating proxy says): the cookie is then `Secure`.
+fn over_https(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    text("origin").is_some_and(|o| o.starts_with("https://"))
+        || text("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"))
+}
+
+fn cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}"
+        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}"
     ))
     .expect("a cookie of hex digits is a valid header")
 }
@@ -120,6 +187,10 @@ pub struct Login {
 }
 
 impl crate::api::json::JsonBody for Login {
+    fn limit(_: &crate::api::json::JsonLimits) -> usize {
+        MAX_LOGIN_BYTES
+    }
+
     fn shape_error(e: serde_json::Error) -> ApiError {
         ApiError::BadRequest(
             "invalid_request",
@@ -128,23 +199,36 @@ impl crate::api::json::JsonBody for Login {
     }
 }
 
-/// `POST /ui/login`: 200 with the session cookie and who it is; 401 for a wrong key.
-pub async fn login(State(state): State<AppState>, Json(login): Json<Login>) -> ApiResult<Response> {
-    let (tenant, role) = if state.auth.required() {
-        state
-            .auth
-            .principal(login.key.trim())
-            .ok_or(ApiError::Unauthorized)?
-    } else {
-        (DEFAULT_TENANT.to_string(), Role::Operator)
-    };
+/// `POST /ui/login`: 200 with the session cookie and who it is; 401 for a wrong key,
+/// 429 for a peer that failed too often lately; 415 unless the body is declared
+/// `application/json` and 403 `cross_site` from another site's page (which could
+/// otherwise log a visitor into the attacker's tenant).
+pub async fn login(
+    State(state): State<AppState>,
+    peer: crate::api::auth::Peer,
+    headers: HeaderMap,
+    Json(login): Json<Login>,
+) -> ApiResult<Response> {
+    same_site(&headers)?;
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::UnsupportedMediaType(
+            "a login is sent as application/json".into(),
+        ));
+    }
+    let (tenant, role, _) = state.auth.authenticate_key(peer, login.key.trim())?;
     let secret = state.auth.sessions().open(&tenant, role, Instant::now());
     let body =
         json!({"tenant": tenant, "role": role_name(role), "keys_required": state.auth.required()});
     let mut response = axum::Json(body).into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, cookie(&secret, LIFETIME.as_secs()));
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie(&secret, LIFETIME.as_secs(), over_https(&headers)),
+    );
     Ok(response)
 }
 
@@ -156,7 +240,7 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Respon
     let mut response = axum::Json(json!({"logged_out": true})).into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, cookie("", 0));
+        .insert(header::SET_COOKIE, cookie("", 0, over_https(&headers)));
     response
 }
 

@@ -478,6 +478,21 @@ pub(super) fn record_lost(
     }
 }
 
+/// Whether node `id` holds a lease now that needs blob `hash` (the only blobs a
+/// coordinator serves a node). A restored or adopted lease learns its blobs from the
+/// journal the first time its node asks.
+pub fn may_fetch(engine: &Engine, fleet: &Fleet, id: &str, hash: &HashHex) -> bool {
+    match fleet.may_fetch(id, hash) {
+        Ok(may) => may,
+        Err(unknown) => {
+            for lsn in unknown {
+                fleet.learn_fetches(lsn, engine.running_blobs(lsn));
+            }
+            fleet.may_fetch(id, hash) == Ok(true)
+        }
+    }
+}
+
 /// The fleet is a coordinator engine's driver: a running job's lease is restored at
 /// start-up (its node gets two lease periods to renew it), and a cancelled job whose
 /// lease never reached its node ends at once.
@@ -499,6 +514,7 @@ impl Driver for Fleet {
             cancel_requested: false,
             placement: serde_json::json!({"node": node, "restored": true}),
             uploaded: Vec::new(),
+            fetches: None,
         });
         true
     }

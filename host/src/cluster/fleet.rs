@@ -67,6 +67,11 @@ pub struct Lease {
     /// Blobs the node uploaded for this lease, bytes verified: the only ones besides
     /// those inline in its report that the report may hand to the job's tenant.
     pub uploaded: Vec<crate::model::HashHex>,
+    /// Blobs the node may fetch for this lease ([`Assignment::fetches`]): the only
+    /// ones the coordinator serves it. `None` for a lease restored or adopted (not
+    /// assigned by this process) until [`crate::cluster::driver::may_fetch`] reads
+    /// them from the journal.
+    pub fetches: Option<Vec<crate::model::HashHex>>,
 }
 
 /// Blobs one lease may upload (outputs, stderr, checkpoints): more are refused.
@@ -376,6 +381,7 @@ impl Fleet {
                 cancel_requested: false,
                 placement,
                 uploaded: Vec::new(),
+                fetches: Some(assignment.fetches()),
             },
         );
         match inner.index.get(&reservation.node).copied() {
@@ -445,6 +451,32 @@ impl Fleet {
             }
         }
         Some((assignments, cancels, wake))
+    }
+
+    /// Whether node `id` holds a lease now that needs blob `hash`: `Err` with the
+    /// node's leases whose blobs are not known yet when none known needs it.
+    pub fn may_fetch(&self, id: &str, hash: &crate::model::HashHex) -> Result<bool, Vec<u64>> {
+        let inner = self.inner();
+        let mut unknown = Vec::new();
+        for lease in inner.leases.values().filter(|lease| lease.node == id) {
+            match &lease.fetches {
+                Some(blobs) if blobs.contains(hash) => return Ok(true),
+                Some(_) => {}
+                None => unknown.push(lease.token.lsn),
+            }
+        }
+        if unknown.is_empty() {
+            Ok(false)
+        } else {
+            Err(unknown)
+        }
+    }
+
+    /// Sets the blobs of a restored or adopted lease (read from the journal).
+    pub fn learn_fetches(&self, lsn: u64, blobs: Vec<crate::model::HashHex>) {
+        if let Some(lease) = self.inner().leases.get_mut(&lsn) {
+            lease.fetches.get_or_insert(blobs);
+        }
     }
 
     /// Whether `token` is a current lease of node `id`.

@@ -118,6 +118,25 @@ pub struct Assignment {
     pub checkpoint: Option<HashHex>,
 }
 
+impl Assignment {
+    /// Every blob the node may fetch for this lease (and no other: the coordinator
+    /// serves a node only blobs of a lease it holds now): the worker's module and
+    /// files, the action's input and files, the checkpoint it resumes from.
+    pub fn fetches(&self) -> Vec<HashHex> {
+        let mut blobs = self.worker.chunks();
+        blobs.extend(self.action.chunks());
+        blobs.extend(self.checkpoint);
+        blobs
+    }
+}
+
+/// The query of `GET /api/v1/cluster/blobs/{hash}`: the node fetching it.
+#[derive(Debug, Deserialize)]
+pub struct FetchFor {
+    /// The node id, which must hold a lease needing the blob.
+    pub node: String,
+}
+
 /// The answer to a work poll.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct WorkAnswer {

@@ -142,6 +142,7 @@ pub fn adopt(engine: &Engine, fleet: &Fleet, id: &str, tokens: &[Token]) {
             cancel_requested,
             placement: serde_json::json!({"node": id, "adopted": true}),
             uploaded: Vec::new(),
+            fetches: None,
         });
         engine.adopt_running(&job);
     }

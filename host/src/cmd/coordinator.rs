@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use wasmesh_host::api::AppState;
+use wasmesh_host::api::exposure::{self, Serving};
 use wasmesh_host::engine::{Engine, NodeConfig};
 use wasmesh_host::store::{Holding, Journal};
 
 use super::parse_bytes;
-use super::serve::{UpkeepArgs, WebhookArgs, closing, tenant_auth};
+use super::serve::{ListenArgs, UpkeepArgs, WebhookArgs, closing, tenant_auth};
 
 /// Arguments of `wasmesh coordinator`.
 #[derive(Debug, clap::Args)]
@@ -105,6 +106,8 @@ pub struct Args {
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_retention: Duration,
     #[command(flatten)]
+    pub listening: ListenArgs,
+    #[command(flatten)]
     pub webhooks: WebhookArgs,
     #[command(flatten)]
     pub upkeep: UpkeepArgs,
@@ -149,17 +152,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.max_request_bytes = config.max_request_bytes.max(max + (16 << 20));
     }
     let (auth, quotas) = tenant_auth(args.api_keys, args.admin_keys, args.tenants.as_ref())?;
-    let auth = Arc::new(auth);
     config.quotas = quotas;
     let node_auth = NodeAuth::new(args.node_key.as_deref(), args.node_keys.as_ref())?;
-    if auth.required() && node_auth.is_open() {
-        bail!(
-            "client keys are set (--api-key/--admin-key/--tenants) but nodes are not \
-             authenticated: pass --node-key KEY (or --node-keys FILE), or anyone could \
-             register as a node and receive every tenant's work"
-        );
-    }
+    let serving = Serving::Coordinator {
+        nodes_authenticated: !node_auth.is_open(),
+    };
     let node_auth = Arc::new(node_auth);
+    let bind = super::resolve(&args.listen)?;
+    let auth = Arc::new(exposure::admit(
+        serving,
+        auth,
+        bind,
+        args.listening.insecure_no_auth,
+    )?);
+    let limits = args.listening.limits();
     if args.autoscale.kind == super::autoscale::Kind::Local
         && args.node_key.is_none()
         && args.node_keys.is_some()
@@ -203,7 +209,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("wasmesh coordinator listening on http://{address}");
         use std::io::Write;
         std::io::stdout().flush()?;
-        wasmesh_host::api::serve(listener, router, closing(engine.clone())).await?;
+        wasmesh_host::api::serve(listener, router, limits, closing(engine.clone())).await?;
         engine.stop();
         // Off the runtime: it waits for the local nodes to stop.
         tokio::task::spawn_blocking(move || autoscaling.stop()).await?;

@@ -153,3 +153,14 @@ pub fn main() -> ExitCode {
         ExitCode::from(2)
     })
 }
+
+/// The address `listen` (`host:port`) binds to: the first it resolves to.
+pub fn resolve(listen: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use anyhow::Context;
+    use std::net::ToSocketAddrs;
+    listen
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {listen}: not an address"))?
+        .next()
+        .with_context(|| format!("--listen {listen}: resolves to no address"))
+}

@@ -12,6 +12,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use wasmesh_host::api::AppState;
+use wasmesh_host::api::exposure::{self, Serving};
 use wasmesh_host::cluster::member::{agent::Agent, membership::Membership};
 use wasmesh_host::engine::{Engine, NodeConfig};
 use wasmesh_host::run::Runner;
@@ -19,7 +20,7 @@ use wasmesh_host::store::Journal;
 use wasmesh_runtime::Limits;
 
 use super::parse_bytes;
-use super::serve::{UpkeepArgs, WebhookArgs, closing, read_toml, tenant_auth};
+use super::serve::{ListenArgs, UpkeepArgs, WebhookArgs, closing, read_toml, tenant_auth};
 
 /// Arguments of `wasmesh node`.
 #[derive(Debug, clap::Args)]
@@ -46,6 +47,11 @@ pub struct Args {
     /// A TOML file of tenants and their keys: `name = ["key", ...]`.
     #[arg(long, env = "WASMESH_TENANTS")]
     pub tenants: Option<PathBuf>,
+    /// Operator keys (repeatable): `/metrics` and every tenant's view. On a node
+    /// joined to a coordinator without client keys, the only key its API takes
+    /// (Prometheus scrapes with it).
+    #[arg(long = "admin-key", env = "WASMESH_ADMIN_KEYS", value_delimiter = ',')]
+    pub admin_keys: Vec<String>,
     /// A node label, `key=value` (repeatable).
     #[arg(long = "label", env = "WASMESH_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
@@ -76,6 +82,8 @@ pub struct Args {
     /// How long `Idempotency-Key`s and their stored responses are kept (default 24h).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idempotency_retention: Option<Duration>,
+    #[command(flatten)]
+    pub listening: ListenArgs,
     #[command(flatten)]
     pub webhooks: WebhookArgs,
     #[command(flatten)]
@@ -185,13 +193,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .into_iter()
         .chain(file.api_keys.unwrap_or_default())
         .collect();
-    let (auth, quotas) = tenant_auth(keys, Vec::new(), args.tenants.or(file.tenants).as_ref())?;
+    let (auth, quotas) = tenant_auth(
+        keys,
+        args.admin_keys,
+        args.tenants.or(file.tenants).as_ref(),
+    )?;
     config.quotas = quotas;
     let listen = args
         .listen
         .or(file.listen)
         .unwrap_or_else(|| "127.0.0.1:9000".into());
     let (coordinator, advertise, node_key) = (args.coordinator, args.advertise, args.node_key);
+    if let Some(key) = &node_key {
+        wasmesh_host::api::auth::check_key("--node-key (WASMESH_NODE_KEY)", key)?;
+    }
+    let serving = Serving::Node {
+        joined: coordinator.is_some(),
+    };
+    let auth = exposure::admit(
+        serving,
+        auth,
+        super::resolve(&listen)?,
+        args.listening.insecure_no_auth,
+    )?;
+    let limits = args.listening.limits();
     let spread = args.coordinator_spread.then(|| config.id.clone());
     let exit_with_parent = args.exit_with_parent;
 
@@ -199,11 +224,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
         let address = listener.local_addr()?;
-        if !auth.required() && !address.ip().is_loopback() {
-            tracing::warn!(%address, "serving without API keys on a non-loopback address: anyone who can reach it can run code");
-        }
         let engine = Engine::open(config)?;
         engine.start();
         let runner = Runner::new(engine.clone());
@@ -217,9 +241,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None => coordinators,
             })
         });
-        let agent = coordinators.as_ref().map(|coordinators| {
-            Agent::new(runner.clone(), coordinators.clone(), node_key.clone())
-        });
+        let agent = coordinators
+            .as_ref()
+            .map(|coordinators| Agent::new(runner.clone(), coordinators.clone(), node_key.clone()));
         let agent_tasks = agent
             .as_ref()
             .map(|agent| agent.spawn(stop_polling.clone(), stop_reporting.clone()));
@@ -235,7 +259,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
         let state = AppState::new(engine.clone(), Arc::new(auth));
         // One line, flushed, that scripts and tests read to find the server.
-        println!("wasmesh node {} listening on http://{address}", engine.config().id);
+        println!(
+            "wasmesh node {} listening on http://{address}",
+            engine.config().id
+        );
         use std::io::Write;
         std::io::stdout().flush()?;
         let app = wasmesh_host::api::app(state);
@@ -256,7 +283,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 () = orphaned => {}
             }
         };
-        wasmesh_host::api::serve(listener, app, stop).await?;
+        wasmesh_host::api::serve(listener, app, limits, stop).await?;
         tracing::info!("shutting down: waiting for running jobs");
         // No new leases (those not yet received go back to the coordinator's queue);
         // running ones finish (heartbeats keep renewing them), their results are

@@ -60,6 +60,42 @@ impl WebhookArgs {
     }
 }
 
+/// How the listener guards itself (node and coordinator).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListenArgs {
+    /// Serve without API keys on an address other hosts can reach (refused
+    /// otherwise): anyone who reaches it can run code.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// A connection that sends no complete request head for this long (new, or
+    /// between requests) is closed.
+    #[arg(long, env = "WASMESH_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Open connections at most [default: the descriptor limit less 256].
+    #[arg(long, env = "WASMESH_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open connections of one peer (address, or IPv6 /64) at most [default: half of
+    /// --max-connections].
+    #[arg(long, env = "WASMESH_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<usize>,
+}
+
+impl ListenArgs {
+    /// The listener's limits.
+    pub fn limits(&self) -> wasmesh_host::api::Limits {
+        let mut limits = wasmesh_host::api::Limits::for_this_process();
+        limits.idle = self.idle_timeout.max(Duration::from_millis(100));
+        if let Some(max) = self.max_connections {
+            limits.connections = max.max(1);
+            limits.per_peer = (max / 2).max(1);
+        }
+        if let Some(max) = self.max_connections_per_peer {
+            limits.per_peer = max.max(1);
+        }
+        limits
+    }
+}
+
 /// How the server keeps its books (node and coordinator): how long the journal keeps
 /// what is done, the fair share what was used and the store what nothing needs, and
 /// what usage costs.
@@ -106,9 +142,6 @@ impl UpkeepArgs {
     }
 }
 
-/// Keys shorter than this are refused: a key is a secret, not a password.
-const MIN_KEY: usize = 16;
-
 pub fn read_toml<T: for<'de> Deserialize<'de>>(path: &PathBuf) -> anyhow::Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -127,22 +160,44 @@ pub fn tenant_auth(
     use wasmesh_host::api::auth::{DEFAULT_TENANT, OPERATOR_TENANT, Role};
     let mut auth = Auth::open();
     for key in &keys {
-        auth.add(DEFAULT_TENANT, key, Role::Tenant);
+        auth.add(
+            "--api-key (WASMESH_API_KEY)",
+            DEFAULT_TENANT,
+            key,
+            Role::Tenant,
+        )?;
     }
     for key in &admin_keys {
-        if key.len() < MIN_KEY {
-            bail!("--admin-key: a key has at least {MIN_KEY} characters");
-        }
-        auth.add(OPERATOR_TENANT, key, Role::Operator);
+        auth.add(
+            "--admin-key (WASMESH_ADMIN_KEYS)",
+            OPERATOR_TENANT,
+            key,
+            Role::Operator,
+        )?;
     }
     let Some(path) = tenants_file else {
         return Ok((auth, Quotas::default()));
     };
     let file = path.display();
-    let entries: toml::Table = read_toml(path)?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let entries: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut defaults = Quota::default();
     let mut quotas = HashMap::new();
     for (tenant, entry) in entries {
+        let reserved = wasmesh_host::model::RESERVED_TENANTS.contains(&tenant.as_str());
+        if reserved && (tenant != "defaults" || !entry.is_table() || entry.get("keys").is_some()) {
+            bail!(
+                "{file}:{}: {tenant:?} is reserved ({}): name the customer otherwise",
+                line_of(&text, &tenant),
+                match tenant.as_str() {
+                    OPERATOR_TENANT => "the principal of --admin-key",
+                    DEFAULT_TENANT => "the principal of --api-key",
+                    _ => "the table of every tenant's quotas",
+                }
+            );
+        }
         if tenant == "defaults" {
             defaults = entry
                 .try_into()
@@ -184,11 +239,8 @@ pub fn tenant_auth(
                 )
             })?,
         };
-        if keys.iter().any(|k| k.len() < MIN_KEY) {
-            bail!("{file}: tenant {tenant:?} has a key shorter than {MIN_KEY} characters");
-        }
         for key in &keys {
-            auth.add(&tenant, key, role);
+            auth.add(&format!("{file}: tenant {tenant:?}"), &tenant, key, role)?;
         }
         quota
             .validate()
@@ -196,6 +248,20 @@ pub fn tenant_auth(
         quotas.insert(tenant, quota);
     }
     Ok((auth, Quotas::new(defaults, quotas)))
+}
+
+/// The line (from 1) of `text` where the TOML key or table `name` is defined.
+fn line_of(text: &str, name: &str) -> usize {
+    let quoted = format!("\"{name}\"");
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start().trim_start_matches('[').trim_start();
+            [name, quoted.as_str()].iter().any(|n| {
+                line.strip_prefix(n)
+                    .is_some_and(|rest| rest.trim_start().starts_with(['=', ']', '.']))
+            })
+        })
+        .map_or(0, |i| i + 1)
 }
 
 /// The shutdown signal, after which the change feed's subscriptions end (they would

@@ -119,6 +119,26 @@ impl Engine {
         Ok(Some((job, worker, action)))
     }
 
+    /// The blobs a running job's node may fetch for it (the worker's, the action's,
+    /// the checkpoint), read from the journal: for a lease restored after a restart
+    /// or adopted from another coordinator, whose assignment this process never
+    /// made. Empty when the job or its worker is gone.
+    pub fn running_blobs(&self, lsn: u64) -> Vec<crate::model::HashHex> {
+        let Ok(Some(job)) = self.job_any(lsn) else {
+            return Vec::new();
+        };
+        let Ok(action) = serde_json::from_str::<ActionDescriptor>(&job.descriptor) else {
+            return Vec::new();
+        };
+        let Ok(Some(worker)) = self.worker(&job.tenant, &job.worker) else {
+            return Vec::new();
+        };
+        let mut blobs = worker.chunks();
+        blobs.extend(action.chunks());
+        blobs.extend(job.checkpoint);
+        blobs
+    }
+
     fn fail_unrunnable(&self, lsn: u64, message: &str) {
         tracing::error!(lsn, message, "a job cannot run");
         if let Ok(Some(job)) = self.job_any(lsn) {

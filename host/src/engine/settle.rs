@@ -205,7 +205,18 @@ impl Engine {
     /// and `job.deadline_exceeded`), to be written with its result, so that a crash
     /// between the two loses neither. None while no webhook wants them.
     pub(super) fn job_events(&self, job: &JobRow, result: &JobResult) -> Vec<NewDelivery> {
-        let tenant = Some(job.tenant.as_str());
+        self.job_events_of(&job.tenant, job.lsn, job.queue_id, result)
+    }
+
+    /// [`Engine::job_events`] of job `lsn` of `tenant` in `queue_id`.
+    pub(super) fn job_events_of(
+        &self,
+        tenant: &str,
+        lsn: u64,
+        queue_id: Option<u64>,
+        result: &JobResult,
+    ) -> Vec<NewDelivery> {
+        let tenant = Some(tenant);
         let event = match result.state {
             JobState::Succeeded => "job.succeeded",
             JobState::Failed => "job.failed",
@@ -218,8 +229,8 @@ impl Engine {
                 continue;
             }
             let data = serde_json::json!({
-                "lsn": job.lsn,
-                "queue_id": job.queue_id,
+                "lsn": lsn,
+                "queue_id": queue_id,
                 "action": result.action,
                 "worker": result.worker,
                 "state": result.state,
@@ -397,6 +408,8 @@ impl Engine {
                 ),
             ));
         }
+        // Admitted exactly as a submission is: it is one more job to run.
+        self.admit_jobs(tenant, 1)?;
         self.store.requeue_job(lsn)?;
         let job = self
             .store

@@ -305,7 +305,11 @@ impl Engine {
                 cached,
             ));
         }
-        let lsns = self.store.insert_jobs(&rows)?;
+        // A cache answer's webhook deliveries go in with it, as a result's do.
+        let queue_id = queue.map(|q| q.id);
+        let lsns = self.store.insert_jobs_with(&rows, &|lsn, result| {
+            self.job_events_of(tenant, lsn, queue_id, result)
+        })?;
         if self.recorder.is_recording(tenant) {
             let mut workers = Vec::with_capacity(actions.len());
             for submission in &actions {

@@ -193,6 +193,17 @@ impl Store {
     /// Inserts jobs in one transaction, each queued or already finished (a cached
     /// result, whose `lsn` field is filled in here); returns their LSNs.
     pub fn insert_jobs(&self, jobs: &[(NewJob<'_>, Option<JobResult>)]) -> StoreResult<Vec<u64>> {
+        self.insert_jobs_with(jobs, &|_, _| Vec::new())
+    }
+
+    /// [`Store::insert_jobs`], writing the webhook deliveries `events` gives each job
+    /// answered at once (by its LSN and result) in the same transaction, as a result's
+    /// are written with it.
+    pub fn insert_jobs_with(
+        &self,
+        jobs: &[(NewJob<'_>, Option<JobResult>)],
+        events: &dyn Fn(u64, &JobResult) -> Vec<super::NewDelivery>,
+    ) -> StoreResult<Vec<u64>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut lsns = Vec::with_capacity(jobs.len());
@@ -233,6 +244,7 @@ impl Store {
                     "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4 WHERE lsn = ?1",
                     params![lsn, result.state, json, now_ms()],
                 )?;
+                super::webhooks::insert_deliveries(&tx, &events(lsn as u64, &result))?;
             }
             lsns.push(lsn as u64);
         }

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `wasmesh` binary (one test binary, a module per area).
 
+mod attacks;
 mod autoscale;
 mod browser;
 mod cas;
@@ -20,6 +21,7 @@ mod jobs;
 mod journal_postgres;
 mod layers;
 mod listing;
+mod matrix;
 mod queues;
 mod quotas;
 mod retention;

@@ -13,13 +13,13 @@ use wasmesh_host::model::HashHex;
 use crate::Server;
 use crate::server::{WAIT, action, api_code, eventually, start_blocker, upload_test_guest};
 
-const NODE_KEY: &str = "node-secret-0123456789";
-const ACME: &str = "acme-key-0123456789";
-const GLOBEX: &str = "globex-key-0123456789";
-const OPS: &str = "ops-key-0123456789";
+pub(crate) const NODE_KEY: &str = "node-secret-0123456789";
+pub(crate) const ACME: &str = "acme-key-0123456789";
+pub(crate) const GLOBEX: &str = "globex-key-0123456789";
+pub(crate) const OPS: &str = "ops-key-0123456789";
 
 /// A tenants file with `acme`, `globex` and the operator `ops`.
-fn tenants(dir: &std::path::Path) -> String {
+pub(crate) fn tenants(dir: &std::path::Path) -> String {
     let path = dir.join("tenants.toml");
     std::fs::write(
         &path,
@@ -33,7 +33,7 @@ fn tenants(dir: &std::path::Path) -> String {
 }
 
 /// A coordinator with the tenants of [`tenants`] and [`NODE_KEY`].
-fn keyed_coordinator(dir: &std::path::Path, extra: &[&str]) -> Server {
+pub(crate) fn keyed_coordinator(dir: &std::path::Path, extra: &[&str]) -> Server {
     let tenants = tenants(dir);
     let mut args = vec!["--tenants", &tenants, "--node-key", NODE_KEY];
     args.extend_from_slice(extra);
@@ -41,7 +41,7 @@ fn keyed_coordinator(dir: &std::path::Path, extra: &[&str]) -> Server {
 }
 
 /// A POST with a key; the status and JSON body.
-fn post(server: &Server, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+pub(crate) fn post(server: &Server, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
     let mut request = Http::new().post(server.at(path)).json(body);
     if let Some(key) = key {
         request = request.bearer_auth(key);
@@ -52,7 +52,7 @@ fn post(server: &Server, path: &str, key: Option<&str>, body: &Value) -> (u16, V
 }
 
 /// A GET with a key; the status and JSON body.
-fn get(server: &Server, path: &str, key: Option<&str>) -> (u16, Value) {
+pub(crate) fn get(server: &Server, path: &str, key: Option<&str>) -> (u16, Value) {
     let mut request = Http::new().get(server.at(path));
     if let Some(key) = key {
         request = request.bearer_auth(key);
@@ -63,13 +63,13 @@ fn get(server: &Server, path: &str, key: Option<&str>) -> (u16, Value) {
 }
 
 /// A node written by hand, speaking the cluster protocol with the node key.
-struct FakeNode<'a> {
+pub(crate) struct FakeNode<'a> {
     coordinator: &'a Server,
     id: &'static str,
 }
 
 impl FakeNode<'_> {
-    fn join<'a>(coordinator: &'a Server, id: &'static str) -> FakeNode<'a> {
+    pub(crate) fn join<'a>(coordinator: &'a Server, id: &'static str) -> FakeNode<'a> {
         let (status, _) = post(
             coordinator,
             "/api/v1/cluster/nodes/register",
@@ -81,7 +81,7 @@ impl FakeNode<'_> {
     }
 
     /// Polls until a lease arrives; its assignment.
-    fn lease(&self) -> Value {
+    pub(crate) fn lease(&self) -> Value {
         eventually(WAIT, || {
             let (status, answer) = post(
                 self.coordinator,
@@ -126,7 +126,7 @@ fn report_of(lease: &Value, output: HashHex, size: u64) -> Value {
 }
 
 /// Runs the binary to its exit within `within`; kills it and fails if it keeps running.
-fn run_to_exit(args: &[&str], within: Duration) -> std::process::Output {
+pub(crate) fn run_to_exit(args: &[&str], within: Duration) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
         .args(args)
         .stdout(Stdio::piped())
@@ -375,7 +375,7 @@ fn fleet_administration_is_for_the_operator_only() {
 }
 
 /// The peak resident memory of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
+pub(crate) fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -736,7 +736,7 @@ fn checkpoint_spam_leaves_at_most_one_checkpoint() {
 
 /// A loopback listener that counts the connections it is offered and answers each
 /// request with `204 No Content`.
-fn counting_listener() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+pub(crate) fn counting_listener() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -7,15 +7,14 @@ use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
 use super::CoordinatorState;
-use crate::api::auth::{Role, Tenant};
+use crate::api::auth::{Operator, Role, Tenant};
 use crate::api::error::{ApiError, ApiResult};
 use crate::cluster::groups;
 
 pub(super) async fn list(
     State(state): State<CoordinatorState>,
-    axum::Extension(role): axum::Extension<Role>,
+    _: Operator,
 ) -> ApiResult<Json<Value>> {
-    role.require_operator()?;
     Ok(Json(json!({"nodes": state.fleet.list()})))
 }
 
@@ -23,18 +22,16 @@ pub(super) async fn list(
 /// decisions with their reasons (the operator only).
 pub(super) async fn autoscaler(
     State(state): State<CoordinatorState>,
-    axum::Extension(role): axum::Extension<Role>,
+    _: Operator,
 ) -> ApiResult<Json<Value>> {
-    role.require_operator()?;
     Ok(Json(state.autoscaling.status()))
 }
 
 pub(super) async fn details(
     State(state): State<CoordinatorState>,
-    axum::Extension(role): axum::Extension<Role>,
+    _: Operator,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    role.require_operator()?;
     state
         .fleet
         .details(&id)
@@ -44,10 +41,9 @@ pub(super) async fn details(
 
 pub(super) async fn deregister(
     State(state): State<CoordinatorState>,
-    axum::Extension(role): axum::Extension<Role>,
+    _: Operator,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    role.require_operator()?;
     if !state.fleet.deregister(&id) {
         return Err(ApiError::NotFound(format!("node {id} not found")));
     }
@@ -58,10 +54,9 @@ pub(super) async fn deregister(
 
 pub(super) async fn drain(
     State(state): State<CoordinatorState>,
-    axum::Extension(role): axum::Extension<Role>,
+    _: Operator,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    role.require_operator()?;
     let described = state
         .fleet
         .set_draining(&id, true)

@@ -4,18 +4,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use subtle::ConstantTimeEq;
 
 use super::CoordinatorState;
-use crate::api::auth::presented_key;
+use crate::api::auth::{check_key, presented_key};
 use crate::api::error::{ApiError, ApiResult};
-
-/// Keys shorter than this are refused.
-const MIN_KEY: usize = 16;
 
 /// Who a node-route request comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +50,9 @@ fn digest(key: &str) -> [u8; 32] {
 impl NodeAuth {
     /// From `--node-key` and a `--node-keys` TOML file (`node-id = "key"`).
     pub fn new(shared: Option<&str>, file: Option<&PathBuf>) -> anyhow::Result<Self> {
+        if let Some(key) = shared {
+            check_key("--node-key (WASMESH_NODE_KEY)", key)?;
+        }
         let mut auth = Self {
             shared: shared.map(digest),
             nodes: Vec::new(),
@@ -63,12 +63,7 @@ impl NodeAuth {
             let table: std::collections::BTreeMap<String, String> =
                 toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
             for (id, key) in table {
-                if key.len() < MIN_KEY {
-                    bail!(
-                        "{}: node {id:?} has a key shorter than {MIN_KEY} characters",
-                        path.display()
-                    );
-                }
+                check_key(&format!("{}: node {id:?}", path.display()), &key)?;
                 auth.nodes.push((digest(&key), id));
             }
         }
@@ -110,17 +105,24 @@ fn path_node(path: &str) -> Option<&str> {
 /// key is used for another node's path; the identity goes into the request.
 pub async fn require_node_key(
     State(state): State<CoordinatorState>,
+    peer: crate::api::auth::Peer,
     mut request: Request,
     next: Next,
 ) -> ApiResult<Response> {
     let identity = if state.node_auth.is_open() {
         NodeIdentity::Any
     } else {
+        // Wrong node keys cost the peer as wrong client keys do.
+        let (ip, now) = (peer.0.map(|a| a.ip()), std::time::Instant::now());
+        let failures = state.auth.failures();
+        failures
+            .check(ip, now)
+            .map_err(crate::api::throttle::refused)?;
         let key = presented_key(request.headers()).ok_or(ApiError::Unauthorized)?;
-        state
-            .node_auth
-            .identify(key)
-            .ok_or(ApiError::Unauthorized)?
+        state.node_auth.identify(key).ok_or_else(|| {
+            failures.fail(ip, now);
+            ApiError::Unauthorized
+        })?
     };
     if let Some(id) = path_node(request.uri().path()) {
         identity.may_act_as(id)?;

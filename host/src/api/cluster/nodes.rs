@@ -13,10 +13,10 @@ use super::CoordinatorState;
 use super::node_auth::NodeIdentity;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::json::{Json, JsonBody, JsonLimits};
-use crate::cluster::driver::{accept, keep_checkpoint};
+use crate::cluster::driver::{accept, keep_checkpoint, may_fetch};
 use crate::cluster::protocol::{
-    CheckpointNote, Heartbeat, Registration, Results, ResultsAnswer, Token, UploadFor, WorkAnswer,
-    WorkRequest,
+    CheckpointNote, FetchFor, Heartbeat, Registration, Results, ResultsAnswer, Token, UploadFor,
+    WorkAnswer, WorkRequest,
 };
 
 /// Node bodies: a malformed one is `invalid_json`, whatever is wrong with it.
@@ -238,18 +238,34 @@ pub(super) async fn results(
     Ok(axum::Json(answer).into_response())
 }
 
-/// `GET /api/v1/cluster/blobs/{hash}`: a blob for a node (modules and inputs of its
-/// leases), whichever tenant uploaded it.
+/// `GET /api/v1/cluster/blobs/{hash}?node=ID`: a blob one of the node's current
+/// leases needs (its worker's module and files, its action's input and files, its
+/// checkpoint), whichever tenant uploaded it; 404 for any other.
 pub(super) async fn get_blob(
     State(state): State<CoordinatorState>,
+    axum::Extension(identity): axum::Extension<NodeIdentity>,
     Path(hash): Path<String>,
+    axum::extract::Query(fetch): axum::extract::Query<FetchFor>,
 ) -> ApiResult<Response> {
     let hash = crate::api::body::path_hash(&hash)?;
-    let size = state
-        .engine
-        .cas()
-        .size(&hash)
-        .ok_or_else(|| ApiError::NotFound(format!("blob {hash} not found")))?;
+    identity.may_act_as(&fetch.node)?;
+    // One answer for a blob no lease of the node needs and for one not in the store,
+    // so a node key is no oracle for what the store holds.
+    let missing = || {
+        ApiError::NotFound(format!(
+            "no lease of node {:?} needs blob {hash}",
+            fetch.node
+        ))
+    };
+    let (engine, fleet) = (state.engine.clone(), state.fleet.clone());
+    let node = fetch.node.clone();
+    let may = tokio::task::spawn_blocking(move || may_fetch(&engine, &fleet, &node, &hash))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if !may {
+        return Err(missing());
+    }
+    let size = state.engine.cas().size(&hash).ok_or_else(missing)?;
     let file = tokio::fs::File::open(state.engine.cas().path(&hash)).await?;
     let headers = [
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),

@@ -111,6 +111,9 @@ impl Agent {
             node_key,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
+                // Below the servers' idle timeout (30 s), so a pooled connection is
+                // never reused just as the server closes it.
+                .pool_idle_timeout(crate::model::CLIENT_IDLE)
                 .build()
                 .expect("building the agent's HTTP client"),
             held: Mutex::new(HashMap::new()),
@@ -335,16 +338,12 @@ impl Agent {
         }
         // Everything else the run reads comes from the store: the module, the worker's
         // files, and the action's input and files unless they came inline.
-        let action = &assignment.action;
-        let blobs: Vec<HashHex> = assignment
-            .worker
-            .chunks()
+        // (The checkpoint is read from the store below, whatever came inline.)
+        let fetched = assignment
+            .fetches()
             .into_iter()
-            .chain(action.files.values().copied())
-            .chain(action.input)
-            .filter(|hash| !inline.contains_key(hash))
-            .collect();
-        for hash in blobs.into_iter().chain(assignment.checkpoint) {
+            .filter(|hash| !inline.contains_key(hash) || assignment.checkpoint == Some(*hash));
+        for hash in fetched {
             if let Err(message) = self.fetch(hash).await {
                 return failed(token, JobState::Failed, outcome::TRAPPED, &message, true);
             }
@@ -483,7 +482,7 @@ impl Agent {
             let response = self
                 .request(
                     reqwest::Method::GET,
-                    &format!("/api/v1/cluster/blobs/{hash}"),
+                    &fetch_path(&self.runner.engine().config().id, &hash),
                 )
                 .timeout(Duration::from_secs(300))
                 .send()
@@ -585,6 +584,15 @@ fn failed(token: Token, state: JobState, outcome: &str, message: &str, host: boo
         blobs: BTreeMap::new(),
         host_failure: host,
     }
+}
+
+/// Where a blob of one of this node's leases is fetched from.
+pub(crate) fn fetch_path(node: &str, hash: &HashHex) -> String {
+    let query: String = reqwest::Url::parse_with_params("http://fetch/", [("node", node)])
+        .ok()
+        .and_then(|url| url.query().map(str::to_string))
+        .unwrap_or_default();
+    format!("/api/v1/cluster/blobs/{hash}?{query}")
 }
 
 /// Where a blob produced under `lease` is uploaded (the coordinator accepts it only

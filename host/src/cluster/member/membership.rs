@@ -99,6 +99,9 @@ impl Membership {
     fn run(&self, node: &Engine, stop: &CancellationToken) {
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
+            // Below the servers' idle timeout (30 s), so a pooled connection is
+            // never reused just as the server closes it.
+            .pool_idle_timeout(crate::model::CLIENT_IDLE)
             .build()
             .expect("building the membership client");
         let id = node.config().id.clone();

@@ -53,7 +53,7 @@ fn key(tenant: &str) -> String {
 fn start(slots: usize) -> anyhow::Result<Running> {
     let mut auth = Auth::open();
     for tenant in TENANTS {
-        auth.add(tenant, &key(tenant), Role::Tenant);
+        auth.add("bench", tenant, &key(tenant), Role::Tenant)?;
     }
     let heavy = Quota {
         weight: Some(3.0),

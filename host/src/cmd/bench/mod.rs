@@ -274,6 +274,7 @@ fn start_node_with(slots: usize, quotas: Quotas, auth: Auth) -> anyhow::Result<R
         tokio::spawn(wasmesh_host::api::serve(
             listener,
             wasmesh_host::api::app(state),
+            wasmesh_host::api::Limits::for_this_process(),
             std::future::pending(),
         ));
         anyhow::Ok(format!("http://{address}"))

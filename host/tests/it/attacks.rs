@@ -1,0 +1,602 @@
+//! Issue 25's holes (the second outside review), each pinned by a test that drives
+//! real processes over loopback the way the attacker did. Each test names the item.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client as Http;
+use serde_json::{Value, json};
+use wasmesh_host::model::{HashHex, JobState};
+
+use crate::Server;
+use crate::security::{
+    ACME, FakeNode, GLOBEX, NODE_KEY, OPS, get, keyed_coordinator, peak_rss, post, run_to_exit,
+    tenants,
+};
+use crate::server::{WAIT, action, eventually, upload_test_guest};
+
+/// A node of `coordinator` with its node key and `extra` flags.
+fn fleet_node(coordinator: &Server, extra: &[&str]) -> Server {
+    let mut args = vec!["--coordinator", &coordinator.url, "--node-key", NODE_KEY];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// The status of `method path` with `key`.
+fn status(server: &Server, method: reqwest::Method, path: &str, key: Option<&str>) -> u16 {
+    let mut request = Http::new()
+        .request(method, server.at(path))
+        .header("content-type", "application/json")
+        .body("{}");
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    request.send().unwrap().status().as_u16()
+}
+
+/// Regression (issue 25, item 1): a node started as the shipped manifests start it
+/// (`--coordinator` and a node key, no client keys) served its client API, the
+/// dashboard, `/metrics` and the operator's GC to anyone: a peer with no key uploaded
+/// a worker and ran a job there.
+#[test]
+fn a_fleet_node_serves_no_client_api_to_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = keyed_coordinator(dir.path(), &[]);
+    let node = fleet_node(&coordinator, &["--admin-key", OPS]);
+    use reqwest::Method as M;
+    assert_eq!(status(&node, M::GET, "/health", None), 200);
+    for (method, path) in [
+        (M::POST, "/compute/workers"),
+        (M::POST, "/compute/jobs"),
+        (M::POST, "/cas/needs"),
+        (M::GET, "/compute/sysinfo"),
+        (M::GET, "/metrics"),
+        (M::POST, "/compute/gc"),
+        (M::GET, "/compute/events"),
+    ] {
+        assert_eq!(
+            status(&node, method.clone(), path, None),
+            401,
+            "{method} {path}"
+        );
+        // The coordinator's tenant keys mean nothing on the node either.
+        assert_eq!(status(&node, method, path, Some(ACME)), 401, "{path}");
+    }
+    let (code, _) = post(&node, "/ui/login", None, &json!({"key": ACME}));
+    assert_eq!(code, 401, "no login into a fleet node");
+    // Prometheus scrapes with the operator's key.
+    assert_eq!(status(&node, M::GET, "/metrics", Some(OPS)), 200);
+
+    // Nothing was run on it, and its slots were free for the coordinator's leases.
+    let client = coordinator.client_with_key(ACME);
+    let worker = upload_test_guest(&client);
+    let lsn = client
+        .submit(&action(&client, worker, &["echo"], Some(b"hi")), None, None)
+        .unwrap();
+    let result = client.wait(lsn, WAIT).unwrap();
+    assert_eq!(result.state, JobState::Succeeded, "{result:?}");
+}
+
+/// Regression (issue 25, item 1, the configuration side): a node without keys on an
+/// address other hosts reach started with only a warning.
+#[test]
+fn an_open_node_on_a_public_address_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let output = run_to_exit(&["node", "--listen", "0.0.0.0:0", "--data-dir", data], WAIT);
+    assert!(!output.status.success());
+    let said = crate::err(&output);
+    assert!(
+        said.contains("--insecure-no-auth") && said.contains("--api-key"),
+        "{said}"
+    );
+}
+
+/// The peak resident memory of `server` after `f`, less before.
+fn growth(server: &Server, f: impl FnOnce()) -> u64 {
+    let before = peak_rss(server.pid());
+    f();
+    peak_rss(server.pid()).saturating_sub(before)
+}
+
+/// Regression (issue 25, item 2): a 16 MiB `POST /ui/login` body grew the server by
+/// 273 MiB before any key was checked (three at once: 610 MiB): every JSON body was
+/// parsed into a `Value` tree first, within the 16 MiB JSON limit.
+#[test]
+fn a_login_body_is_bounded_and_parsed_into_its_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = keyed_coordinator(dir.path(), &[]);
+    // Numbers in an array: the shape that costs a `Value` tree the most.
+    let body: String = format!("{{\"key\": [{}0]}}", "0,".repeat(8 << 20));
+    let grown = growth(&coordinator, || {
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (url, body) = (coordinator.at("/ui/login"), body.clone());
+                std::thread::spawn(move || {
+                    let answer = Http::new()
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send();
+                    // Refused before the body was read: the server may close early.
+                    answer.map(|r| r.status().as_u16()).unwrap_or(413)
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(thread.join().unwrap(), 413);
+        }
+    });
+    assert!(grown < 32 << 20, "the server grew by {grown} bytes");
+
+    // A duplicate field is refused (the typed parse), not resolved to the last one.
+    let answer = Http::new()
+        .post(coordinator.at("/ui/login"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"key\": \"{ACME}\", \"key\": \"{OPS}\"}}"))
+        .send()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 400);
+}
+
+/// Reads from `stream` until the server closes it; how long that took.
+fn closed_after(mut stream: TcpStream, within: Duration) -> Duration {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return started.elapsed();
+            }
+            Err(e) => panic!("the server kept the connection open past {within:?}: {e}"),
+        }
+    }
+}
+
+/// Descriptors a process has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Regression (issue 25, item 3): 1,040 idle or half-sent connections took every
+/// descriptor (no header or idle timeout, no connection cap), and a tenant's request
+/// then timed out.
+#[test]
+fn idle_and_half_sent_connections_cannot_shut_out_a_client() {
+    let server = Server::start(&["--max-connections", "64", "--idle-timeout", "2s"]);
+    let address = server.url.trim_start_matches("http://").to_string();
+    let baseline = open_fds(server.pid());
+    let mut held = Vec::new();
+    for i in 0..300 {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        if i % 2 == 0 {
+            // Half a request head, never finished.
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+        }
+        held.push(stream);
+    }
+    // A client with a request to make gets through at once, and the server holds
+    // at most its cap of connections.
+    let started = Instant::now();
+    let client = server.client();
+    let worker = upload_test_guest(&client);
+    let lsn = client
+        .submit(&action(&client, worker, &["echo"], Some(b"x")), None, None)
+        .unwrap();
+    assert_eq!(client.wait(lsn, WAIT).unwrap().state, JobState::Succeeded);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let fds = open_fds(server.pid());
+    assert!(
+        fds <= baseline + 64 + 16,
+        "{fds} descriptors open (baseline {baseline})"
+    );
+    drop(held);
+
+    // A half-sent head, alone, is closed after the idle timeout.
+    let mut stream = TcpStream::connect(&address).unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    let waited = closed_after(stream, Duration::from_secs(20));
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "closed after {waited:?}"
+    );
+    // And so is a connection idle after its answer.
+    let mut stream = TcpStream::connect(&address).unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 16];
+    stream.read_exact(&mut answer).unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    closed_after(stream, Duration::from_secs(20));
+}
+
+/// Starts `wasmesh args` with `envs` and expects it to refuse to start; its stderr.
+fn refused(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend([
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wasmesh"))
+        .args(&full)
+        .envs(envs.iter().copied())
+        .env("WASMESH_TEST_JOURNAL", "")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "`{}` started", full.join(" "));
+    crate::err(&output)
+}
+
+/// Regression (issue 25, item 4): `WASMESH_NODE_KEY=""` passed the guard and an
+/// empty `x-api-key` then registered as a node; `WASMESH_API_KEY="<key>,"` made the
+/// empty key valid; `--api-key q` was accepted and found through `/ui/login` in 17
+/// tries.
+#[test]
+fn every_key_source_gets_the_same_check_and_logins_are_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = tenants(dir.path());
+    let said = refused(
+        &["coordinator", "--tenants", &tenants],
+        &[("WASMESH_NODE_KEY", "")],
+    );
+    assert!(
+        said.contains("WASMESH_NODE_KEY") && said.contains("empty"),
+        "{said}"
+    );
+    let said = refused(&["node"], &[("WASMESH_API_KEY", &format!("{ACME},"))]);
+    assert!(
+        said.contains("--api-key") && said.contains("empty"),
+        "{said}"
+    );
+    let said = refused(&["node", "--api-key", "q"], &[]);
+    assert!(said.contains("at least 16 characters"), "{said}");
+    let said = refused(&["node", "--admin-key", "short-admin"], &[]);
+    assert!(said.contains("at least 16 characters"), "{said}");
+    let said = refused(
+        &[
+            "node",
+            "--coordinator",
+            "http://127.0.0.1:9",
+            "--node-key",
+            "nk",
+        ],
+        &[],
+    );
+    assert!(said.contains("--node-key") && said.contains("16"), "{said}");
+
+    // Wrong keys, by login or on a route: after a burst, 429 with Retry-After, even
+    // for the right key, until the peer earns a try back.
+    let server = Server::start(&["--api-key", ACME]);
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let key = format!("wrong-key-{i:08}-0123456789");
+        let answer = Http::new()
+            .post(server.at("/ui/login"))
+            .json(&json!({"key": key}))
+            .send()
+            .unwrap();
+        statuses.push(answer.status().as_u16());
+    }
+    assert_eq!(&statuses[..10], &[401; 10]);
+    assert_eq!(&statuses[10..], &[429, 429]);
+    let answer = Http::new()
+        .get(server.at("/compute/sysinfo"))
+        .header("x-api-key", ACME)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 429);
+    assert!(answer.headers().contains_key("retry-after"));
+}
+
+/// A login with these extra headers; the status and the Set-Cookie header.
+fn login(server: &Server, key: &str, headers: &[(&str, &str)]) -> (u16, Option<String>) {
+    let mut request = Http::new()
+        .post(server.at("/ui/login"))
+        .header("content-type", "application/json")
+        .body(json!({"key": key}).to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let answer = request.send().unwrap();
+    let cookie = answer
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_string());
+    (answer.status().as_u16(), cookie)
+}
+
+/// The `name=value` part of a Set-Cookie header.
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+/// Regression (issue 25, item 5): a cross-site `text/plain` form POST to `/ui/login`
+/// logged the victim into the attacker's tenant; the cookie had no `Secure` behind
+/// https.
+#[test]
+fn cross_site_logins_and_cookie_posts_are_refused() {
+    let server = Server::start(&["--api-key", ACME]);
+    let host = server.url.trim_start_matches("http://").to_string();
+    // A form can send text/plain without a preflight: refused.
+    let answer = Http::new()
+        .post(server.at("/ui/login"))
+        .header("content-type", "text/plain")
+        .body(json!({"key": ACME}).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 415);
+    for headers in [
+        vec![("origin", "http://evil.example")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site")],
+        vec![("origin", "null")],
+    ] {
+        let (code, cookie) = login(&server, ACME, &headers);
+        assert_eq!((code, cookie), (403, None), "{headers:?}");
+    }
+    // The dashboard's own page: accepted; Secure only when the page was https.
+    let own = format!("http://{host}");
+    let (code, cookie) = login(
+        &server,
+        ACME,
+        &[("origin", &own), ("sec-fetch-site", "same-origin")],
+    );
+    assert_eq!(code, 200);
+    let cookie = cookie.unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let (_, secure) = login(&server, ACME, &[("x-forwarded-proto", "https")]);
+    assert!(secure.unwrap().contains("; Secure"));
+
+    // A cookie-authenticated POST from another site's page is refused; the same from
+    // the dashboard, or with a key, goes through.
+    let pair = cookie_pair(&cookie);
+    let post_with = |headers: &[(&str, &str)]| {
+        let mut request = Http::new()
+            .post(server.at("/compute/queues/remote"))
+            .header("cookie", &pair);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().unwrap().status().as_u16()
+    };
+    assert_eq!(post_with(&[("origin", "http://evil.example")]), 403);
+    assert_eq!(post_with(&[("sec-fetch-site", "cross-site")]), 403);
+    assert_eq!(post_with(&[("origin", &own)]), 201);
+    let with_key = Http::new()
+        .post(server.at("/compute/queues/remote"))
+        .header("x-api-key", ACME)
+        .header("origin", "http://evil.example")
+        .send()
+        .unwrap();
+    assert_eq!(
+        with_key.status().as_u16(),
+        201,
+        "a key is no ambient credential"
+    );
+}
+
+/// Regression (issue 25, item 6): one tenant logging in 10,000 times evicted the
+/// operator's dashboard session from the one global table.
+#[test]
+fn a_tenant_logging_in_again_and_again_evicts_only_its_own_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = tenants(dir.path());
+    let server = Server::start(&["--tenants", &tenants]);
+    let (_, operator) = login(&server, OPS, &[]);
+    let operator = cookie_pair(&operator.unwrap());
+    let (_, first) = login(&server, ACME, &[]);
+    let first = cookie_pair(&first.unwrap());
+    for _ in 0..40 {
+        assert_eq!(login(&server, ACME, &[]).0, 200);
+    }
+    let who = |cookie: &str| -> Value {
+        Http::new()
+            .get(server.at("/ui/session"))
+            .header("cookie", cookie)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    assert_eq!(
+        who(&operator)["tenant"],
+        "ops",
+        "the operator is still logged in"
+    );
+    assert_eq!(
+        who(&first)["tenant"],
+        Value::Null,
+        "acme's oldest session went"
+    );
+}
+
+/// Regression (issue 25, item 15): `/metrics` named every tenant with its running
+/// jobs and fair-share charge to any tenant key.
+#[test]
+fn metrics_are_for_the_operator_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = keyed_coordinator(dir.path(), &[]);
+    let (code, body) = get(&coordinator, "/metrics", Some(ACME));
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let text = coordinator.metrics(Some(OPS));
+    assert!(text.contains("wasmesh_"), "{text}");
+}
+
+/// Regression (issue 25, item 16): the key of node n1 (never registered, holding no
+/// lease) read a tenant's private blob by hash, and answered 404 for an unknown one:
+/// a content oracle.
+#[test]
+fn a_node_reads_only_blobs_of_leases_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("nodes.toml");
+    std::fs::write(&keys, "n1 = \"key-of-node-one-0001\"\n").unwrap();
+    let coordinator = keyed_coordinator(dir.path(), &["--node-keys", keys.to_str().unwrap()]);
+    let client = coordinator.client_with_key(ACME);
+    let secret = client.put_blob(b"acme's private bytes".to_vec()).unwrap();
+    let unknown = HashHex::of(b"nobody stored this");
+    let fetch = |hash: &HashHex, node: &str, key: &str| {
+        let answer = Http::new()
+            .get(coordinator.at(&format!("/api/v1/cluster/blobs/{hash}?node={node}")))
+            .header("x-api-key", key)
+            .send()
+            .unwrap();
+        let code = answer.status().as_u16();
+        (code, answer.json::<Value>().unwrap_or(Value::Null))
+    };
+    let (code, known) = fetch(&secret, "n1", "key-of-node-one-0001");
+    let (unknown_code, _) = fetch(&unknown, "n1", "key-of-node-one-0001");
+    assert_eq!((code, unknown_code), (404, 404), "{known}");
+    assert_eq!(fetch(&secret, "n2", "key-of-node-one-0001").0, 403);
+
+    // A node holding a lease reads what the lease needs, and nothing else.
+    let node = FakeNode::join(&coordinator, "n2");
+    let worker = upload_test_guest(&client);
+    client
+        .submit(&action(&client, worker, &["echo"], None), None, None)
+        .unwrap();
+    let lease = node.lease();
+    let module: HashHex = lease["worker"]["module"].as_str().unwrap().parse().unwrap();
+    assert_eq!(fetch(&module, "n2", NODE_KEY).0, 200);
+    assert_eq!(fetch(&secret, "n2", NODE_KEY).0, 404);
+    assert_eq!(fetch(&module, "n1", "key-of-node-one-0001").0, 404);
+}
+
+/// Regression (issue 25, item 17): a tenants-file customer named `operator` (or
+/// `default`) shared the namespace of the `--admin-key` (or `--api-key`) principal
+/// and read its blobs.
+#[test]
+fn reserved_tenant_names_are_refused_naming_the_line() {
+    for (name, line) in [("operator", 2), ("default", 2), ("defaults", 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        std::fs::write(
+            &path,
+            format!("acme = [\"{ACME}\"]\n{name} = [\"{GLOBEX}\"]\n"),
+        )
+        .unwrap();
+        let said = refused(&["node", "--tenants", path.to_str().unwrap()], &[]);
+        assert!(
+            said.contains(&format!("tenants.toml:{line}:")) && said.contains("reserved"),
+            "{name}: {said}"
+        );
+    }
+}
+
+/// Regression (issue 25, item 8): with `max_queued = 2`, 12 cancelled jobs were
+/// rescheduled and all 12 queued: a reschedule skipped every quota.
+#[test]
+fn a_reschedule_is_admitted_as_a_submission_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.toml");
+    std::fs::write(
+        &path,
+        format!("acme = {{ keys = [\"{ACME}\"], max_queued = 2 }}\n"),
+    )
+    .unwrap();
+    let server = Server::start(&["--slots", "1", "--tenants", path.to_str().unwrap()]);
+    let client = server.client_with_key(ACME);
+    let worker = upload_test_guest(&client);
+    let mut cancelled = Vec::new();
+    for i in 0..4 {
+        let lsn = client
+            .submit(
+                &action(&client, worker, &["sleep", &format!("6000{i}")], None),
+                None,
+                None,
+            )
+            .unwrap();
+        client
+            .call(
+                reqwest::Method::POST,
+                &format!("/compute/jobs/{lsn}/cancel"),
+                None,
+            )
+            .unwrap();
+        cancelled.push(lsn);
+    }
+    for &lsn in &cancelled {
+        eventually(WAIT, || {
+            (crate::server::job_state(&client, lsn) == "cancelled").then_some(())
+        });
+    }
+    let mut outcomes = Vec::new();
+    for lsn in &cancelled {
+        let answer = client.call(
+            reqwest::Method::POST,
+            &format!("/compute/jobs/{lsn}/reschedule"),
+            None,
+        );
+        outcomes.push(match answer {
+            Ok(_) => "queued".to_string(),
+            Err(e) => crate::server::api_code(e).1,
+        });
+    }
+    assert_eq!(
+        outcomes,
+        ["queued", "queued", "quota_exceeded", "quota_exceeded"],
+        "two fit in max_queued = 2"
+    );
+}
+
+/// Regression (issue 25, item 19): since a job's deliveries were written in its
+/// result's transaction, a job answered from the result cache sent no
+/// `job.succeeded`, which docs/api.md promises for cache answers too.
+#[test]
+fn a_cache_answer_sends_its_webhook() {
+    let server = Server::start(&["--webhook-allow-private"]);
+    let client = server.client();
+    let (address, seen) = crate::security::counting_listener();
+    let url = format!("http://{address}/hook");
+    let created = client
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(&json!({"url": url, "events": ["job.succeeded"]})),
+        )
+        .unwrap();
+    let webhook = created["id"].as_str().unwrap().to_string();
+    let worker = upload_test_guest(&client);
+    let job = action(&client, worker, &["echo"], Some(b"cached"));
+    let first = client.submit(&job, None, None).unwrap();
+    client.wait(first, WAIT).unwrap();
+    let second = client.submit(&job, None, None).unwrap();
+    let answer = client.wait(second, WAIT).unwrap();
+    assert!(answer.cached, "{answer:?}");
+    let deliveries = eventually(WAIT, || {
+        let list = client
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/webhooks/{webhook}/deliveries"),
+                None,
+            )
+            .unwrap();
+        let lsns: Vec<u64> = list["deliveries"]
+            .as_array()?
+            .iter()
+            .filter(|d| d["state"] == "delivered")
+            .filter_map(|d| d["payload"]["data"]["lsn"].as_u64())
+            .collect();
+        (lsns.len() >= 2).then_some(lsns)
+    });
+    assert!(deliveries.contains(&second), "{deliveries:?}");
+    assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
