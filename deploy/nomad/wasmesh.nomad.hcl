@@ -160,6 +160,7 @@ job "wasmesh" {
         data        = <<-EOT
           {{ with nomadVar "nomad/jobs/wasmesh" }}
           WASMESH_NODE_KEY={{ .node_key }}
+          WASMESH_ADMIN_KEYS={{ .admin_key }}
           {{ end }}
           {{ range nomadService "wasmesh-coordinator" }}
           WASMESH_COORDINATOR=http://{{ .Address }}:{{ .Port }}

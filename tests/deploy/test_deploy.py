@@ -154,6 +154,12 @@ def check_fleet(coordinator, nodes, fleet, probes=("/health", "/compute/ready"))
         for path in probes:
             status, body = get(url + path)
             assert status == 200, f"{url}{path}: {status} {body}"
+    for url in nodes.values():
+        # A fleet node serves no client API without a key (issue 25, item 1); its
+        # /metrics answers the operator's key (Prometheus), not a tenant's.
+        assert get(url + "/compute/sysinfo")[0] == 401, url
+        assert get(url + "/metrics", KEYS["admin"])[0] == 200, url
+        assert get(url + "/metrics", KEYS["api"])[0] in (401, 403), url
     server = ["--server", coordinator, "--api-key", KEYS["api"]]
     worker = run(BIN, "upload", GUEST, *server).stdout.strip()
     shard = fleet.dir / "input.txt"
@@ -621,6 +627,7 @@ def test_the_systemd_units_verify_clean_are_hardened_and_run(fleet, tmp_path):
         "WASMESH_LISTEN": f"127.0.0.1:{port}",
         "WASMESH_COORDINATOR": coordinator,
         "WASMESH_NODE_KEY": KEYS["node"],
+        "WASMESH_ADMIN_KEYS": KEYS["admin"],
         "WASMESH_NODE_ID": "n1",
         "STATE_DIRECTORY": fleet.data_dir("n1"),
     }
