@@ -332,6 +332,7 @@ impl Engine {
             self.recorder.append(&self.cas, tenant, &entries)?;
         }
         self.metrics.jobs_submitted.add(lsns.len() as u64);
+        let mut queued = Vec::with_capacity(lsns.len());
         for (lsn, (new, cached)) in lsns.iter().zip(&rows) {
             if let Some(result) = cached {
                 self.metrics.cache_answers.add(1);
@@ -345,8 +346,10 @@ impl Engine {
                 .job(*lsn)?
                 .ok_or_else(|| EngineError::Internal("job vanished".into()))?;
             self.job_queued(&job, None);
-            self.schedule(&job)?;
+            queued.push(job);
         }
+        // The batch enters the schedule at once: nothing looks between its jobs.
+        self.schedule_all(&queued)?;
         Ok(Submitted::Jobs(
             lsns.into_iter().zip(actions.iter().map(|a| a.id)).collect(),
         ))
@@ -355,51 +358,69 @@ impl Engine {
     /// Adds a queued job to the scheduler, or fails it at once when a dependency
     /// already failed.
     pub(super) fn schedule(&self, job: &JobRow) -> Result<(), EngineError> {
+        self.schedule_all(std::slice::from_ref(job))
+    }
+
+    /// Adds queued jobs to the scheduler under one hold of its lock, so whoever looks
+    /// at the schedule (the placement loop, the autoscaler's backlog) sees all of a
+    /// batch or none of it; a job whose dependency already failed is failed after.
+    pub(super) fn schedule_all(&self, jobs: &[JobRow]) -> Result<(), EngineError> {
+        let mut doomed = Vec::new();
+        let mut added = Vec::with_capacity(jobs.len());
         let mut scheduler = self.scheduler();
-        if scheduler.is_pending(job.lsn) {
-            // Scheduled already (a job taken from a shared journal that this engine
-            // took meanwhile, or a lease a node brought here).
-            return Ok(());
-        }
-        let mut waiting = Vec::new();
-        for after in &job.after {
-            // A dependency leaves the scheduler only after its result is written, so
-            // one not pending here has its final state in the database.
-            if scheduler.is_pending(*after) {
-                waiting.push(*after);
+        'jobs: for job in jobs {
+            if scheduler.is_pending(job.lsn) {
+                // Scheduled already (a job taken from a shared journal that this
+                // engine took meanwhile, or a lease a node brought here).
                 continue;
             }
-            let state = self.store.tenant(&job.tenant).job(*after)?.map(|j| j.state);
-            if self.store.is_shared() && matches!(state, Some(JobState::Queued | JobState::Running))
-            {
-                // Pending through another coordinator: its end is announced here.
-                waiting.push(*after);
-                continue;
+            let mut waiting = Vec::new();
+            for after in &job.after {
+                // A dependency leaves the scheduler only after its result is written,
+                // so one not pending here has its final state in the database.
+                if scheduler.is_pending(*after) {
+                    waiting.push(*after);
+                    continue;
+                }
+                let state = self.store.tenant(&job.tenant).job(*after)?.map(|j| j.state);
+                if self.store.is_shared()
+                    && matches!(state, Some(JobState::Queued | JobState::Running))
+                {
+                    // Pending through another coordinator: its end is announced here.
+                    waiting.push(*after);
+                    continue;
+                }
+                if state != Some(JobState::Succeeded) {
+                    let message = format!(
+                        "dependency {after} {}; this job never ran",
+                        match state {
+                            Some(state) => state.to_string(),
+                            None => "is unknown".into(),
+                        }
+                    );
+                    doomed.push((job.lsn, message));
+                    continue 'jobs;
+                }
             }
-            if state != Some(JobState::Succeeded) {
-                drop(scheduler);
-                let message = format!(
-                    "dependency {after} {}; this job never ran",
-                    match state {
-                        Some(state) => state.to_string(),
-                        None => "is unknown".into(),
-                    }
-                );
-                return self.doom(job.lsn, &message);
-            }
+            let due = [job.start_by_ms, job.finish_by_ms]
+                .into_iter()
+                .flatten()
+                .min();
+            let origin = scheduler::Origin {
+                worker: job.worker,
+                queue: job.queue_id,
+            };
+            scheduler.add_due(job.lsn, &job.tenant, job.priority, due, origin, waiting);
+            added.push(job);
         }
-        let due = [job.start_by_ms, job.finish_by_ms]
-            .into_iter()
-            .flatten()
-            .min();
-        let origin = scheduler::Origin {
-            worker: job.worker,
-            queue: job.queue_id,
-        };
-        scheduler.add_due(job.lsn, &job.tenant, job.priority, due, origin, waiting);
         drop(scheduler);
-        self.watch_deadlines(job);
+        for job in added {
+            self.watch_deadlines(job);
+        }
         self.wake.notify_one();
+        for (lsn, message) in doomed {
+            self.doom(lsn, &message)?;
+        }
         Ok(())
     }
 

@@ -564,3 +564,45 @@ async fn a_coordinator_answers_each_principal_as_its_class_says() {
     let checked = run(Mode::Coordinator, router, true).await;
     assert_eq!(checked.len(), ACCESS.len(), "a coordinator has every route");
 }
+
+/// Regression (issue 25, item 20): a batch was scheduled job by job, so the
+/// autoscaler could look between its jobs and see part of it (1.0 s of queued work
+/// announced for a batch of three under load). A watcher takes the autoscaler's
+/// look (`work_ahead`) as fast as it can while batches are submitted: every look
+/// sees whole batches.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_enters_the_schedule_whole() {
+    const BATCH: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let router = app(AppState::new(engine.clone(), Arc::new(keyed_auth())));
+    let objects = objects_of_a(&router).await;
+    // One job of objects_of_a is queued already.
+    let base = engine.work_ahead().queued_jobs;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut looks = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                looks.push(engine.work_ahead().queued_jobs - base);
+            }
+            looks
+        })
+    };
+    for round in 0..20 {
+        let batch: Vec<Value> = (0..BATCH)
+            .map(|i| json!({"worker": objects.worker, "args": ["sleep", format!("{round}{i}")]}))
+            .collect();
+        must(&router, "POST", "/compute/jobs", json!({"actions": batch})).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let looks = watcher.join().unwrap();
+    let partial: Vec<_> = looks.iter().filter(|n| *n % BATCH != 0).collect();
+    assert!(looks.len() > 20, "the watcher looked {} times", looks.len());
+    assert!(
+        partial.is_empty(),
+        "looks that saw part of a batch: {partial:?}"
+    );
+    assert_eq!(engine.work_ahead().queued_jobs - base, 20 * BATCH);
+}
