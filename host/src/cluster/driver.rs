@@ -327,6 +327,12 @@ fn lease(engine: &Engine, fleet: &Fleet, batch: Vec<Placed>) {
             continue;
         };
         engine.job_started(&runnable.job, &reservation.node, attempt);
+        if dropped_handout() {
+            // As if this coordinator died here: the journal holds the lease, no fleet
+            // does, and the node never hears of it (cluster/orphans.rs requeues it).
+            fleet.release(&reservation);
+            continue;
+        }
         let token = Token {
             lsn: runnable.job.lsn,
             attempt,
@@ -372,6 +378,25 @@ fn lease(engine: &Engine, fleet: &Fleet, batch: Vec<Placed>) {
             tracing::error!(lsn = runnable.job.lsn, error = %e, "cancelling a job being placed");
         }
     }
+}
+
+/// A test hook, off unless `WASMESH_TEST_DROP_HANDOUTS=N` is set: the first N leases
+/// are written to the journal and then forgotten before their node receives them, as
+/// by a coordinator killed between the two (issue 25, item 21).
+fn dropped_handout() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LEFT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let left = LEFT.get_or_init(|| {
+        let n = std::env::var("WASMESH_TEST_DROP_HANDOUTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        AtomicU64::new(n)
+    });
+    left.load(Ordering::Relaxed) > 0
+        && left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
 }
 
 /// Expires leases that were not renewed: the job is requeued (`node_lost`, counting an

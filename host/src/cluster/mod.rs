@@ -7,7 +7,9 @@
 //! - `placement`: which node gets a job, and why (pure, unit-tested); `prefetch`: how
 //!   many leases a node may hold beyond its slots.
 //! - `driver`: the placement and lease-expiry loops, and a report turned into a fenced
-//!   result.
+//!   result; `orphans`: leases the journal holds for a heard node that no fleet here
+//!   holds (their coordinator died before the node received them), requeued after a
+//!   lease period.
 //! - `groups`: event-handler groups (routing and the hop engine), `budget` their
 //!   per-inject limits.
 //! - `member`: a node's side (its agent for leased work, and its membership).
@@ -24,6 +26,7 @@ pub mod driver;
 pub mod fleet;
 pub mod groups;
 pub mod member;
+pub mod orphans;
 pub mod placement;
 pub mod prefetch;
 pub mod protocol;
@@ -39,6 +42,7 @@ pub use fleet::{CoordinatorConfig, Fleet};
 pub fn start(engine: &Arc<Engine>, fleet: &Arc<Fleet>) {
     tokio::spawn(driver::place_loop(engine.clone(), fleet.clone()));
     tokio::spawn(driver::expiry_loop(engine.clone(), fleet.clone()));
+    tokio::spawn(orphans::orphan_loop(engine.clone(), fleet.clone()));
     if engine.store().is_shared() {
         tokio::spawn(shared::shared_loop(engine.clone(), fleet.clone()));
     }

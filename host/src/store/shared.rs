@@ -72,6 +72,22 @@ impl Store {
         )?)
     }
 
+    /// Running jobs leased to one of `nodes`, at most `limit`, oldest first.
+    pub fn leases_of(&self, nodes: &[String], limit: usize) -> StoreResult<Vec<JobRow>> {
+        let rows = self.conn().query_map(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' \
+                 AND lease_node IS NOT NULL ORDER BY lsn LIMIT ?1"
+            ),
+            params![limit as i64],
+            job_row_with_deps,
+        )?;
+        Ok(rows
+            .into_iter()
+            .filter(|job| job.lease_node.as_ref().is_some_and(|n| nodes.contains(n)))
+            .collect())
+    }
+
     /// The tenant's jobs not finished yet (queued, waiting or running), whichever
     /// coordinator took them.
     pub(super) fn pending_of(&self, tenant: &str) -> StoreResult<u64> {

@@ -600,3 +600,46 @@ fn a_cache_answer_sends_its_webhook() {
     assert!(deliveries.contains(&second), "{deliveries:?}");
     assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
+
+/// Regression (issue 25, item 21): a coordinator that committed a lease and died
+/// before its node received it left the job running for good: the node never
+/// mentions a lease it never got, and the survivor adopted only leases nodes renew.
+/// The hook drops the first hand-out after its commit; the job must run again once a
+/// lease period passes without its node renewing it (on a shared journal when the
+/// suite runs on PostgreSQL).
+#[test]
+fn a_lease_its_node_never_received_is_requeued() {
+    let shared = std::env::var("WASMESH_TEST_JOURNAL").is_ok_and(|v| !v.is_empty());
+    let mut args = vec!["--heartbeat-interval", "100ms", "--lease", "1s"];
+    if shared {
+        args.push("--shared");
+    }
+    let coordinator = Server::coordinator_env(&args, &[("WASMESH_TEST_DROP_HANDOUTS", "1")]);
+    let _node = Server::start(&["--coordinator", &coordinator.url, "--slots", "2"]);
+    let client = coordinator.client();
+    let worker = upload_test_guest(&client);
+    let lsns: Vec<u64> = (0..3)
+        .map(|i| {
+            let input = format!("job {i}");
+            client
+                .submit(
+                    &action(&client, worker, &["echo"], Some(input.as_bytes())),
+                    None,
+                    None,
+                )
+                .unwrap()
+        })
+        .collect();
+    let mut attempts = Vec::new();
+    for lsn in lsns {
+        let result = client.wait(lsn, WAIT).unwrap();
+        assert_eq!(result.state, JobState::Succeeded, "{result:?}");
+        attempts.push(result.attempts);
+    }
+    attempts.sort();
+    assert_eq!(
+        attempts,
+        [1, 1, 2],
+        "the dropped lease's job ran again, once"
+    );
+}

@@ -87,8 +87,21 @@ impl Server {
         server
     }
 
+    /// A coordinator on a fresh data directory with these extra environment variables.
+    pub fn coordinator_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let mut server = Self::coordinator_in_env(temp.path(), args, envs);
+        server._temp = Some(temp);
+        server
+    }
+
     /// A coordinator on `data_dir` (which outlives it, for restarts).
     pub fn coordinator_in(data_dir: &Path, args: &[&str]) -> Self {
+        Self::coordinator_in_env(data_dir, args, &[])
+    }
+
+    /// A coordinator on `data_dir` with these extra environment variables.
+    pub fn coordinator_in_env(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut full = vec![
             "coordinator",
             "--data-dir",
@@ -98,16 +111,12 @@ impl Server {
             full.extend(["--listen", "127.0.0.1:0"]);
         }
         full.extend_from_slice(args);
-        Self::spawn(&full, data_dir)
+        Self::spawn_env(&full, data_dir, envs)
     }
 
     /// The process id (for SIGSTOP/SIGCONT).
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    fn spawn(args: &[&str], data_dir: &Path) -> Self {
-        Self::spawn_env(args, data_dir, &[])
     }
 
     fn spawn_env(args: &[&str], data_dir: &Path, envs: &[(&str, &str)]) -> Self {
