@@ -37,6 +37,15 @@ pub async fn descriptor(state: &AppState, tenant: &str, request: Request) -> Api
             value: crate::api::json::read(request.into_body(), limit).await?,
         });
     }
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Admitted before a byte is read, as a blob upload is: the package's chunks share
+    // one place among the tenant's uploads and what its quota leaves.
+    let permit = state.engine.admit_staging(tenant, declared, true)?;
+    let mut staged_bytes = 0u64;
     let mut multipart = Multipart::from_request(request, state).await.map_err(|e| {
         ApiError::BadRequest("invalid_package", format!("malformed multipart body: {e}"))
     })?;
@@ -82,14 +91,15 @@ pub async fn descriptor(state: &AppState, tenant: &str, request: Request) -> Api
             )
         });
         let chunks = Box::pin(chunks);
-        staged.push(
-            state
-                .engine
-                .cas()
-                .stage_stream(hash, chunks)
-                .await
-                .map_err(cas_error)?,
-        );
+        let left = permit.limit.saturating_sub(staged_bytes);
+        let blob = state
+            .engine
+            .cas()
+            .stage_within(hash, chunks, left, permit.by_quota)
+            .await
+            .map_err(cas_error)?;
+        staged_bytes += blob.size;
+        staged.push(blob);
     }
     let value = value.ok_or_else(|| {
         ApiError::BadRequest(
@@ -106,6 +116,7 @@ pub async fn descriptor(state: &AppState, tenant: &str, request: Request) -> Api
         state.engine.store().tenant(tenant).own_blob(&hash, size)?;
         state.engine.metrics().cas_bytes_written.add(size);
     }
+    drop(permit);
     Ok(Descriptor { value })
 }
 
@@ -114,6 +125,7 @@ pub fn cas_error(e: CasError) -> ApiError {
     match e {
         CasError::Mismatch { .. } => ApiError::BadRequest("hash_mismatch", e.to_string()),
         CasError::TooLarge(_) => ApiError::TooLarge(e.to_string()),
+        CasError::Quota(_) => ApiError::Forbidden("quota_exceeded", e.to_string()),
         CasError::Body(m) => ApiError::BadRequest("invalid_body", m),
         CasError::Io(io) => ApiError::from(io),
     }

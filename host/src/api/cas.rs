@@ -51,12 +51,15 @@ pub async fn put_blob(
         return Err(ApiError::TooLarge(format!("blob larger than {max} bytes")));
     }
     let held = state.engine.holds(&tenant, &hash)? && state.engine.cas().contains(&hash);
+    // Admitted before a byte is read: a place among the tenant's uploads, and (for a
+    // blob it does not hold yet) the bytes its quota leaves.
+    let permit = state.engine.admit_staging(&tenant, declared, !held)?;
     // The body is verified even when the blob is already held, so that a client with
     // wrong bytes learns about it.
     let staged = state
         .engine
         .cas()
-        .stage_stream(hash, body.into_data_stream())
+        .stage_within(hash, body.into_data_stream(), permit.limit, permit.by_quota)
         .await
         .map_err(cas_error)?;
     if held {
@@ -71,6 +74,7 @@ pub async fn put_blob(
     state.engine.cas().commit(staged)?;
     state.engine.store().tenant(&tenant).own_blob(&hash, size)?;
     state.engine.metrics().cas_bytes_written.add(size);
+    drop(permit);
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "hash": hash, "stored": true })),

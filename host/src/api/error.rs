@@ -107,6 +107,7 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict(code, m) => ApiError::Conflict(code, m),
             EngineError::InvalidModule(m) => ApiError::Unprocessable("invalid_module", m),
             EngineError::QuotaExceeded(m) => ApiError::Forbidden("quota_exceeded", m),
+            EngineError::TooLarge(m) => ApiError::TooLarge(m),
             // Whole seconds, rounded up: a client waiting that long finds the tokens.
             EngineError::RateLimited(m, wait) => {
                 ApiError::RateLimited(m, wait.as_secs() + u64::from(wait.subsec_nanos() > 0))

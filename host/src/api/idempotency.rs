@@ -96,13 +96,22 @@ pub async fn idempotency(
             .as_bytes(),
     );
     hasher.update(b"\n");
-    let body = spool(
-        body,
-        state.engine.config().max_request_bytes,
-        &state.engine.config().data_dir,
-        &mut hasher,
-    )
-    .await?;
+    // Bounded by the route's own limit (a package's, else a JSON body's), and one of
+    // the tenant's uploads while it is spooled.
+    let config = state.engine.config();
+    let multipart = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let limit = if multipart {
+        config.max_request_bytes
+    } else {
+        config.max_json_bytes as u64
+    };
+    // (Held to the end of the request: the spooled file lives as long.)
+    let _permit = state.engine.admit_staging(&tenant, None, false)?;
+    let body = spool(body, limit, &config.data_dir, &mut hasher).await?;
     let fingerprint = hasher.finalize().to_hex().to_string();
     match state
         .engine

@@ -54,6 +54,9 @@ pub enum CasError {
     /// The blob is larger than the store accepts.
     #[error("blob larger than {0} bytes")]
     TooLarge(u64),
+    /// The body passed what its tenant's `max_store_bytes` leaves.
+    #[error("the upload passed the {0} bytes the tenant's quota max_store_bytes leaves")]
+    Quota(u64),
     /// The body could not be read from the client.
     #[error("reading the body: {0}")]
     Body(String),
@@ -180,10 +183,24 @@ impl Cas {
 
     /// Streams a body to a staging file, hashing as it goes; never holds it whole in
     /// memory. Fails as soon as it passes the size limit.
-    pub async fn stage_stream<S, E>(
+    pub async fn stage_stream<S, E>(&self, expected: HashHex, body: S) -> Result<Staged, CasError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        self.stage_within(expected, body, self.max_blob_bytes, false)
+            .await
+    }
+
+    /// [`Cas::stage_stream`] within `limit` bytes (at most the store's own), stopping
+    /// the stream as soon as it passes it; `quota`: the limit is a tenant's quota
+    /// (`CasError::Quota`), not the store's.
+    pub async fn stage_within<S, E>(
         &self,
         expected: HashHex,
         mut body: S,
+        limit: u64,
+        quota: bool,
     ) -> Result<Staged, CasError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -197,8 +214,12 @@ impl Cas {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| CasError::Body(e.to_string()))?;
             size += chunk.len() as u64;
-            if size > self.max_blob_bytes {
-                return Err(CasError::TooLarge(self.max_blob_bytes));
+            if size > limit.min(self.max_blob_bytes) {
+                return Err(if quota && limit < self.max_blob_bytes {
+                    CasError::Quota(limit)
+                } else {
+                    CasError::TooLarge(self.max_blob_bytes)
+                });
             }
             hasher.update(&chunk);
             tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;

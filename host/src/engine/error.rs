@@ -18,6 +18,9 @@ pub enum EngineError {
     /// Over a hard quota (the message names it, its limit and the use).
     #[error("{0}")]
     QuotaExceeded(String),
+    /// Larger than the server takes.
+    #[error("{0}")]
+    TooLarge(String),
     /// Over the submit rate: retry after the duration.
     #[error("{0}")]
     RateLimited(String, std::time::Duration),

@@ -101,6 +101,8 @@ pub struct Engine {
     workers: Mutex<HashMap<(String, HashHex), Arc<WorkerDescriptor>>>,
     /// The submit rate limit's buckets.
     limiter: quota::RateLimiter,
+    /// What each tenant is uploading now (`admit_staging`).
+    staging: Arc<quota::Staging>,
     /// Held by the one garbage collection running.
     gc: Mutex<()>,
     /// When storage-time was last charged (Unix ms).
@@ -172,6 +174,7 @@ impl Engine {
             finished: Notify::new(),
             workers: Mutex::new(HashMap::new()),
             limiter: quota::RateLimiter::default(),
+            staging: Arc::default(),
             gc: Mutex::new(()),
             storage_charged: Mutex::new(None),
             driver,

@@ -184,7 +184,113 @@ impl RateLimiter {
     }
 }
 
+/// Uploads one tenant may stage at once (blob bodies, packages, keyed bodies spooled
+/// while they are fingerprinted): each holds a file on disk until it is committed.
+pub const MAX_STAGING: usize = 8;
+
+/// What each tenant is staging now: uploads, and bytes reserved against its
+/// `max_store_bytes`.
+#[derive(Debug, Default)]
+pub struct Staging(Mutex<HashMap<String, (usize, u64)>>);
+
+/// One upload's place among its tenant's stagings, and the bytes it reserved; both
+/// are given back when it is dropped (committed or not: a committed blob counts in
+/// the tenant's held bytes from then on).
+#[derive(Debug)]
+pub struct StagingPermit {
+    staging: std::sync::Arc<Staging>,
+    tenant: String,
+    reserved: u64,
+    /// The most bytes this upload may stage: the store's blob limit, or less when
+    /// the tenant's quota has less left.
+    pub limit: u64,
+    /// Whether `limit` is the quota's (passing it is `QuotaExceeded`, not too large).
+    pub by_quota: bool,
+}
+
+impl Drop for StagingPermit {
+    fn drop(&mut self) {
+        let mut staging = self.staging.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((uploads, bytes)) = staging.get_mut(&self.tenant) {
+            *uploads -= 1;
+            *bytes -= self.reserved;
+            if *uploads == 0 {
+                staging.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 impl Engine {
+    /// Admits an upload of `tenant` before a byte of it is read: one of its
+    /// [`MAX_STAGING`] places (429 past them), and, under `max_store_bytes`, the bytes
+    /// it may stage: what the tenant has left less what its other uploads reserved. A
+    /// `declared` length above that is refused now; an undeclared one reserves all of
+    /// it. `blob` is false for a body staged only to be read again (a keyed request's
+    /// spool), which reserves no quota.
+    pub fn admit_staging(
+        &self,
+        tenant: &str,
+        declared: Option<u64>,
+        blob: bool,
+    ) -> Result<StagingPermit, EngineError> {
+        let max = self.cas.max_blob_bytes();
+        let quota = self
+            .config
+            .quotas
+            .of(tenant)
+            .max_store_bytes
+            .filter(|_| blob);
+        let held = match quota {
+            Some(_) => self.store.tenant(tenant).held_bytes()?,
+            None => 0,
+        };
+        let mut staging = self.staging.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (uploads, reserved) = staging.get(tenant).copied().unwrap_or_default();
+        if uploads >= MAX_STAGING {
+            return Err(EngineError::RateLimited(
+                format!(
+                    "{MAX_STAGING} uploads of this tenant are in progress; retry when one ends"
+                ),
+                std::time::Duration::from_secs(1),
+            ));
+        }
+        let (limit, by_quota) = match quota {
+            Some(quota) => {
+                let left = quota.saturating_sub(held).saturating_sub(reserved);
+                (left.min(max), left < max)
+            }
+            None => (max, false),
+        };
+        if let Some(len) = declared
+            && len > limit
+        {
+            return Err(if by_quota {
+                EngineError::QuotaExceeded(format!(
+                    "quota max_store_bytes is {} bytes; {held} held and {reserved} being uploaded, {len} more declared",
+                    quota.unwrap_or_default()
+                ))
+            } else {
+                EngineError::TooLarge(format!("blob larger than {max} bytes"))
+            });
+        }
+        let reserve = if quota.is_some() {
+            declared.unwrap_or(limit)
+        } else {
+            0
+        };
+        let entry = staging.entry(tenant.to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += reserve;
+        Ok(StagingPermit {
+            staging: self.staging.clone(),
+            tenant: tenant.to_string(),
+            reserved: reserve,
+            limit,
+            by_quota,
+        })
+    }
+
     /// Admits `jobs` new jobs of `tenant` (`max_queued`, `max_fuel_per_hour`, then the
     /// submit rate), all or none.
     pub(super) fn admit_jobs(&self, tenant: &str, jobs: u64) -> Result<(), EngineError> {

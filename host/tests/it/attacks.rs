@@ -643,3 +643,198 @@ fn a_lease_its_node_never_received_is_requeued() {
         "the dropped lease's job ran again, once"
     );
 }
+
+/// Sends a request head for `PUT /cas/{hash}` declaring `length` bytes, and `first`
+/// bytes of the body; the connection stays open (a slow upload).
+fn slow_put(server: &Server, key: &str, hash: &HashHex, length: u64, first: usize) -> TcpStream {
+    let address = server.url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "PUT /cas/{hash} HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\nContent-Length: {length}\r\n\r\n"
+    )
+    .unwrap();
+    stream.write_all(&vec![b'x'; first]).unwrap();
+    stream
+}
+
+/// What the server answers on `stream` (within 20 s).
+fn answer_of(mut stream: TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The bytes under `dir`, recursively.
+fn disk_use(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            disk_use(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+/// Regression (issue 25, item 9): a tenant with a 1 MiB quota held 360 MiB at once:
+/// two slow `PUT /cas` in staging (checked against the quota only once complete),
+/// plus a keyed `POST /cas/needs` spooled up to the 1 GiB request limit.
+#[test]
+fn uploads_are_admitted_against_the_quota_before_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "acme = {{ keys = [\"{ACME}\"], max_store_bytes = 1048576 }}\nglobex = [\"{GLOBEX}\"]\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--tenants", path.to_str().unwrap()]);
+    let hash = HashHex::of(b"never sent whole");
+    let put = |key: &str, body: reqwest::blocking::Body| {
+        let answer = Http::new()
+            .put(server.at(&format!("/cas/{hash}")))
+            .header("x-api-key", key)
+            .body(body)
+            .send();
+        match answer {
+            Ok(answer) => {
+                let status = answer.status().as_u16();
+                (status, answer.json::<Value>().unwrap_or(Value::Null))
+            }
+            // Refused before the body was read: the server may close early.
+            Err(_) => (0, Value::Null),
+        }
+    };
+    // A declared length above what the quota leaves: refused before a byte is sent.
+    let answer = answer_of(slow_put(&server, ACME, &hash, 2 << 20, 0));
+    assert!(
+        answer.starts_with("HTTP/1.1 403") && answer.contains("quota_exceeded"),
+        "{answer}"
+    );
+    // An undeclared one (chunked) is stopped once it passes it.
+    let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(vec![0u8; 64 << 10]));
+    let stream = reqwest::blocking::Body::new(ChunkReader::new(chunks));
+    let (status, body) = put(ACME, stream);
+    assert!(status == 403 || status == 0, "{status} {body}");
+
+    // Two slow uploads of 700 KiB: whichever is admitted first reserves its bytes,
+    // and the other is refused at once (before, both were read, and each checked
+    // alone only once complete).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut streams = Vec::new();
+    for which in 0..2 {
+        let stream = slow_put(&server, ACME, &hash, 700 << 10, 1024);
+        let mut reader = stream.try_clone().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut answer = String::new();
+            reader.read_to_string(&mut answer).ok();
+            let _ = tx.send((which, answer));
+        });
+        streams.push(stream);
+    }
+    let (refused, answer) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        rx.try_recv().is_err(),
+        "the other upload is still being read"
+    );
+    for stream in &streams {
+        // (The readers hold clones: close the sockets themselves.)
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+    let (other, _) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_ne!(refused, other);
+
+    // At most 8 uploads of one tenant at once: of 9 slow ones, one is refused at
+    // once and 8 are read; another tenant is not held up.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut held = Vec::new();
+    for _ in 0..9 {
+        let stream = slow_put(&server, GLOBEX, &hash, 100, 0);
+        let reader = stream.try_clone().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(answer_of(reader));
+        });
+        held.push(stream);
+    }
+    let answer = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert_eq!(
+        put(ACME, b"acme's own".to_vec().into()).0,
+        400,
+        "a hash mismatch, read"
+    );
+    assert!(rx.try_recv().is_err(), "the other 8 are still being read");
+    for stream in &held {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    // A keyed JSON body is spooled within the JSON limit, not the request limit.
+    let answer = Http::new()
+        .post(server.at("/cas/needs"))
+        .header("x-api-key", ACME)
+        .header("idempotency-key", "big-needs")
+        .body(vec![b' '; 17 << 20])
+        .send();
+    if let Ok(answer) = answer {
+        assert_eq!(answer.status().as_u16(), 413);
+    }
+    assert!(
+        disk_use(&server.data_dir) < 8 << 20,
+        "{} bytes on disk",
+        disk_use(&server.data_dir)
+    );
+}
+
+/// A blocking reader over chunks (a body of unknown length).
+struct ChunkReader<I> {
+    chunks: I,
+    current: std::io::Cursor<Vec<u8>>,
+}
+
+impl<I> ChunkReader<I> {
+    fn new(chunks: I) -> Self {
+        Self {
+            chunks,
+            current: std::io::Cursor::new(Vec::new()),
+        }
+    }
+}
+
+impl<I: Iterator<Item = std::io::Result<Vec<u8>>>> Read for ChunkReader<I> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.current.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            match self.chunks.next() {
+                Some(chunk) => self.current = std::io::Cursor::new(chunk?),
+                None => return Ok(0),
+            }
+        }
+    }
+}
