@@ -53,9 +53,19 @@ fn create(
     deadlines
         .check()
         .map_err(|e| ApiError::BadRequest("invalid_request", e))?;
+    let max_retries = body.max_retries.unwrap_or(3);
+    if max_retries > crate::engine::MAX_RETRIES {
+        return Err(ApiError::BadRequest(
+            "invalid_request",
+            format!(
+                "max_retries is {max_retries}; at most {} (every attempt is billed)",
+                crate::engine::MAX_RETRIES
+            ),
+        ));
+    }
     let spec = QueueSpec {
         name: body.name.as_deref(),
-        max_retries: body.max_retries.unwrap_or(3),
+        max_retries,
         retry_guest_failures: body.retry_guest_failures.unwrap_or(false),
         priority: crate::engine::scheduler::clamp_priority(body.priority.unwrap_or(0)),
         deadlines,

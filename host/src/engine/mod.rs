@@ -48,6 +48,10 @@ use scheduler::Scheduler;
 pub use settle::Ended;
 pub use submit::{ActionSubmission, QueuePolicy, Registered, Submitted};
 
+/// The most retries a queue may ask for (`max_retries`): every attempt is billed,
+/// and a job that fails each time costs its tenant that many runs.
+pub const MAX_RETRIES: u32 = 25;
+
 /// What the engine needs of whoever runs its jobs.
 pub trait Driver: Send + Sync + std::fmt::Debug {
     /// At start-up, a job the journal says was running (on `job.lease_node`, for a

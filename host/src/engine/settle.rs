@@ -47,6 +47,9 @@ impl Engine {
     pub fn record_many(&self, ended: Vec<Ended<'_>>) -> Result<Vec<bool>, EngineError> {
         // Decide each: retry or finish.
         let mut decided = Vec::with_capacity(ended.len());
+        // Fuel each tenant with `max_fuel_per_hour` consumed in the last hour (read
+        // once a batch, counting the batch's own attempts as they are decided).
+        let mut fuel_used: std::collections::HashMap<String, u64> = Default::default();
         for Ended {
             job,
             mut result,
@@ -88,11 +91,36 @@ impl Engine {
                 };
             }
             let guest_failure = result.state == JobState::Failed && !host_failure;
-            let retry = (host_failure || (guest_failure && job.retry_guest_failures))
+            let mut retry = (host_failure || (guest_failure && job.retry_guest_failures))
                 && !cancelled
                 && late.is_none()
                 && attempts <= job.max_retries
                 && !self.shutdown.is_cancelled();
+            // Every attempt is billed (the ledger gets a row for a retried one too), and
+            // no retry starts while its tenant is over its fuel quota: it ends here.
+            if let Some(limit) = self.config.quotas.of(&job.tenant).max_fuel_per_hour
+                && !result.cached
+            {
+                let used = match fuel_used.get(&job.tenant) {
+                    Some(used) => *used,
+                    None => {
+                        let hour_ago = now_ms() - 3_600_000;
+                        self.store.tenant(&job.tenant).fuel_since(hour_ago)?
+                    }
+                };
+                let used = used.saturating_add(result.usage.fuel);
+                fuel_used.insert(job.tenant.clone(), used);
+                if retry && used >= limit {
+                    retry = false;
+                    let why = format!(
+                        "not retried: quota max_fuel_per_hour is {limit} fuel; {used} consumed in the last hour"
+                    );
+                    result.message = Some(match result.message.take() {
+                        Some(m) if !m.is_empty() => format!("{m} ({why})"),
+                        _ => why,
+                    });
+                }
+            }
             if retry {
                 tracing::info!(lsn, attempts, outcome = %result.outcome, "retrying a failed job");
             }

@@ -17,8 +17,11 @@ pub struct UsageRow {
     /// The queue (`by=queue`; `null` groups the jobs outside any queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_id: Option<Option<u64>>,
-    /// Jobs finished.
+    /// Jobs with an attempt that ended in the period.
     pub jobs: u64,
+    /// Attempts that ended in the period (retries are billed too).
+    #[serde(default)]
+    pub attempts: u64,
     /// Fuel consumed.
     pub fuel: u64,
     /// Wall time in milliseconds.

@@ -73,7 +73,8 @@ pub struct NewJob<'a> {
     pub deadlines: Deadlines,
 }
 
-/// Adds a finished job's usage to the ledger (in the transaction of its result).
+/// Adds an attempt's usage to the ledger (in the transaction of its result, or of
+/// its requeue for a retried one): every attempt is billed.
 fn record_usage(tx: &Db, result: &JobResult, tenant: &str, queue_id: Option<i64>) -> DbResult<()> {
     let usage = &result.usage;
     tx.execute(
@@ -419,18 +420,24 @@ impl Store {
                     }
                 }
                 Settle::Requeue(result) => {
-                    let requeued = tx.execute(
+                    let found: Option<(String, Option<i64>)> = tx.query_opt(
                         &format!(
                             "UPDATE jobs SET state = 'queued', result = NULL, finished_ms = NULL, \
                              retired = 0, lease_node = NULL WHERE lsn = ?1 \
-                             AND {FENCED}"
+                             AND {FENCED} RETURNING tenant, queue_id"
                         ),
                         params![result.lsn as i64, attempt],
-                    )? == 1;
-                    if requeued {
-                        attempts::close(&tx, result, true)?;
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )?;
+                    match found {
+                        None => false,
+                        Some((tenant, queue_id)) => {
+                            // A retried attempt is billed like a final one.
+                            record_usage(&tx, result, &tenant, queue_id)?;
+                            attempts::close(&tx, result, true)?;
+                            true
+                        }
                     }
-                    requeued
                 }
             });
         }

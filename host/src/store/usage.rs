@@ -24,7 +24,8 @@ impl Store {
         let conn = self.conn();
         let rows = conn.query_map(
             &format!(
-                "SELECT {group}, COUNT(*), SUM(fuel), SUM(wall_ms), SUM(memory_byte_seconds) \
+                "SELECT {group}, COUNT(DISTINCT lsn), SUM(fuel), SUM(wall_ms), SUM(memory_byte_seconds), \
+                 COUNT(*) \
              FROM usage WHERE (CAST(?1 AS TEXT) IS NULL OR tenant = ?1) AND finished_ms >= ?2 \
              AND finished_ms < ?3 GROUP BY {key} ORDER BY {key}"
             ),
@@ -42,6 +43,7 @@ impl Store {
                     fuel: sum(4)?,
                     wall_ms: sum(5)?,
                     memory_byte_seconds: sum(6)?,
+                    attempts: sum(7)?,
                     stored_byte_seconds: None,
                     cost: None,
                 })

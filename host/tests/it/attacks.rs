@@ -838,3 +838,72 @@ impl<I: Iterator<Item = std::io::Result<Vec<u8>>>> Read for ChunkReader<I> {
         }
     }
 }
+
+/// Regression (issue 25, item 7): one job made 21 attempts and burned 378 M fuel
+/// against a 30 M `max_fuel_per_hour`, and only its last attempt (18 M) was billed.
+/// Every attempt is billed now, and no retry starts once the tenant is over its fuel.
+#[test]
+fn every_attempt_is_billed_and_no_retry_passes_the_fuel_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.toml");
+    std::fs::write(
+        &path,
+        format!("acme = {{ keys = [\"{ACME}\"], max_fuel_per_hour = 12000000 }}\n"),
+    )
+    .unwrap();
+    let server = Server::start(&["--slots", "1", "--tenants", path.to_str().unwrap()]);
+    let client = server.client_with_key(ACME);
+    let worker = upload_test_guest(&client);
+    let too_many = client.call(
+        reqwest::Method::POST,
+        "/compute/queues",
+        Some(&json!({"max_retries": 1000, "retry_guest_failures": true})),
+    );
+    assert_eq!(
+        crate::server::api_code(too_many.unwrap_err()).0,
+        400,
+        "max_retries has a ceiling"
+    );
+    let queue = client
+        .call(
+            reqwest::Method::POST,
+            "/compute/queues",
+            Some(&json!({"max_retries": 20, "retry_guest_failures": true})),
+        )
+        .unwrap()["queue_id"]
+        .as_u64()
+        .unwrap();
+    // Each attempt spins until its 5 M fuel run out (a guest failure, retried).
+    let mut spin = action(&client, worker, &["spin"], None);
+    spin["limits"] = json!({"fuel": 5_000_000});
+    let lsn = client
+        .submit(&spin, Some(&queue.to_string()), None)
+        .unwrap();
+    let result = client.wait(lsn, WAIT).unwrap();
+    assert_eq!(result.state, JobState::Failed);
+    assert_eq!(
+        result.attempts, 3,
+        "5 M, 10 M, then 15 M passes 12 M: {result:?}"
+    );
+    let message = result.message.clone().unwrap_or_default();
+    assert!(message.contains("max_fuel_per_hour"), "{message}");
+    let usage: Value = client
+        .call(reqwest::Method::GET, "/compute/usage", None)
+        .unwrap();
+    let row = &usage["usage"][0];
+    assert_eq!(
+        (row["jobs"].as_u64(), row["attempts"].as_u64()),
+        (Some(1), Some(3)),
+        "{usage}"
+    );
+    assert!(
+        row["fuel"].as_u64().unwrap() >= 14_000_000,
+        "all three billed: {usage}"
+    );
+    // And the tenant is over it: a submission is refused.
+    let refused = client.submit(&action(&client, worker, &["noop"], None), None, None);
+    assert_eq!(
+        crate::server::api_code(refused.unwrap_err()).1,
+        "quota_exceeded"
+    );
+}

@@ -425,8 +425,8 @@ fn submit_many(client: &wasmesh_host::client::Client, count: usize) -> Vec<u64> 
     lsns
 }
 
-/// Every job finished, each once: one succeeded row and one usage row (written with
-/// the result) per job, no attempt left open.
+/// Every job finished, each once: one succeeded row per job, one usage row per ended
+/// attempt (written with its result or its retry), no attempt left open.
 fn each_finished_once(client: &wasmesh_host::client::Client, url: &str, lsns: &[u64]) {
     for lsn in lsns {
         let result = client.wait(*lsn, WAIT).unwrap();
@@ -437,10 +437,11 @@ fn each_finished_once(client: &wasmesh_host::client::Client, url: &str, lsns: &[
         psql(url, "SELECT COUNT(*) FROM jobs WHERE state = 'succeeded'"),
         n
     );
+    // Every attempt is billed once (a retried one too: issue 25, item 7).
     assert_eq!(
         psql(url, "SELECT COUNT(*) FROM usage"),
-        n,
-        "one result a job"
+        psql(url, "SELECT COUNT(*) FROM attempts WHERE ended_ms IS NOT NULL"),
+        "one usage row an ended attempt"
     );
     assert_eq!(psql(url, "SELECT COUNT(DISTINCT lsn) FROM usage"), n);
     assert_eq!(
