@@ -75,30 +75,27 @@ fn jobs_that_miss_their_deadlines_end_as_deadline_exceeded_on_a_node() {
     let d = details(&client, sleeper);
     assert_eq!(d["history"][0]["outcome"], "deadline_exceeded", "{d}");
 
-    // Retries count against the same deadline: a guest failure retried at once, with
-    // more retries allowed than fit before it, runs into it on a later attempt.
+    // Retries count against the same deadline: a guest failure (a 50 ms timeout)
+    // retried at once, with more retries allowed than fit before it (25 x 50 ms), runs
+    // into it on a later attempt.
     let queue = client
         .call(
             Method::POST,
             "/compute/queues",
-            Some(&json!({"max_retries": 1_000_000, "retry_guest_failures": true})),
+            Some(&json!({"max_retries": 25, "retry_guest_failures": true})),
         )
         .unwrap()["queue_id"]
         .as_u64()
         .unwrap()
         .to_string();
-    let flaky = client
-        .submit(
-            &with_deadlines(
-                &client,
-                worker,
-                &["exit", "1"],
-                json!({"finish_within_ms": 700}),
-            ),
-            Some(&queue),
-            None,
-        )
-        .unwrap();
+    let mut timing_out = with_deadlines(
+        &client,
+        worker,
+        &["sleep", "5000"],
+        json!({"finish_within_ms": 700}),
+    );
+    timing_out["limits"] = json!({"timeout_ms": 50});
+    let flaky = client.submit(&timing_out, Some(&queue), None).unwrap();
     let result = client.wait(flaky, WAIT).unwrap();
     assert_eq!(result.outcome, "deadline_exceeded", "{result:?}");
     assert!(result.attempts >= 2, "{result:?}");

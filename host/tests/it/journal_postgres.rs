@@ -440,7 +440,10 @@ fn each_finished_once(client: &wasmesh_host::client::Client, url: &str, lsns: &[
     // Every attempt is billed once (a retried one too: issue 25, item 7).
     assert_eq!(
         psql(url, "SELECT COUNT(*) FROM usage"),
-        psql(url, "SELECT COUNT(*) FROM attempts WHERE ended_ms IS NOT NULL"),
+        psql(
+            url,
+            "SELECT COUNT(*) FROM attempts WHERE ended_ms IS NOT NULL"
+        ),
         "one usage row an ended attempt"
     );
     assert_eq!(psql(url, "SELECT COUNT(DISTINCT lsn) FROM usage"), n);
