@@ -35,6 +35,8 @@ impl Viewer {
 }
 
 struct Subscription {
+    /// The tenant's place among its open streams, given back when the stream ends.
+    _permit: crate::engine::quota::StreamPermit,
     engine: Arc<Engine>,
     viewer: Viewer,
     last: u64,
@@ -105,6 +107,8 @@ pub async fn feed(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let engine = state.engine.clone();
+    // One of the tenant's streams while it is open.
+    let permit = engine.admit_stream(&tenant)?;
     let viewer = Viewer {
         tenant: tenant.into(),
         operator: role == Role::Operator,
@@ -122,6 +126,7 @@ pub async fn feed(
         }
     };
     let subscription = Subscription {
+        _permit: permit,
         engine,
         viewer,
         last,

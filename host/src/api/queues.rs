@@ -217,17 +217,25 @@ pub async fn events(
 ) -> ApiResult<Response> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let queue = resolve(&state, &tenant, &q, peer)?;
-    // (state, queue, last status sent, done)
+    // One of the tenant's streams while it is open.
+    let permit = state.engine.admit_stream(&tenant)?;
+    // (state, queue, last status sent, done, the stream's place)
     let stream = futures_util::stream::unfold(
-        (state, queue, serde_json::Value::Null, false),
-        |(state, queue, last, done)| async move {
+        (state, queue, serde_json::Value::Null, false, permit),
+        |(state, queue, last, done, permit)| async move {
             if done {
                 return None;
             }
+            // Every stream of the queue shares one count a change (off the async
+            // workers), however many watch it.
             let changed = state
                 .engine
                 .when_finished(
-                    || status(&state, &queue),
+                    || {
+                        state
+                            .engine
+                            .queue_status(queue.id, || status(&state, &queue))
+                    },
                     |s| *s != last,
                     None,
                     Some(RECHECK),
@@ -250,7 +258,7 @@ pub async fn events(
             let (event, sent, done) = event;
             Some((
                 Ok::<_, std::convert::Infallible>(event),
-                (state, queue, sent, done),
+                (state, queue, sent, done, permit),
             ))
         },
     );

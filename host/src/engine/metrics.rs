@@ -36,6 +36,9 @@ pub struct Metrics {
     pub jobs_submitted: Counter,
     /// Jobs answered from the result cache.
     pub cache_answers: Counter,
+    /// Queue statuses counted from the journal (for streams and long-polls; shared
+    /// by everyone watching the queue, once a change).
+    pub queue_counts: Counter,
     /// Jobs finished as succeeded.
     pub succeeded: Counter,
     /// Jobs finished as failed.
@@ -171,6 +174,12 @@ impl Metrics {
                 String::new(),
                 self.store_blobs.load(Ordering::Relaxed) as f64,
             )],
+        );
+        metric(
+            "wasmesh_queue_counts_total",
+            "counter",
+            "Queue statuses counted from the journal (once a change, however many watch).",
+            &[(String::new(), self.queue_counts.get() as f64)],
         );
         metric(
             "wasmesh_jobs_cached_total",

@@ -107,6 +107,14 @@ pub struct Engine {
     limiter: quota::RateLimiter,
     /// What each tenant is uploading now (`admit_staging`).
     staging: Arc<quota::Staging>,
+    /// Event streams open per tenant (`admit_stream`).
+    streams: Arc<quota::Streams>,
+    /// Results written (here, or through another coordinator sharing the journal):
+    /// with the change feed's latest id, the generation of what a long-poll sees.
+    results: std::sync::atomic::AtomicU64,
+    /// Each queue's status as last computed, and the generation it was computed at,
+    /// shared by every stream and long-poll watching that queue.
+    queue_status: Mutex<HashMap<u64, (u64, serde_json::Value)>>,
     /// Held by the one garbage collection running.
     gc: Mutex<()>,
     /// When storage-time was last charged (Unix ms).
@@ -179,6 +187,9 @@ impl Engine {
             workers: Mutex::new(HashMap::new()),
             limiter: quota::RateLimiter::default(),
             staging: Arc::default(),
+            streams: Arc::default(),
+            results: Default::default(),
+            queue_status: Mutex::default(),
             gc: Mutex::new(()),
             storage_charged: Mutex::new(None),
             driver,
@@ -529,6 +540,51 @@ impl Engine {
                 None => notified.await,
             }
         }
+    }
+
+    /// Wakes every long-poll and stream to look again: a result was written.
+    pub(super) fn results_changed(&self) {
+        self.results
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.finished.notify_waiters();
+    }
+
+    /// What changed so far: moves whenever a job's, a queue's or a node's state
+    /// changes (the change feed) or a result is written.
+    pub fn generation(&self) -> u64 {
+        self.feed.latest() + self.results.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Queue `queue`'s status, computed by `compute` at most once a generation
+    /// however many watch it (a journal scan of its jobs: run off the async workers).
+    pub fn queue_status<E>(
+        &self,
+        queue: u64,
+        compute: impl FnOnce() -> Result<serde_json::Value, E>,
+    ) -> Result<serde_json::Value, E> {
+        let generation = self.generation();
+        if let Some((at, status)) = self.queue_status_memo().get(&queue)
+            && *at == generation
+        {
+            return Ok(status.clone());
+        }
+        self.metrics.queue_counts.add(1);
+        let status = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(compute)?
+            }
+            _ => compute()?,
+        };
+        let mut memo = self.queue_status_memo();
+        if memo.len() >= 10_000 {
+            memo.clear();
+        }
+        memo.insert(queue, (generation, status.clone()));
+        Ok(status)
+    }
+
+    fn queue_status_memo(&self) -> MutexGuard<'_, HashMap<u64, (u64, serde_json::Value)>> {
+        self.queue_status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A job by LSN, whoever owns it: the engine's own loops and its drivers, which

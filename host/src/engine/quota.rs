@@ -221,7 +221,52 @@ impl Drop for StagingPermit {
     }
 }
 
+/// Event streams one tenant may hold open at once (the change feed and queue
+/// streams together).
+pub const MAX_STREAMS: usize = 32;
+
+/// Open event streams per tenant.
+#[derive(Debug, Default)]
+pub struct Streams(Mutex<HashMap<String, usize>>);
+
+/// One open stream of a tenant; its place is given back when it is dropped (the
+/// stream ended, or its client went away).
+#[derive(Debug)]
+pub struct StreamPermit {
+    streams: std::sync::Arc<Streams>,
+    tenant: String,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut open = self.streams.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 impl Engine {
+    /// Admits one more event stream of `tenant`: 429 past [`MAX_STREAMS`].
+    pub fn admit_stream(&self, tenant: &str) -> Result<StreamPermit, EngineError> {
+        let mut open = self.streams.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(tenant.to_string()).or_default();
+        if *n >= MAX_STREAMS {
+            return Err(EngineError::RateLimited(
+                format!("{MAX_STREAMS} event streams of this tenant are open; close one first"),
+                std::time::Duration::from_secs(1),
+            ));
+        }
+        *n += 1;
+        Ok(StreamPermit {
+            streams: self.streams.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+
     /// Admits an upload of `tenant` before a byte of it is read: one of its
     /// [`MAX_STAGING`] places (429 past them), and, under `max_store_bytes`, the bytes
     /// it may stage: what the tenant has left less what its other uploads reserved. A

@@ -218,7 +218,7 @@ impl Engine {
         self.sweep_checkpoints();
         self.announce(lsn);
         // The result is in the database: wake every long-poll to look again.
-        self.finished.notify_waiters();
+        self.results_changed();
         // Its dependents may be runnable now, and its tenant below its `max_running`.
         self.wake.notify_one();
         for dependent in doomed {

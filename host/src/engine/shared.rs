@@ -117,7 +117,7 @@ impl Engine {
                 tracing::warn!(notice, error = %e, "acting on the shared journal's notice");
             }
         }
-        self.finished.notify_waiters();
+        self.results_changed();
         self.wake.notify_one();
         // Jobs ended through other coordinators queued their webhook deliveries with
         // their results: the leader's deliverer looks at once.

@@ -907,3 +907,77 @@ fn every_attempt_is_billed_and_no_retry_passes_the_fuel_quota() {
         "quota_exceeded"
     );
 }
+
+/// The value of a counter in a `/metrics` text.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{name} not in {metrics}")) as u64
+}
+
+/// Regression (issue 25, item 14): 400 silent `GET /compute/queues/{token}/events`
+/// streams on a queue of 10,000 jobs cost a whole core: each stream recounted the
+/// queue every 250 ms on the async workers, and a tenant could open any number.
+#[test]
+fn event_streams_are_capped_and_share_one_count_of_their_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = tenants(dir.path());
+    let server = Server::start(&["--slots", "1", "--tenants", &tenants]);
+    let client = server.client_with_key(ACME);
+    let worker = upload_test_guest(&client);
+    let token = client
+        .call(reqwest::Method::POST, "/compute/queues/remote", None)
+        .unwrap()["queue_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let jobs: Vec<Value> = (0..500)
+        .map(|i| action(&client, worker, &["sleep", &format!("6000{i}")], None))
+        .collect();
+    client.submit_batch(&jobs, Some(&token)).unwrap();
+    let before = counter(&server.metrics(Some(OPS)), "wasmesh_queue_counts_total");
+    // 32 streams, each waiting for its first event: the queue is counted about once.
+    let open = |key: &str, path: &str| {
+        let address = server.url.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\n\r\n"
+        )
+        .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        (String::from_utf8_lossy(&head).into_owned(), stream)
+    };
+    let path = format!("/compute/queues/{token}/events");
+    let mut streams = Vec::new();
+    for _ in 0..32 {
+        let (head, mut stream) = open(ACME, &path);
+        assert_eq!(head, "HTTP/1.1 200");
+        // Its first event (the status now) has come.
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !String::from_utf8_lossy(&seen).contains("event: progress") {
+            stream.read_exact(&mut byte).unwrap();
+            seen.push(byte[0]);
+        }
+        streams.push(stream);
+    }
+    let counted = counter(&server.metrics(Some(OPS)), "wasmesh_queue_counts_total") - before;
+    assert!(counted <= 8, "32 streams counted the queue {counted} times");
+    // The 33rd stream of the tenant (queue streams and the change feed together) is
+    // refused; another tenant's is not.
+    assert_eq!(open(ACME, "/compute/events").0, "HTTP/1.1 429");
+    assert_eq!(open(GLOBEX, "/compute/events").0, "HTTP/1.1 200");
+    // A stream that ends gives its place back.
+    let closed = streams.pop().unwrap();
+    let _ = closed.shutdown(std::net::Shutdown::Both);
+    drop(closed);
+    eventually(WAIT, || {
+        (open(ACME, "/compute/events").0 == "HTTP/1.1 200").then_some(())
+    });
+}
