@@ -19,6 +19,7 @@ impl From<WebhookError> for ApiError {
         match e {
             WebhookError::Invalid(message) => ApiError::BadRequest("invalid_request", message),
             WebhookError::NotFound => ApiError::NotFound("webhook not found".into()),
+            WebhookError::TooMany(message) => ApiError::Forbidden("quota_exceeded", message),
             WebhookError::Db(e) => e.into(),
         }
     }

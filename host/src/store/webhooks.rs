@@ -251,6 +251,16 @@ impl Store {
         )?)
     }
 
+    /// Puts off every pending delivery of `webhook` due before `until` to then (an
+    /// endpoint that keeps failing waits as a whole, not one delivery at a time).
+    pub fn defer_pending(&self, webhook: &str, until: i64) -> StoreResult<usize> {
+        Ok(self.conn().execute(
+            "UPDATE deliveries SET next_ms = ?2 WHERE webhook = ?1 AND state = 'pending' \
+             AND next_ms < ?2",
+            params![webhook, until],
+        )?)
+    }
+
     pub fn deliveries_of(&self, webhook: &str, limit: usize) -> StoreResult<Vec<Delivery>> {
         let conn = self.conn();
         Ok(conn.query_map(

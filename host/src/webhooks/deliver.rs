@@ -1,4 +1,5 @@
-//! The delivery task: sends due deliveries (one in flight per endpoint, 8 overall),
+//! The delivery task: sends due deliveries (one in flight per endpoint, 2 per tenant,
+//! 8 overall, tenants taken in turn),
 //! signs them, and records retries, failures and disabling.
 
 use std::collections::HashSet;
@@ -84,6 +85,8 @@ async fn deliver_loop(hooks: Arc<Webhooks>, stop: CancellationToken) {
     // Endpoints with an attempt in flight: one at a time per endpoint, so they see
     // deliveries in order and a failing one is not hit by a burst.
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+    // Attempts in flight per tenant.
+    let in_flight: Arc<Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
     loop {
         let woken = hooks.wake.notified();
         tokio::pin!(woken);
@@ -106,7 +109,19 @@ async fn deliver_loop(hooks: Arc<Webhooks>, stop: CancellationToken) {
         };
         let mut started = 0;
         let mut blocked = false;
-        for delivery in due {
+        // Fair between tenants: due deliveries are taken round robin by tenant, each
+        // tenant with at most PER_TENANT attempts in flight, so one tenant's slow
+        // endpoints hold PER_TENANT of the CONCURRENCY slots, never all of them.
+        for delivery in round_robin(&hooks, due) {
+            let tenant = hooks.tenant_of(&delivery.webhook);
+            if lock(&in_flight).get(&tenant).copied().unwrap_or(0) >= PER_TENANT {
+                blocked = true;
+                continue;
+            }
+            let Ok(permit) = sending.clone().try_acquire_owned() else {
+                blocked = true;
+                break;
+            };
             if !lock(&busy).insert(delivery.webhook.clone()) {
                 blocked = true;
                 continue;
@@ -116,16 +131,23 @@ async fn deliver_loop(hooks: Arc<Webhooks>, stop: CancellationToken) {
                 lock(&busy).remove(&delivery.webhook);
                 continue;
             }
-            let permit = tokio::select! {
-                permit = sending.clone().acquire_owned() => permit.expect("never closed"),
-                () = stop.cancelled() => return,
-            };
+            *lock(&in_flight).entry(tenant.clone()).or_default() += 1;
             started += 1;
-            let (hooks, http, busy) = (hooks.clone(), http.clone(), busy.clone());
+            let (hooks, http, busy, in_flight) =
+                (hooks.clone(), http.clone(), busy.clone(), in_flight.clone());
             tokio::spawn(async move {
                 let webhook = delivery.webhook.clone();
                 attempt(&hooks, &http, delivery).await;
                 lock(&busy).remove(&webhook);
+                {
+                    let mut in_flight = lock(&in_flight);
+                    if let Some(n) = in_flight.get_mut(&tenant) {
+                        *n -= 1;
+                        if *n == 0 {
+                            in_flight.remove(&tenant);
+                        }
+                    }
+                }
                 drop(permit);
                 hooks.wake.notify_one();
             });
@@ -149,6 +171,29 @@ async fn deliver_loop(hooks: Arc<Webhooks>, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
     }
+}
+
+/// Attempts of one tenant in flight at most.
+pub const PER_TENANT: usize = 2;
+
+/// `due` (oldest first) taken one tenant at a time in turn: each tenant's own
+/// deliveries keep their order.
+fn round_robin(hooks: &Webhooks, due: Vec<Delivery>) -> Vec<Delivery> {
+    let mut tenants: Vec<(String, std::collections::VecDeque<Delivery>)> = Vec::new();
+    for delivery in due {
+        let tenant = hooks.tenant_of(&delivery.webhook);
+        match tenants.iter_mut().find(|(t, _)| *t == tenant) {
+            Some((_, queue)) => queue.push_back(delivery),
+            None => tenants.push((tenant, std::collections::VecDeque::from([delivery]))),
+        }
+    }
+    let mut order = Vec::new();
+    while tenants.iter().any(|(_, queue)| !queue.is_empty()) {
+        for (_, queue) in &mut tenants {
+            order.extend(queue.pop_front());
+        }
+    }
+    order
 }
 
 /// One attempt of one delivery, and what it means for the delivery and its endpoint.
@@ -273,11 +318,20 @@ async fn attempt(hooks: &Webhooks, http: &reqwest::Client, delivery: Delivery) {
             .and_then(|()| hooks.store.fail_pending(&hook.id, &reason).map(|_| ()))
             .and_then(|()| hooks.reload())
     } else {
+        // The wait grows with the endpoint's consecutive failures too (an endpoint
+        // that keeps timing out is tried less and less often, all its deliveries
+        // with it), not only with this delivery's attempts.
+        let wait = backoff(config.retry_base, attempts.max(failures));
+        let until = now_ms() + wait.as_millis() as i64;
+        if failures > 1
+            && let Err(e) = hooks.store.defer_pending(&hook.id, until)
+        {
+            tracing::error!(webhook = %hook.id, error = %e, "putting off a failing endpoint");
+        }
         let (state, next) = if attempts >= config.max_attempts {
             (DeliveryState::Failed, 0)
         } else {
-            let wait = backoff(config.retry_base, attempts);
-            (DeliveryState::Pending, now_ms() + wait.as_millis() as i64)
+            (DeliveryState::Pending, until)
         };
         ended = state;
         hooks

@@ -981,3 +981,102 @@ fn event_streams_are_capped_and_share_one_count_of_their_queue() {
         (open(ACME, "/compute/events").0 == "HTTP/1.1 200").then_some(())
     });
 }
+
+/// A loopback listener that accepts connections and never answers; how many it holds.
+fn tarpit() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let held = count.clone();
+    std::thread::spawn(move || {
+        let mut streams = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            streams.push(stream);
+        }
+    });
+    (address, count)
+}
+
+/// The deliveries of webhook `id`.
+fn deliveries_of(client: &wasmesh_host::client::Client, id: &str) -> Vec<Value> {
+    client
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/webhooks/{id}/deliveries"),
+            None,
+        )
+        .unwrap()["deliveries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Regression (issue 25, item 13): the server had 8 sending slots for all tenants and
+/// a 10 s timeout an attempt: a tenant with 24 webhooks to a tarpit delayed another
+/// tenant's delivery by 30 s.
+#[test]
+fn one_tenants_slow_endpoints_cannot_hold_up_anothers_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = tenants(dir.path());
+    let server = Server::start(&["--tenants", &tenants, "--webhook-allow-private"]);
+    let (a, b) = (server.client_with_key(ACME), server.client_with_key(GLOBEX));
+    let (pit, held) = tarpit();
+    let create = |client: &wasmesh_host::client::Client, url: &str| {
+        client.call(
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(&json!({"url": url, "events": ["job.succeeded"]})),
+        )
+    };
+    let mut slow = Vec::new();
+    for i in 0..16 {
+        let hook = create(&a, &format!("http://{pit}/{i}")).unwrap();
+        slow.push(hook["id"].as_str().unwrap().to_string());
+    }
+    let refused = create(&a, &format!("http://{pit}/17")).unwrap_err();
+    assert_eq!(
+        crate::server::api_code(refused),
+        (403, "quota_exceeded".into())
+    );
+    let (receiver, _) = crate::security::counting_listener();
+    let fast = create(&b, &format!("http://{receiver}/hook")).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Tenant A's 16 deliveries go to the tarpit: 2 at a time, never more.
+    let worker = upload_test_guest(&a);
+    let lsn = a
+        .submit(&action(&a, worker, &["noop"], None), None, None)
+        .unwrap();
+    a.wait(lsn, WAIT).unwrap();
+    eventually(WAIT, || {
+        (held.load(std::sync::atomic::Ordering::SeqCst) >= 2).then_some(())
+    });
+    // Tenant B's is delivered while A's first attempts still hang (each ends only
+    // after 10 s): before, A's filled all 8 slots and B's waited for them.
+    let worker = upload_test_guest(&b);
+    let lsn = b
+        .submit(&action(&b, worker, &["noop"], None), None, None)
+        .unwrap();
+    b.wait(lsn, WAIT).unwrap();
+    eventually(WAIT, || {
+        let log = deliveries_of(&b, &fast);
+        (log.first()?["state"] == "delivered").then_some(())
+    });
+    let ended: Vec<Value> = slow
+        .iter()
+        .flat_map(|id| deliveries_of(&a, id))
+        .filter(|d| d["attempts"].as_u64() != Some(0))
+        .collect();
+    assert!(
+        ended.is_empty(),
+        "A's attempts ended before B's delivery: {ended:?}"
+    );
+    assert_eq!(
+        held.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "2 of A's at a time"
+    );
+}
