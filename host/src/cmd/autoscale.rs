@@ -45,6 +45,11 @@ pub struct AutoscaleArgs {
     /// Slots of a node the autoscaler starts (and assumed of nodes not yet seen).
     #[arg(long, default_value_t = 2)]
     pub node_slots: u32,
+    /// A label, `key=value`, of the nodes the autoscaler adds (repeatable; `local`
+    /// starts its nodes with them): work of workers requiring labels they lack does
+    /// not make it add nodes.
+    #[arg(long = "autoscale-node-label", value_delimiter = ',')]
+    pub node_labels: Vec<String>,
     /// Least time between two scale-ups.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub scale_up_cooldown: Duration,
@@ -108,7 +113,15 @@ impl AutoscaleArgs {
         if self.node_slots == 0 || self.target_wait.is_zero() || self.autoscale_interval.is_zero() {
             bail!("--node-slots, --target-wait and --autoscale-interval must be above zero");
         }
+        let mut node_labels = std::collections::BTreeMap::new();
+        for label in &self.node_labels {
+            let (key, value) = label
+                .split_once('=')
+                .with_context(|| format!("--autoscale-node-label {label:?}: expected key=value"))?;
+            node_labels.insert(key.to_string(), value.to_string());
+        }
         Ok(Policy {
+            node_labels,
             min_nodes: self.min_nodes,
             max_nodes: self.max_nodes,
             slots_per_node: self.node_slots,
@@ -136,6 +149,7 @@ impl AutoscaleArgs {
                 node_key.map(str::to_string),
                 data_dir.join("autoscaled"),
                 self.node_slots,
+                policy.node_labels.clone(),
             )),
             Kind::Nomad => Box::new(Nomad::new(
                 self.nomad_addr.clone(),

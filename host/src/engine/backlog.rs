@@ -60,6 +60,12 @@ pub struct WorkAhead {
 impl Engine {
     /// The work ahead now.
     pub fn work_ahead(&self) -> WorkAhead {
+        self.work_ahead_for(|_| true)
+    }
+
+    /// The work ahead now that a node would take: only the jobs of workers `takes`
+    /// accepts (a new node lacks the labels some workers require).
+    pub fn work_ahead_for(&self, mut takes: impl FnMut(&HashHex) -> bool) -> WorkAhead {
         let (backlog, running_jobs) = {
             let scheduler = self.scheduler();
             (scheduler.backlog(Instant::now()), scheduler.running())
@@ -72,6 +78,9 @@ impl Engine {
         // Per queue: the longest wait, the work, the nearest deadline.
         let mut queues: HashMap<Option<u64>, (f64, f64, i64)> = HashMap::new();
         for (origin, waiting) in backlog.0 {
+            if !takes(&origin.worker) {
+                continue;
+            }
             let mean = means
                 .get(&origin.worker)
                 .copied()
@@ -93,6 +102,18 @@ impl Engine {
             }
         }
         ahead
+    }
+
+    /// The labels worker `id` requires of a node, whoever registered it (a worker's id
+    /// is its descriptor's hash: every tenant's copy says the same); `None` when it is
+    /// not known.
+    pub fn worker_requires(
+        &self,
+        id: &HashHex,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        let text = self.store.unscoped().worker(id).ok()??;
+        let descriptor: crate::model::WorkerDescriptor = serde_json::from_str(&text).ok()?;
+        Some(descriptor.requires)
     }
 
     /// A queue's `target_wait_ms`, whoever's it is (for the autoscaler).

@@ -596,12 +596,37 @@ impl Scheduler {
         self.shares.get(tenant).map_or(0, |s| s.pending)
     }
 
-    /// The runnable jobs at `now`: how many of each worker, and how long the oldest of
-    /// each queue has waited. (One pass over the pending jobs, in memory.)
+    /// The runnable jobs at `now` that more slots would run sooner: how many of each
+    /// worker, and how long the oldest of each queue has waited. (One pass over the
+    /// pending jobs, in memory.)
     pub fn backlog(&self, now: Instant) -> Backlog {
         let t = self.secs(now);
-        let mut groups: HashMap<Origin, Waiting> = HashMap::new();
+        // A tenant with `max_running` counts only the queued jobs it could still
+        // start (its cap less what it runs, oldest first): more nodes would not run
+        // the rest any sooner.
+        let mut counted: Vec<&Pending> = Vec::new();
+        let mut capped: HashMap<&str, (u64, Vec<&Pending>)> = HashMap::new();
         for p in self.pending.values().filter(|p| p.phase == Phase::Queued) {
+            match self.quotas.share_terms(&p.tenant).1 {
+                Some(max) => capped
+                    .entry(&p.tenant)
+                    .or_insert((max, Vec::new()))
+                    .1
+                    .push(p),
+                None => counted.push(p),
+            }
+        }
+        for (tenant, (max, mut jobs)) in capped {
+            let running = self.shares.get(tenant).map_or(0, |s| s.running) as u64;
+            let room = max.saturating_sub(running) as usize;
+            if jobs.len() > room {
+                jobs.sort_by(|a, b| a.queued_at.total_cmp(&b.queued_at));
+                jobs.truncate(room);
+            }
+            counted.extend(jobs);
+        }
+        let mut groups: HashMap<Origin, Waiting> = HashMap::new();
+        for p in counted {
             let waited = (t - p.queued_at).max(0.0);
             let group = groups.entry(p.origin).or_insert(Waiting {
                 jobs: 0,

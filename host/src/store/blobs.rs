@@ -72,6 +72,15 @@ impl Store {
         Ok(inserted)
     }
 
+    /// A worker's descriptor JSON, whichever tenant registered it.
+    pub(super) fn worker_any(&self, id: &HashHex) -> StoreResult<Option<String>> {
+        Ok(self.conn().query_opt(
+            "SELECT descriptor FROM workers WHERE id = ?1 LIMIT 1",
+            params![id.to_string()],
+            |row| row.get(0),
+        )?)
+    }
+
     /// A worker's descriptor JSON.
     pub(super) fn worker(&self, tenant: &str, id: &HashHex) -> StoreResult<Option<String>> {
         Ok(self.conn().query_opt(

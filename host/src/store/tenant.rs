@@ -261,6 +261,12 @@ impl<'a> Unscoped<'a> {
         Self { store }
     }
 
+    /// A worker's descriptor JSON, whichever tenant registered it (its id is the
+    /// descriptor's hash, so every copy is the same).
+    pub fn worker(&self, id: &HashHex) -> StoreResult<Option<String>> {
+        self.store.worker_any(id)
+    }
+
     /// A job by LSN.
     pub fn job(&self, lsn: u64) -> StoreResult<Option<JobRow>> {
         self.store.job_by_lsn(lsn)

@@ -1080,3 +1080,64 @@ fn one_tenants_slow_endpoints_cannot_hold_up_anothers_webhooks() {
         "2 of A's at a time"
     );
 }
+
+/// Regression (issue 25, item 18): a tenant at `max_running = 1` queued 1,000 jobs
+/// plus one job requiring a label no provisioner offers; it ran one at a time, yet
+/// the autoscaler asked for 18 nodes. It counts only work a node it adds could take.
+#[test]
+fn the_autoscaler_counts_only_work_a_new_node_could_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "acme = {{ keys = [\"{ACME}\"], max_running = 1 }}\nglobex = [\"{GLOBEX}\"]\n\
+             ops = {{ keys = [\"{OPS}\"], role = \"operator\" }}\n"
+        ),
+    )
+    .unwrap();
+    let coordinator = Server::coordinator(&[
+        "--tenants",
+        path.to_str().unwrap(),
+        "--node-key",
+        NODE_KEY,
+        "--max-nodes",
+        "20",
+        "--node-slots",
+        "1",
+        "--target-wait",
+        "1s",
+        "--autoscale-interval",
+        "50ms",
+    ]);
+    // A job whose worker requires a label no node the autoscaler adds carries,
+    // scheduled first, so every look that sees the batch below sees it too.
+    let globex = coordinator.client_with_key(GLOBEX);
+    let wasm = wasmesh_test_support::guest_bytes(wasmesh_test_support::TEST_GUEST);
+    let module = HashHex::of(&wasm);
+    let gpu = globex
+        .upload_worker(
+            &json!({"name": "gpu", "module": module, "requires": {"gpu": "a100"}}),
+            &[(module, &wasm)],
+        )
+        .unwrap()
+        .worker;
+    globex
+        .submit(&action(&globex, gpu, &["noop"], None), None, None)
+        .unwrap();
+    let acme = coordinator.client_with_key(ACME);
+    let worker = upload_test_guest(&acme);
+    let jobs: Vec<Value> = (0..200)
+        .map(|i| action(&acme, worker, &["sleep", &format!("1{i}")], None))
+        .collect();
+    acme.submit_batch(&jobs, None).unwrap();
+    let status = eventually(WAIT, || {
+        let status = coordinator
+            .client_with_key(OPS)
+            .call(reqwest::Method::GET, "/api/v1/cluster/autoscaler", None)
+            .unwrap();
+        (status["signal"]["queued_jobs"].as_u64()? > 0).then_some(status)
+    });
+    assert_eq!(status["signal"]["queued_jobs"], 1, "{status}");
+    assert!(status["desired_nodes"].as_u64().unwrap() <= 1, "{status}");
+}

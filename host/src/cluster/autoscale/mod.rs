@@ -33,6 +33,9 @@ pub struct Autoscaling {
     interval: Duration,
     /// Queues' `target_wait_ms` (fixed when a queue is made), looked up once each.
     targets: Mutex<std::collections::HashMap<u64, Option<Duration>>>,
+    /// Whether a node it adds could run each worker (its labels hold what the worker
+    /// requires; a worker's descriptor never changes), looked up once each.
+    runnable: Mutex<std::collections::HashMap<crate::model::HashHex, bool>>,
     state: Mutex<State>,
 }
 
@@ -78,6 +81,7 @@ impl Autoscaling {
             provisioner,
             interval,
             targets: Mutex::default(),
+            runnable: Mutex::default(),
             state: Mutex::new(State {
                 scaler: Autoscaler::new(policy),
                 signal: Signal::default(),
@@ -174,7 +178,24 @@ impl Autoscaling {
             .provisioner
             .requested()
             .map_or(0, |asked| asked.saturating_sub(ready));
-        let ahead = engine.work_ahead();
+        // Only the work a node it adds could take: not that of workers requiring
+        // labels such a node lacks (a tenant at its max_running is capped by the
+        // scheduler's backlog).
+        let ahead = {
+            let mut runnable = self.runnable.lock().expect("runnable");
+            if runnable.len() > 10_000 {
+                runnable.clear();
+            }
+            engine.work_ahead_for(|worker| {
+                *runnable.entry(*worker).or_insert_with(|| {
+                    engine.worker_requires(worker).is_none_or(|requires| {
+                        requires
+                            .iter()
+                            .all(|(k, v)| policy.node_labels.get(k) == Some(v))
+                    })
+                })
+            })
+        };
         let default_target = policy.target_wait;
         // Only the queues with runnable jobs now are remembered.
         let present: std::collections::HashSet<u64> = ahead
@@ -433,6 +454,7 @@ mod tests {
             scale_down_cooldown: Duration::from_secs(3600),
             stabilization: Duration::from_secs(3600),
             target_wait: Duration::from_secs(3600),
+            node_labels: Default::default(),
         }
     }
 

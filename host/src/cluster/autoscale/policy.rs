@@ -32,6 +32,9 @@ pub struct Policy {
     pub stabilization: Duration,
     /// How long a runnable job may wait, for queues that set no `target_wait_ms`.
     pub target_wait: Duration,
+    /// The labels a node the autoscaler adds carries: work whose worker requires
+    /// others is no reason to add one.
+    pub node_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Policy {
@@ -44,6 +47,7 @@ impl Default for Policy {
             scale_down_cooldown: Duration::from_secs(60),
             stabilization: Duration::from_secs(60),
             target_wait: Duration::from_secs(30),
+            node_labels: Default::default(),
         }
     }
 }
@@ -239,6 +243,7 @@ mod tests {
             scale_down_cooldown: Duration::from_secs(60),
             stabilization: Duration::from_secs(30),
             target_wait: Duration::from_secs(10),
+            node_labels: Default::default(),
         }
     }
 

@@ -79,6 +79,8 @@ pub struct Local {
     pub dir: PathBuf,
     /// Slots of each.
     pub slots: u32,
+    /// Labels of each (the policy's `node_labels`).
+    pub labels: BTreeMap<String, String>,
     children: Mutex<(u32, BTreeMap<String, Child>)>,
 }
 
@@ -90,6 +92,7 @@ impl Local {
         node_key: Option<String>,
         dir: PathBuf,
         slots: u32,
+        labels: BTreeMap<String, String>,
     ) -> Self {
         Self {
             exe,
@@ -97,6 +100,7 @@ impl Local {
             node_key,
             dir,
             slots,
+            labels,
             children: Mutex::new((0, BTreeMap::new())),
         }
     }
@@ -142,6 +146,7 @@ impl Provisioner for Local {
                 .arg(&data)
                 .args(["--coordinator", &self.coordinator])
                 .args(["--slots", &self.slots.to_string()])
+                .args(self.labels.iter().map(|(k, v)| format!("--label={k}={v}")))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log);
