@@ -140,6 +140,10 @@ pub fn app_with(state: AppState, extra: Router) -> Router {
         .route("/compute/record/start", post(record::start))
         .route("/compute/record/stop", post(record::stop))
         .route(
+            "/compute/record/{id}",
+            axum::routing::delete(record::delete),
+        )
+        .route(
             "/api/v1/webhooks",
             post(webhooks::create).get(webhooks::list),
         )

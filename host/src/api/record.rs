@@ -14,12 +14,12 @@ pub async fn start(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
 ) -> ApiResult<Response> {
-    let root = state.engine.config().data_dir.join("recordings");
-    let id = state.engine.recorder().start(&root, &tenant)?;
+    let id = state.engine.recorder().start(&tenant)?;
     Ok(axum::Json(json!({"recording": id})).into_response())
 }
 
-/// `POST /compute/record/stop`: also says where the recording is, for `wasmesh replay`.
+/// `POST /compute/record/stop`: its id and how many actions it holds (the server's
+/// paths are nobody's business: the operator finds it as `DATA_DIR/recordings/<id>`).
 pub async fn stop(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
@@ -30,7 +30,20 @@ pub async fn stop(
         .stop(&tenant)?
         .ok_or_else(|| ApiError::Conflict("not_recording", "no recording is running".into()))?;
     Ok(axum::Json(
-        json!({"recording": stopped.id, "actions": stopped.actions, "path": stopped.dir}),
+        json!({"recording": stopped.id, "actions": stopped.actions, "full": stopped.full}),
     )
     .into_response())
+}
+
+/// `DELETE /compute/record/{id}`: deletes one of the caller's recordings (stopping
+/// it first if it runs); 404 for any other.
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<Response> {
+    if !state.engine.recorder().delete(&tenant, &id)? {
+        return Err(ApiError::NotFound(format!("recording {id} not found")));
+    }
+    Ok(axum::Json(json!({"recording": id, "deleted": true})).into_response())
 }

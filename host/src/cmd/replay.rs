@@ -13,7 +13,8 @@ use crate::cmd::say;
 /// Arguments of `wasmesh replay`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The recording directory (the `path` that `POST /compute/record/stop` returned).
+    /// The recording directory: `DATA_DIR/recordings/<id>` on the server, the id
+    /// `POST /compute/record/stop` returned.
     pub recording: PathBuf,
     /// Submit into this queue (id or token).
     #[arg(long)]

@@ -167,6 +167,7 @@ impl Engine {
             Webhooks::open(store.clone(), config.webhooks.clone()).context("loading webhooks")?,
         );
         let scheduler = Scheduler::new(config.quotas.clone(), config.fair_share_half_life);
+        let recorder = record::Recorder::open(config.data_dir.join("recordings"));
         let feed = Arc::new(feed::Feed::starting_now());
         let deliveries = feed.clone();
         webhooks.on_change(crate::webhooks::ChangeSink(Box::new(
@@ -178,7 +179,7 @@ impl Engine {
             cas,
             sandbox,
             metrics: Metrics::default(),
-            recorder: record::Recorder::default(),
+            recorder,
             webhooks,
             feed,
             scheduler: Mutex::new(scheduler),
@@ -471,6 +472,13 @@ impl Engine {
         let retired = unscoped.retire_finished(before(config.result_retention))?;
         let queues = unscoped.delete_ended_queues(before(config.result_retention))?;
         let deliveries = unscoped.delete_old_deliveries(before(config.delivery_retention))?;
+        // Recordings are kept as long as results are.
+        let recordings = self
+            .recorder
+            .expire(std::time::SystemTime::now() - config.result_retention);
+        if recordings > 0 {
+            tracing::info!(recordings, "recordings past their retention deleted");
+        }
         if retired + queues + deliveries > 0 {
             tracing::info!(retired, queues, deliveries, "retention");
         }

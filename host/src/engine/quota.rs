@@ -287,7 +287,7 @@ impl Engine {
             .max_store_bytes
             .filter(|_| blob);
         let held = match quota {
-            Some(_) => self.store.tenant(tenant).held_bytes()?,
+            Some(_) => self.stored_bytes(tenant)?,
             None => 0,
         };
         let mut staging = self.staging.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -336,6 +336,21 @@ impl Engine {
         })
     }
 
+    /// The bytes `tenant` holds against `max_store_bytes`: its blobs and its
+    /// recordings.
+    pub fn stored_bytes(&self, tenant: &str) -> Result<u64, EngineError> {
+        let blobs = self.store.tenant(tenant).held_bytes()?;
+        Ok(blobs.saturating_add(self.recorder.bytes_of(tenant)))
+    }
+
+    /// What `tenant`'s `max_store_bytes` leaves (`None`: no quota).
+    pub fn store_room(&self, tenant: &str) -> Result<Option<u64>, EngineError> {
+        match self.config.quotas.of(tenant).max_store_bytes {
+            Some(limit) => Ok(Some(limit.saturating_sub(self.stored_bytes(tenant)?))),
+            None => Ok(None),
+        }
+    }
+
     /// Admits `jobs` new jobs of `tenant` (`max_queued`, `max_fuel_per_hour`, then the
     /// submit rate), all or none.
     pub(super) fn admit_jobs(&self, tenant: &str, jobs: u64) -> Result<(), EngineError> {
@@ -375,7 +390,7 @@ impl Engine {
                 adding = adding.saturating_add(*size);
             }
         }
-        let held = store.held_bytes()?;
+        let held = self.stored_bytes(tenant)?;
         Quota::check(
             "max_store_bytes",
             quota.max_store_bytes,

@@ -329,7 +329,9 @@ impl Engine {
                     )
                 })
                 .collect();
-            self.recorder.append(&self.cas, tenant, &entries)?;
+            // A recording's bytes count against the tenant's store quota.
+            let room = self.store_room(tenant)?;
+            self.recorder.append(&self.cas, tenant, &entries, room)?;
         }
         self.metrics.jobs_submitted.add(lsns.len() as u64);
         let mut queued = Vec::with_capacity(lsns.len());

@@ -1141,3 +1141,77 @@ fn the_autoscaler_counts_only_work_a_new_node_could_take() {
     assert_eq!(status["signal"]["queued_jobs"], 1, "{status}");
     assert!(status["desired_nodes"].as_u64().unwrap() <= 1, "{status}");
 }
+
+/// Regression (issue 25, item 12): recordings were hard links or copies outside GC
+/// and quotas, no route deleted them (15 MiB stayed pinned under a 4 MiB quota), and
+/// `record/stop` returned the server's absolute path.
+#[test]
+fn recordings_count_against_the_quota_and_can_be_deleted() {
+    let module = wasmesh_test_support::guest_bytes(wasmesh_test_support::TEST_GUEST).len() as u64;
+    let quota = 2 * module + (1536 << 10);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "acme = {{ keys = [\"{ACME}\"], max_store_bytes = {quota} }}\nglobex = [\"{GLOBEX}\"]\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--tenants", path.to_str().unwrap()]);
+    let client = server.client_with_key(ACME);
+    let worker = upload_test_guest(&client);
+    let started = client
+        .call(reqwest::Method::POST, "/compute/record/start", None)
+        .unwrap();
+    let id = started["recording"].as_str().unwrap().to_string();
+    let input = vec![7u8; 700 << 10];
+    let lsn = client
+        .submit(
+            &action(&client, worker, &["noop"], Some(&input)),
+            None,
+            None,
+        )
+        .unwrap();
+    client.wait(lsn, WAIT).unwrap();
+    let stopped = client
+        .call(reqwest::Method::POST, "/compute/record/stop", None)
+        .unwrap();
+    assert_eq!(stopped["actions"], 1);
+    assert!(stopped.get("path").is_none(), "no server path: {stopped}");
+    // The recording holds the module and the input again: 300 KiB more passes the
+    // quota (it would not without the recording).
+    let refused = client.put_blob(vec![3u8; 300 << 10]).unwrap_err();
+    assert_eq!(crate::server::api_code(refused).1, "quota_exceeded");
+    // Another tenant cannot delete it; its owner can, and the room comes back.
+    let other = server.client_with_key(GLOBEX);
+    let path = format!("/compute/record/{id}");
+    let err = other
+        .call(reqwest::Method::DELETE, &path, None)
+        .unwrap_err();
+    assert_eq!(crate::server::api_code(err).0, 404);
+    client.call(reqwest::Method::DELETE, &path, None).unwrap();
+    assert!(!server.data_dir.join("recordings").join(&id).exists());
+    client.put_blob(vec![3u8; 300 << 10]).unwrap();
+
+    // Recordings are kept as long as results are.
+    let short = Server::start(&["--result-retention", "1s"]);
+    let client = short.client();
+    let worker = upload_test_guest(&client);
+    let id = client
+        .call(reqwest::Method::POST, "/compute/record/start", None)
+        .unwrap()["recording"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lsn = client
+        .submit(&action(&client, worker, &["noop"], None), None, None)
+        .unwrap();
+    client.wait(lsn, WAIT).unwrap();
+    client
+        .call(reqwest::Method::POST, "/compute/record/stop", None)
+        .unwrap();
+    let recording = short.data_dir.join("recordings").join(&id);
+    assert!(recording.exists());
+    eventually(WAIT, || (!recording.exists()).then_some(()));
+}

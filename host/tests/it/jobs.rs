@@ -536,11 +536,17 @@ fn a_recording_replays_on_another_server() {
         .unwrap_err();
     assert_eq!(api_code(err), (409, "not_recording".into()));
 
+    // The answer names no server path: the operator finds it in the data directory.
+    assert!(stopped.get("path").is_none(), "{stopped}");
+    let dir = source
+        .data_dir
+        .join("recordings")
+        .join(stopped["recording"].as_str().unwrap());
     let target = Server::start(&[]);
     let output = crate::wasmesh(
         &[
             "replay",
-            stopped["path"].as_str().unwrap(),
+            dir.to_str().unwrap(),
             "--server",
             &target.url,
             "--json",

@@ -138,6 +138,7 @@ const ACCESS: &[(&str, Access)] = &[
     ("POST /compute/gc", Access::Operator),
     ("POST /compute/record/start", Access::Tenant),
     ("POST /compute/record/stop", Access::Tenant),
+    ("DELETE /compute/record/{id}", Access::Tenant),
     ("POST /api/v1/webhooks", Access::Tenant),
     ("GET /api/v1/webhooks", Access::Tenant),
     ("GET /api/v1/webhooks/{id}", Access::Scoped),
