@@ -74,21 +74,6 @@ fn raise_nofile() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
 }
 
-/// The peer a connection counts against (an IPv6 host's /64 is one peer).
-fn peer_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut segments = v6.segments();
-                segments[4..].fill(0);
-                IpAddr::V6(segments.into())
-            }
-        },
-        v4 => v4,
-    }
-}
-
 #[derive(Debug)]
 struct Conn {
     peer: IpAddr,
@@ -169,7 +154,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let peer = peer_of(addr.ip());
+        let peer = crate::api::throttle::peer_of(addr.ip());
         let (id, in_flight, close) = {
             let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
             if !table.make_room(peer, &limits) {

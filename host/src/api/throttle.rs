@@ -47,8 +47,10 @@ pub struct Failures {
     peers: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
-/// The address a peer's bucket is kept under.
-fn bucket_of(ip: IpAddr) -> IpAddr {
+/// The peer an address belongs to: itself for IPv4 (an IPv4-mapped IPv6 address too),
+/// its /64 for IPv6 (what one host usually holds). Failures and connections are
+/// counted per peer.
+pub fn peer_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -68,7 +70,7 @@ impl Failures {
     pub fn check(&self, peer: Option<IpAddr>, now: Instant) -> Result<(), u64> {
         let Some(ip) = peer else { return Ok(()) };
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        match peers.get(&bucket_of(ip)) {
+        match peers.get(&peer_of(ip)) {
             Some(bucket) if bucket.now(now) < 1.0 => {
                 let missing = 1.0 - bucket.now(now);
                 Err((missing * REFILL.as_secs_f64()).ceil().max(1.0) as u64)
@@ -94,7 +96,7 @@ impl Failures {
                 }
             }
         }
-        let bucket = peers.entry(bucket_of(ip)).or_insert(Bucket {
+        let bucket = peers.entry(peer_of(ip)).or_insert(Bucket {
             tokens: BURST,
             at: now,
         });

@@ -471,6 +471,18 @@ fn lease_lost(engine: &Engine, lease: Lease) {
     );
 }
 
+/// Ends the journal's lease of a running `job` that no fleet here holds (its node went
+/// silent for every coordinator, or never renewed it): counted as an expired lease,
+/// logged with `why`, retried or ended (cancelled, when a cancel is pending) as
+/// [`record_lost`] does, under the lease's fence.
+pub(super) fn expire_journal_lease(engine: &Engine, job: &JobRow, why: &str) {
+    let node = job.lease_node.clone().unwrap_or_default();
+    tracing::warn!(lsn = job.lsn, attempt = job.attempts, node, "{why}");
+    engine.metrics().leases_expired.add(1);
+    let cancel = engine.store().cancel_requested(job.lsn).unwrap_or(false);
+    record_lost(engine, job, node, job.attempts, cancel, None);
+}
+
 /// Records that attempt `attempt` of `job` on `node` was lost (its node stopped
 /// renewing the lease), under that attempt's fence: retried as `node_lost` while
 /// attempts are left, or ended as cancelled when a cancel was asked for meanwhile.

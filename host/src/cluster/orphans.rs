@@ -80,15 +80,11 @@ fn requeue_orphans(
         if now.duration_since(since) < fleet.config.lease {
             continue;
         }
-        tracing::warn!(
-            lsn = job.lsn,
-            attempt = job.attempts,
-            node,
-            "the journal leases this job to a node that never renewed it"
+        super::driver::expire_journal_lease(
+            engine,
+            &job,
+            "the journal leases this job to a node that never renewed it",
         );
-        engine.metrics().leases_expired.add(1);
-        let cancel = engine.store().cancel_requested(job.lsn).unwrap_or(false);
-        super::driver::record_lost(engine, &job, node, job.attempts, cancel, None);
         missing.remove(&token);
     }
     missing.retain(|token, _| seen.contains(token));

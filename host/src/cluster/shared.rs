@@ -95,15 +95,11 @@ fn expire_silent(engine: &Engine, lease: Duration) {
         }
     };
     for job in silent {
-        let node = job.lease_node.clone().unwrap_or_default();
-        tracing::warn!(
-            lsn = job.lsn,
-            attempt = job.attempts,
-            node,
-            "no coordinator hears the node; its lease expired"
+        super::driver::expire_journal_lease(
+            engine,
+            &job,
+            "no coordinator hears the node; its lease expired",
         );
-        engine.metrics().leases_expired.add(1);
-        super::driver::record_lost(engine, &job, node, job.attempts, false, None);
     }
 }
 
