@@ -479,6 +479,9 @@ pub struct UsageJson {
     pub memory_byte_seconds: u64,
 }
 
+/// The most bytes of events (as JSON) a result keeps inline; more go to a blob.
+pub const INLINE_EVENTS_BYTES: usize = 16 << 10;
+
 /// A finished job's result, exactly as `GET /compute/jobs/{lsn}` returns it. It is
 /// also what the journal stores and the body of a node's report (`cluster::protocol::
 /// Report`), where the coordinator fills in the job's identity, node, attempt and
@@ -510,9 +513,14 @@ pub struct JobResult {
     pub output_size: u64,
     /// Hash of stderr.
     pub stderr: HashHex,
-    /// Events the guest emitted.
+    /// Events the guest emitted, when they are small (at most
+    /// [`INLINE_EVENTS_BYTES`] as JSON); larger ones are in `events_blob`.
     #[serde(default)]
     pub events: Vec<serde_json::Value>,
+    /// The blob holding the events (a JSON array) when they were too large to keep
+    /// in the result itself: the tenant's, like the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_blob: Option<HashHex>,
     /// What it used.
     #[serde(default)]
     pub usage: UsageJson,
@@ -551,6 +559,7 @@ impl JobResult {
             output_size: 0,
             stderr: HashHex::empty(),
             events: Vec::new(),
+            events_blob: None,
             usage: UsageJson::default(),
             node: String::new(),
             attempts: 0,

@@ -43,6 +43,9 @@ pub(crate) struct GuestState {
     pub(crate) observer: Option<Arc<dyn RunObserver>>,
     pub(crate) max_events: usize,
     pub(crate) max_event_bytes: usize,
+    pub(crate) max_events_total_bytes: usize,
+    /// Bytes of the events emitted so far.
+    pub(crate) events_bytes: usize,
     pub(crate) max_checkpoint_bytes: usize,
     pub(crate) max_log_lines: usize,
 }
@@ -93,6 +96,15 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
                 let cap = state.max_event_bytes;
                 return Err(state.breach(cap));
             }
+            let total = state
+                .events_bytes
+                .saturating_add(type_len)
+                .saturating_add(fields_len);
+            if total > state.max_events_total_bytes {
+                let cap = state.max_events_total_bytes;
+                return Err(state.breach(cap));
+            }
+            state.events_bytes = total;
             let event_type = read(&mut caller, type_ptr, type_len)?;
             let fields = read(&mut caller, fields_ptr, fields_len)?;
             let Ok(event_type) = String::from_utf8(event_type) else {

@@ -123,6 +123,9 @@ pub struct Config {
     pub max_events: usize,
     /// Bytes of one event's JSON (default 64 KiB). Breach: `OutputExceeded`.
     pub max_event_bytes: usize,
+    /// Bytes of all of one run's events together (default 1 MiB). Breach:
+    /// `OutputExceeded`.
+    pub max_events_total_bytes: usize,
     /// Bytes of one checkpoint (default 64 MiB). Breach: `OutputExceeded`.
     pub max_checkpoint_bytes: usize,
     /// Bytes a run may keep in `/tmp` (default 1 GiB). Breach: `OutputExceeded`,
@@ -168,6 +171,7 @@ impl Default for Config {
             stderr_bytes: 1 << 20,
             max_events: 1024,
             max_event_bytes: 64 << 10,
+            max_events_total_bytes: 1 << 20,
             max_checkpoint_bytes: 64 << 20,
             max_log_lines: 1000,
             tmp_bytes: 1 << 30,

@@ -510,6 +510,7 @@ impl Sandbox {
                 observer: spec.observer,
                 max_events: config.max_events,
                 max_event_bytes: config.max_event_bytes,
+                max_events_total_bytes: config.max_events_total_bytes,
                 max_checkpoint_bytes: config.max_checkpoint_bytes,
                 max_log_lines: config.max_log_lines,
                 ..GuestState::default()

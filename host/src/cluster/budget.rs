@@ -11,15 +11,20 @@ pub struct InjectBudget {
     pub runs: u64,
     /// Bytes of events (as JSON) routed to handlers after the injected ones.
     pub bytes: u64,
+    /// Bytes the handler runs produce (their events and outputs, stored whether or
+    /// not they are routed): once passed, nothing more is routed.
+    pub produced: u64,
 }
 
 impl Default for InjectBudget {
-    /// 1,000 runs (a full batch of injected events still gets its first hop) and
-    /// 16 MiB of routed events.
+    /// 1,000 runs (a full batch of injected events still gets its first hop), 16 MiB
+    /// of routed events and 48 MiB produced: with one run's own bounds (1 MiB of
+    /// events, its output limit) one inject stores about 64 MiB at most.
     fn default() -> Self {
         Self {
             runs: 1000,
             bytes: 16 << 20,
+            produced: 48 << 20,
         }
     }
 }
@@ -29,6 +34,7 @@ impl Default for InjectBudget {
 pub struct Budget {
     runs: AtomicU64,
     bytes: AtomicU64,
+    produced: AtomicU64,
 }
 
 impl Budget {
@@ -37,6 +43,7 @@ impl Budget {
         Arc::new(Self {
             runs: AtomicU64::new(budget.runs),
             bytes: AtomicU64::new(budget.bytes),
+            produced: AtomicU64::new(budget.produced),
         })
     }
 
@@ -57,6 +64,16 @@ impl Budget {
     pub fn take_bytes(&self, n: u64) -> bool {
         Self::take(&self.bytes, n)
     }
+
+    /// Counts `n` bytes a run produced (they are stored already); false once the
+    /// inject has produced more than its budget, from then on.
+    pub fn take_produced(&self, n: u64) -> bool {
+        self.produced
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |have| {
+                Some(have.saturating_sub(n))
+            })
+            .is_ok_and(|had| had >= n && had > 0)
+    }
 }
 
 #[cfg(test)]
@@ -65,12 +82,19 @@ mod tests {
 
     #[test]
     fn a_budget_runs_out_and_stays_out() {
-        let budget = Budget::new(InjectBudget { runs: 2, bytes: 10 });
+        let budget = Budget::new(InjectBudget {
+            runs: 2,
+            bytes: 10,
+            produced: 100,
+        });
         assert!(budget.take_run() && budget.take_run());
         assert!(!budget.take_run());
         assert!(budget.take_bytes(6));
         assert!(!budget.take_bytes(5), "only 4 bytes are left");
         assert!(budget.take_bytes(4));
         assert!(!budget.take_bytes(1));
+        assert!(budget.take_produced(60) && budget.take_produced(40));
+        assert!(!budget.take_produced(1), "100 produced: no more routing");
+        assert!(!budget.take_produced(0), "and it stays out");
     }
 }

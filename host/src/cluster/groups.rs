@@ -323,11 +323,21 @@ impl<'a> Running<'a> {
                 answer = json!({
                     "routed_to": handler, "node": node, "lsn": result.lsn,
                     "state": result.state, "output": result.output,
-                    "output_events": result.events,
+                    "output_events": self.engine.result_events(&result),
                 });
             }
             chain.push(json!({"handler": handler, "node": node, "lsn": result.lsn, "event_type": event.event_type}));
-            for (index, raw) in result.events.iter().enumerate() {
+            let events = self.engine.result_events(&result);
+            // What the run stored counts against the inject, routed or not: past the
+            // budget nothing more is routed.
+            let produced =
+                serde_json::to_vec(&events).map_or(0, |b| b.len() as u64) + result.output_size;
+            if !self.budget.take_produced(produced) {
+                over_budget += events.len() as u64 + pending.len() as u64;
+                pending.clear();
+                continue;
+            }
+            for (index, raw) in events.iter().enumerate() {
                 let Ok(out) = serde_json::from_value::<EventIn>(raw.clone()) else {
                     continue;
                 };
@@ -345,7 +355,7 @@ impl<'a> Running<'a> {
         if over_budget > 0 {
             let budget = self.fleet.config.inject_budget;
             self.record(&json!({"dropped": "budget", "events": over_budget,
-                "budget": {"runs": budget.runs, "bytes": budget.bytes}}));
+                "budget": {"runs": budget.runs, "bytes": budget.bytes, "produced": budget.produced}}));
             chain.push(json!({"dropped": "budget", "events": over_budget}));
         }
         answer["chain"] = Value::Array(chain);

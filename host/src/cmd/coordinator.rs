@@ -99,6 +99,10 @@ pub struct Args {
     /// Bytes of events one inject may route on to handlers at most, e.g. `16MiB`.
     #[arg(long, default_value = "16MiB", value_parser = parse_bytes)]
     pub inject_max_bytes: u64,
+    /// Bytes the handler runs of one inject may produce (their events and outputs,
+    /// stored whether routed or not) before nothing more is routed, e.g. `48MiB`.
+    #[arg(long, default_value = "48MiB", value_parser = parse_bytes)]
+    pub inject_max_produced_bytes: u64,
     /// Largest blob accepted by the store.
     #[arg(long)]
     pub max_blob_bytes: Option<u64>,
@@ -129,6 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         inject_budget: wasmesh_host::cluster::budget::InjectBudget {
             runs: args.inject_max_runs.max(1),
             bytes: args.inject_max_bytes,
+            produced: args.inject_max_produced_bytes,
         },
     }));
     let mut config = NodeConfig::new(args.data_dir.clone());

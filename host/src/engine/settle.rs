@@ -58,6 +58,8 @@ impl Engine {
         } in ended
         {
             let lsn = job.lsn;
+            // Large events leave the journal row for the store, as outputs do.
+            self.shelve_events(&job.tenant, &mut result)?;
             let attempts = match fence {
                 Fence::Lease(attempt) => attempt,
                 Fence::Local => job.attempts,
@@ -226,6 +228,45 @@ impl Engine {
             if let Err(e) = self.doom(dependent, &message) {
                 tracing::error!(lsn = dependent, error = %e, "failing a dependent job");
             }
+        }
+    }
+
+    /// Moves a result's events to a blob of `tenant`'s when they are larger than
+    /// [`crate::model::INLINE_EVENTS_BYTES`] as JSON: the journal row keeps only the
+    /// hash, and the bytes count against the tenant's store (and go with the result's
+    /// retention, like an output).
+    pub(super) fn shelve_events(
+        &self,
+        tenant: &str,
+        result: &mut JobResult,
+    ) -> Result<(), EngineError> {
+        if result.events.is_empty() {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&result.events).expect("events serialize");
+        if bytes.len() <= crate::model::INLINE_EVENTS_BYTES {
+            return Ok(());
+        }
+        let hash = self.cas.put_own(&bytes)?;
+        self.store
+            .tenant(tenant)
+            .own_blob(&hash, bytes.len() as u64)?;
+        self.metrics.cas_bytes_written.add(bytes.len() as u64);
+        result.events.clear();
+        result.events_blob = Some(hash);
+        Ok(())
+    }
+
+    /// A result's events, wherever they are kept (inline, or in its events blob).
+    pub fn result_events(&self, result: &JobResult) -> Vec<serde_json::Value> {
+        match result.events_blob {
+            Some(hash) => self
+                .cas
+                .read(&hash)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or_default(),
+            None => result.events.clone(),
         }
     }
 

@@ -1215,3 +1215,119 @@ fn recordings_count_against_the_quota_and_can_be_deleted() {
     assert!(recording.exists());
     eventually(WAIT, || (!recording.exists()).then_some(()));
 }
+
+/// The size in bytes of a SQLite journal and its log.
+fn journal_bytes(data_dir: &std::path::Path) -> u64 {
+    ["wasmesh.db", "wasmesh.db-wal"]
+        .iter()
+        .filter_map(|name| std::fs::metadata(data_dir.join(name)).ok())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+/// Regression (issue 25, item 10): three jobs each emitting 1,024 events of 60 KiB
+/// grew the shared journal by 240 MiB, and one `GET` answered 60 MiB: events lived in
+/// the result row, outside every quota. A run's events are bounded in total now, and
+/// beyond a small inline cap they are a blob of the tenant's, like its output.
+#[test]
+fn events_are_bounded_kept_out_of_the_journal_and_counted_as_the_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.toml");
+    let module = wasmesh_test_support::guest_bytes(wasmesh_test_support::TEST_GUEST).len() as u64;
+    let quota = module + (1536 << 10);
+    std::fs::write(
+        &path,
+        format!("acme = {{ keys = [\"{ACME}\"], max_store_bytes = {quota} }}\n"),
+    )
+    .unwrap();
+    // (The journal's size is read from its SQLite file.)
+    let server = Server::start_env(
+        &["--tenants", path.to_str().unwrap()],
+        &[("WASMESH_TEST_JOURNAL", "")],
+    );
+    let client = server.client_with_key(ACME);
+    let worker = upload_test_guest(&client);
+    let before = journal_bytes(&server.data_dir);
+    let lsn = client
+        .submit(
+            &action(&client, worker, &["emit-big", "1024", "60000"], None),
+            None,
+            None,
+        )
+        .unwrap();
+    let result = client.wait(lsn, WAIT).unwrap();
+    assert_eq!(
+        result.outcome, "output_exceeded",
+        "a run's events are bounded"
+    );
+    assert!(
+        result.events.is_empty(),
+        "not inline: {} events",
+        result.events.len()
+    );
+    let blob = result.events_blob.expect("the events are a blob");
+    let events: Vec<Value> = serde_json::from_slice(&client.blob(&blob).unwrap()).unwrap();
+    assert!(
+        !events.is_empty() && events.len() < 1024,
+        "{} events",
+        events.len()
+    );
+    let answer = Http::new()
+        .get(server.at(&format!("/compute/jobs/{lsn}")))
+        .header("x-api-key", ACME)
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(
+        answer.len() < 64 << 10,
+        "a result of {} bytes",
+        answer.len()
+    );
+    let grown = journal_bytes(&server.data_dir).saturating_sub(before);
+    assert!(grown < 4 << 20, "the journal grew by {grown} bytes");
+    // The events count against the tenant's store: 1 MiB more does not fit.
+    let refused = client.put_blob(vec![5u8; 1 << 20]).unwrap_err();
+    assert_eq!(crate::server::api_code(refused).1, "quota_exceeded");
+}
+
+/// Regression (issue 25, item 11): a self-routed handler emitting 1,000 events of
+/// 16 KiB a run: the inject budget stopped routing, but the runs it had allowed each
+/// stored 16 MiB of events (1 GiB on disk after one request). The bytes a chain's
+/// runs produce are budgeted too.
+#[test]
+fn one_inject_stops_once_its_runs_have_produced_their_budget() {
+    let coordinator = Server::coordinator(&[
+        "--heartbeat-interval",
+        "100ms",
+        "--inject-max-bytes",
+        "64MiB",
+        "--inject-max-produced-bytes",
+        "3MiB",
+    ]);
+    let _node = crate::scheduling::node(&coordinator, "n1", &["--slots", "2"]);
+    let client = coordinator.client();
+    // Each run emits 60 events of 16 KB (under a run's 1 MiB): about 0.97 MB.
+    let worker = crate::security::handler_worker(&client, "fanout 60 16000");
+    let (status, group) = post(
+        &coordinator,
+        "/api/v1/cluster/groups",
+        None,
+        &json!({"name": "flood", "handlers": [{"name": "h", "worker": worker}],
+                "routes": [{"from": "_external", "to": "h", "event_types": ["*"]},
+                           {"from": "h", "to": "h", "event_types": ["Spam"]}]}),
+    );
+    assert_eq!(status, 201, "{group}");
+    let id = group["id"].as_str().unwrap();
+    let (status, answer) = post(
+        &coordinator,
+        &format!("/api/v1/cluster/groups/{id}/inject"),
+        None,
+        &json!({"event_type": "Go", "fields": {}}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let chain = answer["chain"].as_array().unwrap();
+    let runs = chain.iter().filter(|c| c.get("lsn").is_some()).count();
+    assert!(runs <= 4, "{runs} runs after 3 MiB were produced");
+    assert_eq!(chain.last().unwrap()["dropped"], "budget", "{answer}");
+}

@@ -894,7 +894,7 @@ fn https_webhooks_are_delivered_to_a_receiver_with_a_private_ca() {
 }
 
 /// Uploads the test guest as a handler running `args` (from its environment).
-fn handler_worker(client: &wasmesh_host::client::Client, args: &str) -> HashHex {
+pub(crate) fn handler_worker(client: &wasmesh_host::client::Client, args: &str) -> HashHex {
     let wasm = wasmesh_test_support::guest_bytes(wasmesh_test_support::TEST_GUEST);
     let module = HashHex::of(&wasm);
     client

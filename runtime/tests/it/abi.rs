@@ -45,6 +45,31 @@ fn too_many_events_is_output_exceeded() {
     assert_eq!(report.events.len(), 16);
 }
 
+/// Regression (issue 25, item 10): a run could emit 1,024 events of 64 KiB (64 MiB),
+/// all of it kept in its result. The events of one run are bounded together.
+#[test]
+fn a_runs_events_are_bounded_in_total() {
+    let within = crate::roomy_guest(&["emit-big", "15", "60000"], RunSpec::default());
+    assert_eq!(
+        within.outcome,
+        Outcome::Exited(0),
+        "{}",
+        crate::stderr(&within)
+    );
+    let report = crate::roomy_guest(&["emit-big", "20", "60000"], RunSpec::default());
+    assert_eq!(report.outcome, Outcome::OutputExceeded);
+    let total: usize = report
+        .events
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap().len())
+        .sum();
+    assert!(
+        report.events.len() < 20 && total <= 1 << 20,
+        "{} events, {total} bytes",
+        report.events.len()
+    );
+}
+
 #[derive(Default)]
 struct Recorder {
     progress: Mutex<Vec<f32>>,

@@ -135,6 +135,14 @@ fn main() {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        "emit-big" => {
+            // N events, each carrying SIZE bytes of padding.
+            let pad = "x".repeat(number(2) as usize);
+            for i in 0..number(1) {
+                emit("Big", &serde_json::json!({ "i": i, "pad": pad }))
+                    .unwrap_or_else(|e| fail(&e.to_string()));
+            }
+        }
         "emit-many" => {
             for i in 0..number(1) {
                 emit("Tick", &serde_json::json!({ "i": i }))

@@ -89,7 +89,7 @@ async fn events(
     let events_of = |lsn: &Value| -> Vec<Value> {
         lsn.as_u64()
             .and_then(|lsn| store.result(lsn).ok().flatten())
-            .map(|result| result.events)
+            .map(|result| state.engine.result_events(&result))
             .unwrap_or_default()
     };
     for entry in &mut entries {
