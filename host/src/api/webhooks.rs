@@ -19,7 +19,6 @@ impl From<WebhookError> for ApiError {
         match e {
             WebhookError::Invalid(message) => ApiError::BadRequest("invalid_request", message),
             WebhookError::NotFound => ApiError::NotFound("webhook not found".into()),
-            WebhookError::TooMany(message) => ApiError::Forbidden("quota_exceeded", message),
             WebhookError::Db(e) => e.into(),
         }
     }
@@ -45,6 +44,7 @@ pub async fn create(
     Extension(Tenant(tenant)): Extension<Tenant>,
     Json(body): Json<CreateBody>,
 ) -> ApiResult<Response> {
+    state.engine.admit_webhook(&tenant)?;
     let created = state
         .engine
         .webhooks()

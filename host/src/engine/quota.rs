@@ -1,3 +1,12 @@
+//! The engine's admission gate: everything a tenant makes that takes memory, disk,
+//! CPU or a place is checked (and reserved or charged) here before it is used — jobs
+//! and reschedules (`admit_jobs`), retries (`retry_refused`, from `record_many`),
+//! uploads before their first byte (`admit_staging`) and blobs before they are stored
+//! (`admit_blobs`, against `stored_bytes`: blobs and recordings; recordings and large
+//! events are charged there too), event streams (`admit_stream`) and webhooks
+//! (`admit_webhook`). Browser sessions are the one resource outside it: they never
+//! refuse, each principal's oldest is evicted (`api::session`).
+//!
 //! Per-tenant quotas: hard caps that refuse a request whole, naming the quota, its
 //! limit and the use (`max_queued`, `max_store_bytes`), and the submit rate limit (a
 //! token bucket per tenant: `submit_rate` jobs a second, `submit_burst` at once) that
@@ -221,6 +230,9 @@ impl Drop for StagingPermit {
     }
 }
 
+/// Webhooks one tenant may have.
+pub const MAX_WEBHOOKS: usize = 16;
+
 /// Event streams one tenant may hold open at once (the change feed and queue
 /// streams together).
 pub const MAX_STREAMS: usize = 32;
@@ -250,6 +262,46 @@ impl Drop for StreamPermit {
 }
 
 impl Engine {
+    /// Whether no retry may follow an attempt of `tenant`'s that used `fuel`: why,
+    /// when the tenant's `max_fuel_per_hour` is reached counting it. `seen` carries
+    /// each tenant's hour across one batch of attempts (read once, then added to).
+    pub(super) fn retry_refused(
+        &self,
+        tenant: &str,
+        fuel: u64,
+        seen: &mut HashMap<String, u64>,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(limit) = self.config.quotas.of(tenant).max_fuel_per_hour else {
+            return Ok(None);
+        };
+        let used = match seen.get(tenant) {
+            Some(used) => *used,
+            None => {
+                let hour_ago = crate::store::now_ms() - 3_600_000;
+                self.store.tenant(tenant).fuel_since(hour_ago)?
+            }
+        };
+        let used = used.saturating_add(fuel);
+        seen.insert(tenant.to_string(), used);
+        Ok((used >= limit).then(|| {
+            format!(
+                "not retried: quota max_fuel_per_hour is {limit} fuel; {used} consumed in the last hour"
+            )
+        }))
+    }
+
+    /// Admits one more webhook of `tenant`: `QuotaExceeded` past [`MAX_WEBHOOKS`] (each
+    /// one's deliveries take the deliverer's slots and the journal's rows).
+    pub fn admit_webhook(&self, tenant: &str) -> Result<(), EngineError> {
+        let held = self.store.tenant(tenant).webhooks()?.len();
+        if held >= MAX_WEBHOOKS {
+            return Err(EngineError::QuotaExceeded(format!(
+                "a tenant has at most {MAX_WEBHOOKS} webhooks; delete one first"
+            )));
+        }
+        Ok(())
+    }
+
     /// Admits one more event stream of `tenant`: 429 past [`MAX_STREAMS`].
     pub fn admit_stream(&self, tenant: &str) -> Result<StreamPermit, EngineError> {
         let mut open = self.streams.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -49,7 +49,7 @@ impl Engine {
         let mut decided = Vec::with_capacity(ended.len());
         // Fuel each tenant with `max_fuel_per_hour` consumed in the last hour (read
         // once a batch, counting the batch's own attempts as they are decided).
-        let mut fuel_used: std::collections::HashMap<String, u64> = Default::default();
+        let mut fuel_used = std::collections::HashMap::new();
         for Ended {
             job,
             mut result,
@@ -100,28 +100,16 @@ impl Engine {
                 && !self.shutdown.is_cancelled();
             // Every attempt is billed (the ledger gets a row for a retried one too), and
             // no retry starts while its tenant is over its fuel quota: it ends here.
-            if let Some(limit) = self.config.quotas.of(&job.tenant).max_fuel_per_hour
-                && !result.cached
+            if !result.cached
+                && let Some(why) =
+                    self.retry_refused(&job.tenant, result.usage.fuel, &mut fuel_used)?
+                && retry
             {
-                let used = match fuel_used.get(&job.tenant) {
-                    Some(used) => *used,
-                    None => {
-                        let hour_ago = now_ms() - 3_600_000;
-                        self.store.tenant(&job.tenant).fuel_since(hour_ago)?
-                    }
-                };
-                let used = used.saturating_add(result.usage.fuel);
-                fuel_used.insert(job.tenant.clone(), used);
-                if retry && used >= limit {
-                    retry = false;
-                    let why = format!(
-                        "not retried: quota max_fuel_per_hour is {limit} fuel; {used} consumed in the last hour"
-                    );
-                    result.message = Some(match result.message.take() {
-                        Some(m) if !m.is_empty() => format!("{m} ({why})"),
-                        _ => why,
-                    });
-                }
+                retry = false;
+                result.message = Some(match result.message.take() {
+                    Some(m) if !m.is_empty() => format!("{m} ({why})"),
+                    _ => why,
+                });
             }
             if retry {
                 tracing::info!(lsn, attempts, outcome = %result.outcome, "retrying a failed job");

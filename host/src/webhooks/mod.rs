@@ -104,8 +104,6 @@ pub enum WebhookError {
     Invalid(String),
     /// No such webhook for this tenant.
     NotFound,
-    /// The tenant has as many webhooks as it may.
-    TooMany(String),
     /// The journal failed.
     Db(StoreError),
 }
@@ -115,9 +113,6 @@ impl From<StoreError> for WebhookError {
         WebhookError::Db(e)
     }
 }
-
-/// Webhooks one tenant may have.
-pub const MAX_PER_TENANT: usize = 16;
 
 /// The webhooks: subscriptions (in memory), the journal's webhook and delivery rows,
 /// and the delivery task ([`Webhooks::start`]).
@@ -199,7 +194,8 @@ impl Webhooks {
             .unwrap_or_default()
     }
 
-    /// Registers an endpoint; the answer is the only time its secret is shown.
+    /// Registers an endpoint (admitted first by the engine's `admit_webhook`); the
+    /// answer is the only time its secret is shown.
     pub fn create(
         &self,
         tenant: &str,
@@ -228,12 +224,6 @@ impl Webhooks {
         if let Some(unknown) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
             return Err(WebhookError::Invalid(format!(
                 "events: {unknown:?} is not one of {EVENTS:?}"
-            )));
-        }
-        let held = self.store.tenant(tenant).webhooks()?.len();
-        if held >= MAX_PER_TENANT {
-            return Err(WebhookError::TooMany(format!(
-                "a tenant has at most {MAX_PER_TENANT} webhooks; delete one first"
             )));
         }
         let mut events = events;

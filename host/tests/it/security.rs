@@ -727,11 +727,13 @@ fn checkpoint_spam_leaves_at_most_one_checkpoint() {
     );
     client.cancel(lsn).unwrap();
     client.wait(lsn, WAIT).unwrap();
-    let after = store_bytes() - baseline;
-    assert!(
-        after < 1 << 20,
-        "a finished job's checkpoint is deleted ({after} bytes left)"
-    );
+    // Deleted once the job's end is settled, which may come just after its result is
+    // readable (the test read the store at once and, on a loaded machine, found the
+    // checkpoint still there).
+    eventually(WAIT, || {
+        let after = store_bytes() - baseline;
+        (after < 1 << 20).then_some(())
+    });
 }
 
 /// A loopback listener that counts the connections it is offered and answers each
