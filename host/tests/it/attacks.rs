@@ -1305,27 +1305,8 @@ fn one_inject_stops_once_its_runs_have_produced_their_budget() {
         "--inject-max-produced-bytes",
         "3MiB",
     ]);
-    let _node = crate::scheduling::node(&coordinator, "n1", &["--slots", "2"]);
-    let client = coordinator.client();
     // Each run emits 60 events of 16 KB (under a run's 1 MiB): about 0.97 MB.
-    let worker = crate::security::handler_worker(&client, "fanout 60 16000");
-    let (status, group) = post(
-        &coordinator,
-        "/api/v1/cluster/groups",
-        None,
-        &json!({"name": "flood", "handlers": [{"name": "h", "worker": worker}],
-                "routes": [{"from": "_external", "to": "h", "event_types": ["*"]},
-                           {"from": "h", "to": "h", "event_types": ["Spam"]}]}),
-    );
-    assert_eq!(status, 201, "{group}");
-    let id = group["id"].as_str().unwrap();
-    let (status, answer) = post(
-        &coordinator,
-        &format!("/api/v1/cluster/groups/{id}/inject"),
-        None,
-        &json!({"event_type": "Go", "fields": {}}),
-    );
-    assert_eq!(status, 200, "{answer}");
+    let (_, answer) = crate::security::inject_into_a_flood(&coordinator, "fanout 60 16000");
     let chain = answer["chain"].as_array().unwrap();
     let runs = chain.iter().filter(|c| c.get("lsn").is_some()).count();
     assert!(runs <= 4, "{runs} runs after 3 MiB were produced");

@@ -908,6 +908,33 @@ pub(crate) fn handler_worker(client: &wasmesh_host::client::Client, args: &str) 
         .worker
 }
 
+/// Runs a node on `coordinator`, deploys a group whose one handler (the test guest
+/// running `args`) routes its `Spam` events to itself, and injects one event; the
+/// group's id and the inject's answer.
+pub(crate) fn inject_into_a_flood(coordinator: &Server, args: &str) -> (String, Value) {
+    let _node = crate::scheduling::node(coordinator, "n1", &["--slots", "2"]);
+    let client = coordinator.client();
+    let worker = handler_worker(&client, args);
+    let (status, group) = post(
+        coordinator,
+        "/api/v1/cluster/groups",
+        None,
+        &json!({"name": "flood", "handlers": [{"name": "h", "worker": worker}],
+                "routes": [{"from": "_external", "to": "h", "event_types": ["*"]},
+                           {"from": "h", "to": "h", "event_types": ["Spam"]}]}),
+    );
+    assert_eq!(status, 201, "{group}");
+    let id = group["id"].as_str().unwrap().to_string();
+    let (status, answer) = post(
+        coordinator,
+        &format!("/api/v1/cluster/groups/{id}/inject"),
+        None,
+        &json!({"event_type": "Go", "fields": {}}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    (id, answer)
+}
+
 /// Regression (issue 10, item 4): a handler routing to itself and emitting 1,000
 /// events of 16 KiB grew the coordinator to 2 GiB and its journal by 3.2 GiB in 45 s;
 /// the hop limit bounds depth, not breadth.
@@ -921,26 +948,7 @@ fn one_inject_cannot_fan_out_past_its_budget() {
         "--inject-max-bytes",
         "1MiB",
     ]);
-    let _node = crate::scheduling::node(&coordinator, "n1", &["--slots", "2"]);
-    let client = coordinator.client();
-    let worker = handler_worker(&client, "fanout 100 16384");
-    let (status, group) = post(
-        &coordinator,
-        "/api/v1/cluster/groups",
-        None,
-        &json!({"name": "flood", "handlers": [{"name": "h", "worker": worker}],
-                "routes": [{"from": "_external", "to": "h", "event_types": ["*"]},
-                           {"from": "h", "to": "h", "event_types": ["Spam"]}]}),
-    );
-    assert_eq!(status, 201, "{group}");
-    let id = group["id"].as_str().unwrap();
-    let (status, answer) = post(
-        &coordinator,
-        &format!("/api/v1/cluster/groups/{id}/inject"),
-        None,
-        &json!({"event_type": "Go", "fields": {}}),
-    );
-    assert_eq!(status, 200, "{answer}");
+    let (id, answer) = inject_into_a_flood(&coordinator, "fanout 100 16384");
     let chain = answer["chain"].as_array().unwrap();
     let runs = chain.iter().filter(|c| c.get("lsn").is_some()).count();
     assert!(runs <= 12, "{runs} handler runs past a budget of 12");
