@@ -164,11 +164,6 @@ impl Auth {
         self.closed && self.keys.is_empty()
     }
 
-    /// Failed authentications per peer.
-    pub fn failures(&self) -> &crate::api::throttle::Failures {
-        &self.failures
-    }
-
     /// The browser sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
@@ -244,7 +239,7 @@ pub enum Proof {
     Key,
     /// A browser session's cookie, which a browser attaches by itself: a request
     /// that changes something must also be shown to come from the dashboard's own
-    /// origin ([`crate::api::session::cross_site`]).
+    /// origin ([`crate::api::session::same_site`]).
     Session,
 }
 
@@ -275,21 +270,20 @@ impl Auth {
         })
     }
 
-    /// `identify` behind the peer's failure bucket; a miss with something presented
-    /// takes one failure from it.
-    fn throttled(
+    /// `identify` behind the peer's failure bucket (client and node keys alike): 429
+    /// while the peer has no failure left, and a miss with something presented takes
+    /// one failure from it. (A peer accrues failures only where keys are required.)
+    pub(crate) fn throttled<T>(
         &self,
         peer: Peer,
         presented: bool,
-        identify: impl FnOnce(std::time::Instant) -> Option<(String, Role, Proof)>,
-    ) -> Result<(String, Role, Proof), ApiError> {
+        identify: impl FnOnce(std::time::Instant) -> Option<T>,
+    ) -> Result<T, ApiError> {
         let ip = peer.0.map(|addr| addr.ip());
         let now = std::time::Instant::now();
-        if self.required() {
-            self.failures
-                .check(ip, now)
-                .map_err(crate::api::throttle::refused)?;
-        }
+        self.failures
+            .check(ip, now)
+            .map_err(crate::api::throttle::refused)?;
         identify(now).ok_or_else(|| {
             if presented {
                 self.failures.fail(ip, now);

@@ -106,9 +106,9 @@ pub struct Engine {
     /// The submit rate limit's buckets.
     limiter: quota::RateLimiter,
     /// What each tenant is uploading now (`admit_staging`).
-    staging: Arc<quota::Staging>,
+    staging: Arc<quota::Places>,
     /// Event streams open per tenant (`admit_stream`).
-    streams: Arc<quota::Streams>,
+    streams: Arc<quota::Places>,
     /// Results written (here, or through another coordinator sharing the journal):
     /// with the change feed's latest id, the generation of what a long-poll sees.
     results: std::sync::atomic::AtomicU64,

@@ -197,37 +197,76 @@ impl RateLimiter {
 /// while they are fingerprinted): each holds a file on disk until it is committed.
 pub const MAX_STAGING: usize = 8;
 
-/// What each tenant is staging now: uploads, and bytes reserved against its
-/// `max_store_bytes`.
+/// Places a kind of resource's tenants hold (uploads being staged, open streams):
+/// how many each holds, and the bytes those reserved against its `max_store_bytes`.
 #[derive(Debug, Default)]
-pub struct Staging(Mutex<HashMap<String, (usize, u64)>>);
+pub struct Places(Mutex<HashMap<String, (usize, u64)>>);
 
-/// One upload's place among its tenant's stagings, and the bytes it reserved; both
-/// are given back when it is dropped (committed or not: a committed blob counts in
-/// the tenant's held bytes from then on).
+/// One place of a tenant and the bytes it reserved; both are given back when it is
+/// dropped (the upload ended, committed or not; the stream ended or its client left).
 #[derive(Debug)]
-pub struct StagingPermit {
-    staging: std::sync::Arc<Staging>,
+pub struct Place {
+    places: std::sync::Arc<Places>,
     tenant: String,
     reserved: u64,
+}
+
+impl Places {
+    /// Takes a place of `tenant` reserving `bytes`, unless it holds `max` already:
+    /// then `Err` with the bytes its places reserved.
+    fn take(
+        self: &std::sync::Arc<Self>,
+        tenant: &str,
+        max: usize,
+        bytes: impl FnOnce(u64) -> Result<u64, EngineError>,
+    ) -> Result<Place, PlaceError> {
+        let mut places = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (held, reserved) = places.get(tenant).copied().unwrap_or_default();
+        if held >= max {
+            return Err(PlaceError::Full);
+        }
+        let bytes = bytes(reserved).map_err(PlaceError::Refused)?;
+        let entry = places.entry(tenant.to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += bytes;
+        Ok(Place {
+            places: self.clone(),
+            tenant: tenant.to_string(),
+            reserved: bytes,
+        })
+    }
+}
+
+/// Why [`Places::take`] gave no place.
+enum PlaceError {
+    /// The tenant holds as many as it may.
+    Full,
+    /// The bytes were refused.
+    Refused(EngineError),
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut places = self.places.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((held, bytes)) = places.get_mut(&self.tenant) {
+            *held -= 1;
+            *bytes -= self.reserved;
+            if *held == 0 {
+                places.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// One upload's place among its tenant's stagings, and what it may stage.
+#[derive(Debug)]
+pub struct StagingPermit {
+    _place: Place,
     /// The most bytes this upload may stage: the store's blob limit, or less when
     /// the tenant's quota has less left.
     pub limit: u64,
     /// Whether `limit` is the quota's (passing it is `QuotaExceeded`, not too large).
     pub by_quota: bool,
-}
-
-impl Drop for StagingPermit {
-    fn drop(&mut self) {
-        let mut staging = self.staging.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((uploads, bytes)) = staging.get_mut(&self.tenant) {
-            *uploads -= 1;
-            *bytes -= self.reserved;
-            if *uploads == 0 {
-                staging.remove(&self.tenant);
-            }
-        }
-    }
 }
 
 /// Webhooks one tenant may have.
@@ -237,29 +276,8 @@ pub const MAX_WEBHOOKS: usize = 16;
 /// streams together).
 pub const MAX_STREAMS: usize = 32;
 
-/// Open event streams per tenant.
-#[derive(Debug, Default)]
-pub struct Streams(Mutex<HashMap<String, usize>>);
-
-/// One open stream of a tenant; its place is given back when it is dropped (the
-/// stream ended, or its client went away).
-#[derive(Debug)]
-pub struct StreamPermit {
-    streams: std::sync::Arc<Streams>,
-    tenant: String,
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        let mut open = self.streams.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.tenant) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.tenant);
-            }
-        }
-    }
-}
+/// One open stream of a tenant; its place comes back when it is dropped.
+pub type StreamPermit = Place;
 
 impl Engine {
     /// Whether no retry may follow an attempt of `tenant`'s that used `fuel`: why,
@@ -276,10 +294,7 @@ impl Engine {
         };
         let used = match seen.get(tenant) {
             Some(used) => *used,
-            None => {
-                let hour_ago = crate::store::now_ms() - 3_600_000;
-                self.store.tenant(tenant).fuel_since(hour_ago)?
-            }
+            None => self.fuel_last_hour(tenant)?,
         };
         let used = used.saturating_add(fuel);
         seen.insert(tenant.to_string(), used);
@@ -288,6 +303,12 @@ impl Engine {
                 "not retried: quota max_fuel_per_hour is {limit} fuel; {used} consumed in the last hour"
             )
         }))
+    }
+
+    /// The fuel `tenant`'s attempts consumed in the last hour (the usage ledger's).
+    fn fuel_last_hour(&self, tenant: &str) -> Result<u64, EngineError> {
+        let hour_ago = crate::store::now_ms() - 3_600_000;
+        Ok(self.store.tenant(tenant).fuel_since(hour_ago)?)
     }
 
     /// Admits one more webhook of `tenant`: `QuotaExceeded` past [`MAX_WEBHOOKS`] (each
@@ -304,19 +325,15 @@ impl Engine {
 
     /// Admits one more event stream of `tenant`: 429 past [`MAX_STREAMS`].
     pub fn admit_stream(&self, tenant: &str) -> Result<StreamPermit, EngineError> {
-        let mut open = self.streams.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(tenant.to_string()).or_default();
-        if *n >= MAX_STREAMS {
-            return Err(EngineError::RateLimited(
-                format!("{MAX_STREAMS} event streams of this tenant are open; close one first"),
-                std::time::Duration::from_secs(1),
-            ));
-        }
-        *n += 1;
-        Ok(StreamPermit {
-            streams: self.streams.clone(),
-            tenant: tenant.to_string(),
-        })
+        self.streams
+            .take(tenant, MAX_STREAMS, |_| Ok(0))
+            .map_err(|e| match e {
+                PlaceError::Full => EngineError::RateLimited(
+                    format!("{MAX_STREAMS} event streams of this tenant are open; close one first"),
+                    std::time::Duration::from_secs(1),
+                ),
+                PlaceError::Refused(e) => e,
+            })
     }
 
     /// Admits an upload of `tenant` before a byte of it is read: one of its
@@ -342,49 +359,43 @@ impl Engine {
             Some(_) => self.stored_bytes(tenant)?,
             None => 0,
         };
-        let mut staging = self.staging.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (uploads, reserved) = staging.get(tenant).copied().unwrap_or_default();
-        if uploads >= MAX_STAGING {
-            return Err(EngineError::RateLimited(
+        let mut limits = (max, false);
+        let place = self.staging.take(tenant, MAX_STAGING, |reserved| {
+            let (limit, by_quota) = match quota {
+                Some(quota) => {
+                    let left = quota.saturating_sub(held).saturating_sub(reserved);
+                    (left.min(max), left < max)
+                }
+                None => (max, false),
+            };
+            limits = (limit, by_quota);
+            if let Some(len) = declared
+                && len > limit
+            {
+                return Err(if by_quota {
+                    EngineError::QuotaExceeded(format!(
+                        "quota max_store_bytes is {} bytes; {held} held and {reserved} being uploaded, {len} more declared",
+                        quota.unwrap_or_default()
+                    ))
+                } else {
+                    EngineError::TooLarge(format!("blob larger than {max} bytes"))
+                });
+            }
+            Ok(if quota.is_some() { declared.unwrap_or(limit) } else { 0 })
+        });
+        let place = place.map_err(|e| match e {
+            PlaceError::Full => EngineError::RateLimited(
                 format!(
                     "{MAX_STAGING} uploads of this tenant are in progress; retry when one ends"
                 ),
                 std::time::Duration::from_secs(1),
-            ));
-        }
-        let (limit, by_quota) = match quota {
-            Some(quota) => {
-                let left = quota.saturating_sub(held).saturating_sub(reserved);
-                (left.min(max), left < max)
-            }
-            None => (max, false),
-        };
-        if let Some(len) = declared
-            && len > limit
-        {
-            return Err(if by_quota {
-                EngineError::QuotaExceeded(format!(
-                    "quota max_store_bytes is {} bytes; {held} held and {reserved} being uploaded, {len} more declared",
-                    quota.unwrap_or_default()
-                ))
-            } else {
-                EngineError::TooLarge(format!("blob larger than {max} bytes"))
-            });
-        }
-        let reserve = if quota.is_some() {
-            declared.unwrap_or(limit)
-        } else {
-            0
-        };
-        let entry = staging.entry(tenant.to_string()).or_default();
-        entry.0 += 1;
-        entry.1 += reserve;
+            ),
+            PlaceError::Refused(e) => e,
+        })?;
         Ok(StagingPermit {
-            staging: self.staging.clone(),
-            tenant: tenant.to_string(),
-            reserved: reserve,
-            limit,
-            by_quota,
+            _place: place,
+            limit: limits.0,
+            by_quota: limits.1,
         })
     }
 
@@ -417,8 +428,7 @@ impl Engine {
             Quota::check("max_queued", quota.max_queued, pending, jobs, "jobs")?;
         }
         if let Some(limit) = quota.max_fuel_per_hour {
-            let hour_ago = crate::store::now_ms() - 3_600_000;
-            let used = self.store.tenant(tenant).fuel_since(hour_ago)?;
+            let used = self.fuel_last_hour(tenant)?;
             if used >= limit {
                 return Err(EngineError::QuotaExceeded(format!(
                     "quota max_fuel_per_hour is {limit} fuel; {used} consumed in the last hour"

@@ -113,15 +113,9 @@ pub async fn require_node_key(
         NodeIdentity::Any
     } else {
         // Wrong node keys cost the peer as wrong client keys do.
-        let (ip, now) = (peer.0.map(|a| a.ip()), std::time::Instant::now());
-        let failures = state.auth.failures();
-        failures
-            .check(ip, now)
-            .map_err(crate::api::throttle::refused)?;
-        let key = presented_key(request.headers()).ok_or(ApiError::Unauthorized)?;
-        state.node_auth.identify(key).ok_or_else(|| {
-            failures.fail(ip, now);
-            ApiError::Unauthorized
+        let key = presented_key(request.headers());
+        state.auth.throttled(peer, key.is_some(), |_| {
+            key.and_then(|key| state.node_auth.identify(key))
         })?
     };
     if let Some(id) = path_node(request.uri().path()) {
